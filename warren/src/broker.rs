@@ -1,0 +1,319 @@
+//! Talking to RabbitMQ: connecting, publishing with confirms, consuming,
+//! and checking whether a queue exists.
+//!
+//! Habits kept here so no caller has to remember them: every connection is
+//! named (so `rabbitmqctl list_connections` tells processes apart); publishing
+//! and consuming use separate channels; every publishing channel is in
+//! confirm mode and every publish is mandatory, so a message is either
+//! confirmed into a queue, reported as unroutable, or an error; prefetch is
+//! set per consumer, never globally (quorum queues reject global QoS).
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+
+/// Opens a named connection, bounded by the configured connect timeout.
+///
+/// # Errors
+/// [`Error::Connect`] naming the redacted URL.
+pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Connection> {
+    let uri = config.url.to_uri()?;
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let attempt = Connection::connect_uri(uri, properties);
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(Error::Connect {
+            url: config.url.clone(),
+            source: Box::new(source),
+        }),
+        Err(_) => Err(Error::Connect {
+            url: config.url.clone(),
+            source: Box::new(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(config.connect_timeout)
+                ),
+            ))),
+        }),
+    }
+}
+
+/// Opens a channel.
+///
+/// # Errors
+/// [`Error::Broker`].
+pub async fn open_channel(connection: &Connection) -> Result<Channel> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| Error::broker("open a channel", e))
+}
+
+/// Closes a connection politely, ignoring failures: used on the way out,
+/// when the connection may already be gone.
+pub async fn close_quietly(connection: &Connection) {
+    let closing = connection.close(200, "bye".into());
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+}
+
+/// What the broker did with a mandatory publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Routed {
+    /// The message is in a queue (and on disk, for persistent messages to
+    /// durable queues).
+    Queued,
+    /// No queue has that name; the message was dropped.
+    Returned,
+}
+
+/// A channel in confirm mode.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+/// A publish whose confirm has not arrived yet.
+#[derive(Debug)]
+#[must_use = "a publish is only safe once its confirm has been awaited"]
+pub struct PendingConfirm {
+    confirm: lapin::PublisherConfirm,
+    routing_key: String,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// [`Error::Nacked`] when the broker refused the message,
+    /// [`Error::Broker`] when the channel failed first.
+    pub async fn wait(self) -> Result<Routed> {
+        let confirmation = self
+            .confirm
+            .await
+            .map_err(|e| Error::broker(format!("confirm a publish to {}", self.routing_key), e))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(Routed::Queued),
+            Confirmation::Ack(Some(_returned)) => Ok(Routed::Returned),
+            Confirmation::Nack(_) => Err(Error::Nacked {
+                queue: self.routing_key,
+            }),
+            // Unreachable with confirm_select; treat as the unsafe case it is.
+            Confirmation::NotRequested => Err(Error::Nacked {
+                queue: self.routing_key,
+            }),
+        }
+    }
+}
+
+impl Publisher {
+    /// Opens a channel and puts it in confirm mode.
+    ///
+    /// # Errors
+    /// [`Error::Broker`].
+    pub async fn open(connection: &Connection) -> Result<Self> {
+        let channel = open_channel(connection).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::broker("enable publisher confirms", e))?;
+        Ok(Publisher { channel })
+    }
+
+    /// The underlying channel (for declares).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a mandatory message to a queue through the default exchange
+    /// and returns its pending confirm. Callers keep several pending to
+    /// pipeline publishes; awaiting each in turn is far slower.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] when the channel is unusable.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| Error::broker(format!("publish to {queue}"), e))?;
+        Ok(PendingConfirm {
+            confirm,
+            routing_key: queue.to_owned(),
+        })
+    }
+
+    /// Publishes and waits for the confirm.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`] and [`PendingConfirm::wait`].
+    pub async fn publish_confirmed(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Routed> {
+        self.publish(queue, body, properties).await?.wait().await
+    }
+}
+
+/// How a consumer acknowledges deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The consumer acks each delivery itself; at most `prefetch`
+    /// unacknowledged deliveries are outstanding for this consumer.
+    Manual {
+        /// The per-consumer prefetch limit.
+        prefetch: u16,
+    },
+    /// The broker forgets a message as soon as it is sent. Only for the
+    /// producer's results: once the producer holds a result it is safe, and
+    /// if the producer dies its job dies with it.
+    Automatic,
+}
+
+/// Starts consuming a queue.
+///
+/// # Errors
+/// [`Error::Broker`].
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    consumer_tag: &str,
+    acks: Acks,
+) -> Result<Consumer> {
+    if let Acks::Manual { prefetch } = acks {
+        // global = false: a per-consumer limit. Quorum queues refuse global QoS.
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| Error::broker(format!("set prefetch {prefetch}"), e))?;
+    }
+    channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: acks == Acks::Automatic,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| Error::broker(format!("consume from {queue}"), e))
+}
+
+/// Deletes a queue; a queue that is already gone counts as deleted.
+///
+/// # Errors
+/// [`Error::Broker`] for other failures.
+pub async fn delete_queue(channel: &Channel, queue: &str) -> Result<()> {
+    match channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let error = Error::broker(format!("delete queue {queue}"), e);
+            if error.is_not_found() {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// What a passive declare found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not counting unacknowledged ones).
+    pub ready: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// Looks a queue up without creating it, on a channel of its own: a
+/// passive declare of a missing queue makes the broker close the channel,
+/// so the probe reopens it when needed.
+#[derive(Debug)]
+pub struct QueueProbe {
+    channel: Option<Channel>,
+}
+
+impl QueueProbe {
+    /// A probe; its channel opens on first use.
+    pub fn new() -> Self {
+        QueueProbe { channel: None }
+    }
+
+    /// The queue's counters, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] for failures other than "not found".
+    pub async fn inspect(
+        &mut self,
+        connection: &Connection,
+        queue: &str,
+    ) -> Result<Option<QueueStats>> {
+        let channel = match &self.channel {
+            Some(channel) if channel.status().connected() => channel.clone(),
+            _ => {
+                let channel = open_channel(connection).await?;
+                self.channel = Some(channel.clone());
+                channel
+            }
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(found) => Ok(Some(QueueStats {
+                ready: found.message_count(),
+                consumers: found.consumer_count(),
+            })),
+            Err(e) => {
+                self.channel = None;
+                let error = Error::broker(format!("look up queue {queue}"), e);
+                if error.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+}
+
+impl Default for QueueProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}

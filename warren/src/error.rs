@@ -1,0 +1,242 @@
+//! [`Error`], the one error type of the `warren` crate, and its [`Result`]
+//! alias.
+//!
+//! Messages describe this layer only (which queue, which URL, which header);
+//! the cause sits in `source()`. Callers branch on the classifier methods
+//! ([`Error::is_poison`], [`Error::is_transient`]), never on message text.
+
+use crate::config::RedactedUrl;
+use crate::protocol::PROTOCOL_VERSION;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the shared warren code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker URL could not be parsed. `url` is already redacted.
+    #[error("invalid AMQP URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with its password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The queue prefix cannot be used in queue names.
+    #[error("invalid queue prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The TCP or AMQP connection to the broker could not be opened.
+    #[error("cannot connect to the broker at {url}")]
+    Connect {
+        /// The broker URL, password hidden.
+        url: RedactedUrl,
+        /// What the client library reported.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// A broker operation (declare, publish, consume, ack, delete) failed.
+    #[error("cannot {operation}")]
+    Broker {
+        /// What we were doing, e.g. "declare queue warren.tasks".
+        operation: String,
+        /// What the client library reported.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// The broker answered a publish with a negative confirm.
+    #[error("the broker refused a message published to {queue}")]
+    Nacked {
+        /// The routing key of the message.
+        queue: String,
+    },
+
+    /// A mandatory publish was returned: no queue of that name exists.
+    #[error("a message published to {queue} was returned: no such queue")]
+    Unroutable {
+        /// The routing key of the message.
+        queue: String,
+    },
+
+    /// A message does not follow the wire protocol.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What kind of message ("task", "result").
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A message carries a protocol version this build does not speak.
+    #[error(
+        "unsupported protocol version {found} in {what} (this build speaks version {PROTOCOL_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// What kind of message ("task", "result").
+        what: &'static str,
+        /// The version the message declared.
+        found: i64,
+    },
+}
+
+impl Error {
+    /// Wraps a client-library error with a description of the operation.
+    pub fn broker(operation: impl Into<String>, source: lapin::Error) -> Self {
+        Error::Broker {
+            operation: operation.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Builds [`Error::Malformed`].
+    pub fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::Malformed {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    /// True when retrying the same message can never succeed: the message is
+    /// malformed or speaks another protocol version. Such a task is
+    /// dead-lettered, never requeued.
+    pub fn is_poison(&self) -> bool {
+        matches!(
+            self,
+            Error::Malformed { .. } | Error::UnsupportedVersion { .. }
+        )
+    }
+
+    /// True when the failure comes from the connection (I/O, a closed
+    /// channel or connection, a missed heartbeat): the operation may succeed
+    /// after reconnecting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } | Error::Broker { source, .. } => {
+                is_connection_failure(source)
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the broker could not be reached at all (nothing listens,
+    /// the host is unknown, the handshake failed or was refused).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Connect { .. })
+    }
+
+    /// True when the broker refused a declare because an entity of that name
+    /// already exists with other arguments or another type.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.amqp_reply_code() == Some(406)
+    }
+
+    /// True when the broker refused our credentials or the virtual host:
+    /// retrying with the same settings cannot help.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(self.amqp_reply_code(), Some(403 | 530))
+    }
+
+    /// True when the broker reported that the queue or exchange does not
+    /// exist.
+    pub fn is_not_found(&self) -> bool {
+        self.amqp_reply_code() == Some(404)
+    }
+
+    fn amqp_reply_code(&self) -> Option<u16> {
+        match self {
+            Error::Connect { source, .. } | Error::Broker { source, .. } => match source.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Formats an error and its chain of causes on one line, joined with ": ".
+/// A cause whose text the previous message already contains is skipped
+/// (some libraries repeat their source in their own message).
+pub fn display_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a client-library error means the connection or channel is gone
+/// (as opposed to the broker refusing one operation).
+pub(crate) fn is_connection_failure(error: &lapin::Error) -> bool {
+    use lapin::ErrorKind::*;
+    match error.kind() {
+        IOError(_)
+        | InvalidChannelState(..)
+        | InvalidConnectionState(_)
+        | InvalidChannel(_)
+        | MissingHeartbeatError => true,
+        ProtocolError(_) => error.is_amqp_hard_error(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_and_version_errors_are_poison_not_transient() {
+        let malformed = Error::malformed("task", "missing header warren-job");
+        assert!(malformed.is_poison());
+        assert!(!malformed.is_transient());
+        assert_eq!(
+            malformed.to_string(),
+            "malformed task: missing header warren-job"
+        );
+        let version = Error::UnsupportedVersion {
+            what: "task",
+            found: 9,
+        };
+        assert!(version.is_poison());
+        assert_eq!(
+            version.to_string(),
+            "unsupported protocol version 9 in task (this build speaks version 1)"
+        );
+    }
+
+    #[test]
+    fn chains_are_joined_without_repeats() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = Error::Connect {
+            url: RedactedUrl::parse("amqp://u:secret@127.0.0.1:1/%2f").unwrap(),
+            source: Box::new(lapin::Error::from(io)),
+        };
+        assert_eq!(
+            display_chain(&error),
+            "cannot connect to the broker at amqp://u:***@127.0.0.1:1/%2f: IO error: connection refused"
+        );
+    }
+
+    #[test]
+    fn io_failures_are_transient() {
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let error = Error::broker("publish to warren.tasks", io);
+        assert!(error.is_transient());
+        assert!(!error.is_poison());
+        assert_eq!(error.to_string(), "cannot publish to warren.tasks");
+    }
+}
