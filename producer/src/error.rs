@@ -1,0 +1,120 @@
+//! [`Error`], the producer's one error type, and its [`Result`] alias.
+
+use std::time::Duration;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a producer run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The flags do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The input could not be opened.
+    #[error("cannot open {input}")]
+    Open {
+        /// The file name, or `stdin`.
+        input: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading the input failed midway.
+    #[error("cannot read {input}")]
+    Read {
+        /// The file name, or `stdin`.
+        input: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The input is malformed; `reason` says where and how.
+    #[error("{input}: {reason}")]
+    BadInput {
+        /// The file name, or `stdin`.
+        input: String,
+        /// What is wrong, with the line number where there is one.
+        reason: String,
+    },
+
+    /// Broker, topology or protocol failure from the shared library.
+    #[error(transparent)]
+    Warren(#[from] warren::Error),
+
+    /// A worker reported that it could not carry out a task.
+    #[error("task {task} failed on worker {worker}: {message}")]
+    TaskFailed {
+        /// The task index, or `?` when the worker could not read it.
+        task: String,
+        /// The worker that reported it.
+        worker: String,
+        /// The worker's explanation.
+        message: String,
+    },
+
+    /// RabbitMQ gave up on a task and dead-lettered it.
+    #[error("task {task} was dead-lettered by the broker ({reason}); it is kept in {queue}")]
+    DeadLettered {
+        /// The task index, or `?`.
+        task: String,
+        /// RabbitMQ's reason, with an explanation.
+        reason: String,
+        /// The dead-letter queue holding it.
+        queue: String,
+    },
+
+    /// `--timeout` passed before the job finished.
+    #[error("timed out after {}: {done} of {total} tasks done{hint}", humantime::format_duration(*.after))]
+    TimedOut {
+        /// The configured timeout.
+        after: Duration,
+        /// Results received.
+        done: u64,
+        /// Tasks published (`done` of `N` or `done of at least N`).
+        total: String,
+        /// Why it may have taken so long.
+        hint: String,
+    },
+
+    /// The broker connection or the reply queue went away mid-job.
+    #[error(
+        "lost the job's reply queue {queue}: the broker connection closed or the queue was deleted"
+    )]
+    ReplyQueueLost {
+        /// The reply queue.
+        queue: String,
+    },
+
+    /// Ctrl-C or SIGTERM cancelled the job.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// True when the user asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled)
+    }
+
+    /// A hint that helps the user fix the problem, if there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Warren(e) if e.is_unreachable() => Some(
+                "is RabbitMQ running? Start one with `docker compose up -d rabbitmq` or \
+                 `rabbitmq-server -detached`, or point --amqp-url / AMQP_URL at yours"
+                    .into(),
+            ),
+            Error::Warren(e) if e.is_precondition_failed() => Some(
+                "a queue or exchange of that name exists with other settings; \
+                 use another --queue-prefix or delete it"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Reading a sum job's input as a stream of chunks.
+//!
+//! Every format yields [`Chunk`]s of at most `chunk_size` elements as
+//! little-endian bytes, the form they travel in, so memory stays bounded by
+//! the chunk size whatever the input size. Problems found before the first
+//! chunk (a bad `.npy` header, a file whose size does not fit its dtype) are
+//! reported by [`open`], before anything is published; problems found later
+//! (a bad token deep in a text file) come from [`ChunkReader::next_chunk`],
+//! and the job is cancelled.
+//!
+//! - [`npy`]: `.npy` files as numpy writes them.
+//! - [`raw`]: headerless binary with a given dtype.
+//! - [`text`]: numbers separated by whitespace or commas.
+//! - [`random`]: uniform [0, 1) doubles, the same stream as numpy's
+//!   `np.random.seed(S); np.random.rand(N)`.
+
+pub mod npy;
+pub mod random;
+pub mod raw;
+pub mod text;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use warren::Dtype;
+
+use crate::error::{Error, Result};
+
+/// One chunk: `count` elements as little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The elements, little-endian.
+    pub bytes: Vec<u8>,
+    /// Number of elements.
+    pub count: u64,
+}
+
+/// A source of chunks, read on a blocking thread.
+pub trait ChunkReader: Send {
+    /// The element type.
+    fn dtype(&self) -> Dtype;
+
+    /// Total elements, when known before reading (files with a header or a
+    /// size; random input). `None` for text and stdin.
+    fn total_elements(&self) -> Option<u64>;
+
+    /// The next chunk of at most `max_elements` elements, or `None` at the
+    /// end of the input.
+    ///
+    /// # Errors
+    /// A read error, or input that turns out malformed.
+    fn next_chunk(&mut self, max_elements: usize) -> Result<Option<Chunk>>;
+}
+
+/// Where input bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Standard input (`-` on the command line).
+    Stdin,
+    /// A file.
+    File(PathBuf),
+}
+
+impl Source {
+    /// `-` means stdin; anything else is a path.
+    pub fn from_arg(arg: &Path) -> Source {
+        if arg == Path::new("-") {
+            Source::Stdin
+        } else {
+            Source::File(arg.to_owned())
+        }
+    }
+
+    fn open(&self) -> Result<(Box<dyn BufRead + Send>, Option<u64>)> {
+        match self {
+            Source::Stdin => Ok((
+                Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+                None,
+            )),
+            Source::File(path) => {
+                let file = File::open(path).map_err(|source| Error::Open {
+                    input: self.to_string(),
+                    source,
+                })?;
+                let metadata = file.metadata().map_err(|source| Error::Open {
+                    input: self.to_string(),
+                    source,
+                })?;
+                if metadata.is_dir() {
+                    return Err(Error::BadInput {
+                        input: self.to_string(),
+                        reason: "is a directory".into(),
+                    });
+                }
+                // Pipes and devices have no meaningful length.
+                let len = metadata.is_file().then_some(metadata.len());
+                Ok((Box::new(BufReader::with_capacity(1 << 20, file)), len))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Stdin => f.write_str("stdin"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// How to read the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `.npy` if the input starts with numpy's magic bytes, else text
+    Auto,
+    /// A `.npy` file
+    Npy,
+    /// Headerless little-endian binary; needs --dtype
+    Raw,
+    /// Numbers separated by whitespace, commas or newlines; `#` starts a comment
+    Text,
+}
+
+/// A fully specified input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSpec {
+    /// Read `source` in `format`; `dtype` is required for raw input and
+    /// selects the parsed type for text (float64 by default).
+    Read {
+        /// Where the bytes come from.
+        source: Source,
+        /// How to read them.
+        format: Format,
+        /// The element type, where the format does not carry one.
+        dtype: Option<Dtype>,
+    },
+    /// `count` uniform [0, 1) doubles from numpy's legacy MT19937 stream.
+    Random {
+        /// How many.
+        count: u64,
+        /// The MT19937 seed, as `np.random.seed(seed)`.
+        seed: u32,
+    },
+}
+
+/// The magic bytes every `.npy` file starts with.
+pub(crate) const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Opens an input and checks everything that can be checked up front.
+///
+/// # Errors
+/// [`Error::Open`] when the input cannot be opened, [`Error::BadInput`] when
+/// its header or size is wrong.
+pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
+    match spec {
+        InputSpec::Random { count, seed } => Ok(Box::new(random::RandomReader::new(*count, *seed))),
+        InputSpec::Read {
+            source,
+            format,
+            dtype,
+        } => {
+            let (mut reader, len) = source.open()?;
+            let format = match format {
+                Format::Auto => detect(source, &mut reader)?,
+                explicit => *explicit,
+            };
+            match format {
+                Format::Npy => {
+                    if let Some(dtype) = dtype {
+                        return Err(Error::Usage(format!(
+                            "--dtype {dtype} cannot be used with a .npy input: the file names its own dtype"
+                        )));
+                    }
+                    Ok(Box::new(npy::NpyReader::new(source, reader, len)?))
+                }
+                Format::Raw => {
+                    let dtype = dtype.ok_or_else(|| {
+                        Error::Usage("raw input needs --dtype (e.g. --dtype float64)".into())
+                    })?;
+                    Ok(Box::new(raw::RawReader::new(source, reader, len, dtype)?))
+                }
+                Format::Text => Ok(Box::new(text::TextReader::new(
+                    source,
+                    reader,
+                    dtype.unwrap_or(Dtype::Float64),
+                ))),
+                Format::Auto => unreachable!("detect never answers Auto"),
+            }
+        }
+    }
+}
+
+/// Auto-detection: numpy's magic means `.npy`; a `.npy` name without it is
+/// a corrupt file, not text; anything else is text.
+fn detect(source: &Source, reader: &mut Box<dyn BufRead + Send>) -> Result<Format> {
+    let head = peek(reader, NPY_MAGIC.len()).map_err(|e| Error::Read {
+        input: source.to_string(),
+        source: e,
+    })?;
+    if head == NPY_MAGIC {
+        return Ok(Format::Npy);
+    }
+    if let Source::File(path) = source
+        && path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("npy"))
+    {
+        return Err(Error::BadInput {
+            input: source.to_string(),
+            reason: "is not a .npy file: it does not start with numpy's magic bytes \\x93NUMPY"
+                .into(),
+        });
+    }
+    Ok(Format::Text)
+}
+
+/// Looks at up to `n` leading bytes without consuming them.
+fn peek(reader: &mut Box<dyn BufRead + Send>, n: usize) -> io::Result<Vec<u8>> {
+    let buffered = reader.fill_buf()?;
+    Ok(buffered[..buffered.len().min(n)].to_vec())
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+pub(crate) fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,48 @@
+//! The warren producer: reads a job, splits it into tasks on RabbitMQ,
+//! gathers the workers' results and prints one answer.
+//!
+//! - [`cli`]: flags, and their validation into a [`Config`].
+//! - [`input`]: the sum job's input formats, read as bounded chunks.
+//! - [`sum`]: the sum job: publish chunks, collect exact partial sums.
+//! - `job`: the broker side every job shares: session, reply queue,
+//!   worker watch, cleanup.
+//! - [`progress`]: the progress bar and warnings on stderr.
+//! - [`output`]: the answer on stdout and the exit status.
+//! - [`error`]: [`Error`] and [`Result`].
+//!
+//! `main.rs` only parses flags, installs logging and signal handling, and
+//! maps the outcome of [`run`] to an exit status.
+
+pub mod cli;
+pub mod error;
+pub mod input;
+mod job;
+pub mod output;
+pub mod progress;
+pub mod sum;
+
+pub use cli::{Cli, Config, JobConfig};
+pub use error::{Error, Result};
+pub use output::Report;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::Progress;
+
+/// Runs one job to its end. Cancelling `shutdown` cancels the job cleanly
+/// (its queued tasks are dropped and [`Error::Cancelled`] returned).
+///
+/// # Errors
+/// Whatever ended the job early; see [`Error`].
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Report> {
+    let progress = Progress::new(config.quiet);
+    match &config.job {
+        JobConfig::Sum { config: sum, seed } => {
+            let report = sum::run(&config.broker, sum, &progress, shutdown).await?;
+            Ok(Report::Sum {
+                report,
+                seed: *seed,
+            })
+        }
+    }
+}

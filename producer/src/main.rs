@@ -1,0 +1,90 @@
+//! `producer`: parse flags, install logging and signal handling, run the
+//! job, and turn its outcome into an exit status.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use producer::{Cli, Error};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_tracing();
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    // Multi-threaded: the collector folds results while publishing and the
+    // blocking input reader run beside it.
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        producer::run(&config, shutdown).await
+    });
+    // Don't wait for a blocked stdin reader on the way out.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(report) => {
+            for note in report.notes(config.quiet) {
+                eprintln!("{note}");
+            }
+            println!("{}", report.stdout(config.json));
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) if e.is_cancelled() => {
+            eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
+            ExitCode::from(130)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &Error) -> ExitCode {
+    eprintln!("error: {}", warren::display_chain(error));
+    if let Some(hint) = error.hint() {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(2)
+}
+
+/// Logs go to stderr; the level comes from RUST_LOG (default: warnings).
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the job on the first SIGINT or SIGTERM; a second one exits at
+/// once.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    shutdown.cancel();
+    wait_for_signal().await;
+    eprintln!("interrupted again: exiting without cleanup");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) applies; nothing to wait for.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! The answer on stdout (bare, or one JSON object with `--json`), notes on
+//! stderr, and the exit status that goes with them.
+
+use serde_json::json;
+use warren::exact::NonFinite;
+
+use crate::sum::SumReport;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// A finished sum job, and the `--random` seed if there was one.
+    Sum {
+        /// The job's report.
+        report: SumReport,
+        /// The seed of `--random`.
+        seed: Option<u32>,
+    },
+}
+
+impl Report {
+    /// The process exit status: 0, or 1 when the job finished without an
+    /// answer that can be printed exactly (overflow).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Report::Sum { report, .. } => u8::from(report.answer.overflow),
+        }
+    }
+
+    /// The stdout text: the bare answer, or one JSON object.
+    pub fn stdout(&self, json: bool) -> String {
+        match self {
+            Report::Sum { report, seed } => {
+                if !json {
+                    return report.answer.text.clone();
+                }
+                let mut object = json!({
+                    "job_id": report.job_id.as_str(),
+                    "sum": report.answer.text,
+                    "count": report.answer.count,
+                    "dtype": report.answer.dtype.name(),
+                    "chunks": report.chunks,
+                    "workers_seen": report.workers.len(),
+                    "workers": report.workers,
+                    "duplicates": report.duplicates,
+                    "elapsed_s": (report.elapsed.as_secs_f64() * 1e6).round() / 1e6,
+                });
+                if report.answer.dtype.is_float() {
+                    object["overflow"] = json!(report.answer.overflow);
+                    object["nonfinite"] = json!(report.answer.nonfinite);
+                }
+                if let Some(seed) = seed {
+                    object["seed"] = json!(seed);
+                }
+                object.to_string()
+            }
+        }
+    }
+
+    /// Lines for stderr: always the warnings; the summary unless `quiet`.
+    pub fn notes(&self, quiet: bool) -> Vec<String> {
+        let mut notes = Vec::new();
+        match self {
+            Report::Sum { report, seed } => {
+                let answer = &report.answer;
+                if answer.overflow {
+                    notes.push(format!(
+                        "error: the exact sum of these {} values is beyond float64's range \
+                         (magnitude at least 2^1024); it is shown as {}",
+                        answer.count, answer.text
+                    ));
+                }
+                match answer.nonfinite {
+                    Some(NonFinite::Nan) => notes.push(
+                        "note: the sum is nan: the input holds NaN, or both +inf and -inf".into(),
+                    ),
+                    Some(_) => notes.push(format!(
+                        "note: the sum is {}: the input holds infinities",
+                        answer.text
+                    )),
+                    None => {}
+                }
+                if !quiet {
+                    let seconds = report.elapsed.as_secs_f64();
+                    let megabytes = answer.count as f64 * answer.dtype.itemsize() as f64 / 1e6;
+                    notes.push(format!(
+                        "summed {} {} values in {} chunk(s) on {} worker(s) in {:.3} s ({:.1} MB/s){}",
+                        answer.count,
+                        answer.dtype,
+                        report.chunks,
+                        report.workers.len(),
+                        seconds,
+                        megabytes / seconds.max(1e-9),
+                        seed.map_or(String::new(), |s| format!(", seed {s}")),
+                    ));
+                }
+            }
+        }
+        notes
+    }
+}

@@ -1,0 +1,91 @@
+//! What the user sees on stderr while a job runs: a progress bar (chunks
+//! done of total, throughput, ETA) and warnings printed above it.
+//!
+//! The bar is hidden when stderr is not a terminal or with `--quiet`;
+//! warnings are always shown. The answer itself goes to stdout, elsewhere.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The progress display of one job.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    bar: ProgressBar,
+    visible: bool,
+}
+
+impl Progress {
+    /// A display on stderr, drawn only if stderr is a terminal and `quiet` is
+    /// off.
+    pub fn new(quiet: bool) -> Self {
+        let visible = !quiet && std::io::stderr().is_terminal();
+        let bar = ProgressBar::with_draw_target(
+            None,
+            if visible {
+                ProgressDrawTarget::stderr_with_hz(10)
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        Progress { bar, visible }
+    }
+
+    /// A display that never draws (tests, library use).
+    pub fn hidden() -> Self {
+        Progress {
+            bar: ProgressBar::hidden(),
+            visible: false,
+        }
+    }
+
+    /// Starts the bar. `total_tasks` is `None` when the input size is
+    /// unknown (text, stdin): a spinner counts up instead.
+    pub fn start(&self, unit: &str, total_tasks: Option<u64>) {
+        let template = match total_tasks {
+            Some(total) => {
+                self.bar.set_length(total);
+                format!(
+                    "{{spinner}} [{{elapsed_precise}}] [{{wide_bar}}] {{pos}}/{{len}} {unit} \
+                     {{msg}} ETA {{eta}}"
+                )
+            }
+            None => format!("{{spinner}} [{{elapsed_precise}}] {{pos}} {unit} {{msg}}"),
+        };
+        let style = ProgressStyle::with_template(&template)
+            .expect("the template is a constant and valid") // invariant: fixed template
+            .progress_chars("=> ");
+        self.bar.set_style(style);
+        self.bar.enable_steady_tick(Duration::from_millis(100));
+    }
+
+    /// Sets the total once it becomes known.
+    pub fn set_total(&self, total_tasks: u64) {
+        self.bar.set_length(total_tasks);
+    }
+
+    /// Records finished tasks.
+    pub fn advance(&self, tasks: u64) {
+        self.bar.inc(tasks);
+    }
+
+    /// Sets the text after the counter (throughput, workers, waiting).
+    pub fn set_message(&self, message: String) {
+        self.bar.set_message(message);
+    }
+
+    /// Prints a warning above the bar (or plainly when it is hidden).
+    pub fn warn(&self, message: &str) {
+        if self.visible {
+            self.bar.println(format!("warning: {message}"));
+        } else {
+            eprintln!("warning: {message}");
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
