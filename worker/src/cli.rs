@@ -1,0 +1,120 @@
+//! The command line: clap structs holding the flags as typed, and their
+//! conversion into a validated [`Config`].
+
+use std::time::Duration;
+
+use clap::Parser;
+use warren::config::parse_duration;
+use warren::{BrokerArgs, BrokerConfig};
+
+use crate::error::{Error, Result};
+
+/// Consumes warren tasks from RabbitMQ, runs them and publishes their
+/// results. Run as many as you like, on any hosts.
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about,
+    after_help = "Stops gracefully on SIGINT or SIGTERM: takes no new task, finishes the tasks in \
+                  hand (up to --shutdown-timeout, then returns them to the queue) and exits 0. \
+                  A second signal exits at once with status 130; unfinished tasks then return \
+                  to the queue when the connection closes."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Tasks in hand at once (also the prefetch count) [default: number of CPUs]
+    #[arg(long, short = 'c', env = "WARREN_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<u16>,
+
+    /// Name in results, logs and the broker's connection list [default: HOST:PID]
+    #[arg(long, env = "WARREN_WORKER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// On shutdown, how long to wait for tasks in hand before returning them
+    /// to the queue
+    #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Validated worker settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the broker is.
+    pub broker: BrokerConfig,
+    /// Tasks in hand at once.
+    pub concurrency: u16,
+    /// This worker's name.
+    pub name: String,
+    /// Bound on finishing tasks in hand at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl Cli {
+    /// Validates the flags.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] or an invalid broker setting.
+    pub fn into_config(self) -> Result<Config> {
+        let concurrency = match self.concurrency {
+            Some(0) => return Err(Error::Usage("--concurrency must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map_or(2, |n| u16::try_from(n.get()).unwrap_or(u16::MAX)),
+        };
+        let name = match self.name {
+            Some(name) if name.trim().is_empty() => {
+                return Err(Error::Usage("--name must not be empty".into()));
+            }
+            Some(name) => name,
+            None => format!(
+                "{}:{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            ),
+        };
+        Ok(Config {
+            broker: self.broker.to_config()?,
+            concurrency,
+            name,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert!(config.concurrency >= 1);
+        assert!(config.name.contains(':'));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.broker.prefix.as_str(), "warren");
+    }
+
+    #[test]
+    fn flags() {
+        let config = parse(&["-c", "8", "--name", "w1", "--shutdown-timeout", "2s"]).unwrap();
+        assert_eq!(config.concurrency, 8);
+        assert_eq!(config.name, "w1");
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(2));
+        assert!(
+            parse(&["--concurrency", "0"])
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(parse(&["--name", " "]).is_err());
+        assert!(parse(&["--shutdown-timeout", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! The worker's life: connect, consume, run tasks, reconnect after broker
+//! failures, and shut down gracefully.
+//!
+//! Delivery guarantees, in the order things happen to a task:
+//! 1. A malformed task (or one in another protocol version) is rejected
+//!    without requeue, so RabbitMQ dead-letters it; if its job can be
+//!    identified, an error result goes to the job first, so the producer
+//!    fails fast with the worker's explanation.
+//! 2. A task whose job is gone (reply queue deleted) is acked and dropped.
+//! 3. Otherwise the task runs, its result is published with a confirm, and
+//!    only then is the task acked. If the worker dies before the ack, the
+//!    broker redelivers the task and the producer ignores the duplicate
+//!    result. A result returned as unroutable means the job ended meanwhile:
+//!    the task is acked and dropped.
+//!
+//! Prefetch equals `--concurrency`, and each delivery gets its own task, so
+//! at most that many tasks are in hand. After a lost connection the worker
+//! reconnects with capped, jittered backoff and declares the topology again;
+//! deliveries of the old connection are abandoned (the broker requeues
+//! them). See <https://www.rabbitmq.com/docs/confirms>.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::{Channel, Connection, Consumer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use warren::broker::{self, Acks, Publisher, Routed};
+use warren::protocol::{FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult};
+use warren::{PROTOCOL_VERSION, Topology};
+
+use crate::cli::Config;
+use crate::error::Result;
+use crate::liveness::JobLiveness;
+use crate::tasks;
+
+/// First delay before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// After the shutdown timeout, how long abandoned tasks get to return their
+/// deliveries to the queue.
+const ABANDON_GRACE: Duration = Duration::from_secs(5);
+const CONSUMER_TAG: &str = "warren-worker";
+
+/// Runs the worker until `shutdown` is cancelled, then drains.
+///
+/// # Errors
+/// Only failures that retrying cannot fix: refused credentials or vhost,
+/// or a topology that conflicts with existing queues.
+pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let topology = Topology::new(config.broker.prefix.clone());
+    let liveness = Arc::new(JobLiveness::default());
+    let mut delay = MIN_BACKOFF;
+    loop {
+        let session = tokio::select! {
+            session = Session::open(config, &topology) => session,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(e) if e.is_access_refused() || e.is_precondition_failed() => return Err(e.into()),
+            Err(e) => {
+                let wait = jitter(delay);
+                tracing::warn!(
+                    "{}; retrying in {}",
+                    warren::display_chain(&e),
+                    humantime_ms(wait)
+                );
+                delay = (delay * 2).min(MAX_BACKOFF);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        };
+        delay = MIN_BACKOFF;
+        tracing::info!(
+            worker = %config.name,
+            queue = %topology.task_queue(),
+            concurrency = config.concurrency,
+            "consuming"
+        );
+        let context = Arc::new(TaskContext {
+            worker: config.name.clone(),
+            topology: topology.clone(),
+            publisher: session.publisher.clone(),
+            connection: Arc::clone(&session.connection),
+            liveness: Arc::clone(&liveness),
+        });
+        match session
+            .serve(context, &shutdown, config.shutdown_timeout)
+            .await
+        {
+            Served::ShutDown => return Ok(()),
+            Served::ConnectionLost(reason) => {
+                tracing::warn!("lost the broker connection ({reason}); reconnecting");
+            }
+        }
+    }
+}
+
+/// Full jitter in [d/2, d): workers that lost the same broker do not all
+/// come back at the same instant.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn humantime_ms(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// One connection's worth of consuming.
+struct Session {
+    connection: Arc<Connection>,
+    publisher: Publisher,
+    consume_channel: Channel,
+    consumer: Consumer,
+}
+
+enum Served {
+    ShutDown,
+    ConnectionLost(String),
+}
+
+impl Session {
+    async fn open(config: &Config, topology: &Topology) -> warren::Result<Session> {
+        let connection =
+            broker::connect(&config.broker, &format!("warren-worker {}", config.name)).await?;
+        let publisher = Publisher::open(&connection).await?;
+        topology.declare_shared(publisher.channel()).await?;
+        let consume_channel = broker::open_channel(&connection).await?;
+        let consumer = broker::consume(
+            &consume_channel,
+            &topology.task_queue(),
+            CONSUMER_TAG,
+            Acks::Manual {
+                prefetch: config.concurrency,
+            },
+        )
+        .await?;
+        Ok(Session {
+            connection: Arc::new(connection),
+            publisher,
+            consume_channel,
+            consumer,
+        })
+    }
+
+    /// Hands each delivery to its own task until shutdown or connection
+    /// loss.
+    async fn serve(
+        mut self,
+        context: Arc<TaskContext>,
+        shutdown: &CancellationToken,
+        shutdown_timeout: Duration,
+    ) -> Served {
+        let tracker = TaskTracker::new();
+        // Fired when tasks in hand must give up: the connection is gone, or
+        // the shutdown timeout passed.
+        let abandon = CancellationToken::new();
+        let lost = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                delivery = self.consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        tracker.spawn(handle(Arc::clone(&context), delivery, abandon.clone()));
+                    }
+                    Some(Err(e)) => break Some(warren::display_chain(&e)),
+                    None => break Some("the broker cancelled the consumer".to_owned()),
+                },
+            }
+        };
+        tracker.close();
+        if let Some(reason) = lost {
+            abandon.cancel();
+            tracker.wait().await;
+            broker::close_quietly(&self.connection).await;
+            return Served::ConnectionLost(reason);
+        }
+
+        tracing::info!(in_hand = tracker.len(), "shutting down: no new tasks");
+        // Stop deliveries first; anything prefetched but not started goes
+        // back to the queue when the channel closes.
+        if let Err(e) = self
+            .consume_channel
+            .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(error = %e, "cancelling the consumer failed");
+        }
+        if tokio::time::timeout(shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_hand = tracker.len(),
+                "shutdown timeout passed; returning unfinished tasks to the queue"
+            );
+            abandon.cancel();
+            let _ = tokio::time::timeout(ABANDON_GRACE, tracker.wait()).await;
+        }
+        broker::close_quietly(&self.connection).await;
+        tracing::info!("stopped");
+        Served::ShutDown
+    }
+}
+
+/// What every task handler needs.
+struct TaskContext {
+    worker: String,
+    topology: Topology,
+    publisher: Publisher,
+    connection: Arc<Connection>,
+    liveness: Arc<JobLiveness>,
+}
+
+/// Handles one delivery from decoding to ack; see the module docs for the
+/// order of events.
+async fn handle(context: Arc<TaskContext>, delivery: Delivery, abandon: CancellationToken) {
+    let started = Instant::now();
+    let task = Task::decode(&delivery.properties, &delivery.data).and_then(|task| {
+        let expected = context.topology.reply_queue(task.job());
+        match delivery.properties.reply_to() {
+            Some(reply_to) if reply_to.as_str() == expected => Ok(task),
+            _ => Err(warren::Error::malformed(
+                "task",
+                format!("reply_to must be the job's reply queue {expected}"),
+            )),
+        }
+    });
+    let task = match task {
+        Ok(task) => task,
+        Err(e) => return reject_poison(&context, delivery, &e, started).await,
+    };
+    let span = tracing::info_span!("task", job_id = %task.job(), task = task.index());
+    run_task(&context, &delivery, task, &abandon, started)
+        .instrument(span)
+        .await;
+}
+
+/// Runs a well-formed task and acks it once its result is confirmed.
+async fn run_task(
+    context: &TaskContext,
+    delivery: &Delivery,
+    task: Task,
+    abandon: &CancellationToken,
+    started: Instant,
+) {
+    let job = task.job().clone();
+    let reply_to = context.topology.reply_queue(&job);
+    if !context
+        .liveness
+        .is_alive(&context.connection, &job, &reply_to)
+        .await
+    {
+        tracing::debug!("job is gone; dropping its task");
+        ack(delivery).await;
+        return;
+    }
+
+    let body = delivery.data.clone();
+    let outcome = tokio::select! {
+        outcome = tasks::run(&task, body) => outcome,
+        () = abandon.cancelled() => {
+            requeue(delivery).await;
+            return;
+        }
+    };
+    let result = TaskResult {
+        version: PROTOCOL_VERSION,
+        job_id: job.clone(),
+        task: Some(task.index()),
+        worker: context.worker.clone(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        outcome,
+    };
+    // Ack only after the result's confirm: acking first would lose the task
+    // if this worker died between the two.
+    match context
+        .publisher
+        .publish_confirmed(&reply_to, &result.to_json(), result.properties())
+        .await
+    {
+        Ok(Routed::Queued) => {
+            tracing::debug!(elapsed_s = result.elapsed_s, "done");
+            ack(delivery).await;
+        }
+        Ok(Routed::Returned) => {
+            tracing::debug!("job ended while the task ran; dropping its result");
+            context.liveness.mark_gone(&job);
+            ack(delivery).await;
+        }
+        Err(e) if e.is_transient() => {
+            // The connection is gone; the broker requeues the delivery.
+            tracing::warn!("cannot publish the result: {}", warren::display_chain(&e));
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot publish the result, returning the task to the queue: {}",
+                warren::display_chain(&e)
+            );
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Dead-letters a task that can never succeed, telling its job first when
+/// the job can be identified.
+async fn reject_poison(
+    context: &TaskContext,
+    delivery: Delivery,
+    error: &warren::Error,
+    started: Instant,
+) {
+    let message = warren::display_chain(error);
+    tracing::warn!(message_id = ?delivery.properties.message_id(), "dead-lettering a task: {message}");
+    if let Some(origin) = TaskOrigin::of(&delivery.properties)
+        && origin.reply_to == context.topology.reply_queue(&origin.job)
+    {
+        let result = TaskResult {
+            version: PROTOCOL_VERSION,
+            job_id: origin.job,
+            task: origin.index,
+            worker: context.worker.clone(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            outcome: Outcome::Error(TaskFailure {
+                kind: match error {
+                    warren::Error::UnsupportedVersion { .. } => FailureKind::UnsupportedVersion,
+                    _ => FailureKind::Malformed,
+                },
+                message,
+            }),
+        };
+        if let Err(e) = context
+            .publisher
+            .publish_confirmed(&origin.reply_to, &result.to_json(), result.properties())
+            .await
+        {
+            tracing::debug!(error = %e, "could not report the malformed task to its job");
+        }
+    }
+    let rejected = delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await;
+    if let Err(e) = rejected {
+        tracing::warn!(error = %e, "could not reject the task; the broker will redeliver it");
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "could not ack the task; the broker will redeliver it");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let nack = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = delivery.acker.nack(nack).await {
+        tracing::debug!(error = %e, "could not requeue the task; the broker will when the channel closes");
+    }
+}
