@@ -1,0 +1,435 @@
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use nix::sys::signal::Signal;
+use warren::exact::sum_chunk;
+use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
+use warren::{Dtype, JobId};
+
+use crate::support::Scenario;
+use crate::support::broker::queues_with_prefix;
+use crate::support::python::reference;
+
+fn path_str(scenario: &Scenario, name: &str) -> String {
+    scenario
+        .path(name)
+        .to_str()
+        .expect("temp paths are UTF-8")
+        .to_owned()
+}
+
+/// Counts the tasks a worker has finished, from its debug log.
+fn finished_tasks(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(" done")).count()
+}
+
+#[test]
+fn worker_killed_mid_job_still_gives_the_exact_answer() {
+    let mut s = Scenario::new("sigkill");
+    let expected = reference(&["numpy-random-sum", "20000000", "11"]);
+    let mut workers = s.workers(2);
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "2e7",
+            "--seed",
+            "11",
+            "--chunk-size",
+            "20000",
+            "--json",
+        ])
+        .spawn();
+    // Kill w0 once it is in the middle of the job.
+    s.broker
+        .wait_until(Duration::from_secs(60), "w0 has finished 20 tasks", |_| {
+            finished_tasks(&workers[0].log()) >= 20
+        });
+    workers[0].kill_hard();
+    let run = producer.wait(Duration::from_secs(180));
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str(), "{run}");
+    assert_eq!(json["count"], 20_000_000);
+    assert_eq!(json["chunks"], 1000);
+    s.assert_clean();
+}
+
+#[test]
+fn duplicate_results_are_counted_once() {
+    let mut s = Scenario::new("duplicates");
+    // Raw float64 data whose first chunk the test sums itself.
+    let values: Vec<f64> = (0..50_000)
+        .map(|i| (i as f64 * 0.731).cos() * 1e10_f64.powf((i % 7) as f64 / 7.0))
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(s.path("data.f64"), &bytes).unwrap();
+    let script = format!(
+        "import numpy as np, math; print(repr(math.fsum(np.fromfile('{}', dtype='<f8'))))",
+        path_str(&s, "data.f64")
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let expected = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let producer = s
+        .producer(&[
+            "sum",
+            &path_str(&s, "data.f64"),
+            "--format",
+            "raw",
+            "--dtype",
+            "float64",
+            "--chunk-size",
+            "10000",
+            "--json",
+        ])
+        .spawn();
+    // Find the job's reply queue while no worker runs.
+    let prefix = s.prefix.clone();
+    let mut reply_queue = String::new();
+    s.broker.wait_until(
+        Duration::from_secs(20),
+        "the producer's reply queue exists",
+        |_| {
+            let queues = queues_with_prefix(&prefix).expect("rabbitmqctl is needed for this test");
+            match queues
+                .into_iter()
+                .find(|(name, _)| name.starts_with(&format!("{prefix}.reply.")))
+            {
+                Some((name, _)) => {
+                    reply_queue = name;
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    let job = JobId::parse(reply_queue.rsplit('.').next().unwrap()).unwrap();
+    let task_queue = s.broker.topology.task_queue();
+    s.broker
+        .wait_until(Duration::from_secs(20), "all 5 tasks are queued", |b| {
+            b.ready(&task_queue) == 5
+        });
+    // Answer task 0 twice before any worker does: the worker's answer will
+    // be a third copy.
+    let partial = sum_chunk(Dtype::Float64, &bytes[..10_000 * 8]).unwrap();
+    let result = TaskResult {
+        version: PROTOCOL_VERSION,
+        job_id: job,
+        task: Some(0),
+        worker: "test".into(),
+        elapsed_s: 0.0,
+        outcome: Outcome::Sum(partial),
+    };
+    for _ in 0..2 {
+        s.broker
+            .publish(&reply_queue, &result.to_json(), result.properties());
+    }
+    let _workers = s.workers(2);
+    let run = producer.wait(Duration::from_secs(60));
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str(), "{run}");
+    assert_eq!(json["duplicates"], 2, "{run}");
+    assert_eq!(json["chunks"], 5);
+    s.assert_clean();
+}
+
+#[test]
+fn without_workers_the_producer_warns_and_times_out_clearly() {
+    let mut s = Scenario::new("no_worker");
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--timeout",
+            "3s",
+        ])
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("warning: no worker is consuming"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("error: timed out after 3s: 0 of 10 tasks done"),
+        "{run}"
+    );
+    // The abandoned tasks wait in the queue until a worker comes and drops them.
+    assert_eq!(s.broker.ready(&s.broker.topology.task_queue()), 10);
+    let worker = s.workers(1);
+    s.assert_clean();
+    assert!(
+        worker[0].log().contains("job is gone"),
+        "{}",
+        worker[0].log()
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
+    let mut s = Scenario::new("ctrl_c");
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "5000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+        ])
+        .spawn();
+    let task_queue = s.broker.topology.task_queue();
+    s.broker
+        .wait_until(Duration::from_secs(20), "tasks are queued", |b| {
+            b.ready(&task_queue) == 50
+        });
+    producer.signal(Signal::SIGINT);
+    let run = producer.wait(Duration::from_secs(20));
+    run.expect_code(130);
+    assert!(run.stderr.contains("cancelled"), "{run}");
+    assert!(run.stdout.is_empty());
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_without_the_password() {
+    let s = Scenario::new("broker_down");
+    let url = "amqp://guest:sekrit@127.0.0.1:1/%2f";
+    let run = s
+        .producer(&["sum", "--random", "10"])
+        .env("AMQP_URL", url)
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("error: cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("hint: is RabbitMQ running?"), "{run}");
+    assert!(
+        !run.stderr.contains("sekrit"),
+        "the password leaked:\n{run}"
+    );
+
+    // A worker keeps retrying (for docker compose start-up order) and still
+    // stops cleanly.
+    let mut worker = s.start_worker("w0", &["--amqp-url", url]);
+    let mut polls = 0;
+    while !worker.log().contains("retrying in") {
+        polls += 1;
+        assert!(
+            polls < 200,
+            "the worker never said it was retrying:\n{}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(worker.log().contains("amqp://guest:***@127.0.0.1:1/%2f"));
+    assert!(!worker.log().contains("sekrit"));
+}
+
+#[test]
+fn refused_credentials_stop_the_worker_with_a_hint() {
+    let s = Scenario::new("bad_password");
+    let mut worker = s.start_worker(
+        "w0",
+        &["--amqp-url", "amqp://guest:wrong@127.0.0.1:5672/%2f"],
+    );
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", worker.log());
+    assert!(
+        worker.log().contains("hint: check the user name, password"),
+        "{}",
+        worker.log()
+    );
+    assert!(!worker.log().contains("wrong@"), "{}", worker.log());
+}
+
+fn header_table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[test]
+fn malformed_tasks_are_dead_lettered_and_reported_to_their_job() {
+    let mut s = Scenario::new("malformed");
+    let _worker = s.workers(1);
+    let job = JobId::random();
+    let (reply_queue, mut replies) = s.broker.declare_reply_queue(&job);
+    let task_queue = s.broker.topology.task_queue();
+    let task = |version: i64, dtype: &str| {
+        BasicProperties::default()
+            .with_reply_to(reply_queue.as_str().into())
+            .with_headers(header_table(&[
+                ("warren-version", AMQPValue::LongLongInt(version)),
+                ("warren-kind", text("sum")),
+                ("warren-job", text(job.as_str())),
+                ("warren-task", AMQPValue::LongLongInt(3)),
+                ("warren-dtype", text(dtype)),
+                ("warren-count", AMQPValue::LongLongInt(1)),
+            ]))
+    };
+    s.broker
+        .publish(&task_queue, &[0u8; 8], task(1, "complex64"));
+    s.broker
+        .publish(&task_queue, &[0u8; 8], task(99, "float64"));
+    s.broker
+        .publish(&task_queue, b"garbage", BasicProperties::default());
+
+    // The job hears about both of its tasks twice: the worker's error result
+    // and the broker's dead-letter copy.
+    let mut errors = Vec::new();
+    let mut dead = 0;
+    for _ in 0..4 {
+        let delivery = s
+            .broker
+            .next_delivery(&mut replies, Duration::from_secs(20))
+            .expect("the job hears about its malformed tasks");
+        if let Some(letter) = DeadLetter::of(&delivery.properties) {
+            assert_eq!(letter.reason, "rejected");
+            assert_eq!(letter.task, Some(3));
+            dead += 1;
+        } else {
+            let result = TaskResult::decode(&delivery.data).unwrap();
+            assert_eq!(result.task, Some(3));
+            match result.outcome {
+                Outcome::Error(failure) => errors.push(failure.message),
+                other => panic!("expected an error result, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(dead, 2);
+    errors.sort();
+    assert!(
+        errors[0].contains("unsupported dtype \"complex64\""),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("unsupported protocol version 99"),
+        "{errors:?}"
+    );
+    // All three are kept in the dead-letter queue, none went back to work.
+    let dead_queue = s.broker.topology.dead_letter_queue();
+    s.broker
+        .wait_until(Duration::from_secs(10), "3 dead letters", |b| {
+            b.ready(&dead_queue) == 3
+        });
+    assert_eq!(s.broker.ready(&task_queue), 0);
+    // And the worker is still serving.
+    let run = s
+        .producer(&["sum", "--random", "1000", "--seed", "2"])
+        .run();
+    assert_eq!(
+        run.expect_success().answer(),
+        reference(&["numpy-random-sum", "1000", "2"])
+    );
+}
+
+#[test]
+fn sigterm_lets_a_worker_finish_and_exit_zero() {
+    let mut s = Scenario::new("sigterm");
+    let expected = reference(&["numpy-random-sum", "10000000", "5"]);
+    let mut workers = s.workers(2);
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1e7",
+            "--seed",
+            "5",
+            "--chunk-size",
+            "20000",
+        ])
+        .spawn();
+    s.broker
+        .wait_until(Duration::from_secs(60), "w0 has finished 10 tasks", |_| {
+            finished_tasks(&workers[0].log()) >= 10
+        });
+    workers[0].signal(Signal::SIGTERM);
+    let status = workers[0].wait_exit(Duration::from_secs(40));
+    assert!(status.success(), "{status}\n{}", workers[0].log());
+    assert!(workers[0].log().contains("stopped"), "{}", workers[0].log());
+    let run = producer.wait(Duration::from_secs(120));
+    assert_eq!(run.expect_success().answer(), expected);
+    s.assert_clean();
+}
+
+/// Closes a connection the way a network failure or a broker operator
+/// would, by its connection name.
+fn close_connection_named(name: &str) {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl is needed for this test");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&format!("{{\"connection_name\",\"{name}\"}}")))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name}:\n{listing}"));
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by the reconnect test"])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+}
+
+#[test]
+fn a_worker_reconnects_after_its_connection_is_closed() {
+    let mut s = Scenario::new("reconnect");
+    let expected = reference(&["numpy-random-sum", "10000000", "8"]);
+    let workers = s.workers(1);
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1e7",
+            "--seed",
+            "8",
+            "--chunk-size",
+            "20000",
+        ])
+        .spawn();
+    s.broker
+        .wait_until(Duration::from_secs(60), "w0 has finished 10 tasks", |_| {
+            finished_tasks(&workers[0].log()) >= 10
+        });
+    close_connection_named(&format!("warren-worker {}", workers[0].name));
+    let run = producer.wait(Duration::from_secs(120));
+    assert_eq!(run.expect_success().answer(), expected);
+    assert!(
+        workers[0].log().contains("reconnecting"),
+        "{}",
+        workers[0].log()
+    );
+    s.assert_clean();
+}

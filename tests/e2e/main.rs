@@ -1,0 +1,25 @@
+//! End-to-end tests: the real `producer` and `worker` binaries against a
+//! real RabbitMQ, each test under its own queue prefix.
+//!
+//! Run with `cargo test --workspace` (which also builds the binaries). The
+//! broker comes from `AMQP_URL` or the local default; without one the tests
+//! fail and say how to start it. Reference answers come from Python
+//! (`math.fsum`, exact fractions) and `.npy` files are written by numpy.
+
+// Items of a test binary are never reachable from outside it.
+#![allow(unreachable_pub)]
+
+mod support;
+
+/// Sum jobs: exact answers against Python, every input format and dtype.
+mod sum;
+
+/// Bad input: a clear error, a non-zero exit, nothing left on the broker.
+mod inputs;
+
+/// Failures: killed and stopped workers, no workers, broker trouble,
+/// malformed tasks, cancelled jobs, duplicate results.
+mod faults;
+
+/// The documented wire protocol, spoken by a Python client.
+mod protocol;

@@ -1,0 +1,329 @@
+use crate::support::Scenario;
+use crate::support::python::{expected_npy_sum, reference};
+
+fn path_str(scenario: &Scenario, name: &str) -> String {
+    scenario
+        .path(name)
+        .to_str()
+        .expect("temp paths are UTF-8")
+        .to_owned()
+}
+
+#[test]
+fn ten_million_floats_match_fsum_for_any_chunk_size_and_worker_count() {
+    let mut s = Scenario::new("ten_million");
+    let data = path_str(&s, "readings.npy");
+    reference(&["random-npy", &data, "10000000", "42"]);
+    let expected = expected_npy_sum(s.path("readings.npy").as_path());
+
+    let mut workers = s.workers(2);
+    for chunk_size in ["131072", "1000003", "77777"] {
+        let run = s
+            .producer(&["sum", &data, "--chunk-size", chunk_size, "--json"])
+            .run();
+        run.expect_success();
+        let json = run.json();
+        assert_eq!(
+            json["sum"],
+            expected.as_str(),
+            "chunk size {chunk_size}\n{run}"
+        );
+        assert_eq!(json["count"], 10_000_000);
+        assert_eq!(json["dtype"], "float64");
+    }
+
+    // One worker, then three: the same bits.
+    workers.truncate(1);
+    s.broker.wait_for_consumers(1);
+    let run = s.producer(&["sum", &data]).run();
+    assert_eq!(run.expect_success().answer(), expected, "1 worker");
+    workers.push(s.start_worker("w1", &[]));
+    workers.push(s.start_worker("w2", &[]));
+    s.broker.wait_for_consumers(3);
+    let run = s.producer(&["sum", &data, "--chunk-size", "50000"]).run();
+    assert_eq!(run.expect_success().answer(), expected, "3 workers");
+    s.assert_clean();
+}
+
+#[test]
+fn adversarial_floats_match_fsum_bit_for_bit() {
+    let mut s = Scenario::new("adversarial");
+    let _workers = s.workers(2);
+    for kind in [
+        "cancelling",
+        "tiny-beside-huge",
+        "wide",
+        "subnormal",
+        "near-overflow",
+    ] {
+        let data = path_str(&s, &format!("{kind}.npy"));
+        reference(&["adversarial-npy", &data, kind]);
+        let expected = expected_npy_sum(s.path(&format!("{kind}.npy")).as_path());
+        let run = s.producer(&["sum", &data, "--chunk-size", "997"]).run();
+        assert_eq!(run.expect_success().answer(), expected, "{kind}\n{run}");
+    }
+    s.assert_clean();
+}
+
+#[test]
+fn nan_infinities_and_overflow_follow_ieee_and_say_so() {
+    let mut s = Scenario::new("nonfinite");
+    let _workers = s.workers(1);
+    for (kind, answer, note) in [
+        ("nan", "nan", "the input holds NaN"),
+        ("inf", "inf", "the input holds infinities"),
+        ("both-inf", "nan", "both +inf and -inf"),
+    ] {
+        let data = path_str(&s, &format!("{kind}.npy"));
+        reference(&["adversarial-npy", &data, kind]);
+        let run = s.producer(&["sum", &data, "--chunk-size", "1"]).run();
+        assert_eq!(run.expect_success().answer(), answer, "{kind}");
+        assert!(run.stderr.contains(note), "{kind}: {run}");
+    }
+
+    let data = path_str(&s, "overflow.npy");
+    reference(&["adversarial-npy", &data, "overflow"]);
+    assert_eq!(
+        expected_npy_sum(s.path("overflow.npy").as_path()),
+        "overflow:+"
+    );
+    let run = s
+        .producer(&["sum", &data, "--chunk-size", "3", "--json"])
+        .run();
+    run.expect_code(1);
+    let json = run.json();
+    assert_eq!(json["overflow"], true);
+    assert_eq!(json["sum"], "inf");
+    assert!(run.stderr.contains("beyond float64's range"), "{run}");
+    s.assert_clean();
+}
+
+#[test]
+fn npy_in_both_byte_orders_and_float32_as_numpy_writes_them() {
+    let mut s = Scenario::new("byte_orders");
+    let _workers = s.workers(2);
+    for (dtype, order) in [("float64", ">"), ("float32", "<"), ("float32", ">")] {
+        let name = format!("{dtype}{}.npy", if order == ">" { "be" } else { "le" });
+        let data = path_str(&s, &name);
+        reference(&["random-npy", &data, "300001", "9", dtype, order]);
+        let expected = expected_npy_sum(s.path(&name).as_path());
+        let run = s
+            .producer(&["sum", &data, "--chunk-size", "65536", "--json"])
+            .run();
+        run.expect_success();
+        assert_eq!(run.json()["sum"], expected.as_str(), "{name}");
+        assert_eq!(run.json()["dtype"], dtype, "{name}");
+    }
+    s.assert_clean();
+}
+
+#[test]
+fn integer_sums_are_exact_past_the_int64_range() {
+    let mut s = Scenario::new("integers");
+    let _workers = s.workers(2);
+    for (kind, dtype, order) in [
+        ("past-range", "int64", "<"),
+        ("past-range", "uint64", ">"),
+        ("past-range", "int32", ">"),
+        ("random", "int16", "<"),
+        ("random", "uint8", "|"),
+    ] {
+        let name = format!("{kind}-{dtype}.npy");
+        let data = path_str(&s, &name);
+        reference(&["int-npy", &data, kind, dtype, order]);
+        let expected = expected_npy_sum(s.path(&name).as_path());
+        let run = s
+            .producer(&["sum", &data, "--chunk-size", "1000", "--json"])
+            .run();
+        run.expect_success();
+        assert_eq!(run.json()["sum"], expected.as_str(), "{name}");
+        assert_eq!(run.json()["dtype"], dtype);
+        if kind == "past-range" && dtype != "int32" {
+            let total: f64 = expected.parse().unwrap();
+            assert!(
+                total.abs() > i64::MAX as f64,
+                "{name}: {expected} should pass the int64 range"
+            );
+        }
+    }
+    s.assert_clean();
+}
+
+#[test]
+fn text_input_with_every_separator_and_from_stdin() {
+    let mut s = Scenario::new("text");
+    let _workers = s.workers(2);
+    for separator in ["newline", "space", "comma", "mixed"] {
+        let name = format!("{separator}.txt");
+        let data = path_str(&s, &name);
+        let expected = reference(&["text-file", &data, "20000", "3", separator]);
+        let run = s.producer(&["sum", &data, "--chunk-size", "3000"]).run();
+        assert_eq!(run.expect_success().answer(), expected, "{separator}");
+    }
+    let expected = reference(&[
+        "text-file",
+        &path_str(&s, "stdin.txt"),
+        "5000",
+        "4",
+        "mixed",
+    ]);
+    let run = s
+        .producer(&["sum", "-", "--chunk-size", "1000", "--json"])
+        .stdin_from(&s.path("stdin.txt"))
+        .run();
+    run.expect_success();
+    assert_eq!(run.json()["sum"], expected.as_str());
+    assert_eq!(run.json()["count"], 5000);
+
+    std::fs::write(
+        s.path("ints.txt"),
+        "9223372036854775807\n9223372036854775807, 2\n",
+    )
+    .unwrap();
+    let run = s
+        .producer(&["sum", &path_str(&s, "ints.txt"), "--dtype", "int64"])
+        .run();
+    assert_eq!(run.expect_success().answer(), "18446744073709551616");
+    s.assert_clean();
+}
+
+#[test]
+fn raw_binary_with_a_dtype() {
+    let mut s = Scenario::new("raw");
+    let _workers = s.workers(1);
+    let values: Vec<f32> = (0..100_000)
+        .map(|i| (i as f32 * 0.37).sin() * 1e6)
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(s.path("data.f32"), &bytes).unwrap();
+    // The same values as a .npy for the reference.
+    let expected: String = {
+        let script = format!(
+            "import numpy as np; np.save('{}', np.fromfile('{}', dtype='<f4'))",
+            path_str(&s, "data.npy"),
+            path_str(&s, "data.f32")
+        );
+        let ok = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        expected_npy_sum(s.path("data.npy").as_path())
+    };
+    let run = s
+        .producer(&[
+            "sum",
+            &path_str(&s, "data.f32"),
+            "--format",
+            "raw",
+            "--dtype",
+            "float32",
+        ])
+        .run();
+    assert_eq!(run.expect_success().answer(), expected);
+    let run = s
+        .producer(&[
+            "sum",
+            "-",
+            "--format",
+            "raw",
+            "--dtype",
+            "f4",
+            "--chunk-size",
+            "777",
+        ])
+        .stdin_from(&s.path("data.f32"))
+        .run();
+    assert_eq!(run.expect_success().answer(), expected, "from stdin");
+    s.assert_clean();
+}
+
+#[test]
+fn random_input_is_numpys_seeded_stream() {
+    let mut s = Scenario::new("random");
+    let _workers = s.workers(2);
+    let expected = reference(&["numpy-random-sum", "1000000", "7"]);
+    let run = s
+        .producer(&["sum", "--random", "1e6", "--seed", "7", "--json"])
+        .run();
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str());
+    assert_eq!(json["seed"], 7);
+    // Same bits every time, whatever the chunking.
+    let again = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000000",
+            "--seed",
+            "7",
+            "--chunk-size",
+            "9999",
+        ])
+        .run();
+    assert_eq!(again.expect_success().answer(), expected);
+    s.assert_clean();
+}
+
+#[test]
+fn json_output_has_the_documented_keys() {
+    let mut s = Scenario::new("json_keys");
+    let _workers = s.workers(2);
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "300000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100000",
+            "--json",
+        ])
+        .run();
+    run.expect_success();
+    let json = run.json();
+    for key in [
+        "job_id",
+        "sum",
+        "count",
+        "dtype",
+        "chunks",
+        "workers_seen",
+        "elapsed_s",
+        "duplicates",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}: {json}");
+    }
+    assert_eq!(json["chunks"], 3);
+    assert_eq!(json["count"], 300_000);
+    assert!(json["sum"].is_string());
+    assert!(json["elapsed_s"].as_f64().unwrap() > 0.0);
+    let seen = json["workers_seen"].as_u64().unwrap();
+    assert!((1..=2).contains(&seen), "{json}");
+    // Plain output is the same string alone.
+    let plain = s
+        .producer(&["sum", "--random", "300000", "--seed", "1"])
+        .run();
+    assert_eq!(
+        plain.expect_success().stdout,
+        format!("{}\n", json["sum"].as_str().unwrap())
+    );
+    s.assert_clean();
+}
+
+#[test]
+fn empty_input_sums_to_zero_without_any_worker() {
+    let mut s = Scenario::new("empty");
+    let data = path_str(&s, "empty.npy");
+    reference(&["random-npy", &data, "0", "1"]);
+    let run = s
+        .producer(&["sum", &data, "--json", "--timeout", "20s"])
+        .run();
+    run.expect_success();
+    assert_eq!(run.json()["sum"], "0.0");
+    assert_eq!(run.json()["count"], 0);
+    assert_eq!(run.json()["chunks"], 0);
+    s.assert_clean();
+}

@@ -1,0 +1,96 @@
+//! What every end-to-end test needs: a [`Scenario`] with its own queue
+//! prefix (deleted on drop) and temp directory, workers and producer runs
+//! of the real binaries, and reference answers computed by Python.
+
+pub mod broker;
+pub mod process;
+pub mod python;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub use broker::Broker;
+pub use process::{Producer, Run, Worker};
+
+/// One test's isolated world on the shared broker.
+pub struct Scenario {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub broker: Broker,
+}
+
+impl Scenario {
+    /// A fresh prefix `wt-<pid>-<n>-<test>`: unique per test and per run.
+    pub fn new(test: &str) -> Scenario {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let short: String = test.chars().take(40).collect();
+        let prefix = format!("wt-{}-{n}-{short}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("warren-e2e-")
+            .tempdir()
+            .expect("a temp dir can be made");
+        let broker = Broker::connect(&prefix);
+        Scenario {
+            prefix,
+            dir,
+            broker,
+        }
+    }
+
+    /// A path inside the test's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a worker with `args` (it is not yet consuming on return).
+    pub fn start_worker(&self, name: &str, args: &[&str]) -> Worker {
+        Worker::start(&self.prefix, name, self.dir.path(), args)
+    }
+
+    /// Starts `n` workers and waits until all consume the task queue.
+    pub fn workers(&mut self, n: usize) -> Vec<Worker> {
+        let workers: Vec<Worker> = (0..n)
+            .map(|i| self.start_worker(&format!("w{i}"), &[]))
+            .collect();
+        self.broker.wait_for_consumers(n as u32);
+        workers
+    }
+
+    /// A producer run with this scenario's prefix, in its temp dir.
+    pub fn producer(&self, args: &[&str]) -> Producer {
+        Producer::new(&self.prefix, self.dir.path(), args)
+    }
+
+    /// Asserts nothing of this prefix is left on the broker but the shared,
+    /// empty task and dead-letter queues: no reply queue, no message.
+    pub fn assert_clean(&mut self) {
+        let task_queue = self.broker.topology.task_queue();
+        self.broker
+            .wait_until(Duration::from_secs(20), "the task queue is empty", |b| {
+                b.stats(&task_queue).is_none_or(|s| s.ready == 0)
+            });
+        let Some(queues) = broker::queues_with_prefix(&self.prefix) else {
+            eprintln!("rabbitmqctl is not available: skipping the full queue listing");
+            return;
+        };
+        let shared = [task_queue, self.broker.topology.dead_letter_queue()];
+        for (name, messages) in &queues {
+            assert!(
+                shared.contains(name),
+                "queue {name} was left behind: {queues:?}"
+            );
+            assert_eq!(
+                *messages, 0,
+                "queue {name} still holds messages: {queues:?}"
+            );
+        }
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.broker.delete_all();
+    }
+}
