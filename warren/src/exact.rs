@@ -365,8 +365,8 @@ pub fn sum_chunk(dtype: Dtype, bytes: &[u8]) -> Result<PartialSum> {
     }
     fn int_partial<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> i128) -> PartialSum {
         let (items, _) = bytes.as_chunks::<N>();
-        // A chunk of fewer than 2^64 elements of at most 64 bits cannot
-        // overflow an i128.
+        // Each element is below 2^64 in magnitude, so no chunk of fewer than
+        // 2^63 elements (no message comes close) can overflow an i128.
         let sum: i128 = items.iter().map(|b| decode(*b)).sum();
         PartialSum::Int {
             count: items.len() as u64,
@@ -451,12 +451,13 @@ impl Total {
                 true,
             ) => {
                 let exponent = *exponent;
-                if exponent < UNIT_EXPONENT {
+                if !(UNIT_EXPONENT..=MAX_TOTAL_BITS).contains(&exponent) {
                     return Err(Error::malformed(
                         "result",
-                        format!("exponent {exponent} is below -1074"),
+                        format!("exponent {exponent} is outside [-1074, {MAX_TOTAL_BITS}]"),
                     ));
                 }
+                // Both terms are bounded now (bits by the text length limit).
                 if !mantissa.is_zero() && mantissa.bits() as i64 + exponent > MAX_TOTAL_BITS {
                     return Err(Error::malformed(
                         "result",
@@ -523,8 +524,23 @@ pub fn python_repr(x: f64) -> String {
     if x.is_infinite() {
         return if x > 0.0 { "inf" } else { "-inf" }.to_owned();
     }
-    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let scientific = format!("{:e}", x.abs());
+    // Rust's `{:e}` gives the shortest digits that round-trip ("1.2345e-7"),
+    // but when two such digit strings are equally close it may pick the
+    // upper one where Python picks the even one (562949953421312.25 must
+    // print as ...312.2). `{:.N e}` rounds the exact value half-to-even, so
+    // with the same number of digits it gives Python's choice, provided it
+    // still round-trips (near powers of two it may not; then the shortest
+    // form is the only candidate).
+    let shortest = format!("{:e}", x.abs());
+    let significant = shortest
+        .split_once('e')
+        .map_or(1, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let even = format!("{:.*e}", significant - 1, x.abs());
+    let scientific = if even.parse::<f64>() == Ok(x.abs()) {
+        even
+    } else {
+        shortest
+    };
     let (digits_part, exponent_part) = scientific
         .split_once('e')
         .expect("LowerExp output always has an exponent"); // invariant of `{:e}`
@@ -820,6 +836,15 @@ mod tests {
             nonfinite: None,
         };
         assert!(total.add(&too_big).is_err());
+        for exponent in [i64::MAX, i64::MIN, MAX_TOTAL_BITS + 1] {
+            let hostile = PartialSum::Float {
+                count: 1,
+                mantissa: BigInt::from(1),
+                exponent,
+                nonfinite: None,
+            };
+            assert!(total.add(&hostile).is_err(), "{exponent}");
+        }
     }
 
     #[test]
@@ -877,6 +902,9 @@ mod tests {
             (2.5e-310, "2.5e-310"),
             (123456789.125, "123456789.125"),
             (f64::MAX, "1.7976931348623157e+308"),
+            (562_949_953_421_312.0 + 0.25, "562949953421312.2"),
+            (2f64.powi(-25), "2.9802322387695312e-08"),
+            (2f64.powi(-1017), "7.120236347223045e-307"),
             (5e-324, "5e-324"),
             (f64::NAN, "nan"),
             (f64::NEG_INFINITY, "-inf"),

@@ -25,6 +25,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod exact;
+pub mod filename;
 pub mod protocol;
 pub mod topology;
 

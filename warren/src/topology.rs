@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `P.tasks` | durable quorum queue all workers consume |
 //! | `P.dead-letter` | headers exchange that dead-lettered tasks go to |
-//! | `P.dead` | durable quorum queue bound to `P.dead-letter`: keeps every dead letter |
+//! | `P.dead` | durable quorum queue bound to `P.dead-letter`: keeps the latest dead letters (100,000 messages, 1 GiB at most) |
 //! | `P.reply.<job>` | one job's results; also bound to `P.dead-letter` for that job's tasks |
 //!
 //! A job is alive exactly as long as its reply queue exists: it is
@@ -27,6 +27,11 @@ use crate::protocol::{JobId, header};
 /// After this many deliveries of one task (crashed or requeueing workers),
 /// RabbitMQ dead-letters it instead of redelivering it forever.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queue keeps at most this many messages...
+pub const DEAD_LETTER_MAX_MESSAGES: i64 = 100_000;
+/// ...and at most this many bytes of them (1 GiB).
+pub const DEAD_LETTER_MAX_BYTES: i64 = 1 << 30;
 
 /// A reply queue that never got a consumer (its producer died right after
 /// declaring it) is deleted after this many milliseconds.
@@ -91,7 +96,18 @@ impl Topology {
             .map_err(|e| Error::broker(format!("declare exchange {exchange}"), e))?;
 
         let dead = self.dead_letter_queue();
-        declare_queue(channel, &dead, QueueDeclareOptions::durable(), quorum()).await?;
+        let mut dead_args = quorum();
+        // Dead letters keep whole task bodies: bound what they can hold; the
+        // oldest go first.
+        dead_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(DEAD_LETTER_MAX_MESSAGES),
+        );
+        dead_args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(DEAD_LETTER_MAX_BYTES),
+        );
+        declare_queue(channel, &dead, QueueDeclareOptions::durable(), dead_args).await?;
         // x-match all with no other header: every dead letter matches.
         let mut match_all = FieldTable::default();
         match_all.insert("x-match".into(), string("all"));

@@ -21,6 +21,13 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::exact::PartialSum;
 
+mod download;
+
+pub use download::{
+    BodyChunk, Delivery, DownloadError, DownloadErrorKind, DownloadLimits, DownloadReport,
+    DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
+};
+
 /// The protocol version this build speaks, sent in every task and result.
 pub const PROTOCOL_VERSION: i64 = 1;
 
@@ -38,6 +45,10 @@ pub mod header {
     pub const DTYPE: &str = "warren-dtype";
     /// Number of elements in a sum task (integer).
     pub const COUNT: &str = "warren-count";
+    /// Download body chunks: the attempt they belong to (string).
+    pub const ATTEMPT: &str = "warren-attempt";
+    /// Download body chunks: byte offset of the chunk in the file (integer).
+    pub const OFFSET: &str = "warren-offset";
     /// Set by RabbitMQ on dead-lettered messages: why (`rejected`,
     /// `delivery_limit`, `expired`, `maxlen`).
     pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
@@ -49,9 +60,9 @@ pub const CONTENT_TYPE_BINARY: &str = "application/octet-stream";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
+pub(crate) const PERSISTENT: u8 = 2;
 /// AMQP delivery mode 1: results go to a non-durable queue anyway.
-const TRANSIENT: u8 = 1;
+pub(crate) const TRANSIENT: u8 = 1;
 
 /// Identifies one job: 1 to 64 characters from `[A-Za-z0-9_-]`. The producer
 /// generates a random UUID in simple form.
@@ -120,6 +131,8 @@ impl fmt::Display for JobId {
 pub enum TaskKind {
     /// Sum a chunk of numbers exactly.
     Sum,
+    /// Download one URL.
+    Download,
 }
 
 impl TaskKind {
@@ -127,12 +140,14 @@ impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Sum => "sum",
+            TaskKind::Download => "download",
         }
     }
 
     fn parse(text: &str) -> Result<Self> {
         match text {
             "sum" => Ok(TaskKind::Sum),
+            "download" => Ok(TaskKind::Download),
             other => Err(Error::malformed(
                 "task",
                 format!("unknown task kind {other:?}"),
@@ -217,10 +232,12 @@ impl SumTask {
 }
 
 /// A decoded task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Task {
     /// Sum the body.
     Sum(SumTask),
+    /// Download a URL.
+    Download(Box<DownloadTask>),
 }
 
 impl Task {
@@ -228,6 +245,7 @@ impl Task {
     pub fn job(&self) -> &JobId {
         match self {
             Task::Sum(task) => &task.job,
+            Task::Download(task) => &task.job,
         }
     }
 
@@ -235,6 +253,7 @@ impl Task {
     pub fn index(&self) -> u64 {
         match self {
             Task::Sum(task) => task.index,
+            Task::Download(task) => task.index,
         }
     }
 
@@ -288,6 +307,9 @@ impl Task {
                     count,
                 }))
             }
+            TaskKind::Download => Ok(Task::Download(Box::new(DownloadTask::decode(
+                job, index, body,
+            )?))),
         }
     }
 }
@@ -319,6 +341,8 @@ pub enum FailureKind {
 pub enum Outcome {
     /// A sum task's exact partial sum.
     Sum(PartialSum),
+    /// A download task's report (success or failure of the download).
+    Download(DownloadReport),
     /// The task could not be carried out.
     Error(TaskFailure),
 }
@@ -336,7 +360,7 @@ pub struct TaskResult {
     pub worker: String,
     /// Seconds the worker spent on the task.
     pub elapsed_s: f64,
-    /// Exactly one of `sum` or `error`.
+    /// Exactly one of `sum`, `download` or `error`.
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -373,18 +397,33 @@ impl TaskResult {
     /// [`Error::Malformed`] for invalid JSON or fields,
     /// [`Error::UnsupportedVersion`] for another version.
     pub fn decode(body: &[u8]) -> Result<TaskResult> {
+        /// The envelope: the version and which outcome keys are present.
         #[derive(Deserialize)]
-        struct VersionOnly {
+        struct Envelope {
             version: i64,
+            sum: Option<serde::de::IgnoredAny>,
+            download: Option<serde::de::IgnoredAny>,
+            error: Option<serde::de::IgnoredAny>,
         }
-        let version = serde_json::from_slice::<VersionOnly>(body)
-            .map_err(|e| Error::malformed("result", e.to_string()))?
-            .version;
+        let envelope = serde_json::from_slice::<Envelope>(body)
+            .map_err(|e| Error::malformed("result", e.to_string()))?;
+        let version = envelope.version;
         if version != PROTOCOL_VERSION {
             return Err(Error::UnsupportedVersion {
                 what: "result",
                 found: version,
             });
+        }
+        let outcomes = [
+            envelope.sum.is_some(),
+            envelope.download.is_some(),
+            envelope.error.is_some(),
+        ];
+        if outcomes.iter().filter(|present| **present).count() != 1 {
+            return Err(Error::malformed(
+                "result",
+                "it must have exactly one of sum, download and error",
+            ));
         }
         serde_json::from_slice(body).map_err(|e| Error::malformed("result", e.to_string()))
     }
@@ -416,18 +455,18 @@ impl DeadLetter {
     }
 }
 
-fn long_string(text: &str) -> AMQPValue {
+pub(crate) fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }
 
-fn unix_seconds() -> u64 {
+pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// Reads a string header, accepting both AMQP string types.
-fn string_header(headers: &FieldTable, name: &str) -> Result<String> {
+pub(crate) fn string_header(headers: &FieldTable, name: &str) -> Result<String> {
     match headers.inner().get(name) {
         Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec())
             .map_err(|_| Error::malformed("task", format!("header {name} is not UTF-8"))),
@@ -444,8 +483,8 @@ fn string_header(headers: &FieldTable, name: &str) -> Result<String> {
 }
 
 /// Reads an integer header of any AMQP integer width (clients differ: pika
-/// sends `l`, others `I`).
-fn int_header(headers: &FieldTable, name: &str) -> Result<i64> {
+/// sends `I` for values that fit 32 bits, `l` above; warren sends `l`).
+pub(crate) fn int_header(headers: &FieldTable, name: &str) -> Result<i64> {
     let value = match headers.inner().get(name) {
         Some(AMQPValue::ShortShortInt(v)) => i64::from(*v),
         Some(AMQPValue::ShortShortUInt(v)) => i64::from(*v),
@@ -473,7 +512,7 @@ fn int_header(headers: &FieldTable, name: &str) -> Result<i64> {
     Ok(value)
 }
 
-fn non_negative(value: i64, name: &str) -> Result<u64> {
+pub(crate) fn non_negative(value: i64, name: &str) -> Result<u64> {
     u64::try_from(value)
         .map_err(|_| Error::malformed("task", format!("header {name} is negative ({value})")))
 }
@@ -665,6 +704,13 @@ mod tests {
         ));
         let no_outcome = br#"{"version":1,"job_id":"j","task":0,"worker":"w","elapsed_s":0}"#;
         assert!(TaskResult::decode(no_outcome).is_err());
+        let two = br#"{"version":1,"job_id":"j","task":0,"worker":"w","elapsed_s":0,"sum":{"type":"int","count":1,"sum":"1"},"error":{"kind":"failed","message":"x"}}"#;
+        assert!(
+            TaskResult::decode(two)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
     }
 
     #[test]

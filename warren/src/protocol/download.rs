@@ -1,0 +1,460 @@
+//! Download tasks, their reports, and the body chunks that carry a file
+//! back through the broker.
+//!
+//! A download task's body is a JSON [`DownloadSpec`]. With
+//! [`Delivery::Broker`] the worker sends the file to the job's reply queue
+//! as [`BodyChunk`] messages (raw bytes, at most `chunk_bytes` each, tagged
+//! with an attempt id and offset) and then a JSON result whose
+//! [`DownloadReport::attempt`] names the attempt whose chunks make the
+//! file. With [`Delivery::Shared`] the worker writes the file into its
+//! `--shared-dir` (temporary name, then rename) and the report carries the
+//! relative path.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, JobId, PERSISTENT, PROTOCOL_VERSION, TRANSIENT,
+    TaskKind, header, int_header, long_string, non_negative, string_header, unix_seconds,
+};
+use crate::error::{Error, Result};
+use crate::filename::RelativePath;
+
+/// Where the downloaded file goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Back through the broker to the producer, which writes it.
+    Broker,
+    /// Straight into the directory all workers mount (`worker --shared-dir`).
+    Shared,
+}
+
+/// Bounds a worker keeps to while downloading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DownloadLimits {
+    /// Largest body accepted; a larger one is cut off and reported.
+    pub max_bytes: u64,
+    /// Seconds to establish a connection.
+    pub connect_timeout_s: f64,
+    /// Seconds without receiving any byte.
+    pub idle_timeout_s: f64,
+    /// Seconds for one whole attempt, headers and body.
+    pub total_timeout_s: f64,
+    /// Attempts in all, retries included (transient failures only).
+    pub max_attempts: u32,
+    /// Largest body chunk message, in bytes ([`Delivery::Broker`]).
+    pub chunk_bytes: u32,
+}
+
+impl DownloadLimits {
+    /// Chunk messages are kept between 4 KiB and 64 MiB.
+    pub const CHUNK_BYTES_RANGE: std::ops::RangeInclusive<u32> = 4096..=(64 << 20);
+    /// At most this many attempts.
+    pub const MAX_ATTEMPTS: u32 = 20;
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let timeouts = [
+            self.connect_timeout_s,
+            self.idle_timeout_s,
+            self.total_timeout_s,
+        ];
+        if timeouts.iter().any(|t| !t.is_finite() || *t <= 0.0) {
+            return Err("timeouts must be positive numbers of seconds".into());
+        }
+        if !(1..=Self::MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(format!("max_attempts must be 1 to {}", Self::MAX_ATTEMPTS));
+        }
+        if !Self::CHUNK_BYTES_RANGE.contains(&self.chunk_bytes) {
+            return Err("chunk_bytes must be between 4 KiB and 64 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            max_bytes: 2 << 30,
+            connect_timeout_s: 10.0,
+            idle_timeout_s: 30.0,
+            total_timeout_s: 600.0,
+            max_attempts: 4,
+            chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The JSON body of a download task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadSpec {
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// Where the file goes, relative to the output (or shared) directory.
+    pub name: String,
+    /// Expected SHA-256 of the body, lowercase hex, if the user gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Where the file goes.
+    pub delivery: Delivery,
+    /// Bounds on the download.
+    pub limits: DownloadLimits,
+}
+
+/// A decoded download task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadTask {
+    /// The job.
+    pub job: JobId,
+    /// Index of this URL within the job.
+    pub index: u64,
+    /// What to fetch and where it goes.
+    pub spec: DownloadSpec,
+    /// `spec.name`, validated.
+    pub name: RelativePath,
+    /// `spec.url`, parsed.
+    pub url: url::Url,
+}
+
+/// Checks that a URL can be downloaded: it parses, is `http` or `https`
+/// and names a host.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn check_url(text: &str) -> std::result::Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported scheme {:?} in {text:?}: only http and https are downloaded",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the URL {text:?} names no host"));
+    }
+    Ok(url)
+}
+
+/// Checks a `sha256` value: 64 hex digits, returned lowercase.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn check_sha256(text: &str) -> std::result::Result<String, String> {
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!("{text:?} is not a SHA-256 digest (64 hex digits)"))
+    }
+}
+
+impl DownloadTask {
+    /// Validates a spec into a task.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for an unusable URL, an unsafe name, a bad
+    /// checksum or limits out of range.
+    pub fn new(job: JobId, index: u64, spec: DownloadSpec) -> Result<Self> {
+        let bad = |reason: String| Error::malformed("task", reason);
+        let url = check_url(&spec.url).map_err(bad)?;
+        let name = RelativePath::parse(&spec.name)
+            .map_err(|e| bad(format!("unsafe file name {:?}: {e}", spec.name)))?;
+        if let Some(sha) = &spec.sha256 {
+            check_sha256(sha).map_err(bad)?;
+        }
+        spec.limits.check().map_err(bad)?;
+        Ok(DownloadTask {
+            job,
+            index,
+            spec,
+            name,
+            url,
+        })
+    }
+
+    pub(super) fn decode(job: JobId, index: u64, body: &[u8]) -> Result<Self> {
+        let spec: DownloadSpec = serde_json::from_slice(body)
+            .map_err(|e| Error::malformed("task", format!("invalid download spec: {e}")))?;
+        Self::new(job, index, spec)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.spec).expect("a DownloadSpec always serializes") // invariant: plain data
+    }
+
+    /// The AMQP properties of this task, replying to `reply_to`.
+    pub fn properties(&self, reply_to: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            header::VERSION.into(),
+            AMQPValue::LongLongInt(PROTOCOL_VERSION),
+        );
+        headers.insert(header::KIND.into(), long_string(TaskKind::Download.name()));
+        headers.insert(header::JOB.into(), long_string(self.job.as_str()));
+        headers.insert(
+            header::TASK.into(),
+            AMQPValue::LongLongInt(self.index as i64),
+        );
+        BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(self.job.task_message_id(self.index).into())
+            .with_correlation_id(self.job.as_str().into())
+            .with_reply_to(reply_to.into())
+            .with_timestamp(unix_seconds())
+            .with_headers(headers)
+    }
+}
+
+/// Whether a download succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownloadStatus {
+    /// The file was fetched completely (and matched its checksum).
+    Ok,
+    /// It was not; `error` says why.
+    Failed,
+}
+
+/// The closed set of download failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadErrorKind {
+    /// The server answered with an error status.
+    HttpStatus,
+    /// The body is larger than `max_bytes`.
+    TooLarge,
+    /// The body's SHA-256 differs from the expected one.
+    ChecksumMismatch,
+    /// A connect, idle or total timeout passed.
+    Timeout,
+    /// The connection failed or broke.
+    Connection,
+    /// Too many redirects, a redirect loop, or a redirect to another scheme.
+    Redirect,
+    /// The worker could not write the file (shared directory).
+    Storage,
+}
+
+/// Why a download failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadError {
+    /// What kind of failure.
+    pub kind: DownloadErrorKind,
+    /// One line for humans.
+    pub message: String,
+}
+
+/// What a worker reports about one download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadReport {
+    /// The URL as requested.
+    pub url: String,
+    /// `ok` or `failed`.
+    pub status: DownloadStatus,
+    /// The final HTTP status, if a response arrived.
+    pub http_status: Option<u16>,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+    /// Bytes of the body (of the last attempt).
+    pub bytes: u64,
+    /// SHA-256 of the body, lowercase hex, when complete.
+    pub sha256: Option<String>,
+    /// The response's `Content-Type`.
+    pub content_type: Option<String>,
+    /// [`Delivery::Broker`]: the attempt whose body chunks form the file.
+    pub attempt: Option<String>,
+    /// [`Delivery::Shared`]: the relative path written in the shared
+    /// directory.
+    pub path: Option<String>,
+    /// Why it failed, when it did.
+    pub error: Option<DownloadError>,
+}
+
+/// The header part of one body chunk message ([`Delivery::Broker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyChunk {
+    /// The job.
+    pub job: JobId,
+    /// The download task.
+    pub task: u64,
+    /// Which attempt of the download this belongs to; a new attempt starts
+    /// the file over.
+    pub attempt: String,
+    /// Byte offset of this chunk in the file.
+    pub offset: u64,
+}
+
+impl BodyChunk {
+    /// The AMQP properties of the chunk message.
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            header::VERSION.into(),
+            AMQPValue::LongLongInt(PROTOCOL_VERSION),
+        );
+        headers.insert(header::JOB.into(), long_string(self.job.as_str()));
+        headers.insert(
+            header::TASK.into(),
+            AMQPValue::LongLongInt(self.task as i64),
+        );
+        headers.insert(header::ATTEMPT.into(), long_string(&self.attempt));
+        headers.insert(
+            header::OFFSET.into(),
+            AMQPValue::LongLongInt(self.offset as i64),
+        );
+        BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_BINARY.into())
+            .with_delivery_mode(TRANSIENT)
+            .with_correlation_id(self.job.as_str().into())
+            .with_headers(headers)
+    }
+
+    /// Recognizes a chunk message by its `warren-attempt` header; `None`
+    /// for other messages.
+    pub fn of(properties: &BasicProperties) -> Option<Result<BodyChunk>> {
+        let headers = properties.headers().as_ref()?;
+        if !headers.contains_key(header::ATTEMPT) {
+            return None;
+        }
+        let parse = || -> Result<BodyChunk> {
+            Ok(BodyChunk {
+                job: JobId::parse(&string_header(headers, header::JOB)?)?,
+                task: non_negative(int_header(headers, header::TASK)?, header::TASK)?,
+                attempt: string_header(headers, header::ATTEMPT)?,
+                offset: non_negative(int_header(headers, header::OFFSET)?, header::OFFSET)?,
+            })
+        };
+        Some(parse())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Outcome, Task, TaskResult};
+
+    fn spec() -> DownloadSpec {
+        DownloadSpec {
+            url: "https://example.com/cat.jpg".into(),
+            name: "cats/cat.jpg".into(),
+            sha256: None,
+            delivery: Delivery::Broker,
+            limits: DownloadLimits::default(),
+        }
+    }
+
+    #[test]
+    fn download_task_round_trips_and_its_json_is_pinned() {
+        let task = DownloadTask::new(JobId::parse("j1").unwrap(), 4, spec()).unwrap();
+        assert_eq!(
+            String::from_utf8(task.body()).unwrap(),
+            r#"{"url":"https://example.com/cat.jpg","name":"cats/cat.jpg","delivery":"broker","limits":{"max_bytes":2147483648,"connect_timeout_s":10.0,"idle_timeout_s":30.0,"total_timeout_s":600.0,"max_attempts":4,"chunk_bytes":1048576}}"#
+        );
+        let props = task.properties("q");
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        let decoded = Task::decode(&props, &task.body()).unwrap();
+        assert_eq!(decoded, Task::Download(Box::new(task)));
+    }
+
+    #[test]
+    fn hostile_download_tasks_are_malformed() {
+        let cases = [
+            (
+                DownloadSpec {
+                    name: "../../etc/passwd".into(),
+                    ..spec()
+                },
+                "unsafe file name",
+            ),
+            (
+                DownloadSpec {
+                    name: "/abs".into(),
+                    ..spec()
+                },
+                "absolute path",
+            ),
+            (
+                DownloadSpec {
+                    url: "file:///etc/passwd".into(),
+                    ..spec()
+                },
+                "only http and https",
+            ),
+            (
+                DownloadSpec {
+                    sha256: Some("abc".into()),
+                    ..spec()
+                },
+                "not a SHA-256",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        max_attempts: 0,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "max_attempts",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let body = serde_json::to_vec(&spec).unwrap();
+            let err = DownloadTask::decode(JobId::parse("j").unwrap(), 0, &body).unwrap_err();
+            assert!(err.is_poison());
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
+        let err = DownloadTask::decode(JobId::parse("j").unwrap(), 0, b"{").unwrap_err();
+        assert!(err.to_string().contains("invalid download spec"));
+    }
+
+    #[test]
+    fn download_report_json_is_pinned() {
+        let result = TaskResult {
+            version: 1,
+            job_id: JobId::parse("j1").unwrap(),
+            task: Some(2),
+            worker: "w".into(),
+            elapsed_s: 1.5,
+            outcome: Outcome::Download(DownloadReport {
+                url: "http://h/x".into(),
+                status: DownloadStatus::Failed,
+                http_status: Some(404),
+                attempts: 1,
+                bytes: 0,
+                sha256: None,
+                content_type: None,
+                attempt: None,
+                path: None,
+                error: Some(DownloadError {
+                    kind: DownloadErrorKind::HttpStatus,
+                    message: "HTTP 404 Not Found".into(),
+                }),
+            }),
+        };
+        let json = String::from_utf8(result.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"job_id":"j1","task":2,"worker":"w","elapsed_s":1.5,"download":{"url":"http://h/x","status":"failed","http_status":404,"attempts":1,"bytes":0,"sha256":null,"content_type":null,"attempt":null,"path":null,"error":{"kind":"http_status","message":"HTTP 404 Not Found"}}}"#
+        );
+        assert_eq!(TaskResult::decode(json.as_bytes()).unwrap(), result);
+    }
+
+    #[test]
+    fn body_chunks_are_recognized() {
+        let chunk = BodyChunk {
+            job: JobId::parse("j1").unwrap(),
+            task: 3,
+            attempt: "w-1".into(),
+            offset: 1 << 20,
+        };
+        let props = chunk.properties();
+        assert_eq!(BodyChunk::of(&props).unwrap().unwrap(), chunk);
+        assert!(BodyChunk::of(&BasicProperties::default()).is_none());
+    }
+}
