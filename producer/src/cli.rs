@@ -9,12 +9,18 @@ use clap::{Args, Parser, Subcommand};
 use warren::config::parse_duration;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
+use warren::protocol::{Delivery, DownloadLimits};
+
+use crate::download::{DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
 use crate::sum::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IN_FLIGHT, SumConfig};
 
-/// RabbitMQ refuses messages over 128 MiB by default; stay well below.
-const MAX_CHUNK_BYTES: usize = 64 << 20;
+/// RabbitMQ 4 refuses messages over 16 MiB by default (3.x: 128 MiB).
+const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+/// Bound on `--max-in-flight`: far beyond any useful window.
+const MAX_IN_FLIGHT: usize = 1_000_000;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -51,6 +57,82 @@ pub enum Command {
     /// same bits as Python's math.fsum, whatever the chunking or worker count
     #[command(after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
     Sum(SumArgs),
+
+    /// Download URLs with the workers into --out-dir: every file complete
+    /// and verified, failures listed, a re-run fetches only what is missing
+    #[command(after_help = format!("{DOWNLOAD_EXAMPLES}\n\n{DOWNLOAD_EXIT_CODES}"))]
+    Download(DownloadArgs),
+}
+
+const DOWNLOAD_EXAMPLES: &str = "\
+URL lists have one entry per line: URL [NAME] [sha256:HEX]; # starts a comment.
+
+Examples:
+  producer download urls.txt --out-dir images/
+  producer download urls.txt --out-dir images/ --manifest images.jsonl --json
+  producer download https://example.com/a.jpg https://example.com/b.jpg -o pics/
+  producer download urls.txt -o /data/images --shared    (workers run with --shared-dir /data/images)";
+
+const DOWNLOAD_EXIT_CODES: &str = "\
+Exit status:
+  0    every URL was downloaded (or was already there)
+  1    the job finished but some URLs failed; they are listed
+  2    usage, list, broker or output error (nothing or only part was attempted)
+  130  cancelled with Ctrl-C or SIGTERM";
+
+/// Flags of `producer download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// URL list files (- for stdin), or URLs
+    #[arg(value_name = "URLS_FILE|URL", required = true)]
+    pub inputs: Vec<String>,
+
+    /// Directory the files land in (created if missing)
+    #[arg(long, short = 'o', env = "WARREN_OUT_DIR", value_name = "DIR")]
+    pub out_dir: PathBuf,
+
+    /// Workers store files straight into their --shared-dir, which must be
+    /// this same directory (a shared volume) [default: the bytes come back
+    /// through the broker]
+    #[arg(long)]
+    pub shared: bool,
+
+    /// Write one JSON line per URL here: url, path, status, bytes, sha256,
+    /// http_status, attempts, error
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Replace existing files whose content differs
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Largest file accepted; a larger body is cut off and reported
+    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_size: u64,
+
+    /// Attempts per URL; transient failures (timeouts, connection errors,
+    /// 408, 429, 5xx) are retried with backoff
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub attempts: u32,
+
+    /// Time to establish an HTTP connection
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub http_connect_timeout: Duration,
+
+    /// Give up on a download that receives nothing for this long
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Longest one download attempt may take
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub download_timeout: Duration,
+
+    /// Downloads queued or in work at once
+    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Flags of `producer sum`.
@@ -133,6 +215,8 @@ pub enum JobConfig {
         /// The seed used for `--random`, to report it.
         seed: Option<u32>,
     },
+    /// `producer download`.
+    Download(DownloadConfig),
 }
 
 impl Cli {
@@ -143,13 +227,66 @@ impl Cli {
     pub fn into_config(self) -> Result<Config> {
         let broker = self.broker.to_config()?;
         match self.command {
+            Command::Download(args) => {
+                check_max_in_flight(args.max_in_flight)?;
+                if !(1..=DownloadLimits::MAX_ATTEMPTS).contains(&args.attempts) {
+                    return Err(Error::Usage(format!(
+                        "--attempts must be 1 to {}",
+                        DownloadLimits::MAX_ATTEMPTS
+                    )));
+                }
+                for (flag, value) in [
+                    ("--http-connect-timeout", args.http_connect_timeout),
+                    ("--idle-timeout", args.idle_timeout),
+                    ("--download-timeout", args.download_timeout),
+                ] {
+                    if value.is_zero() {
+                        return Err(Error::Usage(format!("{flag} must be longer than 0")));
+                    }
+                }
+                let inputs = args
+                    .inputs
+                    .iter()
+                    .map(|arg| {
+                        if arg.starts_with("http://") || arg.starts_with("https://") {
+                            UrlInput::Url(arg.clone())
+                        } else {
+                            UrlInput::List(Source::from_arg(std::path::Path::new(arg)))
+                        }
+                    })
+                    .collect();
+                Ok(Config {
+                    broker,
+                    job: JobConfig::Download(DownloadConfig {
+                        inputs,
+                        out_dir: args.out_dir,
+                        delivery: if args.shared {
+                            Delivery::Shared
+                        } else {
+                            Delivery::Broker
+                        },
+                        manifest: args.manifest,
+                        overwrite: args.overwrite,
+                        limits: DownloadLimits {
+                            max_bytes: args.max_size,
+                            connect_timeout_s: args.http_connect_timeout.as_secs_f64(),
+                            idle_timeout_s: args.idle_timeout.as_secs_f64(),
+                            total_timeout_s: args.download_timeout.as_secs_f64(),
+                            max_attempts: args.attempts,
+                            ..DownloadLimits::default()
+                        },
+                        max_in_flight: args.max_in_flight,
+                        timeout: args.output.timeout,
+                    }),
+                    json: args.output.json,
+                    quiet: args.output.quiet,
+                })
+            }
             Command::Sum(args) => {
                 if args.chunk_size == 0 {
                     return Err(Error::Usage("--chunk-size must be at least 1".into()));
                 }
-                if args.max_in_flight == 0 {
-                    return Err(Error::Usage("--max-in-flight must be at least 1".into()));
-                }
+                check_max_in_flight(args.max_in_flight)?;
                 let (input, seed) = match (args.random, args.input) {
                     (Some(count), _) => {
                         if args.dtype.is_some_and(|d| d != Dtype::Float64) {
@@ -199,6 +336,16 @@ impl Cli {
     }
 }
 
+fn check_max_in_flight(n: usize) -> Result<()> {
+    if (1..=MAX_IN_FLIGHT).contains(&n) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--max-in-flight must be 1 to {MAX_IN_FLIGHT}"
+        )))
+    }
+}
+
 fn random_seed() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
@@ -215,6 +362,40 @@ fn parse_count(text: &str) -> std::result::Result<u64, String> {
             "{text:?} is not a whole number (examples: 1000, 1e8)"
         )),
     }
+}
+
+/// Parses a size such as `1048576`, `500MB`, `2GiB` or `1.5G` (decimal
+/// units for kB/MB/GB, binary for KiB/MiB/GiB and bare K/M/G).
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let cleaned = text.trim().replace('_', "");
+    let split = cleaned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(cleaned.len());
+    let (number, unit) = cleaned.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (examples: 1048576, 500MB, 2GiB)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 500MB, 2GiB)"))?;
+    let bytes = value * multiplier as f64;
+    if !(1.0..=1e18).contains(&bytes) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 fn parse_count_usize(text: &str) -> std::result::Result<usize, String> {
@@ -240,9 +421,67 @@ mod tests {
     }
 
     #[test]
+    fn sizes_accept_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn download_flags() {
+        let config = parse(&[
+            "download",
+            "urls.txt",
+            "https://h/x.jpg",
+            "-o",
+            "out",
+            "--max-size",
+            "10MB",
+            "--attempts",
+            "2",
+            "--idle-timeout",
+            "5s",
+            "--shared",
+            "--manifest",
+            "m.jsonl",
+        ])
+        .unwrap();
+        let JobConfig::Download(config) = config.job else {
+            panic!("not a download job");
+        };
+        assert_eq!(
+            config.inputs,
+            [
+                UrlInput::List(Source::File("urls.txt".into())),
+                UrlInput::Url("https://h/x.jpg".into())
+            ]
+        );
+        assert_eq!(config.delivery, Delivery::Shared);
+        assert_eq!(config.limits.max_bytes, 10_000_000);
+        assert_eq!(config.limits.max_attempts, 2);
+        assert_eq!(config.limits.idle_timeout_s, 5.0);
+        assert_eq!(config.manifest, Some("m.jsonl".into()));
+        assert!(
+            parse(&["download", "u.txt"])
+                .unwrap_err()
+                .contains("--out-dir")
+        );
+        assert!(
+            parse(&["download", "u.txt", "-o", "d", "--attempts", "0"])
+                .unwrap_err()
+                .contains("--attempts")
+        );
+    }
+
+    #[test]
     fn random_with_seed() {
         let config = parse(&["sum", "--random", "1e3", "--seed", "7"]).unwrap();
-        let JobConfig::Sum { config, seed } = config.job;
+        let JobConfig::Sum { config, seed } = config.job else {
+            panic!("not a sum job");
+        };
         assert_eq!(
             config.input,
             InputSpec::Random {
@@ -288,6 +527,11 @@ mod tests {
                 .contains("MiB")
         );
         assert!(parse(&["sum", "x", "--chunk-size", "1e6"]).is_ok());
+        assert!(
+            parse(&["sum", "x", "--max-in-flight", "18446744073709551615"])
+                .unwrap_err()
+                .contains("1 to")
+        );
     }
 
     #[test]
@@ -303,7 +547,9 @@ mod tests {
             "3s",
         ])
         .unwrap();
-        let JobConfig::Sum { config, .. } = config.job;
+        let JobConfig::Sum { config, .. } = config.job else {
+            panic!("not a sum job");
+        };
         assert_eq!(config.timeout, Some(Duration::from_secs(3)));
         assert_eq!(
             config.input,

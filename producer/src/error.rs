@@ -33,6 +33,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An output file or directory could not be written.
+    #[error("cannot write {output}")]
+    Write {
+        /// The path.
+        output: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The input is malformed; `reason` says where and how.
     #[error("{input}: {reason}")]
     BadInput {

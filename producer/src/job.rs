@@ -1,6 +1,7 @@
-//! The broker side of one job, whatever its kind: the connection, the
-//! confirm-mode publisher, the job's reply queue and its consumer, the
-//! watch for workers, and the cleanup that ends every job.
+//! What every job shares, whatever its kind: the broker session (connection,
+//! confirm-mode publisher, the job's reply queue and its consumer), the
+//! publishing pipeline with its in-flight window, and the loop that gathers
+//! replies until every task is answered or something ends the job.
 //!
 //! A job is alive exactly as long as its reply queue exists (see
 //! `warren::topology`): [`JobSession::close`] deletes it, and that is what
@@ -8,32 +9,52 @@
 //! cancel. If the producer dies instead, the queue is auto-deleted with its
 //! consumer, to the same effect.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::{Channel, Connection, Consumer};
-use warren::broker::{self, Acks, Publisher, QueueProbe};
+use lapin::options::BasicAckOptions;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
 /// How often the producer checks that some worker consumes the task queue.
-pub(crate) const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Bound on broker calls made inside the collector loop, so that it keeps
+/// answering Ctrl-C and `--timeout` whatever the broker does.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Publishes whose confirms may be outstanding at once.
+const CONFIRM_WINDOW: usize = 16;
+
+/// Unacknowledged reply messages the broker may push at once: bounds the
+/// producer's memory when replies carry file data.
+const REPLY_PREFETCH: u16 = 64;
 
 /// The broker resources of one running job.
 pub(crate) struct JobSession {
     pub(crate) job: JobId,
     pub(crate) topology: Topology,
-    pub(crate) connection: Connection,
+    connection: Connection,
     pub(crate) publisher: Publisher,
     reply_channel: Channel,
     pub(crate) reply_queue: String,
     replies: Consumer,
     probe: QueueProbe,
-    /// What the last worker check found, for the warning and timeout hints.
-    pub(crate) workers: WorkerWatch,
+    /// Consumers on the task queue at the last check; `None` before one.
+    consumers: Option<u32>,
+    /// A "no worker" warning is showing.
+    warned: bool,
 }
 
 impl std::fmt::Debug for JobSession {
@@ -43,15 +64,6 @@ impl std::fmt::Debug for JobSession {
             .field("reply_queue", &self.reply_queue)
             .finish_non_exhaustive()
     }
-}
-
-/// What the producer knows about workers on the task queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct WorkerWatch {
-    /// Consumers on the task queue at the last check; `None` before one.
-    pub(crate) consumers: Option<u32>,
-    /// A "no worker" warning is showing.
-    pub(crate) warned: bool,
 }
 
 impl JobSession {
@@ -64,8 +76,15 @@ impl JobSession {
         topology.declare_shared(publisher.channel()).await?;
         let reply_channel = broker::open_channel(&connection).await?;
         let reply_queue = topology.declare_reply_queue(&reply_channel, &job).await?;
-        let replies =
-            broker::consume(&reply_channel, &reply_queue, "producer", Acks::Automatic).await?;
+        let replies = broker::consume(
+            &reply_channel,
+            &reply_queue,
+            "producer",
+            Acks::Manual {
+                prefetch: REPLY_PREFETCH,
+            },
+        )
+        .await?;
         Ok(JobSession {
             job,
             topology,
@@ -75,7 +94,8 @@ impl JobSession {
             reply_queue,
             replies,
             probe: QueueProbe::new(),
-            workers: WorkerWatch::default(),
+            consumers: None,
+            warned: false,
         })
     }
 
@@ -84,7 +104,7 @@ impl JobSession {
     /// # Errors
     /// [`Error::ReplyQueueLost`] when the consumer ends: the connection
     /// dropped or someone deleted the queue.
-    pub(crate) async fn next_reply(&mut self) -> Result<Delivery> {
+    async fn next_reply(&mut self) -> Result<Delivery> {
         match self.replies.next().await {
             Some(Ok(delivery)) => Ok(delivery),
             Some(Err(e)) => {
@@ -101,26 +121,34 @@ impl JobSession {
 
     /// Checks whether any worker consumes the task queue and warns (once,
     /// until one appears) while none does and `waiting` tasks are pending.
-    pub(crate) async fn check_workers(&mut self, progress: &Progress, waiting: u64) {
+    async fn check_workers(&mut self, progress: &Progress, waiting: u64) {
         let queue = self.topology.task_queue();
-        let consumers = match self.probe.inspect(&self.connection, &queue).await {
-            Ok(Some(stats)) => stats.consumers,
-            Ok(None) => 0,
-            Err(e) => {
+        // Bounded: a broker that stopped answering (a memory or disk alarm
+        // blocks publishing connections) must not keep the collector loop
+        // from seeing Ctrl-C or the job's timeout.
+        let inspect = self.probe.inspect(&self.connection, &queue);
+        let consumers = match tokio::time::timeout(BROKER_CALL_TIMEOUT, inspect).await {
+            Ok(Ok(Some(stats))) => stats.consumers,
+            Ok(Ok(None)) => 0,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "worker check failed");
                 return;
             }
+            Err(_) => {
+                tracing::debug!("worker check timed out");
+                return;
+            }
         };
-        self.workers.consumers = Some(consumers);
-        if consumers == 0 && waiting > 0 && !self.workers.warned {
-            self.workers.warned = true;
+        self.consumers = Some(consumers);
+        if consumers == 0 && waiting > 0 && !self.warned {
+            self.warned = true;
             progress.warn(&format!(
                 "no worker is consuming {queue}: {waiting} task(s) are waiting. \
                  Start one with `worker --queue-prefix {}`",
                 self.topology.prefix()
             ));
-        } else if consumers > 0 && self.workers.warned {
-            self.workers.warned = false;
+        } else if consumers > 0 && self.warned {
+            self.warned = false;
             progress.warn(&format!("{consumers} worker(s) now consuming {queue}"));
         }
     }
@@ -133,13 +161,191 @@ impl JobSession {
         match tokio::time::timeout(Duration::from_secs(5), delete).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, queue = %self.reply_queue, "could not delete the reply queue")
+                tracing::warn!(error = %e, queue = %self.reply_queue, "could not delete the reply queue");
             }
             Err(_) => {
                 tracing::warn!(queue = %self.reply_queue, "deleting the reply queue timed out")
             }
         }
         broker::close_quietly(&self.connection).await;
+    }
+}
+
+/// One task ready to publish.
+#[derive(Debug)]
+pub(crate) struct OutgoingTask {
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+/// Publishes tasks as they come, holding one window permit per task (the
+/// collector returns it when the task is answered) and keeping up to
+/// [`CONFIRM_WINDOW`] confirms outstanding. Returns the number of tasks once
+/// the source is exhausted and every publish is confirmed.
+pub(crate) fn spawn_publisher(
+    session: &JobSession,
+    mut tasks: mpsc::Receiver<Result<OutgoingTask>>,
+    window: Arc<Semaphore>,
+    published: Arc<AtomicU64>,
+) -> JoinHandle<Result<u64>> {
+    let publisher = session.publisher.clone();
+    let task_queue = session.topology.task_queue();
+    tokio::spawn(async move {
+        let mut confirms: VecDeque<PendingConfirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
+        let mut count = 0u64;
+        loop {
+            let permit = window
+                .acquire()
+                .await
+                .expect("the window semaphore is never closed"); // invariant: nobody calls close()
+            let Some(task) = tasks.recv().await else {
+                break;
+            };
+            let task = task?;
+            permit.forget();
+            let pending = publisher
+                .publish(&task_queue, &task.body, task.properties)
+                .await?;
+            confirms.push_back(pending);
+            count += 1;
+            published.store(count, Ordering::Relaxed);
+            if confirms.len() >= CONFIRM_WINDOW {
+                await_confirm(confirms.pop_front(), &task_queue).await?;
+            }
+        }
+        while let Some(pending) = confirms.pop_front() {
+            await_confirm(Some(pending), &task_queue).await?;
+        }
+        Ok(count)
+    })
+}
+
+async fn await_confirm(pending: Option<PendingConfirm>, task_queue: &str) -> Result<()> {
+    let Some(pending) = pending else {
+        return Ok(());
+    };
+    match pending.wait().await? {
+        Routed::Queued => Ok(()),
+        Routed::Returned => Err(warren::Error::Unroutable {
+            queue: task_queue.to_owned(),
+        }
+        .into()),
+    }
+}
+
+/// What a collector made of one reply message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// A task got its (first) answer: its window permit is returned.
+    Answered,
+    /// Part of an answer (a file chunk), a duplicate, or a stray message.
+    Other,
+}
+
+/// The job-specific side of gathering replies.
+pub(crate) trait Collector {
+    /// Takes one message from the reply queue.
+    ///
+    /// # Errors
+    /// Anything that must end the job.
+    async fn accept(&mut self, delivery: &Delivery) -> Result<Accepted>;
+
+    /// The progress bar's message (throughput, failures, workers).
+    fn progress_message(&self, elapsed: Duration) -> String;
+}
+
+/// How to drive one job to its end.
+pub(crate) struct Drive<'a> {
+    pub(crate) window: &'a Semaphore,
+    pub(crate) published: &'a AtomicU64,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) progress: &'a Progress,
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) started: Instant,
+}
+
+/// Gathers replies until the publisher is done and every task is answered;
+/// returns the number of tasks. Ends early on a cancel, the timeout, a
+/// publishing error or an error from the collector.
+pub(crate) async fn drive(
+    session: &mut JobSession,
+    collector: &mut impl Collector,
+    mut publisher: JoinHandle<Result<u64>>,
+    drive: Drive<'_>,
+) -> Result<u64> {
+    let deadline = drive
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(drive.started + t));
+    let mut total: Option<u64> = None;
+    let mut answered = 0u64;
+    let mut worker_check = tokio::time::interval(WORKER_CHECK_INTERVAL);
+    let result = loop {
+        if total == Some(answered) {
+            break Ok(answered);
+        }
+        tokio::select! {
+            () = drive.shutdown.cancelled() => break Err(Error::Cancelled),
+            () = sleep_until(deadline) => {
+                break Err(timed_out(&drive, answered, total, session));
+            }
+            joined = &mut publisher, if total.is_none() => match joined {
+                Ok(Ok(tasks)) => {
+                    drive.progress.set_total(tasks);
+                    total = Some(tasks);
+                }
+                Ok(Err(e)) => break Err(e),
+                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            },
+            reply = session.next_reply() => {
+                let delivery = match reply {
+                    Ok(delivery) => delivery,
+                    Err(e) => break Err(e),
+                };
+                let accepted = match collector.accept(&delivery).await {
+                    Ok(accepted) => accepted,
+                    Err(e) => break Err(e),
+                };
+                let ack = delivery.acker.ack(BasicAckOptions::default());
+                if let Ok(Err(e)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, ack).await {
+                    tracing::debug!(error = %e, "acking a reply failed");
+                }
+                if accepted == Accepted::Answered {
+                    answered += 1;
+                    drive.window.add_permits(1);
+                    drive.progress.advance(1);
+                }
+                drive.progress.set_message(collector.progress_message(drive.started.elapsed()));
+            }
+            _ = worker_check.tick() => {
+                let waiting = drive.published.load(Ordering::Relaxed).saturating_sub(answered);
+                session.check_workers(drive.progress, waiting).await;
+            }
+        }
+    };
+    if result.is_err() {
+        publisher.abort();
+    }
+    result
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn timed_out(drive: &Drive<'_>, done: u64, total: Option<u64>, session: &JobSession) -> Error {
+    let task_queue = session.topology.task_queue();
+    let hint = match session.consumers {
+        Some(0) | None => format!(" (no worker is consuming {task_queue})"),
+        Some(n) => format!(" ({n} worker(s) consuming {task_queue})"),
+    };
+    Error::TimedOut {
+        after: drive.timeout.unwrap_or_default(),
+        done,
+        total: total.map_or_else(|| "?".to_owned(), |t| t.to_string()),
+        hint,
     }
 }
 

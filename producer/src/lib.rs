@@ -4,6 +4,9 @@
 //! - [`cli`]: flags, and their validation into a [`Config`].
 //! - [`input`]: the sum job's input formats, read as bounded chunks.
 //! - [`sum`]: the sum job: publish chunks, collect exact partial sums.
+//! - [`download`]: the download job: URL lists, file names, existing files,
+//!   files put together from chunks or verified in the shared directory,
+//!   the manifest.
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
 //! - [`progress`]: the progress bar and warnings on stderr.
@@ -14,6 +17,7 @@
 //! maps the outcome of [`run`] to an exit status.
 
 pub mod cli;
+pub mod download;
 pub mod error;
 pub mod input;
 mod job;
@@ -43,6 +47,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Report>
                 report,
                 seed: *seed,
             })
+        }
+        JobConfig::Download(download) => {
+            let summary = download::run(&config.broker, download, &progress, shutdown).await?;
+            Ok(Report::Download(summary))
         }
     }
 }

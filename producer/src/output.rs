@@ -4,6 +4,8 @@
 use serde_json::json;
 use warren::exact::NonFinite;
 
+use crate::download::DownloadSummary;
+use crate::download::manifest::ItemStatus;
 use crate::sum::SumReport;
 
 /// What a finished run reports.
@@ -16,6 +18,8 @@ pub enum Report {
         /// The seed of `--random`.
         seed: Option<u32>,
     },
+    /// A finished download job.
+    Download(DownloadSummary),
 }
 
 impl Report {
@@ -24,6 +28,9 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         match self {
             Report::Sum { report, .. } => u8::from(report.answer.overflow),
+            Report::Download(summary) => {
+                u8::from(summary.with_status(ItemStatus::Failed).next().is_some())
+            }
         }
     }
 
@@ -53,6 +60,44 @@ impl Report {
                     object["seed"] = json!(seed);
                 }
                 object.to_string()
+            }
+            Report::Download(summary) => {
+                let failed: Vec<_> = summary
+                    .with_status(ItemStatus::Failed)
+                    .map(|r| json!({"url": r.url, "path": r.path, "error": r.error}))
+                    .collect();
+                if json {
+                    return json!({
+                        "job_id": summary.job_id.as_ref().map(|j| j.as_str()),
+                        "succeeded": summary.with_status(ItemStatus::Ok).count(),
+                        "failed": failed,
+                        "skipped": summary.with_status(ItemStatus::Skipped).count(),
+                        "bytes": summary.bytes(),
+                        "workers_seen": summary.workers.len(),
+                        "out_dir": summary.out_dir.display().to_string(),
+                        "manifest": summary.manifest.as_ref().map(|m| m.display().to_string()),
+                        "elapsed_s": (summary.elapsed.as_secs_f64() * 1e6).round() / 1e6,
+                    })
+                    .to_string();
+                }
+                let mut lines = vec![format!(
+                    "downloaded {} file(s) ({} bytes), skipped {}, failed {} into {} in {:.2} s",
+                    summary.with_status(ItemStatus::Ok).count(),
+                    summary.bytes(),
+                    summary.with_status(ItemStatus::Skipped).count(),
+                    failed.len(),
+                    summary.out_dir.display(),
+                    summary.elapsed.as_secs_f64()
+                )];
+                for record in summary.with_status(ItemStatus::Failed) {
+                    lines.push(format!(
+                        "failed: {} -> {}: {}",
+                        record.url,
+                        record.path,
+                        record.error.as_deref().unwrap_or("unknown error")
+                    ));
+                }
+                lines.join("\n")
             }
         }
     }
@@ -95,6 +140,7 @@ impl Report {
                     ));
                 }
             }
+            Report::Download(_) => {}
         }
         notes
     }

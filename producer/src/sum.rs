@@ -1,35 +1,33 @@
 //! A sum job: stream the input as chunk tasks, gather the workers' exact
 //! partial sums, and round once.
 //!
-//! Three activities run at once:
-//! - a blocking thread reads the input into chunks (two buffered ahead);
-//! - the publisher task publishes them with pipelined confirms, taking one
-//!   permit of the in-flight window per task, so at most `max_in_flight`
-//!   tasks are queued or in work and memory stays bounded;
-//! - the collector (this module's main loop) consumes results,
-//!   de-duplicates them by task index (a redelivered task may be answered
-//!   twice), adds them to the exact total and returns a window permit.
+//! A blocking thread reads the input into chunk tasks (two ahead of the
+//! publisher); the shared publishing pipeline (`job.rs`) takes one permit of
+//! the in-flight window per task, so at most `max_in_flight` tasks are
+//! queued or in work and memory stays bounded; the [`SumCollector`]
+//! de-duplicates results by task index (a redelivered task may be answered
+//! twice), adds them to the exact total, and so returns a window permit.
 //!
-//! The job ends when the input is exhausted and every published task has
-//! been answered, or on the first failure, timeout or cancel; whichever it
-//! is, the reply queue is deleted on the way out.
+//! The job ends when the input is exhausted and every task is answered, or
+//! on the first failure, timeout or cancel; whichever it is, the reply
+//! queue is deleted on the way out.
 
-use std::collections::{BTreeSet, VecDeque};
 // A poisoned lock still holds a consistent Vec (every update is one push),
 // so poisoning is ignored rather than turned into a panic.
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use warren::broker::Routed;
 use warren::exact::{Answer, Total};
 use warren::protocol::{DeadLetter, Outcome, SumTask, TaskResult};
 use warren::{BrokerConfig, Dtype, JobId};
 
 use crate::error::{Error, Result};
-use crate::input::{self, Chunk, InputSpec};
-use crate::job::{JobSession, WORKER_CHECK_INTERVAL, explain_dead_letter};
+use crate::input::{self, InputSpec};
+use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
 use crate::progress::Progress;
 
 /// Elements per task unless `--chunk-size` says otherwise: 1 MiB of
@@ -39,10 +37,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = 131_072;
 /// Tasks queued or in work at once unless `--max-in-flight` says otherwise.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
-/// Publishes whose confirms may be outstanding at once.
-const CONFIRM_WINDOW: usize = 16;
-
-/// Chunks the reader thread prepares ahead of the publisher.
+/// Chunk tasks the reader thread prepares ahead of the publisher.
 const READ_AHEAD: usize = 2;
 
 /// A sum job's settings.
@@ -75,11 +70,9 @@ pub struct SumReport {
     pub elapsed: Duration,
 }
 
-/// What the publisher task hands back when the input is exhausted.
-#[derive(Debug, Clone, Copy)]
-struct Published {
-    tasks: u64,
-}
+/// Element counts of the published tasks, by index, shared by the reader
+/// (which records each before the task can be published) and the collector.
+type ExpectedCounts = Arc<Mutex<Vec<u64>>>;
 
 /// Runs a sum job to its end.
 ///
@@ -96,9 +89,11 @@ pub async fn run(
     let started = Instant::now();
     // Opening may block (stdin), and validates headers before any broker work.
     let spec = config.input.clone();
-    let reader = tokio::task::spawn_blocking(move || input::open(&spec))
-        .await
-        .expect("opening the input does not panic")?; // invariant: input::open returns errors, never panics
+    let opening = tokio::task::spawn_blocking(move || input::open(&spec));
+    let reader = tokio::select! {
+        opened = opening => opened.expect("opening the input does not panic")?, // invariant: input::open returns errors
+        () = shutdown.cancelled() => return Err(Error::Cancelled),
+    };
     let dtype = reader.dtype();
     let total_elements = reader.total_elements();
 
@@ -115,48 +110,54 @@ pub async fn run(
         total_elements.map(|n| n.div_ceil(chunk_size as u64)),
     );
 
-    let (chunks_tx, chunks_rx) = mpsc::channel(READ_AHEAD);
-    let reader_thread =
-        tokio::task::spawn_blocking(move || read_chunks(reader, chunk_size, chunks_tx));
+    let expected_counts = ExpectedCounts::default();
+    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
+    let template = SumTask {
+        job: job.clone(),
+        index: 0,
+        dtype,
+        count: 0,
+    };
+    let reply_queue = session.reply_queue.clone();
+    let counts = Arc::clone(&expected_counts);
+    let reader_thread = tokio::task::spawn_blocking(move || {
+        read_tasks(
+            reader,
+            chunk_size,
+            &template,
+            &reply_queue,
+            &counts,
+            &tasks_tx,
+        );
+    });
     let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let expected_counts = Arc::new(Mutex::new(Vec::new()));
-    let publisher = tokio::spawn(publish_chunks(
-        session.publisher.clone(),
-        session.topology.task_queue(),
-        session.reply_queue.clone(),
-        SumTask {
-            job: job.clone(),
-            index: 0,
-            dtype,
-            count: 0,
-        },
-        chunks_rx,
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = job::spawn_publisher(
+        &session,
+        tasks_rx,
         Arc::clone(&window),
-        Arc::clone(&expected_counts),
-    ));
+        Arc::clone(&published),
+    );
 
-    let mut collector = Collector {
+    let mut collector = SumCollector {
         job: job.clone(),
         dtype,
         total: Total::new(dtype),
         answered: Vec::new(),
-        answered_count: 0,
         duplicates: 0,
         workers: BTreeSet::new(),
         expected_counts,
         dead_letter_queue: session.topology.dead_letter_queue(),
     };
-    let outcome = collect(
-        &mut session,
-        &mut collector,
-        publisher,
-        &window,
-        config.timeout,
+    let drive = Drive {
+        window: &window,
+        published: &published,
+        timeout: config.timeout,
         progress,
-        &shutdown,
+        shutdown: &shutdown,
         started,
-    )
-    .await;
+    };
+    let outcome = job::drive(&mut session, &mut collector, publisher, drive).await;
     // Whatever happened, stop reading and end the job on the broker.
     reader_thread.abort();
     session.close().await;
@@ -173,223 +174,65 @@ pub async fn run(
     })
 }
 
-/// Reads chunks on a blocking thread until the input ends, an error occurs
-/// or the receiver goes away.
-fn read_chunks(
+/// Reads the input into tasks on a blocking thread until it ends, an error
+/// occurs or the publisher goes away.
+fn read_tasks(
     mut reader: Box<dyn input::ChunkReader>,
     chunk_size: usize,
-    chunks: mpsc::Sender<Result<Chunk>>,
+    template: &SumTask,
+    reply_queue: &str,
+    expected_counts: &ExpectedCounts,
+    tasks: &mpsc::Sender<Result<OutgoingTask>>,
 ) {
+    let mut index = 0u64;
     loop {
-        let next = reader.next_chunk(chunk_size);
-        let last = !matches!(next, Ok(Some(_)));
-        let item = match next {
-            Ok(Some(chunk)) => Ok(chunk),
+        let item = match reader.next_chunk(chunk_size) {
+            Ok(Some(chunk)) => {
+                // Recorded before the task can be published, so its result
+                // can never arrive first.
+                expected_counts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(chunk.count);
+                let task = SumTask {
+                    index,
+                    count: chunk.count,
+                    ..template.clone()
+                };
+                index += 1;
+                Ok(OutgoingTask {
+                    body: chunk.bytes,
+                    properties: task.properties(reply_queue),
+                })
+            }
             Ok(None) => return,
             Err(e) => Err(e),
         };
-        if chunks.blocking_send(item).is_err() || last {
+        let failed = item.is_err();
+        if tasks.blocking_send(item).is_err() || failed {
             return;
         }
     }
 }
 
-/// Publishes each chunk as a task, holding a window permit per task and
-/// keeping up to [`CONFIRM_WINDOW`] confirms outstanding.
-async fn publish_chunks(
-    publisher: warren::broker::Publisher,
-    task_queue: String,
-    reply_queue: String,
-    template: SumTask,
-    mut chunks: mpsc::Receiver<Result<Chunk>>,
-    window: Arc<Semaphore>,
-    expected_counts: Arc<Mutex<Vec<u64>>>,
-) -> Result<Published> {
-    let mut confirms = VecDeque::with_capacity(CONFIRM_WINDOW);
-    let mut index = 0u64;
-    loop {
-        let permit = window
-            .acquire()
-            .await
-            .expect("the window semaphore is never closed"); // invariant: nobody calls close()
-        let Some(chunk) = chunks.recv().await else {
-            break;
-        };
-        let chunk = chunk?;
-        // The collector returns the permit when this task's result arrives.
-        permit.forget();
-        // Recorded before publishing, so the result can never arrive first.
-        expected_counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(chunk.count);
-        let task = SumTask {
-            index,
-            count: chunk.count,
-            ..template.clone()
-        };
-        let pending = publisher
-            .publish(&task_queue, &chunk.bytes, task.properties(&reply_queue))
-            .await?;
-        drop(chunk);
-        confirms.push_back(pending);
-        if confirms.len() >= CONFIRM_WINDOW {
-            await_confirm(confirms.pop_front(), &task_queue).await?;
-        }
-        index += 1;
-    }
-    while let Some(pending) = confirms.pop_front() {
-        await_confirm(Some(pending), &task_queue).await?;
-    }
-    Ok(Published { tasks: index })
-}
-
-async fn await_confirm(
-    pending: Option<warren::broker::PendingConfirm>,
-    task_queue: &str,
-) -> Result<()> {
-    let Some(pending) = pending else {
-        return Ok(());
-    };
-    match pending.wait().await? {
-        Routed::Queued => Ok(()),
-        Routed::Returned => Err(warren::Error::Unroutable {
-            queue: task_queue.to_owned(),
-        }
-        .into()),
-    }
-}
-
 /// The collector's state: the exact total and which tasks are answered.
-struct Collector {
+struct SumCollector {
     job: JobId,
     dtype: Dtype,
     total: Total,
     /// `answered[i]`: task `i`'s result has been counted.
     answered: Vec<bool>,
-    answered_count: u64,
     duplicates: u64,
     workers: BTreeSet<String>,
-    /// Element count of each published task, by index.
-    expected_counts: Arc<Mutex<Vec<u64>>>,
+    expected_counts: ExpectedCounts,
     dead_letter_queue: String,
 }
 
-/// The collector loop; returns the number of tasks once all are answered.
-#[allow(clippy::too_many_arguments)]
-async fn collect(
-    session: &mut JobSession,
-    collector: &mut Collector,
-    mut publisher: tokio::task::JoinHandle<Result<Published>>,
-    window: &Semaphore,
-    timeout: Option<Duration>,
-    progress: &Progress,
-    shutdown: &CancellationToken,
-    started: Instant,
-) -> Result<u64> {
-    let deadline = timeout.map(|t| tokio::time::Instant::from_std(started + t));
-    let mut published: Option<Published> = None;
-    let mut worker_check = tokio::time::interval(WORKER_CHECK_INTERVAL);
-    let result = loop {
-        if let Some(p) = published
-            && collector.answered_count == p.tasks
-        {
-            break Ok(p.tasks);
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break Err(Error::Cancelled),
-            () = sleep_until(deadline) => {
-                let after = timeout.unwrap_or_default();
-                break Err(timed_out(after, collector.answered_count, published, &session.workers.consumers, &session.topology.task_queue()));
-            }
-            joined = &mut publisher, if published.is_none() => {
-                match joined {
-                    Ok(Ok(p)) => {
-                        progress.set_total(p.tasks);
-                        published = Some(p);
-                    }
-                    Ok(Err(e)) => break Err(e),
-                    Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-                }
-            }
-            reply = session.next_reply() => {
-                let delivery = match reply {
-                    Ok(delivery) => delivery,
-                    Err(e) => break Err(e),
-                };
-                match collector.accept(&delivery) {
-                    Ok(true) => {
-                        window.add_permits(1);
-                        progress.advance(1);
-                        progress.set_message(throughput(collector, started));
-                    }
-                    Ok(false) => {}
-                    Err(e) => break Err(e),
-                }
-            }
-            _ = worker_check.tick() => {
-                let waiting = collector.expected_len() - collector.answered_count;
-                session.check_workers(progress, waiting).await;
-            }
-        }
-    };
-    if result.is_err() {
-        publisher.abort();
-    }
-    result
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn timed_out(
-    after: Duration,
-    done: u64,
-    published: Option<Published>,
-    consumers: &Option<u32>,
-    task_queue: &str,
-) -> Error {
-    let total = match published {
-        Some(p) => p.tasks.to_string(),
-        None => "?".to_owned(),
-    };
-    let hint = match consumers {
-        Some(0) | None => format!(" (no worker is consuming {task_queue})"),
-        Some(n) => format!(" ({n} worker(s) consuming {task_queue})"),
-    };
-    Error::TimedOut {
-        after,
-        done,
-        total,
-        hint,
-    }
-}
-
-fn throughput(collector: &Collector, started: Instant) -> String {
-    let bytes = collector.total.count() as f64 * collector.dtype.itemsize() as f64;
-    let seconds = started.elapsed().as_secs_f64().max(1e-3);
-    format!(
-        "{:.1} MB/s, {} worker(s)",
-        bytes / seconds / 1e6,
-        collector.workers.len()
-    )
-}
-
-impl Collector {
-    fn expected_len(&self) -> u64 {
-        self.expected_counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64
-    }
-
-    /// Takes one reply message. `Ok(true)`: a new task was answered;
-    /// `Ok(false)`: a duplicate or another job's message, ignored.
-    fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<bool> {
+impl Collector for SumCollector {
+    /// A new result is added to the total; a duplicate or another job's
+    /// message is ignored; anything that makes the exact answer impossible
+    /// (a failed or dead-lettered task, a malformed result) ends the job.
+    async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
         if let Some(dead) = DeadLetter::of(&delivery.properties) {
             return Err(Error::DeadLettered {
                 task: dead.task.map_or("?".into(), |t| t.to_string()),
@@ -400,7 +243,7 @@ impl Collector {
         let result = TaskResult::decode(&delivery.data)?;
         if result.job_id != self.job {
             tracing::warn!(job_id = %result.job_id, "ignoring a result of another job");
-            return Ok(false);
+            return Ok(Accepted::Other);
         }
         let partial = match result.outcome {
             Outcome::Sum(partial) => partial,
@@ -411,17 +254,21 @@ impl Collector {
                     message: failure.message,
                 });
             }
+            Outcome::Download(_) => {
+                return Err(
+                    warren::Error::malformed("result", "a download report for a sum job").into(),
+                );
+            }
         };
         let index = result.task.ok_or_else(|| {
             warren::Error::malformed("result", "a sum result without a task index")
         })?;
-        let expected = {
-            let counts = self
-                .expected_counts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            counts.get(index as usize).copied()
-        };
+        let expected = self
+            .expected_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(index as usize)
+            .copied();
         let Some(expected) = expected else {
             return Err(warren::Error::malformed(
                 "result",
@@ -447,12 +294,20 @@ impl Collector {
         if self.answered[slot] {
             self.duplicates += 1;
             tracing::debug!(task = index, worker = %result.worker, "duplicate result ignored");
-            return Ok(false);
+            return Ok(Accepted::Other);
         }
         self.total.add(&partial)?;
         self.answered[slot] = true;
-        self.answered_count += 1;
         self.workers.insert(result.worker);
-        Ok(true)
+        Ok(Accepted::Answered)
+    }
+
+    fn progress_message(&self, elapsed: Duration) -> String {
+        let bytes = self.total.count() as f64 * self.dtype.itemsize() as f64;
+        format!(
+            "{:.1} MB/s, {} worker(s)",
+            bytes / elapsed.as_secs_f64().max(1e-3) / 1e6,
+            self.workers.len()
+        )
     }
 }

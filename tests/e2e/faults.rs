@@ -377,9 +377,8 @@ fn sigterm_lets_a_worker_finish_and_exit_zero() {
     s.assert_clean();
 }
 
-/// Closes a connection the way a network failure or a broker operator
-/// would, by its connection name.
-fn close_connection_named(name: &str) {
+/// The broker's id of the connection with this connection name.
+fn connection_pid(name: &str) -> String {
     let listing = std::process::Command::new("rabbitmqctl")
         .args([
             "list_connections",
@@ -391,11 +390,17 @@ fn close_connection_named(name: &str) {
         .output()
         .expect("rabbitmqctl is needed for this test");
     let listing = String::from_utf8_lossy(&listing.stdout);
-    let pid = listing
+    listing
         .lines()
         .find(|line| line.contains(&format!("{{\"connection_name\",\"{name}\"}}")))
         .and_then(|line| line.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {name}:\n{listing}"));
+        .unwrap_or_else(|| panic!("no connection named {name}:\n{listing}"))
+        .to_owned()
+}
+
+/// Closes a connection the way a network failure or a broker operator
+/// would.
+fn close_connection(pid: &str) {
     let closed = std::process::Command::new("rabbitmqctl")
         .args(["close_connection", pid, "closed by the reconnect test"])
         .status()
@@ -406,30 +411,42 @@ fn close_connection_named(name: &str) {
 #[test]
 fn a_worker_reconnects_after_its_connection_is_closed() {
     let mut s = Scenario::new("reconnect");
-    let expected = reference(&["numpy-random-sum", "10000000", "8"]);
+    let expected = reference(&["numpy-random-sum", "4000000", "8"]);
     let workers = s.workers(1);
+    let pid = connection_pid(&format!("warren-worker {} ({})", workers[0].name, s.prefix));
+    // 4000 tasks, two at a time: the job is still running when the
+    // connection goes.
     let producer = s
         .producer(&[
             "sum",
             "--random",
-            "1e7",
+            "4e6",
             "--seed",
             "8",
             "--chunk-size",
-            "20000",
+            "1000",
+            "--max-in-flight",
+            "2",
+            "--json",
         ])
         .spawn();
     s.broker
         .wait_until(Duration::from_secs(60), "w0 has finished 10 tasks", |_| {
             finished_tasks(&workers[0].log()) >= 10
         });
-    close_connection_named(&format!("warren-worker {}", workers[0].name));
+    close_connection(&pid);
     let run = producer.wait(Duration::from_secs(120));
-    assert_eq!(run.expect_success().answer(), expected);
+    run.expect_success();
+    assert_eq!(run.json()["sum"], expected.as_str());
+    // The job went on over the new connection.
+    let log = workers[0].log();
+    let after = log
+        .split_once("reconnecting")
+        .unwrap_or_else(|| panic!("the worker never reconnected:\n{log}"))
+        .1;
     assert!(
-        workers[0].log().contains("reconnecting"),
-        "{}",
-        workers[0].log()
+        finished_tasks(after) > 0,
+        "no task finished after reconnecting:\n{log}"
     );
     s.assert_clean();
 }

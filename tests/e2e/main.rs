@@ -14,6 +14,10 @@ mod support;
 /// Sum jobs: exact answers against Python, every input format and dtype.
 mod sum;
 
+/// Download jobs: files from a local HTTP server, both delivery modes,
+/// retries, limits, unsafe names, re-runs.
+mod download;
+
 /// Bad input: a clear error, a non-zero exit, nothing left on the broker.
 mod inputs;
 

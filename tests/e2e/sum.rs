@@ -327,3 +327,49 @@ fn empty_input_sums_to_zero_without_any_worker() {
     assert_eq!(run.json()["chunks"], 0);
     s.assert_clean();
 }
+
+#[test]
+fn answers_print_exactly_as_python_repr_does() {
+    // Random bit patterns, values with a tie in their shortest digits
+    // (quarter steps near 2^49), and every power of two.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut values = Vec::new();
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let x = f64::from_bits(state);
+        if x.is_finite() {
+            values.push(x);
+        }
+    }
+    values.extend((0..2000).map(|k| 562_949_953_421_312.0 + k as f64 * 0.25));
+    values.extend((-1074..1024).map(|e| 2f64.powi(e)));
+    let s = Scenario::new("repr");
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(s.path("values.f64"), bytes).unwrap();
+    let script = format!(
+        "import struct\ndata = open('{}', 'rb').read()\nfor (x,) in struct.iter_unpack('<d', data):\n    print(repr(x))\n",
+        path_str(&s, "values.f64")
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let expected = String::from_utf8(output.stdout).unwrap();
+    let mut mismatches = Vec::new();
+    for (x, line) in values.iter().zip(expected.lines()) {
+        let ours = warren::exact::python_repr(*x);
+        if ours != line {
+            mismatches.push(format!("{:#x}: warren {ours}, python {line}", x.to_bits()));
+        }
+    }
+    assert_eq!(expected.lines().count(), values.len());
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches: {:?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(10)]
+    );
+}

@@ -1,6 +1,7 @@
 //! The command line: clap structs holding the flags as typed, and their
 //! conversion into a validated [`Config`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -8,6 +9,9 @@ use warren::config::parse_duration;
 use warren::{BrokerArgs, BrokerConfig};
 
 use crate::error::{Error, Result};
+
+/// Tasks in hand at once unless `--concurrency` says otherwise.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// Consumes warren tasks from RabbitMQ, runs them and publishes their
 /// results. Run as many as you like, on any hosts.
@@ -25,9 +29,15 @@ pub struct Cli {
     #[command(flatten)]
     pub broker: BrokerArgs,
 
-    /// Tasks in hand at once (also the prefetch count) [default: number of CPUs]
-    #[arg(long, short = 'c', env = "WARREN_CONCURRENCY", value_name = "N")]
-    pub concurrency: Option<u16>,
+    /// Tasks in hand at once (also the prefetch count): downloads run this
+    /// many at a time; sums use at most one core each
+    #[arg(long, short = 'c', env = "WARREN_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY, value_name = "N")]
+    pub concurrency: u16,
+
+    /// Directory shared by all workers and the producer (e.g. a docker
+    /// volume): shared-directory download jobs write their files here
+    #[arg(long, env = "WARREN_SHARED_DIR", value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
 
     /// Name in results, logs and the broker's connection list [default: HOST:PID]
     #[arg(long, env = "WARREN_WORKER_NAME", value_name = "NAME")]
@@ -46,6 +56,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Tasks in hand at once.
     pub concurrency: u16,
+    /// Where shared-directory downloads go (an existing directory).
+    pub shared_dir: Option<PathBuf>,
     /// This worker's name.
     pub name: String,
     /// Bound on finishing tasks in hand at shutdown.
@@ -58,11 +70,22 @@ impl Cli {
     /// # Errors
     /// [`Error::Usage`] or an invalid broker setting.
     pub fn into_config(self) -> Result<Config> {
-        let concurrency = match self.concurrency {
-            Some(0) => return Err(Error::Usage("--concurrency must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism()
-                .map_or(2, |n| u16::try_from(n.get()).unwrap_or(u16::MAX)),
+        if self.concurrency == 0 {
+            return Err(Error::Usage("--concurrency must be at least 1".into()));
+        }
+        let shared_dir = match self.shared_dir {
+            Some(dir) => Some(
+                std::fs::canonicalize(&dir)
+                    .ok()
+                    .filter(|d| d.is_dir())
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--shared-dir {} is not an existing directory",
+                            dir.display()
+                        ))
+                    })?,
+            ),
+            None => None,
         };
         let name = match self.name {
             Some(name) if name.trim().is_empty() => {
@@ -77,7 +100,8 @@ impl Cli {
         };
         Ok(Config {
             broker: self.broker.to_config()?,
-            concurrency,
+            concurrency: self.concurrency,
+            shared_dir,
             name,
             shutdown_timeout: self.shutdown_timeout,
         })
@@ -97,7 +121,8 @@ mod tests {
     #[test]
     fn defaults() {
         let config = parse(&[]).unwrap();
-        assert!(config.concurrency >= 1);
+        assert_eq!(config.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(config.shared_dir, None);
         assert!(config.name.contains(':'));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.broker.prefix.as_str(), "warren");
@@ -116,5 +141,13 @@ mod tests {
         );
         assert!(parse(&["--name", " "]).is_err());
         assert!(parse(&["--shutdown-timeout", "soon"]).is_err());
+        assert!(
+            parse(&["--shared-dir", "/no/such/dir"])
+                .unwrap_err()
+                .contains("not an existing directory")
+        );
+        let dir = std::env::temp_dir();
+        let config = parse(&["--shared-dir", dir.to_str().unwrap()]).unwrap();
+        assert_eq!(config.shared_dir, Some(std::fs::canonicalize(dir).unwrap()));
     }
 }

@@ -26,6 +26,7 @@ use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::{Channel, Connection, Consumer};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -36,7 +37,7 @@ use warren::{PROTOCOL_VERSION, Topology};
 use crate::cli::Config;
 use crate::error::Result;
 use crate::liveness::JobLiveness;
-use crate::tasks;
+use crate::tasks::{self, HttpClients, TaskContext};
 
 /// First delay before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -54,6 +55,10 @@ const CONSUMER_TAG: &str = "warren-worker";
 pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let topology = Topology::new(config.broker.prefix.clone());
     let liveness = Arc::new(JobLiveness::default());
+    let http = Arc::new(HttpClients::default());
+    let cpu = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let mut delay = MIN_BACKOFF;
     loop {
         let session = tokio::select! {
@@ -90,6 +95,10 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<
             publisher: session.publisher.clone(),
             connection: Arc::clone(&session.connection),
             liveness: Arc::clone(&liveness),
+            shared_dir: config.shared_dir.clone(),
+            http: Arc::clone(&http),
+            cpu: Arc::clone(&cpu),
+            session_broken: CancellationToken::new(),
         });
         match session
             .serve(context, &shutdown, config.shutdown_timeout)
@@ -101,6 +110,12 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<
             }
         }
     }
+}
+
+/// How this worker shows in `rabbitmqctl list_connections`: its name and
+/// the prefix it serves.
+pub(crate) fn connection_name(config: &Config) -> String {
+    format!("warren-worker {} ({})", config.name, config.broker.prefix)
 }
 
 /// Full jitter in [d/2, d): workers that lost the same broker do not all
@@ -128,8 +143,7 @@ enum Served {
 
 impl Session {
     async fn open(config: &Config, topology: &Topology) -> warren::Result<Session> {
-        let connection =
-            broker::connect(&config.broker, &format!("warren-worker {}", config.name)).await?;
+        let connection = broker::connect(&config.broker, &connection_name(config)).await?;
         let publisher = Publisher::open(&connection).await?;
         topology.declare_shared(publisher.channel()).await?;
         let consume_channel = broker::open_channel(&connection).await?;
@@ -165,6 +179,9 @@ impl Session {
         let lost = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break None,
+                () = context.session_broken.cancelled() => {
+                    break Some("publishing results failed".to_owned());
+                }
                 delivery = self.consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         tracker.spawn(handle(Arc::clone(&context), delivery, abandon.clone()));
@@ -207,15 +224,6 @@ impl Session {
         tracing::info!("stopped");
         Served::ShutDown
     }
-}
-
-/// What every task handler needs.
-struct TaskContext {
-    worker: String,
-    topology: Topology,
-    publisher: Publisher,
-    connection: Arc<Connection>,
-    liveness: Arc<JobLiveness>,
 }
 
 /// Handles one delivery from decoding to ack; see the module docs for the
@@ -264,7 +272,7 @@ async fn run_task(
 
     let body = delivery.data.clone();
     let outcome = tokio::select! {
-        outcome = tasks::run(&task, body) => outcome,
+        outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {
             requeue(delivery).await;
             return;
@@ -295,8 +303,15 @@ async fn run_task(
             ack(delivery).await;
         }
         Err(e) if e.is_transient() => {
-            // The connection is gone; the broker requeues the delivery.
-            tracing::warn!("cannot publish the result: {}", warren::display_chain(&e));
+            // The channel or connection is gone. Return the task (if the
+            // connection still carries the nack; otherwise the broker
+            // requeues it when the connection closes) and reconnect.
+            tracing::warn!(
+                "cannot publish the result, reconnecting: {}",
+                warren::display_chain(&e)
+            );
+            requeue(delivery).await;
+            context.session_broken.cancel();
         }
         Err(e) => {
             tracing::warn!(

@@ -162,9 +162,10 @@ pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
             format,
             dtype,
         } => {
-            let (mut reader, len) = source.open()?;
+            let (reader, len) = source.open()?;
+            let (head, reader) = read_head(source, reader)?;
             let format = match format {
-                Format::Auto => detect(source, &mut reader)?,
+                Format::Auto => detect(source, &head)?,
                 explicit => *explicit,
             };
             match format {
@@ -195,11 +196,7 @@ pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
 
 /// Auto-detection: numpy's magic means `.npy`; a `.npy` name without it is
 /// a corrupt file, not text; anything else is text.
-fn detect(source: &Source, reader: &mut Box<dyn BufRead + Send>) -> Result<Format> {
-    let head = peek(reader, NPY_MAGIC.len()).map_err(|e| Error::Read {
-        input: source.to_string(),
-        source: e,
-    })?;
+fn detect(source: &Source, head: &[u8]) -> Result<Format> {
     if head == NPY_MAGIC {
         return Ok(Format::Npy);
     }
@@ -217,10 +214,21 @@ fn detect(source: &Source, reader: &mut Box<dyn BufRead + Send>) -> Result<Forma
     Ok(Format::Text)
 }
 
-/// Looks at up to `n` leading bytes without consuming them.
-fn peek(reader: &mut Box<dyn BufRead + Send>, n: usize) -> io::Result<Vec<u8>> {
-    let buffered = reader.fill_buf()?;
-    Ok(buffered[..buffered.len().min(n)].to_vec())
+/// Reads the first few bytes (as many as the magic, fewer only at the end
+/// of the input, however the input arrives: a pipe may deliver one byte at
+/// a time) and puts them back in front of the rest.
+fn read_head(
+    source: &Source,
+    mut reader: Box<dyn BufRead + Send>,
+) -> Result<(Vec<u8>, Box<dyn BufRead + Send>)> {
+    let mut head = vec![0u8; NPY_MAGIC.len()];
+    let got = read_full(&mut reader, &mut head).map_err(|e| Error::Read {
+        input: source.to_string(),
+        source: e,
+    })?;
+    head.truncate(got);
+    let rest = io::Cursor::new(head.clone()).chain(reader);
+    Ok((head, Box::new(BufReader::with_capacity(1 << 20, rest))))
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -235,4 +243,62 @@ pub(crate) fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usi
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe that delivers one byte per read.
+    struct Trickle(io::Cursor<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let end = buf.len().min(1);
+            self.0.read(&mut buf[..end])
+        }
+    }
+
+    fn npy_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut text = header.to_owned();
+        while !(10 + text.len() + 1).is_multiple_of(64) {
+            text.push(' ');
+        }
+        text.push('\n');
+        let mut bytes = NPY_MAGIC.to_vec();
+        bytes.extend_from_slice(&[1, 0]);
+        bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn detection_does_not_depend_on_how_the_bytes_arrive() {
+        let data: Vec<u8> = [1.5f64, 2.25]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let file = npy_bytes(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
+            &data,
+        );
+        let reader: Box<dyn BufRead + Send> =
+            Box::new(BufReader::with_capacity(1, Trickle(io::Cursor::new(file))));
+        let (head, rest) = read_head(&Source::Stdin, reader).unwrap();
+        assert_eq!(detect(&Source::Stdin, &head).unwrap(), Format::Npy);
+        let mut npy = npy::NpyReader::new(&Source::Stdin, rest, None).unwrap();
+        assert_eq!(npy.next_chunk(10).unwrap().unwrap().bytes, data);
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused() {
+        let file = npy_bytes(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+            &[0u8; 32],
+        );
+        let reader: Box<dyn BufRead + Send> = Box::new(io::Cursor::new(file));
+        let err = npy::NpyReader::new(&Source::Stdin, reader, None).unwrap_err();
+        assert!(err.to_string().contains("impossible shape"), "{err}");
+    }
 }

@@ -115,7 +115,12 @@ impl NpyReader {
                     .into(),
             ));
         }
-        let total = header.len();
+        // npyz's own element count wraps around on absurd shapes.
+        let total = header
+            .shape()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("declares an impossible shape {:?}", header.shape())))?;
         let data_len = total
             .checked_mul(dtype.itemsize() as u64)
             .ok_or_else(|| bad(format!("declares an impossible shape {:?}", header.shape())))?;

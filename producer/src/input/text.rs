@@ -198,8 +198,10 @@ impl TextReader {
                 out.extend_from_slice(&value.to_le_bytes());
             }
             Dtype::Float32 => {
-                let value: f32 = text.parse().map_err(|_| not_a("a number"))?;
-                out.extend_from_slice(&value.to_le_bytes());
+                // Through f64, as numpy's loadtxt(dtype=float32) does, so the
+                // elements are the ones numpy would load.
+                let value: f64 = text.parse().map_err(|_| not_a("a number"))?;
+                out.extend_from_slice(&(value as f32).to_le_bytes());
             }
             Dtype::Int64 => int!(i64),
             Dtype::Int32 => int!(i32),

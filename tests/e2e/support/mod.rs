@@ -64,27 +64,37 @@ impl Scenario {
     }
 
     /// Asserts nothing of this prefix is left on the broker but the shared,
-    /// empty task and dead-letter queues: no reply queue, no message.
+    /// empty task and dead-letter queues: no reply queue, no message, ready
+    /// or unacknowledged. Polls for a while: acks travel asynchronously and
+    /// `rabbitmqctl` reports quorum-queue counts with a delay.
     pub fn assert_clean(&mut self) {
         let task_queue = self.broker.topology.task_queue();
-        self.broker
-            .wait_until(Duration::from_secs(20), "the task queue is empty", |b| {
-                b.stats(&task_queue).is_none_or(|s| s.ready == 0)
-            });
-        let Some(queues) = broker::queues_with_prefix(&self.prefix) else {
-            eprintln!("rabbitmqctl is not available: skipping the full queue listing");
-            return;
-        };
         let shared = [task_queue, self.broker.topology.dead_letter_queue()];
-        for (name, messages) in &queues {
+        let prefix = self.prefix.clone();
+        let clean = |queues: &Vec<(String, u64)>| {
+            queues
+                .iter()
+                .all(|(name, messages)| shared.contains(name) && *messages == 0)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let Some(queues) = broker::queues_with_prefix(&prefix) else {
+                eprintln!("rabbitmqctl is not available: checking the task queue only");
+                let queue = shared[0].clone();
+                self.broker
+                    .wait_until(Duration::from_secs(20), "the task queue is empty", |b| {
+                        b.stats(&queue).is_none_or(|s| s.ready == 0)
+                    });
+                return;
+            };
+            if clean(&queues) {
+                return;
+            }
             assert!(
-                shared.contains(name),
-                "queue {name} was left behind: {queues:?}"
+                std::time::Instant::now() < deadline,
+                "the broker still holds queues or messages of {prefix}: {queues:?}"
             );
-            assert_eq!(
-                *messages, 0,
-                "queue {name} still holds messages: {queues:?}"
-            );
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }

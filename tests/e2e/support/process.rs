@@ -74,6 +74,8 @@ impl Worker {
             .args(args)
             .env("AMQP_URL", amqp_url())
             .env("RUST_LOG", "info,worker=debug")
+            // Test traffic stays on 127.0.0.1, whatever proxy the machine has.
+            .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("file handles clone"))
             .stderr(log_file)

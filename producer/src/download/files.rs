@@ -1,0 +1,392 @@
+//! Files on the producer's side: what is already there, files arriving as
+//! body chunks through the broker, and files workers stored in the shared
+//! directory.
+//!
+//! A file appears under its final name only complete and verified: chunks
+//! go to a temporary file in `OUT/.warren-tmp/`, which is checked (size and
+//! SHA-256 against the worker's report and the expected checksum), synced
+//! and only then renamed into place.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use warren::JobId;
+use warren::filename::{RelativePath, TEMP_DIR};
+use warren::protocol::BodyChunk;
+
+use crate::error::{Error, Result};
+
+/// SHA-256 and size of a file, read in 1 MiB blocks.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// A file being received through the broker.
+struct Incoming {
+    attempt: String,
+    temp: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+    hasher: Sha256,
+    /// Set when a chunk did not follow on from the previous one.
+    broken: Option<String>,
+}
+
+/// A received file, verified and in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Saved {
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
+}
+
+/// Puts files together from body chunks.
+pub(crate) struct Assembler {
+    out_dir: PathBuf,
+    temp_dir: PathBuf,
+    job: JobId,
+    incoming: HashMap<u64, Incoming>,
+    /// Attempts that were replaced by a newer one, per task: their late
+    /// chunks are ignored.
+    retired: HashMap<u64, HashSet<String>>,
+}
+
+impl std::fmt::Debug for Assembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembler")
+            .field("out_dir", &self.out_dir)
+            .field("incoming", &self.incoming.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Assembler {
+    pub(crate) fn new(out_dir: &Path, job: JobId) -> Self {
+        Assembler {
+            out_dir: out_dir.to_owned(),
+            temp_dir: out_dir.join(TEMP_DIR),
+            job,
+            incoming: HashMap::new(),
+            retired: HashMap::new(),
+        }
+    }
+
+    /// Takes one chunk. A chunk at offset 0 of an attempt not seen before
+    /// starts the file over (the worker retried, or the task was
+    /// redelivered); chunks of replaced attempts are ignored. Returns the
+    /// bytes accepted.
+    pub(crate) fn chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<u64> {
+        let current = self
+            .incoming
+            .get(&chunk.task)
+            .is_some_and(|incoming| incoming.attempt == chunk.attempt);
+        if !current {
+            let retired = self.retired.entry(chunk.task).or_default();
+            if chunk.offset != 0 || retired.contains(&chunk.attempt) {
+                return Ok(0);
+            }
+            if let Some(old) = self.incoming.remove(&chunk.task) {
+                retired.insert(old.attempt.clone());
+                discard(old);
+            }
+            let incoming = self.start(chunk)?;
+            self.incoming.insert(chunk.task, incoming);
+        }
+        let incoming = self
+            .incoming
+            .get_mut(&chunk.task)
+            .expect("the current attempt was just found or inserted"); // invariant: see above
+        if incoming.broken.is_some() {
+            return Ok(0);
+        }
+        if chunk.offset != incoming.written {
+            incoming.broken = Some(format!(
+                "a chunk at offset {} arrived when {} bytes were written",
+                chunk.offset, incoming.written
+            ));
+            return Ok(0);
+        }
+        incoming.file.write_all(data).map_err(|e| Error::Write {
+            output: incoming.temp.display().to_string(),
+            source: e,
+        })?;
+        incoming.hasher.update(data);
+        incoming.written += data.len() as u64;
+        Ok(data.len() as u64)
+    }
+
+    fn start(&self, chunk: &BodyChunk) -> Result<Incoming> {
+        std::fs::create_dir_all(&self.temp_dir).map_err(|e| Error::Write {
+            output: self.temp_dir.display().to_string(),
+            source: e,
+        })?;
+        let temp = self.temp_dir.join(format!("{}-{}", self.job, chunk.task));
+        let file = File::create(&temp)
+            .or_else(|_| {
+                // Another job sharing the directory may have just removed it.
+                std::fs::create_dir_all(&self.temp_dir)?;
+                File::create(&temp)
+            })
+            .map_err(|e| Error::Write {
+                output: temp.display().to_string(),
+                source: e,
+            })?;
+        Ok(Incoming {
+            attempt: chunk.attempt.clone(),
+            temp,
+            file: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            hasher: Sha256::new(),
+            broken: None,
+        })
+    }
+
+    /// Finishes a task whose worker reported success: checks that the
+    /// reported attempt's bytes all arrived and match the reported (and
+    /// expected) size and SHA-256, then moves the file into place.
+    ///
+    /// `Ok(Err(reason))` means the download must count as failed;
+    /// `Err(_)` is a local I/O failure that ends the job.
+    pub(crate) fn complete(
+        &mut self,
+        task: u64,
+        name: &RelativePath,
+        attempt: &str,
+        bytes: u64,
+        sha256: &str,
+        expected_sha256: Option<&str>,
+    ) -> Result<std::result::Result<Saved, String>> {
+        let incoming = match self.incoming.remove(&task) {
+            Some(incoming) if incoming.attempt == attempt => incoming,
+            Some(other) => {
+                discard(other);
+                return Ok(Err(
+                    "the file's data did not arrive (another attempt's did)".into(),
+                ));
+            }
+            // An empty body sends no chunk.
+            None if bytes == 0 => self.start(&BodyChunk {
+                job: self.job.clone(),
+                task,
+                attempt: attempt.to_owned(),
+                offset: 0,
+            })?,
+            None => return Ok(Err("the file's data did not arrive".into())),
+        };
+        if let Some(reason) = &incoming.broken {
+            let reason = format!("the file arrived damaged: {reason}");
+            discard(incoming);
+            return Ok(Err(reason));
+        }
+        let got = hex::encode(incoming.hasher.clone().finalize());
+        if incoming.written != bytes || got != sha256 {
+            let reason = format!(
+                "the file arrived incomplete or corrupted: {} bytes with sha256 {got}, \
+                 but the worker sent {bytes} bytes with sha256 {sha256}",
+                incoming.written
+            );
+            discard(incoming);
+            return Ok(Err(reason));
+        }
+        if let Some(expected) = expected_sha256
+            && expected != got
+        {
+            discard(incoming);
+            return Ok(Err(format!(
+                "checksum mismatch: expected sha256 {expected}, got {got}"
+            )));
+        }
+        let target = name.under(&self.out_dir);
+        let Incoming { temp, file, .. } = incoming;
+        let placed = file
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| match target.parent() {
+                Some(parent) => std::fs::create_dir_all(parent),
+                None => Ok(()),
+            })
+            .and_then(|()| std::fs::rename(&temp, &target));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::Write {
+                output: target.display().to_string(),
+                source: e,
+            });
+        }
+        Ok(Ok(Saved { bytes, sha256: got }))
+    }
+
+    /// Drops whatever was received for a task that failed.
+    pub(crate) fn forget(&mut self, task: u64) {
+        if let Some(incoming) = self.incoming.remove(&task) {
+            discard(incoming);
+        }
+    }
+
+    /// Removes every temporary file of this job, including those a killed
+    /// worker left in a shared directory (all are named `<job>-...`), and
+    /// the temporary directory if that leaves it empty.
+    pub(crate) fn clean_up(&mut self) {
+        for (_, incoming) in self.incoming.drain() {
+            discard(incoming);
+        }
+        let ours = format!("{}-", self.job);
+        if let Ok(entries) = std::fs::read_dir(&self.temp_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&ours) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.temp_dir);
+    }
+}
+
+fn discard(incoming: Incoming) {
+    let Incoming { temp, file, .. } = incoming;
+    drop(file);
+    let _ = std::fs::remove_file(temp);
+}
+
+/// Checks a file a worker stored in the shared directory, as the producer
+/// sees it under `out_dir`.
+pub(crate) fn verify_stored(
+    out_dir: &Path,
+    name: &RelativePath,
+    bytes: u64,
+    sha256: &str,
+    expected_sha256: Option<&str>,
+) -> std::result::Result<Saved, String> {
+    let path = name.under(out_dir);
+    let (size, got) = hash_file(&path).map_err(|e| {
+        format!(
+            "the worker stored the file but {} cannot be read here ({e}): do --out-dir and the \
+             workers' --shared-dir point at the same storage?",
+            path.display()
+        )
+    })?;
+    if size != bytes || got != sha256 {
+        return Err(format!(
+            "{} has {size} bytes with sha256 {got}, but the worker stored {bytes} bytes with sha256 {sha256}",
+            path.display()
+        ));
+    }
+    if let Some(expected) = expected_sha256
+        && expected != got
+    {
+        return Err(format!(
+            "checksum mismatch: expected sha256 {expected}, got {got}"
+        ));
+    }
+    Ok(Saved { bytes, sha256: got })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(task: u64, attempt: &str, offset: u64) -> BodyChunk {
+        BodyChunk {
+            job: JobId::parse("j").unwrap(),
+            task,
+            attempt: attempt.into(),
+            offset,
+        }
+    }
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn a_new_attempt_starts_over_and_late_chunks_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("sub/f.bin").unwrap();
+        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
+        assembler.chunk(&chunk(0, "a", 0), b"hello ").unwrap();
+        // The worker died; the task was redelivered: attempt b starts over.
+        assembler.chunk(&chunk(0, "b", 0), b"good").unwrap();
+        assert_eq!(assembler.chunk(&chunk(0, "a", 6), b"stale").unwrap(), 0);
+        assembler.chunk(&chunk(0, "b", 4), b"bye").unwrap();
+        assert!(
+            !name.under(dir.path()).exists(),
+            "nothing under the final name before completion"
+        );
+        let saved = assembler
+            .complete(0, &name, "b", 7, &sha(b"goodbye"), Some(&sha(b"goodbye")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.bytes, 7);
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
+        assembler.clean_up();
+        assert!(!dir.path().join(TEMP_DIR).exists());
+    }
+
+    #[test]
+    fn mismatches_and_gaps_fail_the_download_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("f").unwrap();
+        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
+        assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
+        let failed = assembler
+            .complete(1, &name, "a", 3, &sha(b"xyz"), None)
+            .unwrap();
+        assert!(failed.unwrap_err().contains("incomplete or corrupted"));
+        assembler.chunk(&chunk(2, "a", 0), b"abc").unwrap();
+        assembler.chunk(&chunk(2, "a", 10), b"def").unwrap();
+        let failed = assembler
+            .complete(2, &name, "a", 13, &sha(b"abcdef"), None)
+            .unwrap();
+        assert!(failed.unwrap_err().contains("damaged"));
+        assembler.chunk(&chunk(3, "a", 0), b"abc").unwrap();
+        let failed = assembler
+            .complete(3, &name, "a", 3, &sha(b"abc"), Some(&sha(b"other")))
+            .unwrap();
+        assert!(failed.unwrap_err().contains("checksum mismatch"));
+        assert!(!name.under(dir.path()).exists());
+        assembler.clean_up();
+        assert!(!dir.path().join(TEMP_DIR).exists());
+    }
+
+    #[test]
+    fn empty_bodies_make_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("empty").unwrap();
+        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
+        assembler
+            .complete(0, &name, "a", 0, &sha(b""), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
+    }
+
+    #[test]
+    fn stored_files_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("s.bin").unwrap();
+        std::fs::write(name.under(dir.path()), b"data").unwrap();
+        assert!(verify_stored(dir.path(), &name, 4, &sha(b"data"), None).is_ok());
+        assert!(verify_stored(dir.path(), &name, 5, &sha(b"data"), None).is_err());
+        let missing = RelativePath::parse("missing").unwrap();
+        assert!(
+            verify_stored(dir.path(), &missing, 4, &sha(b"data"), None)
+                .unwrap_err()
+                .contains("same storage")
+        );
+    }
+}

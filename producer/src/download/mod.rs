@@ -1,0 +1,473 @@
+//! A download job: fetch a list of URLs with the workers and land the files
+//! in the output directory, each complete and verified, with a manifest.
+//!
+//! Everything that can be checked is checked before the first task is
+//! published: every line of the list ([`urls`]), every file name, and what
+//! is already in the output directory ([`plan`]), so a re-run fetches only
+//! what is missing or failed. Then one task per URL goes out through the
+//! shared pipeline (`job.rs`). With the default delivery, each file comes
+//! back through the broker as body chunks and is put together here
+//! ([`files`]); with `--shared`, workers store it in the shared directory
+//! and the producer verifies it there. Every URL ends as one [`manifest`]
+//! line: ok, failed (with the reason) or skipped.
+
+pub mod files;
+pub mod manifest;
+pub mod plan;
+pub mod urls;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use warren::protocol::{
+    BodyChunk, DeadLetter, Delivery, DownloadLimits, DownloadSpec, DownloadStatus, DownloadTask,
+    Outcome, TaskResult,
+};
+use warren::{BrokerConfig, JobId};
+
+use crate::error::{Error, Result};
+use crate::input::Source;
+use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
+use crate::progress::Progress;
+use files::Assembler;
+use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
+use plan::Decision;
+use urls::NamedEntry;
+
+/// Where the URLs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlInput {
+    /// A list file, or stdin.
+    List(Source),
+    /// One URL given on the command line.
+    Url(String),
+}
+
+/// A download job's settings.
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    /// The URL lists and URLs, in order.
+    pub inputs: Vec<UrlInput>,
+    /// Where the files land.
+    pub out_dir: PathBuf,
+    /// Through the broker, or straight into the shared directory.
+    pub delivery: Delivery,
+    /// Where to write the manifest.
+    pub manifest: Option<PathBuf>,
+    /// Replace existing files that differ.
+    pub overwrite: bool,
+    /// Bounds every worker keeps to.
+    pub limits: DownloadLimits,
+    /// Tasks queued or in work at once.
+    pub max_in_flight: usize,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What a finished download job reports.
+#[derive(Debug, Clone)]
+pub struct DownloadSummary {
+    /// The job's id; `None` when nothing needed downloading.
+    pub job_id: Option<JobId>,
+    /// One record per URL, in list order.
+    pub records: Vec<ManifestRecord>,
+    /// The output directory.
+    pub out_dir: PathBuf,
+    /// Where the manifest was written.
+    pub manifest: Option<PathBuf>,
+    /// Names of the workers that answered.
+    pub workers: BTreeSet<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl DownloadSummary {
+    /// Records with the given status.
+    pub fn with_status(&self, status: ItemStatus) -> impl Iterator<Item = &ManifestRecord> {
+        self.records.iter().filter(move |r| r.status == status)
+    }
+
+    /// Bytes downloaded in this run.
+    pub fn bytes(&self) -> u64 {
+        self.with_status(ItemStatus::Ok).map(|r| r.bytes).sum()
+    }
+}
+
+/// Runs a download job to its end.
+///
+/// # Errors
+/// Bad lists or names (before anything is published), an unusable output
+/// directory, broker failures, `--timeout`, or [`Error::Cancelled`]. Failed
+/// downloads are not errors: they are in the summary.
+pub async fn run(
+    broker: &BrokerConfig,
+    config: &DownloadConfig,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<DownloadSummary> {
+    let started = Instant::now();
+    let inputs = config.inputs.clone();
+    let reading = tokio::task::spawn_blocking(move || read_inputs(&inputs));
+    let entries = tokio::select! {
+        read = reading => read.expect("reading the URL lists does not panic")?, // invariant: read_inputs returns errors
+        () = shutdown.cancelled() => return Err(Error::Cancelled),
+    };
+    let (named, repeats) = urls::assign_names(entries)?;
+    for repeat in &repeats {
+        progress.warn(&format!(
+            "{} repeats {} and is fetched only once",
+            repeat.origin, repeat.url
+        ));
+    }
+    std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::Write {
+        output: config.out_dir.display().to_string(),
+        source: e,
+    })?;
+    let out_dir = std::fs::canonicalize(&config.out_dir).map_err(|e| Error::Write {
+        output: config.out_dir.display().to_string(),
+        source: e,
+    })?;
+
+    // Decide about existing files (this hashes them) before publishing.
+    let previous = config
+        .manifest
+        .as_deref()
+        .map(manifest::read_previous)
+        .unwrap_or_default();
+    let (decisions, named) = {
+        let out_dir = out_dir.clone();
+        let overwrite = config.overwrite;
+        tokio::task::spawn_blocking(move || {
+            let decisions: Vec<Decision> = named
+                .iter()
+                .map(|entry| plan::decide(&out_dir, entry, &previous, overwrite))
+                .collect();
+            (decisions, named)
+        })
+        .await
+        .expect("planning does not panic") // invariant: decide returns its failures
+    };
+
+    let mut manifest = ManifestWriter::create(config.manifest.as_deref())?;
+    let mut records: Vec<Option<ManifestRecord>> = vec![None; named.len()];
+    let mut to_fetch = Vec::new();
+    for (slot, (entry, decision)) in named.iter().zip(decisions).enumerate() {
+        let record = match decision {
+            Decision::Fetch => {
+                to_fetch.push(slot);
+                continue;
+            }
+            Decision::Skip { bytes, sha256 } => ManifestRecord {
+                status: ItemStatus::Skipped,
+                bytes,
+                sha256: Some(sha256),
+                ..record_for(entry)
+            },
+            Decision::Refuse(reason) => ManifestRecord {
+                status: ItemStatus::Failed,
+                error: Some(reason),
+                ..record_for(entry)
+            },
+        };
+        manifest.record(&record)?;
+        records[slot] = Some(record);
+    }
+
+    let mut summary = DownloadSummary {
+        job_id: None,
+        records: Vec::new(),
+        out_dir: out_dir.clone(),
+        manifest: config.manifest.clone(),
+        workers: BTreeSet::new(),
+        elapsed: Duration::ZERO,
+    };
+    if !to_fetch.is_empty() {
+        let job = JobId::random();
+        summary.job_id = Some(job.clone());
+        let mut collector = DownloadCollector {
+            job: job.clone(),
+            delivery: config.delivery,
+            assembler: Assembler::new(&out_dir, job.clone()),
+            out_dir,
+            named: &named,
+            to_fetch: &to_fetch,
+            records: &mut records,
+            manifest: &mut manifest,
+            received: 0,
+            failures: 0,
+            workers: BTreeSet::new(),
+        };
+        let outcome = fetch(broker, config, &mut collector, progress, &shutdown, started).await;
+        collector.assembler.clean_up();
+        summary.workers = std::mem::take(&mut collector.workers);
+        outcome?;
+    }
+    summary.records = records
+        .into_iter()
+        .zip(&named)
+        .map(|(record, entry)| {
+            record.unwrap_or_else(|| ManifestRecord {
+                status: ItemStatus::Failed,
+                error: Some("no result arrived".into()),
+                ..record_for(entry)
+            })
+        })
+        .collect();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn read_inputs(inputs: &[UrlInput]) -> Result<Vec<urls::UrlEntry>> {
+    let mut entries = Vec::new();
+    let mut arguments = Vec::new();
+    for input in inputs {
+        match input {
+            UrlInput::List(source) => entries.extend(urls::read_list(source)?),
+            UrlInput::Url(url) => arguments.push(url.clone()),
+        }
+    }
+    entries.extend(urls::from_arguments(&arguments)?);
+    if entries.is_empty() {
+        return Err(Error::Usage(
+            "no URL to download: the lists are empty".into(),
+        ));
+    }
+    Ok(entries)
+}
+
+/// The record of an entry, before its outcome is known.
+fn record_for(entry: &NamedEntry) -> ManifestRecord {
+    ManifestRecord {
+        url: entry.entry.url.to_string(),
+        path: entry.name.to_string(),
+        status: ItemStatus::Failed,
+        bytes: 0,
+        sha256: None,
+        http_status: None,
+        attempts: 0,
+        error: None,
+    }
+}
+
+/// Publishes one task per entry to fetch and collects until all are done.
+async fn fetch(
+    broker: &BrokerConfig,
+    config: &DownloadConfig,
+    collector: &mut DownloadCollector<'_>,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+    started: Instant,
+) -> Result<()> {
+    let job = collector.job.clone();
+    let mut session = tokio::select! {
+        session = JobSession::open(broker, job.clone()) => session?,
+        () = shutdown.cancelled() => return Err(Error::Cancelled),
+    };
+    tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
+    progress.start("files", Some(collector.to_fetch.len() as u64));
+
+    // The tasks are small: build them all, the window paces publishing.
+    let (tasks_tx, tasks_rx) = mpsc::channel(collector.to_fetch.len());
+    for (index, &slot) in collector.to_fetch.iter().enumerate() {
+        let entry = &collector.named[slot];
+        let spec = DownloadSpec {
+            url: entry.entry.url.to_string(),
+            name: entry.name.to_string(),
+            sha256: entry.entry.sha256.clone(),
+            delivery: config.delivery,
+            limits: config.limits,
+        };
+        let task = DownloadTask::new(job.clone(), index as u64, spec)?;
+        let outgoing = OutgoingTask {
+            body: task.body(),
+            properties: task.properties(&session.reply_queue),
+        };
+        tasks_tx
+            .try_send(Ok(outgoing))
+            .expect("the channel holds every task"); // invariant: capacity = task count
+    }
+    drop(tasks_tx);
+    let window = Arc::new(Semaphore::new(config.max_in_flight));
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = job::spawn_publisher(
+        &session,
+        tasks_rx,
+        Arc::clone(&window),
+        Arc::clone(&published),
+    );
+    let drive = Drive {
+        window: &window,
+        published: &published,
+        timeout: config.timeout,
+        progress,
+        shutdown,
+        started,
+    };
+    let outcome = job::drive(&mut session, collector, publisher, drive).await;
+    session.close().await;
+    progress.finish();
+    outcome.map(drop)
+}
+
+/// Gathers chunks and reports, finishing each file.
+struct DownloadCollector<'a> {
+    job: JobId,
+    delivery: Delivery,
+    assembler: Assembler,
+    out_dir: PathBuf,
+    named: &'a [NamedEntry],
+    /// Slots in `named` of the entries being fetched; task `i` is
+    /// `named[to_fetch[i]]`.
+    to_fetch: &'a [usize],
+    records: &'a mut [Option<ManifestRecord>],
+    manifest: &'a mut ManifestWriter,
+    /// Body bytes received, for the throughput display.
+    received: u64,
+    failures: u64,
+    workers: BTreeSet<String>,
+}
+
+impl DownloadCollector<'_> {
+    /// The entry of task `index`, unless it is unknown or already done.
+    fn open_task(&self, index: u64) -> Option<usize> {
+        let slot = *self.to_fetch.get(usize::try_from(index).ok()?)?;
+        self.records[slot].is_none().then_some(slot)
+    }
+
+    fn finish(&mut self, slot: usize, record: ManifestRecord) -> Result<Accepted> {
+        if record.status == ItemStatus::Failed {
+            self.failures += 1;
+        }
+        self.manifest.record(&record)?;
+        self.records[slot] = Some(record);
+        Ok(Accepted::Answered)
+    }
+
+    async fn finish_download(
+        &mut self,
+        index: u64,
+        slot: usize,
+        report: warren::protocol::DownloadReport,
+    ) -> Result<Accepted> {
+        let named = self.named;
+        let entry = &named[slot];
+        let mut record = ManifestRecord {
+            http_status: report.http_status,
+            attempts: report.attempts,
+            bytes: report.bytes,
+            ..record_for(entry)
+        };
+        if report.status == DownloadStatus::Failed {
+            self.assembler.forget(index);
+            record.error = Some(
+                report
+                    .error
+                    .map_or_else(|| "failed without a reason".to_owned(), |e| e.message),
+            );
+            return self.finish(slot, record);
+        }
+        let expected = entry.entry.sha256.clone();
+        let sha256 = report.sha256.clone().unwrap_or_default();
+        let verified = match self.delivery {
+            Delivery::Broker => {
+                let attempt = report.attempt.clone().unwrap_or_default();
+                self.assembler.complete(
+                    index,
+                    &entry.name,
+                    &attempt,
+                    report.bytes,
+                    &sha256,
+                    expected.as_deref(),
+                )?
+            }
+            Delivery::Shared => {
+                let out_dir = self.out_dir.clone();
+                let name = entry.name.clone();
+                let bytes = report.bytes;
+                tokio::task::spawn_blocking(move || {
+                    files::verify_stored(&out_dir, &name, bytes, &sha256, expected.as_deref())
+                })
+                .await
+                .expect("verifying does not panic") // invariant: verify_stored returns its failures
+            }
+        };
+        match verified {
+            Ok(saved) => {
+                record.status = ItemStatus::Ok;
+                record.bytes = saved.bytes;
+                record.sha256 = Some(saved.sha256);
+            }
+            Err(reason) => record.error = Some(reason),
+        }
+        self.finish(slot, record)
+    }
+}
+
+impl Collector for DownloadCollector<'_> {
+    /// Chunks are written as they come; a report finishes its file; a
+    /// dead-lettered task fails its URL, not the job.
+    async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
+        if let Some(dead) = DeadLetter::of(&delivery.properties) {
+            let Some(slot) = dead.task.and_then(|t| self.open_task(t)) else {
+                return Ok(Accepted::Other);
+            };
+            if let Some(task) = dead.task {
+                self.assembler.forget(task);
+            }
+            let record = ManifestRecord {
+                error: Some(format!(
+                    "the broker gave up on it: {}",
+                    explain_dead_letter(&dead.reason)
+                )),
+                ..record_for(&self.named[slot])
+            };
+            return self.finish(slot, record);
+        }
+        if let Some(chunk) = BodyChunk::of(&delivery.properties) {
+            let chunk = chunk?;
+            if chunk.job == self.job && self.open_task(chunk.task).is_some() {
+                self.received += self.assembler.chunk(&chunk, &delivery.data)?;
+            }
+            return Ok(Accepted::Other);
+        }
+        let result = TaskResult::decode(&delivery.data)?;
+        if result.job_id != self.job {
+            return Ok(Accepted::Other);
+        }
+        let Some(index) = result.task else {
+            return Err(warren::Error::malformed(
+                "result",
+                "a download result without a task index",
+            )
+            .into());
+        };
+        let Some(slot) = self.open_task(index) else {
+            tracing::debug!(task = index, "duplicate or unknown download result ignored");
+            return Ok(Accepted::Other);
+        };
+        self.workers.insert(result.worker.clone());
+        match result.outcome {
+            Outcome::Download(report) => self.finish_download(index, slot, report).await,
+            Outcome::Error(failure) => {
+                let record = ManifestRecord {
+                    error: Some(failure.message),
+                    ..record_for(&self.named[slot])
+                };
+                self.finish(slot, record)
+            }
+            Outcome::Sum(_) => {
+                Err(warren::Error::malformed("result", "a sum result for a download job").into())
+            }
+        }
+    }
+
+    fn progress_message(&self, elapsed: Duration) -> String {
+        let rate = self.received as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6;
+        format!("{rate:.1} MB/s, {} failed", self.failures)
+    }
+}

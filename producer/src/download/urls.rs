@@ -1,0 +1,344 @@
+//! The URL list of a download job, read and validated in full before any
+//! task is published, and the file name each URL gets.
+//!
+//! A list has one entry per line: `URL [NAME] [sha256:HEX]`, fields
+//! separated by whitespace; `#` starts a comment and blank lines are
+//! skipped. A bad line is an error naming its line number.
+//!
+//! Names come from the user (checked: they may not escape the output
+//! directory) or from the URL's last path segment (sanitized). Two entries
+//! that would land on the same name, compared case-insensitively, are told
+//! apart deterministically: given names win, and a later derived name gets
+//! `-` and 8 hex digits of its URL's SHA-256 before the extension.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+
+use sha2::{Digest, Sha256};
+use warren::filename::RelativePath;
+use warren::protocol::{check_sha256, check_url};
+
+use crate::error::{Error, Result};
+use crate::input::Source;
+
+/// One URL to fetch, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlEntry {
+    /// Where it was listed, for error messages: `urls.txt:12` or
+    /// `argument 3`.
+    pub origin: String,
+    /// The URL.
+    pub url: url::Url,
+    /// The name the user gave, if any.
+    pub name: Option<RelativePath>,
+    /// The expected SHA-256, lowercase hex.
+    pub sha256: Option<String>,
+}
+
+/// A URL with the file name it will be saved under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedEntry {
+    /// The entry.
+    pub entry: UrlEntry,
+    /// Its file name, relative to the output directory.
+    pub name: RelativePath,
+}
+
+/// Reads every entry of a URL list.
+///
+/// # Errors
+/// [`Error::Open`]/[`Error::Read`] for I/O, [`Error::BadInput`] for the
+/// first bad line.
+pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
+    let (reader, label): (Box<dyn BufRead>, String) = match source {
+        Source::Stdin => (Box::new(std::io::stdin().lock()), "stdin".into()),
+        Source::File(path) => {
+            let file = std::fs::File::open(path).map_err(|e| Error::Open {
+                input: source.to_string(),
+                source: e,
+            })?;
+            (Box::new(std::io::BufReader::new(file)), source.to_string())
+        }
+    };
+    let mut entries = Vec::new();
+    for (number, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Error::Read {
+            input: label.clone(),
+            source: e,
+        })?;
+        let line_number = number + 1;
+        let content = strip_comment(&line).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(|reason| {
+            Error::BadInput {
+                input: label.clone(),
+                reason: format!("line {line_number}: {reason}"),
+            }
+        })?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Entries from URLs given on the command line.
+///
+/// # Errors
+/// [`Error::Usage`] for the first bad URL.
+pub fn from_arguments(urls: &[String]) -> Result<Vec<UrlEntry>> {
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let origin = format!("argument {}", i + 1);
+            parse_line(url, origin.clone())
+                .map_err(|reason| Error::Usage(format!("{origin}: {reason}")))
+        })
+        .collect()
+}
+
+/// A `#` starts a comment at the start of a line or after whitespace; a
+/// `#` inside a URL (a fragment) does not.
+fn strip_comment(line: &str) -> &str {
+    let mut previous_is_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous_is_space {
+            return &line[..i];
+        }
+        previous_is_space = c.is_whitespace();
+    }
+    line
+}
+
+fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, String> {
+    let mut fields = content.split_whitespace();
+    let url = check_url(fields.next().unwrap_or_default())?;
+    let mut name = None;
+    let mut sha256 = None;
+    for field in fields {
+        if let Some(hex) = field.strip_prefix("sha256:") {
+            if sha256.is_some() {
+                return Err("more than one sha256: field".into());
+            }
+            sha256 = Some(check_sha256(hex)?);
+        } else if name.is_none() {
+            name = Some(
+                RelativePath::parse(field)
+                    .map_err(|e| format!("unusable file name {field:?}: {e}"))?,
+            );
+        } else {
+            return Err(format!(
+                "unexpected field {field:?} (expected: URL [NAME] [sha256:HEX])"
+            ));
+        }
+    }
+    Ok(UrlEntry {
+        origin,
+        url,
+        name,
+        sha256,
+    })
+}
+
+/// Gives every entry its file name, dropping exact repeats of the same URL
+/// (which would only fetch the same file twice).
+///
+/// # Errors
+/// [`Error::Usage`] when two given names collide: only the user can decide.
+pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlEntry>)> {
+    let mut taken = Taken::default();
+    let mut given_by: HashMap<String, String> = HashMap::new();
+    // Given names first, so that they win over derived ones.
+    for entry in &entries {
+        if let Some(name) = &entry.name {
+            if let Some(other) = given_by.get(&name.collision_key()) {
+                return Err(Error::Usage(format!(
+                    "{} and {} both name the file {name}",
+                    other, entry.origin
+                )));
+            }
+            if taken.conflicts(name) {
+                return Err(Error::Usage(format!(
+                    "{}: the name {name} clashes with a file or directory another entry names",
+                    entry.origin
+                )));
+            }
+            given_by.insert(name.collision_key(), entry.origin.clone());
+            taken.insert(name);
+        }
+    }
+    let mut seen_urls = HashSet::new();
+    let mut named = Vec::with_capacity(entries.len());
+    let mut repeats = Vec::new();
+    for entry in entries {
+        if !seen_urls.insert((entry.url.clone(), entry.name.clone())) {
+            repeats.push(entry);
+            continue;
+        }
+        let name = match &entry.name {
+            Some(name) => name.clone(),
+            None => {
+                let derived = RelativePath::from_url(&entry.url);
+                let name = if taken.conflicts(&derived) {
+                    derived.with_tag(&url_tag(&entry.url))
+                } else {
+                    derived
+                };
+                if taken.conflicts(&name) {
+                    // Only an identical URL can collide with its own tag.
+                    repeats.push(entry);
+                    continue;
+                }
+                taken.insert(&name);
+                name
+            }
+        };
+        named.push(NamedEntry { entry, name });
+    }
+    Ok((named, repeats))
+}
+
+/// 8 hex digits of the URL's SHA-256: stable across runs and orders.
+fn url_tag(url: &url::Url) -> String {
+    hex::encode(&Sha256::digest(url.as_str().as_bytes())[..4])
+}
+
+/// Names in use, as files and as directories, compared case-insensitively.
+#[derive(Debug, Default)]
+struct Taken {
+    files: HashSet<String>,
+    dirs: HashSet<String>,
+}
+
+impl Taken {
+    fn conflicts(&self, name: &RelativePath) -> bool {
+        let key = name.collision_key();
+        self.files.contains(&key)
+            || self.dirs.contains(&key)
+            || parents(&key).any(|dir| self.files.contains(dir))
+    }
+
+    fn insert(&mut self, name: &RelativePath) {
+        let key = name.collision_key();
+        for dir in parents(&key) {
+            self.dirs.insert(dir.to_owned());
+        }
+        self.files.insert(key);
+    }
+}
+
+/// `a/b/c` → `a`, `a/b`.
+fn parents(key: &str) -> impl Iterator<Item = &str> {
+    key.match_indices('/').map(move |(i, _)| &key[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn list(text: &str) -> Result<Vec<UrlEntry>> {
+        read_list(&Source::File(written(text).path().to_owned()))
+    }
+
+    fn written(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn names(text: &str) -> Vec<String> {
+        let (named, _) = assign_names(list(text).unwrap()).unwrap();
+        named.into_iter().map(|n| n.name.to_string()).collect()
+    }
+
+    #[test]
+    fn lines_with_names_checksums_and_comments() {
+        let sha = "a".repeat(64);
+        let entries = list(&format!(
+            "# images\n\nhttps://h/a.jpg#frag\nhttps://h/b.jpg  cats/b.jpg sha256:{}  # b\nhttp://h/c sha256:{sha}\n",
+            sha.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].url.as_str(), "https://h/a.jpg#frag");
+        assert_eq!(entries[1].name.as_ref().unwrap().as_str(), "cats/b.jpg");
+        assert_eq!(entries[1].sha256.as_deref(), Some(sha.as_str()));
+        assert!(entries[1].origin.ends_with(":4"), "{}", entries[1].origin);
+        assert_eq!(entries[2].sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(entries[2].name, None);
+    }
+
+    #[test]
+    fn bad_lines_name_their_line_number() {
+        let cases = [
+            (
+                "https://h/a\nftp://h/b\n",
+                "line 2: unsupported scheme \"ftp\"",
+            ),
+            ("not a url\n", "line 1: invalid URL"),
+            (
+                "https://h/a ../../etc/passwd\n",
+                "line 1: unusable file name \"../../etc/passwd\"",
+            ),
+            ("https://h/a /etc/passwd\n", "absolute path"),
+            ("https://h/a sha256:123\n", "not a SHA-256"),
+            ("https://h/a x y\n", "unexpected field \"y\""),
+        ];
+        for (text, expected) in cases {
+            let err = list(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn colliding_names_are_told_apart_deterministically() {
+        let got = names("https://a/x/img.jpg\nhttps://b/y/IMG.jpg\nhttps://c/img.jpg img.jpg\n");
+        // The given name wins; both derived ones get their URL's tag.
+        assert_eq!(got[2], "img.jpg");
+        assert!(
+            got[0].starts_with("img-") && got[0].ends_with(".jpg"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("IMG-") && got[1].ends_with(".jpg"),
+            "{got:?}"
+        );
+        assert_ne!(got[0].to_lowercase(), got[1].to_lowercase());
+        assert_eq!(
+            got,
+            names("https://a/x/img.jpg\nhttps://b/y/IMG.jpg\nhttps://c/img.jpg img.jpg\n")
+        );
+    }
+
+    #[test]
+    fn repeated_urls_are_fetched_once_and_given_names_must_not_collide() {
+        let (named, repeats) =
+            assign_names(list("https://h/a.jpg\nhttps://h/a.jpg\n").unwrap()).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(repeats.len(), 1);
+        let err =
+            assign_names(list("https://h/1 x.jpg\nhttps://h/2 X.JPG\n").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("both name the file"), "{err}");
+        let err = assign_names(list("https://h/1 a\nhttps://h/2 a/b\n").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("clashes"), "{err}");
+    }
+
+    #[test]
+    fn derived_names_avoid_directories_of_given_names() {
+        let got = names("https://h/cats/1.jpg cats/1.jpg\nhttps://h/x/cats\n");
+        assert_eq!(got[0], "cats/1.jpg");
+        assert!(got[1].starts_with("cats-"), "{got:?}");
+    }
+
+    #[test]
+    fn arguments_are_checked_too() {
+        assert!(from_arguments(&["https://h/a".into()]).is_ok());
+        let err = from_arguments(&["https://h/a".into(), "gopher://h".into()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("argument 2: unsupported scheme"),
+            "{err}"
+        );
+    }
+}

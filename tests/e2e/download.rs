@@ -1,0 +1,539 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use warren_testkit::{HttpFixture, content, sha256_hex};
+
+use crate::support::broker::queues_with_prefix;
+use crate::support::{Run, Scenario, Worker};
+
+/// Both ways files can land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Through the broker, written by the producer.
+    Broker,
+    /// Written by the workers into the shared directory.
+    Shared,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Broker => "broker",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// A download scenario: an HTTP fixture, an output directory that is also
+/// the workers' shared directory, and workers.
+struct Downloads {
+    s: Scenario,
+    http: HttpFixture,
+    out: PathBuf,
+}
+
+impl Downloads {
+    fn new(test: &str) -> Downloads {
+        let s = Scenario::new(test);
+        let out = s.path("out");
+        std::fs::create_dir_all(&out).unwrap();
+        Downloads {
+            s,
+            http: HttpFixture::start(),
+            out,
+        }
+    }
+
+    fn worker(&self, name: &str) -> Worker {
+        self.s.start_worker(
+            name,
+            &[
+                "--shared-dir",
+                self.out.to_str().unwrap(),
+                "--concurrency",
+                "8",
+            ],
+        )
+    }
+
+    fn workers(&mut self, n: usize) -> Vec<Worker> {
+        let workers = (0..n).map(|i| self.worker(&format!("w{i}"))).collect();
+        self.s.broker.wait_for_consumers(n as u32);
+        workers
+    }
+
+    /// Writes a URL list and returns its path.
+    fn list(&self, name: &str, lines: &[String]) -> String {
+        let path = self.s.path(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn download(&self, list: &str, mode: Mode, extra: &[&str]) -> crate::support::Producer {
+        let mut args = vec![
+            "download",
+            list,
+            "--out-dir",
+            self.out.to_str().unwrap(),
+            "--json",
+        ];
+        if mode == Mode::Shared {
+            args.push("--shared");
+        }
+        args.extend_from_slice(extra);
+        self.s.producer(&args)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.out.join(name)
+    }
+}
+
+/// Nothing half-written anywhere: no temporary files left over.
+fn assert_no_partials(out: &Path) {
+    let temp = out.join(".warren-tmp");
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
+        assert!(
+            left.is_empty(),
+            "temporary files left in {}: {left:?}",
+            temp.display()
+        );
+    }
+}
+
+fn failed_urls(run: &Run) -> Vec<(String, String)> {
+    run.json()["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["url"].as_str().unwrap().to_owned(),
+                f["error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn manifest(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn hundreds_of_files_arrive_complete_in_both_modes() {
+    let mut d = Downloads::new("dl_many");
+    let _workers = d.workers(2);
+    for mode in [Mode::Broker, Mode::Shared] {
+        let files: Vec<(String, usize)> = (0..300)
+            .map(|i| {
+                (
+                    format!("/files/{}/img{i}.bin", mode.name()),
+                    (i * 7919) % 300_000 + 1,
+                )
+            })
+            .collect();
+        let lines: Vec<String> = files
+            .iter()
+            .map(|(path, size)| d.http.url(&format!("{path}?size={size}")))
+            .collect();
+        let list = d.list(&format!("{}.txt", mode.name()), &lines);
+        let manifest_path = d.s.path(&format!("{}.jsonl", mode.name()));
+        let run = d
+            .download(
+                &list,
+                mode,
+                &["--manifest", manifest_path.to_str().unwrap()],
+            )
+            .run();
+        run.expect_success();
+        let json = run.json();
+        assert_eq!(json["succeeded"], 300, "{run}");
+        assert_eq!(json["skipped"], 0);
+        assert_eq!(json["failed"].as_array().unwrap().len(), 0);
+        let total: usize = files.iter().map(|(_, size)| size).sum();
+        assert_eq!(json["bytes"], total as u64);
+        for (path, size) in &files {
+            let name = path.rsplit('/').next().unwrap();
+            let got = std::fs::read(d.file(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(got == content(path, *size), "{name} differs ({mode:?})");
+        }
+        let records = manifest(&manifest_path);
+        assert_eq!(records.len(), 300);
+        for record in &records {
+            assert_eq!(record["status"], "ok", "{record}");
+            for key in [
+                "url",
+                "path",
+                "bytes",
+                "sha256",
+                "http_status",
+                "attempts",
+                "error",
+            ] {
+                assert!(record.get(key).is_some(), "manifest lacks {key}: {record}");
+            }
+        }
+        assert_no_partials(&d.out);
+        for (path, _) in &files {
+            std::fs::remove_file(d.file(path.rsplit('/').next().unwrap())).unwrap();
+        }
+    }
+    d.s.assert_clean();
+}
+
+#[test]
+fn failures_are_retried_or_reported_and_never_written() {
+    let mut d = Downloads::new("dl_failures");
+    let _workers = d.workers(2);
+    for mode in [Mode::Broker, Mode::Shared] {
+        let m = mode.name();
+        let good = content(&format!("/files/{m}/good.bin"), 100);
+        let entries = [
+            (format!("/status/404?{m}"), "missing"),
+            (format!("/flaky/{m}?fail=2&status=503&size=1000"), "flaky"),
+            (format!("/retry-after/{m}?seconds=1&size=1000"), "polite"),
+            (format!("/slow/{m}?delay_ms=4000"), "slow"),
+            (format!("/files/{m}/big.bin?size=2000000"), "big"),
+            (format!("/nolength/{m}?size=2000000"), "unannounced"),
+            (format!("/redirect/5?size=777&{m}"), "redirected"),
+            (format!("/redirect/11?{m}"), "too-many-redirects"),
+            (format!("/loop?{m}"), "loop"),
+            (format!("/files/{m}/tampered.bin?size=100"), "tampered"),
+            (format!("/files/{m}/good.bin?size=100"), "verified"),
+        ];
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|(path, name)| {
+                let sha = match *name {
+                    "tampered" => format!(" sha256:{}", "0".repeat(64)),
+                    "verified" => format!(" sha256:{}", sha256_hex(&good)),
+                    _ => String::new(),
+                };
+                format!("{} {name}{sha}", d.http.url(path))
+            })
+            .collect();
+        let list = d.list(&format!("{m}.txt"), &lines);
+        let manifest_path = d.s.path(&format!("{m}.jsonl"));
+        let run = d
+            .download(
+                &list,
+                mode,
+                &[
+                    "--max-size",
+                    "1MB",
+                    "--idle-timeout",
+                    "1s",
+                    "--attempts",
+                    "3",
+                    "--manifest",
+                    manifest_path.to_str().unwrap(),
+                ],
+            )
+            .run();
+        run.expect_code(1);
+        let failed = failed_urls(&run);
+        let error_of = |name: &str| {
+            failed
+                .iter()
+                .find(|(url, _)| {
+                    url.contains(
+                        &entries
+                            .iter()
+                            .find(|(_, n)| *n == name)
+                            .unwrap()
+                            .0
+                            .split('?')
+                            .next()
+                            .unwrap()
+                            .to_owned(),
+                    )
+                })
+                .map(|(_, error)| error.clone())
+        };
+        let expect_failure = |name: &str, needle: &str| {
+            let error =
+                error_of(name).unwrap_or_else(|| panic!("{name} did not fail ({mode:?}):\n{run}"));
+            assert!(error.contains(needle), "{name}: {error:?} lacks {needle:?}");
+            assert!(
+                !d.file(name).exists(),
+                "{name} was written though it failed"
+            );
+        };
+        expect_failure("missing", "HTTP 404 Not Found");
+        expect_failure("slow", "no response within 1s (after 3 attempts)");
+        expect_failure("big", "over the limit of 1000000 bytes");
+        expect_failure("unannounced", "exceeds the limit of 1000000 bytes");
+        expect_failure("too-many-redirects", "more than 10 redirects");
+        expect_failure("loop", "redirect loop");
+        expect_failure("tampered", "checksum mismatch");
+        assert_eq!(failed.len(), 7, "{run}");
+
+        for (name, path, size) in [
+            ("flaky", format!("/flaky/{m}"), 1000),
+            ("polite", format!("/retry-after/{m}"), 1000),
+            ("redirected", "/redirect/0".to_owned(), 777),
+            ("verified", format!("/files/{m}/good.bin"), 100),
+        ] {
+            let got = std::fs::read(d.file(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{run}"));
+            assert!(got == content(&path, size), "{name} differs");
+        }
+        let records = manifest(&manifest_path);
+        let record = |name: &str| records.iter().find(|r| r["path"] == name).unwrap().clone();
+        assert_eq!(record("flaky")["attempts"], 3);
+        assert_eq!(record("polite")["attempts"], 2);
+        assert_eq!(record("missing")["attempts"], 1, "a 404 is not retried");
+        assert_eq!(record("missing")["http_status"], 404);
+        assert_eq!(record("big")["attempts"], 1, "too large is not retried");
+        assert_eq!(
+            record("tampered")["attempts"],
+            1,
+            "a checksum mismatch is not retried"
+        );
+        let polite = d.http.hits(&format!("/retry-after/{m}"));
+        assert_eq!(polite.len(), 2);
+        assert!(
+            polite[1] - polite[0] >= Duration::from_millis(950),
+            "Retry-After: 1 was not honoured: {:?}",
+            polite[1] - polite[0]
+        );
+        assert_no_partials(&d.out);
+        for name in ["flaky", "polite", "redirected", "verified"] {
+            std::fs::remove_file(d.file(name)).unwrap();
+        }
+    }
+    d.s.assert_clean();
+}
+
+#[test]
+fn names_that_try_to_escape_stay_inside_the_output_directory() {
+    let mut d = Downloads::new("dl_names");
+    let _workers = d.workers(1);
+    let lines = vec![
+        d.http.url("/x/..%2F..%2Fescape.txt?size=10"),
+        d.http.url("/a/img.jpg?size=11"),
+        d.http.url("/b/IMG.jpg?size=12"),
+        d.http.url("/c/ctl%00%0Aname?size=13"),
+        format!("{} nested/dir/given.bin", d.http.url("/d/whatever?size=14")),
+    ];
+    let list = d.list("names.txt", &lines);
+    let run = d.download(&list, Mode::Broker, &[]).run();
+    run.expect_success();
+    assert_eq!(run.json()["succeeded"], 5, "{run}");
+    let mut names: Vec<String> = walk(&d.out)
+        .into_iter()
+        .map(|p| p.strip_prefix(&d.out).unwrap().to_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.contains(&".._.._escape.txt".to_owned()), "{names:?}");
+    assert!(names.contains(&"ctl__name".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"nested/dir/given.bin".to_owned()),
+        "{names:?}"
+    );
+    // The first keeps its name; the one that collides with it (on a
+    // case-insensitive filesystem too) gets its URL's tag.
+    assert!(names.contains(&"img.jpg".to_owned()), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("IMG-") && n.ends_with(".jpg")),
+        "{names:?}"
+    );
+    assert!(!d.s.dir.path().join("escape.txt").exists());
+    assert_eq!(
+        std::fs::read(d.file("nested/dir/given.bin")).unwrap(),
+        content("/d/whatever", 14)
+    );
+
+    // A given name that escapes is refused before anything is published.
+    let bad = Scenario::new("dl_bad_name");
+    let list = d.list(
+        "bad.txt",
+        &[
+            d.http.url("/files/ok?size=1"),
+            format!("{} ../../evil.txt", d.http.url("/files/evil")),
+        ],
+    );
+    let run = bad
+        .producer(&["download", &list, "--out-dir", d.out.to_str().unwrap()])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("bad.txt: line 2: unusable file name \"../../evil.txt\""),
+        "{run}"
+    );
+    if let Some(queues) = queues_with_prefix(&bad.prefix) {
+        assert!(queues.is_empty(), "something was published: {queues:?}");
+    }
+    assert!(d.http.hits("/files/ok").is_empty(), "nothing was fetched");
+    d.s.assert_clean();
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_worker_killed_mid_download_leaves_no_partial_file_and_the_file_arrives() {
+    let mut d = Downloads::new("dl_sigkill");
+    for mode in [Mode::Broker, Mode::Shared] {
+        let path = format!("/trickle/{}", mode.name());
+        let size = 6_000_000;
+        let list = d.list(
+            &format!("{}.txt", mode.name()),
+            &[format!(
+                "{} big.bin",
+                d.http
+                    .url(&format!("{path}?size={size}&chunk=65536&delay_ms=15"))
+            )],
+        );
+        let mut first = d.worker("first");
+        d.s.broker.wait_for_consumers(1);
+        let producer = d.download(&list, mode, &[]).spawn();
+        d.s.broker
+            .wait_until(Duration::from_secs(30), "1 MB of the file was sent", |_| {
+                d.http.bytes_sent(&path) >= 1_000_000
+            });
+        assert!(
+            !d.file("big.bin").exists(),
+            "a partial file sits under the final name"
+        );
+        first.kill_hard();
+        let _second = d.worker("second");
+        let run = producer.wait(Duration::from_secs(120));
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 1, "{run}");
+        assert!(
+            std::fs::read(d.file("big.bin")).unwrap() == content(&path, size),
+            "{mode:?}: the file differs"
+        );
+        assert!(d.http.hits(&path).len() >= 2, "the download was redone");
+        assert_no_partials(&d.out);
+        std::fs::remove_file(d.file("big.bin")).unwrap();
+        drop(_second);
+        d.s.broker.wait_for_consumers(0);
+    }
+    d.s.assert_clean();
+}
+
+#[test]
+fn a_rerun_fetches_only_what_is_missing_or_failed() {
+    let mut d = Downloads::new("dl_rerun");
+    let _workers = d.workers(2);
+    let mut lines: Vec<String> = (0..20)
+        .map(|i| d.http.url(&format!("/files/r{i}.bin?size={}", 1000 + i)))
+        .collect();
+    lines.push(format!(
+        "{} flaky.bin",
+        d.http.url("/flaky/r?fail=1&status=500&size=50")
+    ));
+    let list = d.list("urls.txt", &lines);
+    let manifest_path = d.s.path("manifest.jsonl");
+    let manifest_arg = manifest_path.to_str().unwrap();
+
+    let run = d
+        .download(
+            &list,
+            Mode::Broker,
+            &["--attempts", "1", "--manifest", manifest_arg],
+        )
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.json()["succeeded"], 20);
+    assert_eq!(failed_urls(&run).len(), 1);
+
+    let run = d
+        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
+        .run();
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["skipped"], 20, "{run}");
+    assert_eq!(json["succeeded"], 1);
+    for i in 0..20 {
+        assert_eq!(
+            d.http.hits(&format!("/files/r{i}.bin")).len(),
+            1,
+            "r{i}.bin was fetched again"
+        );
+    }
+    let records = manifest(&manifest_path);
+    assert_eq!(
+        records.iter().filter(|r| r["status"] == "skipped").count(),
+        20
+    );
+    assert_eq!(records.iter().filter(|r| r["status"] == "ok").count(), 1);
+
+    // A file changed since: never overwritten without --overwrite.
+    std::fs::write(d.file("r3.bin"), b"edited").unwrap();
+    let run = d
+        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
+        .run();
+    run.expect_code(1);
+    let failed = failed_urls(&run);
+    assert_eq!(failed.len(), 1, "{run}");
+    assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+    assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
+    let run = d
+        .download(
+            &list,
+            Mode::Broker,
+            &["--manifest", manifest_arg, "--overwrite"],
+        )
+        .run();
+    run.expect_success();
+    assert_eq!(
+        std::fs::read(d.file("r3.bin")).unwrap(),
+        content("/files/r3.bin", 1003)
+    );
+    d.s.assert_clean();
+}
+
+#[test]
+fn urls_on_the_command_line_and_lists_on_stdin() {
+    let mut d = Downloads::new("dl_args");
+    let _workers = d.workers(1);
+    let out = d.out.to_str().unwrap().to_owned();
+    let run =
+        d.s.producer(&[
+            "download",
+            &d.http.url("/files/one?size=5"),
+            &d.http.url("/files/two?size=6"),
+            "-o",
+            &out,
+        ])
+        .run();
+    run.expect_success();
+    assert!(run.stdout.starts_with("downloaded 2 file(s)"), "{run}");
+    assert_eq!(
+        std::fs::read(d.file("one")).unwrap(),
+        content("/files/one", 5)
+    );
+    let list = d.list("stdin.txt", &[d.http.url("/files/three?size=7")]);
+    let run =
+        d.s.producer(&["download", "-", "-o", &out])
+            .stdin_from(Path::new(&list))
+            .run();
+    run.expect_success();
+    assert_eq!(
+        std::fs::read(d.file("three")).unwrap(),
+        content("/files/three", 7)
+    );
+    d.s.assert_clean();
+}
