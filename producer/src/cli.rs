@@ -9,12 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use warren::config::parse_duration;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
-use warren::protocol::{Delivery, DownloadLimits};
+use warren::protocol::{Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
 
-use crate::download::{DownloadConfig, UrlInput};
+use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
-use crate::sum::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IN_FLIGHT, SumConfig};
+use crate::sum::{DEFAULT_CHUNK_SIZE, SumConfig};
 
 /// RabbitMQ 4 refuses messages over 16 MiB by default (3.x: 128 MiB).
 const MAX_CHUNK_BYTES: usize = 16 << 20;
@@ -128,7 +128,7 @@ pub struct DownloadArgs {
     pub download_timeout: Duration,
 
     /// Downloads queued or in work at once
-    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_DOWNLOADS_IN_FLIGHT)]
     pub max_in_flight: usize,
 
     #[command(flatten)]
@@ -169,8 +169,14 @@ pub struct SumArgs {
     pub chunk_size: usize,
 
     /// Tasks queued or in work at once; bounds memory on the broker
-    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
-    pub max_in_flight: usize,
+    /// [default: as many as fit in 64 MiB, from 64 to 16384]
+    #[arg(long, env = "WARREN_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+
+    /// Tasks carried by one message; each still gets its own result
+    /// [default: chunks under 256 KiB travel together, up to 256 per message]
+    #[arg(long, value_name = "N")]
+    pub tasks_per_message: Option<usize>,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -286,7 +292,16 @@ impl Cli {
                 if args.chunk_size == 0 {
                     return Err(Error::Usage("--chunk-size must be at least 1".into()));
                 }
-                check_max_in_flight(args.max_in_flight)?;
+                if let Some(n) = args.max_in_flight {
+                    check_max_in_flight(n)?;
+                }
+                if let Some(n) = args.tasks_per_message
+                    && !(1..=MAX_TASKS_PER_MESSAGE as usize).contains(&n)
+                {
+                    return Err(Error::Usage(format!(
+                        "--tasks-per-message must be 1 to {MAX_TASKS_PER_MESSAGE}"
+                    )));
+                }
                 let (input, seed) = match (args.random, args.input) {
                     (Some(count), _) => {
                         if args.dtype.is_some_and(|d| d != Dtype::Float64) {
@@ -324,6 +339,7 @@ impl Cli {
                             input,
                             chunk_size: args.chunk_size,
                             max_in_flight: args.max_in_flight,
+                            tasks_per_message: args.tasks_per_message,
                             timeout: args.output.timeout,
                         },
                         seed,

@@ -72,8 +72,10 @@ impl JobSession {
     pub(crate) async fn open(broker: &BrokerConfig, job: JobId) -> Result<Self> {
         let topology = Topology::new(broker.prefix.clone());
         let connection = broker::connect(broker, &format!("warren-producer {job}")).await?;
+        tracing::debug!("connected");
         let publisher = Publisher::open(&connection).await?;
         topology.declare_shared(publisher.channel()).await?;
+        tracing::debug!("shared topology declared");
         let reply_channel = broker::open_channel(&connection).await?;
         let reply_queue = topology.declare_reply_queue(&reply_channel, &job).await?;
         let replies = broker::consume(
@@ -85,6 +87,7 @@ impl JobSession {
             },
         )
         .await?;
+        tracing::debug!(queue = %reply_queue, "consuming the reply queue");
         Ok(JobSession {
             job,
             topology,
@@ -157,6 +160,7 @@ impl JobSession {
     /// any task of this job still queued) and closes the connection. Errors
     /// are logged, not returned: the job's outcome is already decided.
     pub(crate) async fn close(self) {
+        tracing::debug!("closing the job");
         let delete = broker::delete_queue(&self.reply_channel, &self.reply_queue);
         match tokio::time::timeout(Duration::from_secs(5), delete).await {
             Ok(Ok(())) => {}
@@ -168,20 +172,23 @@ impl JobSession {
             }
         }
         broker::close_quietly(&self.connection).await;
+        tracing::debug!("closed");
     }
 }
 
-/// One task ready to publish.
+/// One message ready to publish, carrying `tasks` tasks (batched sum
+/// messages carry several).
 #[derive(Debug)]
 pub(crate) struct OutgoingTask {
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
+    pub(crate) tasks: u32,
 }
 
-/// Publishes tasks as they come, holding one window permit per task (the
-/// collector returns it when the task is answered) and keeping up to
-/// [`CONFIRM_WINDOW`] confirms outstanding. Returns the number of tasks once
-/// the source is exhausted and every publish is confirmed.
+/// Publishes messages as they come, holding one window permit per task
+/// they carry (the collector returns it when the task is answered) and
+/// keeping up to [`CONFIRM_WINDOW`] confirms outstanding. Returns the number
+/// of tasks once the source is exhausted and every publish is confirmed.
 pub(crate) fn spawn_publisher(
     session: &JobSession,
     mut tasks: mpsc::Receiver<Result<OutgoingTask>>,
@@ -194,20 +201,23 @@ pub(crate) fn spawn_publisher(
         let mut confirms: VecDeque<PendingConfirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
         let mut count = 0u64;
         loop {
-            let permit = window
-                .acquire()
-                .await
-                .expect("the window semaphore is never closed"); // invariant: nobody calls close()
             let Some(task) = tasks.recv().await else {
                 break;
             };
             let task = task?;
-            permit.forget();
+            window
+                .acquire_many(task.tasks)
+                .await
+                .expect("the window semaphore is never closed") // invariant: nobody calls close()
+                .forget();
             let pending = publisher
                 .publish(&task_queue, &task.body, task.properties)
                 .await?;
             confirms.push_back(pending);
-            count += 1;
+            if count == 0 {
+                tracing::debug!("first task published");
+            }
+            count += u64::from(task.tasks);
             published.store(count, Ordering::Relaxed);
             if confirms.len() >= CONFIRM_WINDOW {
                 await_confirm(confirms.pop_front(), &task_queue).await?;
@@ -216,6 +226,7 @@ pub(crate) fn spawn_publisher(
         while let Some(pending) = confirms.pop_front() {
             await_confirm(Some(pending), &task_queue).await?;
         }
+        tracing::debug!(tasks = count, "every task published and confirmed");
         Ok(count)
     })
 }
@@ -236,8 +247,9 @@ async fn await_confirm(pending: Option<PendingConfirm>, task_queue: &str) -> Res
 /// What a collector made of one reply message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Accepted {
-    /// A task got its (first) answer: its window permit is returned.
-    Answered,
+    /// This many tasks got their (first) answer: their window permits are
+    /// returned.
+    Answered(u64),
     /// Part of an answer (a file chunk), a duplicate, or a stray message.
     Other,
 }
@@ -249,6 +261,21 @@ pub(crate) trait Collector {
     /// # Errors
     /// Anything that must end the job.
     async fn accept(&mut self, delivery: &Delivery) -> Result<Accepted>;
+
+    /// Whether work started by `accept` is still running in the
+    /// background (files being placed or checked).
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// The outcome of the next piece of background work; only awaited
+    /// while [`Collector::has_pending`].
+    ///
+    /// # Errors
+    /// Anything that must end the job.
+    async fn completion(&mut self) -> Result<Accepted> {
+        std::future::pending().await
+    }
 
     /// The progress bar's message (throughput, failures, workers).
     fn progress_message(&self, elapsed: Duration) -> String;
@@ -281,6 +308,7 @@ pub(crate) async fn drive(
     let mut worker_check = tokio::time::interval(WORKER_CHECK_INTERVAL);
     let result = loop {
         if total == Some(answered) {
+            tracing::debug!(tasks = answered, "every task answered");
             break Ok(answered);
         }
         tokio::select! {
@@ -309,12 +337,23 @@ pub(crate) async fn drive(
                 if let Ok(Err(e)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, ack).await {
                     tracing::debug!(error = %e, "acking a reply failed");
                 }
-                if accepted == Accepted::Answered {
-                    answered += 1;
-                    drive.window.add_permits(1);
-                    drive.progress.advance(1);
+                if let Accepted::Answered(tasks) = accepted {
+                    answered += tasks;
+                    drive.window.add_permits(tasks as usize);
+                    drive.progress.advance(tasks);
                 }
                 drive.progress.set_message(collector.progress_message(drive.started.elapsed()));
+            }
+            completed = collector.completion(), if collector.has_pending() => {
+                match completed {
+                    Ok(Accepted::Answered(tasks)) => {
+                        answered += tasks;
+                        drive.window.add_permits(tasks as usize);
+                        drive.progress.advance(tasks);
+                    }
+                    Ok(Accepted::Other) => {}
+                    Err(e) => break Err(e),
+                }
             }
             _ = worker_check.tick() => {
                 let waiting = drive.published.load(Ordering::Relaxed).saturating_sub(answered);

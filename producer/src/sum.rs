@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use warren::exact::{Answer, Total};
+use warren::exact::{Answer, PartialSum, Total};
 use warren::protocol::{DeadLetter, Outcome, SumTask, TaskResult};
 use warren::{BrokerConfig, Dtype, JobId};
 
@@ -34,11 +34,37 @@ use crate::progress::Progress;
 /// float64 per message. See the README's benchmarks for the measurements.
 pub const DEFAULT_CHUNK_SIZE: usize = 131_072;
 
-/// Tasks queued or in work at once unless `--max-in-flight` says otherwise.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Unless `--max-in-flight` says otherwise, as many tasks may be queued or
+/// in work as fit in this many bytes...
+pub const DEFAULT_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// ...but at least this many...
+pub const MIN_DEFAULT_IN_FLIGHT: usize = 64;
+/// ...and at most this many.
+pub const MAX_DEFAULT_IN_FLIGHT: usize = 16_384;
 
-/// Chunk tasks the reader thread prepares ahead of the publisher.
+/// Tasks smaller than this are batched into messages of about this size...
+const BATCH_BYTES: usize = 256 << 10;
+/// ...of at most this many tasks.
+const MAX_BATCH_TASKS: usize = 256;
+
+/// Messages the reader thread prepares ahead of the publisher.
 const READ_AHEAD: usize = 2;
+
+/// The default in-flight window for a chunk of `chunk_bytes` bytes.
+pub fn default_max_in_flight(chunk_bytes: usize) -> usize {
+    (DEFAULT_IN_FLIGHT_BYTES / chunk_bytes.max(1))
+        .clamp(MIN_DEFAULT_IN_FLIGHT, MAX_DEFAULT_IN_FLIGHT)
+}
+
+/// Tasks per message: small chunks travel together, so that the broker
+/// handles a few large messages instead of many tiny ones; never so many
+/// that fewer than eight messages fit in the in-flight window.
+fn tasks_per_message(chunk_bytes: usize, max_in_flight: usize) -> usize {
+    (BATCH_BYTES / chunk_bytes.max(1))
+        .min(MAX_BATCH_TASKS)
+        .min(max_in_flight / 8)
+        .max(1)
+}
 
 /// A sum job's settings.
 #[derive(Debug, Clone)]
@@ -47,8 +73,11 @@ pub struct SumConfig {
     pub input: InputSpec,
     /// Elements per task.
     pub chunk_size: usize,
-    /// Tasks queued or in work at once.
-    pub max_in_flight: usize,
+    /// Tasks queued or in work at once; `None`: as many as fit in
+    /// [`DEFAULT_IN_FLIGHT_BYTES`].
+    pub max_in_flight: Option<usize>,
+    /// Tasks per message; `None`: small chunks are batched.
+    pub tasks_per_message: Option<usize>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
 }
@@ -110,27 +139,26 @@ pub async fn run(
         total_elements.map(|n| n.div_ceil(chunk_size as u64)),
     );
 
+    let chunk_bytes = chunk_size * dtype.itemsize();
+    let max_in_flight = config
+        .max_in_flight
+        .unwrap_or_else(|| default_max_in_flight(chunk_bytes));
+    let batch = Batching {
+        chunk_size,
+        tasks_per_message: config
+            .tasks_per_message
+            .unwrap_or_else(|| tasks_per_message(chunk_bytes, max_in_flight))
+            .min(max_in_flight),
+    };
     let expected_counts = ExpectedCounts::default();
     let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
-    let template = SumTask {
-        job: job.clone(),
-        index: 0,
-        dtype,
-        count: 0,
-    };
     let reply_queue = session.reply_queue.clone();
     let counts = Arc::clone(&expected_counts);
+    let job_id = job.clone();
     let reader_thread = tokio::task::spawn_blocking(move || {
-        read_tasks(
-            reader,
-            chunk_size,
-            &template,
-            &reply_queue,
-            &counts,
-            &tasks_tx,
-        );
+        read_tasks(reader, batch, &job_id, &reply_queue, &counts, &tasks_tx);
     });
-    let window = Arc::new(Semaphore::new(config.max_in_flight));
+    let window = Arc::new(Semaphore::new(max_in_flight));
     let published = Arc::new(AtomicU64::new(0));
     let publisher = job::spawn_publisher(
         &session,
@@ -174,35 +202,48 @@ pub async fn run(
     })
 }
 
-/// Reads the input into tasks on a blocking thread until it ends, an error
-/// occurs or the publisher goes away.
+/// How the input is cut into tasks and messages.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    /// Elements per task.
+    chunk_size: usize,
+    /// Tasks per message (the last message may hold fewer).
+    tasks_per_message: usize,
+}
+
+/// Reads the input into messages of tasks on a blocking thread until it
+/// ends, an error occurs or the publisher goes away.
 fn read_tasks(
     mut reader: Box<dyn input::ChunkReader>,
-    chunk_size: usize,
-    template: &SumTask,
+    batch: Batching,
+    job: &JobId,
     reply_queue: &str,
     expected_counts: &ExpectedCounts,
     tasks: &mpsc::Sender<Result<OutgoingTask>>,
 ) {
-    let mut index = 0u64;
+    let dtype = reader.dtype();
+    let mut next_index = 0u64;
     loop {
-        let item = match reader.next_chunk(chunk_size) {
+        let item = match reader.next_chunk(batch.chunk_size * batch.tasks_per_message) {
             Ok(Some(chunk)) => {
-                // Recorded before the task can be published, so its result
-                // can never arrive first.
+                let message = SumTask::batch(
+                    job.clone(),
+                    next_index,
+                    dtype,
+                    chunk.count,
+                    batch.chunk_size as u64,
+                );
+                // Recorded before the message can be published, so no
+                // result can arrive first.
                 expected_counts
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(chunk.count);
-                let task = SumTask {
-                    index,
-                    count: chunk.count,
-                    ..template.clone()
-                };
-                index += 1;
+                    .extend(message.task_counts().map(|(_, count)| count));
+                next_index += message.tasks;
                 Ok(OutgoingTask {
                     body: chunk.bytes,
-                    properties: task.properties(reply_queue),
+                    properties: message.properties(reply_queue),
+                    tasks: message.tasks as u32,
                 })
             }
             Ok(None) => return,
@@ -228,6 +269,48 @@ struct SumCollector {
     dead_letter_queue: String,
 }
 
+impl SumCollector {
+    /// Adds task `index`'s partial sum unless the task was answered before;
+    /// returns whether it was new.
+    fn add(&mut self, index: u64, partial: &PartialSum, worker: &str) -> Result<bool> {
+        let expected = self
+            .expected_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .copied();
+        let Some(expected) = expected else {
+            return Err(warren::Error::malformed(
+                "result",
+                format!("task {index} was never published"),
+            )
+            .into());
+        };
+        if partial.count() != expected {
+            return Err(warren::Error::malformed(
+                "result",
+                format!(
+                    "task {index} has {expected} elements but worker {worker} summed {}",
+                    partial.count()
+                ),
+            )
+            .into());
+        }
+        let slot = index as usize;
+        if self.answered.len() <= slot {
+            self.answered.resize(slot + 1, false);
+        }
+        if self.answered[slot] {
+            self.duplicates += 1;
+            tracing::debug!(task = index, worker, "duplicate result ignored");
+            return Ok(false);
+        }
+        self.total.add(partial)?;
+        self.answered[slot] = true;
+        Ok(true)
+    }
+}
+
 impl Collector for SumCollector {
     /// A new result is added to the total; a duplicate or another job's
     /// message is ignored; anything that makes the exact answer impossible
@@ -245,8 +328,8 @@ impl Collector for SumCollector {
             tracing::warn!(job_id = %result.job_id, "ignoring a result of another job");
             return Ok(Accepted::Other);
         }
-        let partial = match result.outcome {
-            Outcome::Sum(partial) => partial,
+        let partials = match result.outcome {
+            Outcome::Sum(partials) => partials,
             Outcome::Error(failure) => {
                 return Err(Error::TaskFailed {
                     task: result.task.map_or("?".into(), |t| t.to_string()),
@@ -260,46 +343,21 @@ impl Collector for SumCollector {
                 );
             }
         };
-        let index = result.task.ok_or_else(|| {
+        let first = result.task.ok_or_else(|| {
             warren::Error::malformed("result", "a sum result without a task index")
         })?;
-        let expected = self
-            .expected_counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(index as usize)
-            .copied();
-        let Some(expected) = expected else {
-            return Err(warren::Error::malformed(
-                "result",
-                format!("task {index} was never published"),
-            )
-            .into());
-        };
-        if partial.count() != expected {
-            return Err(warren::Error::malformed(
-                "result",
-                format!(
-                    "task {index} has {expected} elements but worker {} summed {}",
-                    result.worker,
-                    partial.count()
-                ),
-            )
-            .into());
+        let mut answered = 0;
+        for (offset, partial) in partials.iter().enumerate() {
+            let index = first + offset as u64;
+            if self.add(index, partial, &result.worker)? {
+                answered += 1;
+            }
         }
-        let slot = index as usize;
-        if self.answered.len() <= slot {
-            self.answered.resize(slot + 1, false);
-        }
-        if self.answered[slot] {
-            self.duplicates += 1;
-            tracing::debug!(task = index, worker = %result.worker, "duplicate result ignored");
+        if answered == 0 {
             return Ok(Accepted::Other);
         }
-        self.total.add(&partial)?;
-        self.answered[slot] = true;
         self.workers.insert(result.worker);
-        Ok(Accepted::Answered)
+        Ok(Accepted::Answered(answered))
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

@@ -56,6 +56,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 #[derive(Default)]
 struct Shared {
+    /// Generated bodies, so that serving a file costs no generation (the
+    /// benchmarks fetch the same files many times).
+    bodies: Mutex<HashMap<(String, u64), Bytes>>,
     hits: Mutex<HashMap<String, Vec<Instant>>>,
     /// Bytes handed to the network by `/trickle/` responses, by path.
     sent: Mutex<HashMap<String, u64>>,
@@ -196,8 +199,14 @@ fn number(query: &HashMap<String, String>, key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn full(path: &str, size: u64) -> Response {
-    let body = content(path, size as usize);
+fn full(shared: &Shared, path: &str, size: u64) -> Response {
+    let body = shared
+        .bodies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry((path.to_owned(), size))
+        .or_insert_with(|| Bytes::from(content(path, size as usize)))
+        .clone();
     (
         [(
             header::CONTENT_TYPE,
@@ -226,7 +235,7 @@ async fn respond(
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let size = number(&query, "size", 512);
     match segments.as_slice() {
-        ["files", ..] => full(&path, size),
+        ["files", ..] => full(&shared, &path, size),
         ["status", code] => {
             let code = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
             (code.unwrap_or(StatusCode::BAD_REQUEST), "scripted status").into_response()
@@ -237,7 +246,7 @@ async fn respond(
             if (previous as u64) < number(&query, "fail", 2) {
                 (status, "not yet").into_response()
             } else {
-                full(&path, size)
+                full(&shared, &path, size)
             }
         }
         ["retry-after", _] => {
@@ -250,12 +259,12 @@ async fn respond(
                 )
                     .into_response()
             } else {
-                full(&path, size)
+                full(&shared, &path, size)
             }
         }
         ["slow", _] => {
             tokio::time::sleep(Duration::from_millis(number(&query, "delay_ms", 1000))).await;
-            full(&path, size)
+            full(&shared, &path, size)
         }
         ["trickle", _] => trickle(&shared, &path, &query),
         ["nolength", _] => {
@@ -267,11 +276,11 @@ async fn respond(
             Response::new(Body::from_stream(futures_lite::stream::iter(pieces)))
         }
         ["redirect", hops] => match hops.parse::<u32>() {
-            Ok(0) | Err(_) => full(&path, size),
+            Ok(0) | Err(_) => full(&shared, &path, size),
             Ok(n) => redirect(format!("/redirect/{}?size={size}", n - 1)),
         },
         ["loop"] => redirect("/loop".to_owned()),
-        _ => full(&path, size),
+        _ => full(&shared, &path, size),
     }
 }
 

@@ -85,6 +85,9 @@ fn duplicate_results_are_counted_once() {
             "float64",
             "--chunk-size",
             "10000",
+            // One task per message, so that task 0 travels alone.
+            "--max-in-flight",
+            "8",
             "--json",
         ])
         .spawn();
@@ -115,7 +118,8 @@ fn duplicate_results_are_counted_once() {
             b.ready(&task_queue) == 5
         });
     // Answer task 0 twice before any worker does: the worker's answer will
-    // be a third copy.
+    // be a third copy (if it arrives before the job ends). The exact sum
+    // shows none was counted twice.
     let partial = sum_chunk(Dtype::Float64, &bytes[..10_000 * 8]).unwrap();
     let result = TaskResult {
         version: PROTOCOL_VERSION,
@@ -123,7 +127,7 @@ fn duplicate_results_are_counted_once() {
         task: Some(0),
         worker: "test".into(),
         elapsed_s: 0.0,
-        outcome: Outcome::Sum(partial),
+        outcome: Outcome::Sum(vec![partial]),
     };
     for _ in 0..2 {
         s.broker
@@ -134,7 +138,10 @@ fn duplicate_results_are_counted_once() {
     run.expect_success();
     let json = run.json();
     assert_eq!(json["sum"], expected.as_str(), "{run}");
-    assert_eq!(json["duplicates"], 2, "{run}");
+    // The second copy is a duplicate for sure; the worker's own answer for
+    // task 0 is one too unless the job finished before it arrived.
+    let duplicates = json["duplicates"].as_u64().unwrap();
+    assert!((1..=2).contains(&duplicates), "{run}");
     assert_eq!(json["chunks"], 5);
     s.assert_clean();
 }
@@ -166,7 +173,8 @@ fn without_workers_the_producer_warns_and_times_out_clearly() {
         "{run}"
     );
     // The abandoned tasks wait in the queue until a worker comes and drops them.
-    assert_eq!(s.broker.ready(&s.broker.topology.task_queue()), 10);
+    // The 10 tiny tasks travel as one batched message.
+    assert_eq!(s.broker.ready(&s.broker.topology.task_queue()), 1);
     let worker = s.workers(1);
     s.assert_clean();
     assert!(
@@ -193,7 +201,7 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
     let task_queue = s.broker.topology.task_queue();
     s.broker
         .wait_until(Duration::from_secs(20), "tasks are queued", |b| {
-            b.ready(&task_queue) == 50
+            b.ready(&task_queue) >= 1
         });
     producer.signal(Signal::SIGINT);
     let run = producer.wait(Duration::from_secs(20));

@@ -228,7 +228,7 @@ impl Session {
 
 /// Handles one delivery from decoding to ack; see the module docs for the
 /// order of events.
-async fn handle(context: Arc<TaskContext>, delivery: Delivery, abandon: CancellationToken) {
+async fn handle(context: Arc<TaskContext>, mut delivery: Delivery, abandon: CancellationToken) {
     let started = Instant::now();
     let task = Task::decode(&delivery.properties, &delivery.data).and_then(|task| {
         let expected = context.topology.reply_queue(task.job());
@@ -244,8 +244,10 @@ async fn handle(context: Arc<TaskContext>, delivery: Delivery, abandon: Cancella
         Ok(task) => task,
         Err(e) => return reject_poison(&context, delivery, &e, started).await,
     };
+    // The body moves to the task: no copy of what may be megabytes.
+    let body = std::mem::take(&mut delivery.data);
     let span = tracing::info_span!("task", job_id = %task.job(), task = task.index());
-    run_task(&context, &delivery, task, &abandon, started)
+    run_task(&context, &delivery, task, body, &abandon, started)
         .instrument(span)
         .await;
 }
@@ -255,6 +257,7 @@ async fn run_task(
     context: &TaskContext,
     delivery: &Delivery,
     task: Task,
+    body: Vec<u8>,
     abandon: &CancellationToken,
     started: Instant,
 ) {
@@ -270,7 +273,6 @@ async fn run_task(
         return;
     }
 
-    let body = delivery.data.clone();
     let outcome = tokio::select! {
         outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {

@@ -54,6 +54,47 @@ pub(crate) struct Saved {
     pub(crate) sha256: String,
 }
 
+/// A received and verified file, not yet under its final name.
+pub(crate) struct ReadyFile {
+    temp: PathBuf,
+    file: BufWriter<File>,
+    target: PathBuf,
+    saved: Saved,
+}
+
+impl ReadyFile {
+    /// Flushes and syncs the file (so a crash cannot leave a short file
+    /// under the final name), then renames it into place. Blocking.
+    ///
+    /// # Errors
+    /// [`Error::Write`] for a local I/O failure.
+    pub(crate) fn place(self) -> Result<Saved> {
+        let ReadyFile {
+            temp,
+            file,
+            target,
+            saved,
+        } = self;
+        let placed = file
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| match target.parent() {
+                Some(parent) => std::fs::create_dir_all(parent),
+                None => Ok(()),
+            })
+            .and_then(|()| std::fs::rename(&temp, &target));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::Write {
+                output: target.display().to_string(),
+                source: e,
+            });
+        }
+        Ok(saved)
+    }
+}
+
 /// Puts files together from body chunks.
 pub(crate) struct Assembler {
     out_dir: PathBuf,
@@ -157,7 +198,8 @@ impl Assembler {
 
     /// Finishes a task whose worker reported success: checks that the
     /// reported attempt's bytes all arrived and match the reported (and
-    /// expected) size and SHA-256, then moves the file into place.
+    /// expected) size and SHA-256. The returned [`ReadyFile`] still has to
+    /// be [placed](ReadyFile::place), on a blocking thread.
     ///
     /// `Ok(Err(reason))` means the download must count as failed;
     /// `Err(_)` is a local I/O failure that ends the job.
@@ -169,7 +211,7 @@ impl Assembler {
         bytes: u64,
         sha256: &str,
         expected_sha256: Option<&str>,
-    ) -> Result<std::result::Result<Saved, String>> {
+    ) -> Result<std::result::Result<ReadyFile, String>> {
         let incoming = match self.incoming.remove(&task) {
             Some(incoming) if incoming.attempt == attempt => incoming,
             Some(other) => {
@@ -210,25 +252,13 @@ impl Assembler {
                 "checksum mismatch: expected sha256 {expected}, got {got}"
             )));
         }
-        let target = name.under(&self.out_dir);
         let Incoming { temp, file, .. } = incoming;
-        let placed = file
-            .into_inner()
-            .map_err(std::io::IntoInnerError::into_error)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| match target.parent() {
-                Some(parent) => std::fs::create_dir_all(parent),
-                None => Ok(()),
-            })
-            .and_then(|()| std::fs::rename(&temp, &target));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&temp);
-            return Err(Error::Write {
-                output: target.display().to_string(),
-                source: e,
-            });
-        }
-        Ok(Ok(Saved { bytes, sha256: got }))
+        Ok(Ok(ReadyFile {
+            temp,
+            file,
+            target: name.under(&self.out_dir),
+            saved: Saved { bytes, sha256: got },
+        }))
     }
 
     /// Drops whatever was received for a task that failed.
@@ -327,10 +357,15 @@ mod tests {
             !name.under(dir.path()).exists(),
             "nothing under the final name before completion"
         );
-        let saved = assembler
+        let ready = assembler
             .complete(0, &name, "b", 7, &sha(b"goodbye"), Some(&sha(b"goodbye")))
             .unwrap()
             .unwrap();
+        assert!(
+            !name.under(dir.path()).exists(),
+            "nothing under the final name before placing"
+        );
+        let saved = ready.place().unwrap();
         assert_eq!(saved.bytes, 7);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
@@ -346,18 +381,18 @@ mod tests {
         let failed = assembler
             .complete(1, &name, "a", 3, &sha(b"xyz"), None)
             .unwrap();
-        assert!(failed.unwrap_err().contains("incomplete or corrupted"));
+        assert!(failed.err().unwrap().contains("incomplete or corrupted"));
         assembler.chunk(&chunk(2, "a", 0), b"abc").unwrap();
         assembler.chunk(&chunk(2, "a", 10), b"def").unwrap();
         let failed = assembler
             .complete(2, &name, "a", 13, &sha(b"abcdef"), None)
             .unwrap();
-        assert!(failed.unwrap_err().contains("damaged"));
+        assert!(failed.err().unwrap().contains("damaged"));
         assembler.chunk(&chunk(3, "a", 0), b"abc").unwrap();
         let failed = assembler
             .complete(3, &name, "a", 3, &sha(b"abc"), Some(&sha(b"other")))
             .unwrap();
-        assert!(failed.unwrap_err().contains("checksum mismatch"));
+        assert!(failed.err().unwrap().contains("checksum mismatch"));
         assert!(!name.under(dir.path()).exists());
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
@@ -371,6 +406,8 @@ mod tests {
         assembler
             .complete(0, &name, "a", 0, &sha(b""), None)
             .unwrap()
+            .unwrap()
+            .place()
             .unwrap();
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
     }

@@ -39,6 +39,11 @@ use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
 use plan::Decision;
 use urls::NamedEntry;
 
+/// Downloads queued or in work at once unless `--max-in-flight` says
+/// otherwise: enough to keep a few workers busy, few enough that a
+/// cancelled job leaves little behind.
+pub const DEFAULT_DOWNLOADS_IN_FLIGHT: usize = 64;
+
 /// Where the URLs come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlInput {
@@ -198,6 +203,8 @@ pub async fn run(
             to_fetch: &to_fetch,
             records: &mut records,
             manifest: &mut manifest,
+            finishing: tokio::task::JoinSet::new(),
+            finishing_slots: std::collections::HashSet::new(),
             received: 0,
             failures: 0,
             workers: BTreeSet::new(),
@@ -286,6 +293,7 @@ async fn fetch(
         let outgoing = OutgoingTask {
             body: task.body(),
             properties: task.properties(&session.reply_queue),
+            tasks: 1,
         };
         tasks_tx
             .try_send(Ok(outgoing))
@@ -314,6 +322,15 @@ async fn fetch(
     outcome.map(drop)
 }
 
+/// A file finished in the background: its slot, its record so far, and
+/// the outcome (an `Err` is a local failure that ends the job; an inner
+/// `Err` fails the download).
+type Finished = (
+    usize,
+    ManifestRecord,
+    Result<std::result::Result<files::Saved, String>>,
+);
+
 /// Gathers chunks and reports, finishing each file.
 struct DownloadCollector<'a> {
     job: JobId,
@@ -326,6 +343,12 @@ struct DownloadCollector<'a> {
     to_fetch: &'a [usize],
     records: &'a mut [Option<ManifestRecord>],
     manifest: &'a mut ManifestWriter,
+    /// Files being placed or checked on blocking threads: their slot, their
+    /// record so far, and the outcome (an `Err` is a local failure that
+    /// ends the job; an inner `Err` fails the download).
+    finishing: tokio::task::JoinSet<Finished>,
+    /// Slots whose file is in `finishing`.
+    finishing_slots: std::collections::HashSet<usize>,
     /// Body bytes received, for the throughput display.
     received: u64,
     failures: u64,
@@ -333,19 +356,21 @@ struct DownloadCollector<'a> {
 }
 
 impl DownloadCollector<'_> {
-    /// The entry of task `index`, unless it is unknown or already done.
+    /// The entry of task `index`, unless it is unknown, already done, or
+    /// being finished (a redelivered task's second report is ignored).
     fn open_task(&self, index: u64) -> Option<usize> {
         let slot = *self.to_fetch.get(usize::try_from(index).ok()?)?;
-        self.records[slot].is_none().then_some(slot)
+        (self.records[slot].is_none() && !self.finishing_slots.contains(&slot)).then_some(slot)
     }
 
     fn finish(&mut self, slot: usize, record: ManifestRecord) -> Result<Accepted> {
+        self.finishing_slots.remove(&slot);
         if record.status == ItemStatus::Failed {
             self.failures += 1;
         }
         self.manifest.record(&record)?;
         self.records[slot] = Some(record);
-        Ok(Accepted::Answered)
+        Ok(Accepted::Answered(1))
     }
 
     async fn finish_download(
@@ -373,38 +398,45 @@ impl DownloadCollector<'_> {
         }
         let expected = entry.entry.sha256.clone();
         let sha256 = report.sha256.clone().unwrap_or_default();
-        let verified = match self.delivery {
+        // Placing a file (sync, rename) or checking a stored one (read,
+        // hash) runs on a blocking thread while replies keep flowing; its
+        // outcome comes back through `completion`.
+        match self.delivery {
             Delivery::Broker => {
                 let attempt = report.attempt.clone().unwrap_or_default();
-                self.assembler.complete(
+                let ready = self.assembler.complete(
                     index,
                     &entry.name,
                     &attempt,
                     report.bytes,
                     &sha256,
                     expected.as_deref(),
-                )?
+                )?;
+                match ready {
+                    Ok(ready) => {
+                        self.finishing_slots.insert(slot);
+                        self.finishing
+                            .spawn_blocking(move || (slot, record, ready.place().map(Ok)));
+                    }
+                    Err(reason) => {
+                        record.error = Some(reason);
+                        return self.finish(slot, record);
+                    }
+                }
             }
             Delivery::Shared => {
                 let out_dir = self.out_dir.clone();
                 let name = entry.name.clone();
                 let bytes = report.bytes;
-                tokio::task::spawn_blocking(move || {
-                    files::verify_stored(&out_dir, &name, bytes, &sha256, expected.as_deref())
-                })
-                .await
-                .expect("verifying does not panic") // invariant: verify_stored returns its failures
+                self.finishing_slots.insert(slot);
+                self.finishing.spawn_blocking(move || {
+                    let verified =
+                        files::verify_stored(&out_dir, &name, bytes, &sha256, expected.as_deref());
+                    (slot, record, Ok(verified))
+                });
             }
-        };
-        match verified {
-            Ok(saved) => {
-                record.status = ItemStatus::Ok;
-                record.bytes = saved.bytes;
-                record.sha256 = Some(saved.sha256);
-            }
-            Err(reason) => record.error = Some(reason),
         }
-        self.finish(slot, record)
+        Ok(Accepted::Other)
     }
 }
 
@@ -464,6 +496,26 @@ impl Collector for DownloadCollector<'_> {
                 Err(warren::Error::malformed("result", "a sum result for a download job").into())
             }
         }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.finishing.is_empty()
+    }
+
+    async fn completion(&mut self) -> Result<Accepted> {
+        let Some(joined) = self.finishing.join_next().await else {
+            return Ok(Accepted::Other);
+        };
+        let (slot, mut record, outcome) = joined.expect("placing and verifying do not panic"); // invariant: both return their failures
+        match outcome? {
+            Ok(saved) => {
+                record.status = ItemStatus::Ok;
+                record.bytes = saved.bytes;
+                record.sha256 = Some(saved.sha256);
+            }
+            Err(reason) => record.error = Some(reason),
+        }
+        self.finish(slot, record)
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

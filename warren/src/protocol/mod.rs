@@ -43,8 +43,13 @@ pub mod header {
     pub const TASK: &str = "warren-task";
     /// Element type of a sum task (string, a numpy name).
     pub const DTYPE: &str = "warren-dtype";
-    /// Number of elements in a sum task (integer).
+    /// Number of elements in a sum message (integer).
     pub const COUNT: &str = "warren-count";
+    /// Tasks in a sum message, when more than one (integer).
+    pub const TASKS: &str = "warren-tasks";
+    /// Elements of each task but the last in a batched sum message
+    /// (integer).
+    pub const CHUNK: &str = "warren-chunk";
     /// Download body chunks: the attempt they belong to (string).
     pub const ATTEMPT: &str = "warren-attempt";
     /// Download body chunks: byte offset of the chunk in the file (integer).
@@ -188,21 +193,73 @@ impl TaskOrigin {
     }
 }
 
-/// The metadata of a sum task; the elements themselves are the body.
+/// Most tasks one sum message may carry.
+pub const MAX_TASKS_PER_MESSAGE: u64 = 65_536;
+
+/// The metadata of a sum message; the elements themselves are the body.
+///
+/// One message carries one task, or, when chunks are small, a batch of
+/// consecutive tasks (`tasks > 1`): task `index + i` is the `i`-th run of
+/// `chunk` elements of the body, the last one taking what is left. Batching
+/// saves the broker two messages per task; each task still gets its own
+/// partial sum and is counted once by its own index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SumTask {
     /// The job.
     pub job: JobId,
-    /// Index of this chunk within the job.
+    /// Index of the (first) task within the job.
     pub index: u64,
     /// Element type.
     pub dtype: Dtype,
     /// Number of elements in the body.
     pub count: u64,
+    /// Tasks in this message, at least 1.
+    pub tasks: u64,
+    /// Elements of each task but the last; equal to `count` for one task.
+    pub chunk: u64,
 }
 
 impl SumTask {
-    /// The AMQP properties of this task, replying to `reply_to`.
+    /// A message holding one task of `count` elements.
+    pub fn single(job: JobId, index: u64, dtype: Dtype, count: u64) -> Self {
+        SumTask {
+            job,
+            index,
+            dtype,
+            count,
+            tasks: 1,
+            chunk: count,
+        }
+    }
+
+    /// A message holding `count` elements split into tasks of `chunk`
+    /// elements (the last may be shorter), starting at task `first`.
+    pub fn batch(job: JobId, first: u64, dtype: Dtype, count: u64, chunk: u64) -> Self {
+        let chunk = chunk.max(1);
+        let tasks = count.div_ceil(chunk).max(1);
+        if tasks == 1 {
+            return Self::single(job, first, dtype, count);
+        }
+        SumTask {
+            job,
+            index: first,
+            dtype,
+            count,
+            tasks,
+            chunk,
+        }
+    }
+
+    /// Each task of the message: its index within the job and its number of
+    /// elements.
+    pub fn task_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.tasks).map(move |i| {
+            let start = i * self.chunk;
+            (self.index + i, (self.count - start).min(self.chunk))
+        })
+    }
+
+    /// The AMQP properties of this message, replying to `reply_to`.
     pub fn properties(&self, reply_to: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -220,6 +277,16 @@ impl SumTask {
             header::COUNT.into(),
             AMQPValue::LongLongInt(self.count as i64),
         );
+        if self.tasks > 1 {
+            headers.insert(
+                header::TASKS.into(),
+                AMQPValue::LongLongInt(self.tasks as i64),
+            );
+            headers.insert(
+                header::CHUNK.into(),
+                AMQPValue::LongLongInt(self.chunk as i64),
+            );
+        }
         BasicProperties::default()
             .with_content_type(CONTENT_TYPE_BINARY.into())
             .with_delivery_mode(PERSISTENT)
@@ -228,6 +295,59 @@ impl SumTask {
             .with_reply_to(reply_to.into())
             .with_timestamp(unix_seconds())
             .with_headers(headers)
+    }
+
+    fn decode(job: JobId, index: u64, headers: &FieldTable, body: &[u8]) -> Result<SumTask> {
+        let dtype: Dtype = string_header(headers, header::DTYPE)?
+            .parse()
+            .map_err(|e: String| Error::malformed("task", e))?;
+        let count = non_negative(int_header(headers, header::COUNT)?, header::COUNT)?;
+        let expected = count.checked_mul(dtype.itemsize() as u64);
+        if expected != Some(body.len() as u64) {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "header {} says {count} {dtype} elements but the body has {} bytes",
+                    header::COUNT,
+                    body.len()
+                ),
+            ));
+        }
+        let tasks = match headers.inner().get(header::TASKS) {
+            None => 1,
+            Some(_) => non_negative(int_header(headers, header::TASKS)?, header::TASKS)?,
+        };
+        if tasks == 1 {
+            return Ok(SumTask::single(job, index, dtype, count));
+        }
+        let chunk = non_negative(int_header(headers, header::CHUNK)?, header::CHUNK)?;
+        let fits = chunk > 0
+            && (1..=MAX_TASKS_PER_MESSAGE).contains(&tasks)
+            && (tasks - 1)
+                .checked_mul(chunk)
+                .is_some_and(|full| full < count)
+            && tasks.checked_mul(chunk).is_some_and(|all| count <= all);
+        if !fits {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "{count} elements cannot be {tasks} tasks of {chunk} (headers {} and {})",
+                    header::TASKS,
+                    header::CHUNK
+                ),
+            ));
+        }
+        if index.checked_add(tasks).is_none() {
+            return Err(Error::malformed("task", "task indices overflow"));
+        }
+        Ok(SumTask {
+            job,
+            index,
+            dtype,
+            count,
+            tasks,
+            chunk,
+        })
     }
 }
 
@@ -284,29 +404,7 @@ impl Task {
         }
         let index = non_negative(int_header(headers, header::TASK)?, header::TASK)?;
         match TaskKind::parse(&string_header(headers, header::KIND)?)? {
-            TaskKind::Sum => {
-                let dtype: Dtype = string_header(headers, header::DTYPE)?
-                    .parse()
-                    .map_err(|e: String| Error::malformed("task", e))?;
-                let count = non_negative(int_header(headers, header::COUNT)?, header::COUNT)?;
-                let expected = count.checked_mul(dtype.itemsize() as u64);
-                if expected != Some(body.len() as u64) {
-                    return Err(Error::malformed(
-                        "task",
-                        format!(
-                            "header {} says {count} {dtype} elements but the body has {} bytes",
-                            header::COUNT,
-                            body.len()
-                        ),
-                    ));
-                }
-                Ok(Task::Sum(SumTask {
-                    job,
-                    index,
-                    dtype,
-                    count,
-                }))
-            }
+            TaskKind::Sum => Ok(Task::Sum(SumTask::decode(job, index, headers, body)?)),
             TaskKind::Download => Ok(Task::Download(Box::new(DownloadTask::decode(
                 job, index, body,
             )?))),
@@ -339,8 +437,8 @@ pub enum FailureKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    /// A sum task's exact partial sum.
-    Sum(PartialSum),
+    /// A sum message's exact partial sums, one per task, in task order.
+    Sum(Vec<PartialSum>),
     /// A download task's report (success or failure of the download).
     Download(DownloadReport),
     /// The task could not be carried out.
@@ -527,12 +625,7 @@ mod tests {
     }
 
     fn sum_task() -> SumTask {
-        SumTask {
-            job: job(),
-            index: 7,
-            dtype: Dtype::Float64,
-            count: 2,
-        }
+        SumTask::single(job(), 7, Dtype::Float64, 2)
     }
 
     #[test]
@@ -569,6 +662,36 @@ mod tests {
         assert_eq!(headers["warren-dtype"], long_string("float64"));
         assert_eq!(headers["warren-task"], AMQPValue::LongLongInt(7));
         assert_eq!(headers["warren-count"], AMQPValue::LongLongInt(2));
+    }
+
+    #[test]
+    fn batched_sum_tasks_split_into_their_tasks() {
+        let batch = SumTask::batch(job(), 10, Dtype::Int32, 10, 4);
+        assert_eq!(batch.tasks, 3);
+        assert_eq!(
+            batch.task_counts().collect::<Vec<_>>(),
+            [(10, 4), (11, 4), (12, 2)]
+        );
+        let props = batch.properties("r");
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert_eq!(headers["warren-tasks"], AMQPValue::LongLongInt(3));
+        assert_eq!(headers["warren-chunk"], AMQPValue::LongLongInt(4));
+        assert_eq!(Task::decode(&props, &[0u8; 40]).unwrap(), Task::Sum(batch));
+        assert_eq!(
+            SumTask::batch(job(), 0, Dtype::Int32, 3, 4),
+            SumTask::single(job(), 0, Dtype::Int32, 3)
+        );
+        // Headers that do not add up are malformed.
+        for (tasks, chunk) in [(3, 5), (3, 3), (2, 0), (0, 4), (70_000, 1)] {
+            let mut headers = props.headers().clone().unwrap();
+            headers.insert("warren-tasks".into(), AMQPValue::LongLongInt(tasks));
+            headers.insert("warren-chunk".into(), AMQPValue::LongLongInt(chunk));
+            let bad = props.clone().with_headers(headers);
+            assert!(
+                Task::decode(&bad, &[0u8; 40]).unwrap_err().is_poison(),
+                "{tasks} × {chunk}"
+            );
+        }
     }
 
     #[test]
@@ -661,15 +784,15 @@ mod tests {
             task: Some(3),
             worker: "host:42".into(),
             elapsed_s: 0.5,
-            outcome: Outcome::Sum(PartialSum::Int {
+            outcome: Outcome::Sum(vec![PartialSum::Int {
                 count: 2,
                 sum: BigInt::from(-7),
-            }),
+            }]),
         };
         let json = String::from_utf8(result.to_json()).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"job_id":"0123456789abcdef0123456789abcdef","task":3,"worker":"host:42","elapsed_s":0.5,"sum":{"type":"int","count":2,"sum":"-7"}}"#
+            r#"{"version":1,"job_id":"0123456789abcdef0123456789abcdef","task":3,"worker":"host:42","elapsed_s":0.5,"sum":[{"type":"int","count":2,"sum":"-7"}]}"#
         );
         assert_eq!(TaskResult::decode(json.as_bytes()).unwrap(), result);
 
@@ -704,7 +827,7 @@ mod tests {
         ));
         let no_outcome = br#"{"version":1,"job_id":"j","task":0,"worker":"w","elapsed_s":0}"#;
         assert!(TaskResult::decode(no_outcome).is_err());
-        let two = br#"{"version":1,"job_id":"j","task":0,"worker":"w","elapsed_s":0,"sum":{"type":"int","count":1,"sum":"1"},"error":{"kind":"failed","message":"x"}}"#;
+        let two = br#"{"version":1,"job_id":"j","task":0,"worker":"w","elapsed_s":0,"sum":[{"type":"int","count":1,"sum":"1"}],"error":{"kind":"failed","message":"x"}}"#;
         assert!(
             TaskResult::decode(two)
                 .unwrap_err()

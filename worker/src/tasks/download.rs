@@ -20,7 +20,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use warren::broker::{PendingConfirm, Routed};
 use warren::filename::TEMP_DIR;
@@ -301,7 +300,7 @@ async fn fetch(
             });
         }
         hasher.update(&chunk);
-        sink.write(&chunk).await?;
+        sink.write(chunk).await?;
     }
     Ok(Fetched {
         http_status: status.as_u16(),
@@ -425,9 +424,9 @@ impl<'a> Sink<'a> {
         }
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Failure> {
+    async fn write(&mut self, data: bytes::Bytes) -> Result<(), Failure> {
         match self {
-            Sink::Relay(relay) => relay.write(data).await,
+            Sink::Relay(relay) => relay.write(&data).await,
             Sink::File(file) => file.write(data).await,
         }
     }
@@ -529,11 +528,20 @@ fn relay_failure(error: warren::Error) -> Failure {
 
 /// Writes the body to a temporary file in the shared directory, renamed to
 /// its final name only when complete.
+///
+/// The writing happens on a blocking thread fed through a small bounded
+/// channel: a slow disk (or a network filesystem under a shared volume)
+/// then slows this download down instead of stalling the async runtime
+/// that all the worker's tasks share.
 struct FileSink {
     temp: PathBuf,
-    file: tokio::io::BufWriter<tokio::fs::File>,
     shared: PathBuf,
+    chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
+
+/// Body pieces queued for the writer thread of one download.
+const WRITE_QUEUE: usize = 16;
 
 impl FileSink {
     async fn create(
@@ -543,57 +551,132 @@ impl FileSink {
     ) -> Result<FileSink, Failure> {
         let temp_dir = shared.join(TEMP_DIR);
         let temp = temp_dir.join(format!("{}-{attempt}", task.job));
-        let opened = async {
-            tokio::fs::create_dir_all(&temp_dir).await?;
-            match tokio::fs::File::create(&temp).await {
-                // A producer finishing another job may have just removed
-                // the (empty) temporary directory.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tokio::fs::create_dir_all(&temp_dir).await?;
-                    tokio::fs::File::create(&temp).await
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let path = temp.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let create = || {
+                std::fs::create_dir_all(&temp_dir)?;
+                std::fs::File::create(&path).or_else(|e| {
+                    // A producer finishing another job may have just
+                    // removed the (empty) temporary directory.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    std::fs::create_dir_all(&temp_dir)?;
+                    std::fs::File::create(&path)
+                })
+            };
+            let file = match create() {
+                Ok(file) => {
+                    let _ = opened_tx.send(Ok(()));
+                    file
                 }
-                other => other,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            while let Some(chunk) = received.blocking_recv() {
+                std::io::Write::write_all(&mut out, &chunk)?;
             }
-        }
-        .await;
-        match opened {
-            Ok(file) => Ok(FileSink {
+            let file = out
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
+            // Synced before the rename, so a crash cannot leave a short
+            // file under the final name.
+            file.sync_all()
+        });
+        match opened.await {
+            Ok(Ok(())) => Ok(FileSink {
                 temp,
-                file: tokio::io::BufWriter::with_capacity(1 << 20, file),
                 shared: shared.to_owned(),
+                chunks: Some(chunks),
+                writer: Some(writer),
             }),
-            Err(e) => Err(storage_failure(
+            Ok(Err(e)) => Err(storage_failure(
                 &format!("cannot create {}", temp.display()),
                 &e,
+            )),
+            Err(_) => Err(Failure::permanent(
+                DownloadErrorKind::Storage,
+                "the file writer thread failed".into(),
             )),
         }
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Failure> {
-        self.file
-            .write_all(data)
-            .await
-            .map_err(|e| storage_failure(&format!("cannot write {}", self.temp.display()), &e))
+    async fn write(&mut self, data: bytes::Bytes) -> Result<(), Failure> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(data).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped early: its error says why.
+        Err(self.writer_error().await)
     }
 
-    /// Flushes, syncs (so a crash cannot leave a short file under the final
-    /// name) and renames into place.
+    async fn writer_error(&mut self) -> Failure {
+        self.chunks = None;
+        let reason = match self.writer.take() {
+            Some(writer) => match writer.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "the writer stopped".into(),
+                Err(e) => e.to_string(),
+            },
+            None => "the writer stopped".into(),
+        };
+        Failure::permanent(
+            DownloadErrorKind::Storage,
+            format!("cannot write {}: {reason}", self.temp.display()),
+        )
+    }
+
+    /// Waits for the writer (flush and sync), then renames into place.
     async fn finish(mut self, task: &DownloadTask) -> Result<String, Failure> {
-        let target = task.name.under(&self.shared);
-        let done = async {
-            self.file.flush().await?;
-            self.file.get_ref().sync_all().await?;
-            if let Some(parent) = target.parent() {
-                tokio::fs::create_dir_all(parent).await?;
+        self.chunks = None;
+        let written = match self.writer.take() {
+            Some(writer) => writer.await,
+            None => Ok(Ok(())),
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(storage_failure(
+                    &format!("cannot write {}", self.temp.display()),
+                    &e,
+                ));
             }
-            tokio::fs::rename(&self.temp, &target).await
+            Err(e) => {
+                return Err(Failure::permanent(
+                    DownloadErrorKind::Storage,
+                    format!("the file writer thread failed: {e}"),
+                ));
+            }
         }
+        let target = task.name.under(&self.shared);
+        let temp = self.temp.clone();
+        let placed = tokio::task::spawn_blocking({
+            let target = target.clone();
+            move || {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&temp, &target)
+            }
+        })
         .await;
-        match done {
-            Ok(()) => Ok(task.name.as_str().to_owned()),
-            Err(e) => Err(storage_failure(
+        match placed {
+            Ok(Ok(())) => Ok(task.name.as_str().to_owned()),
+            Ok(Err(e)) => Err(storage_failure(
                 &format!("cannot store {}", target.display()),
                 &e,
+            )),
+            Err(e) => Err(Failure::permanent(
+                DownloadErrorKind::Storage,
+                format!("storing {} failed: {e}", target.display()),
             )),
         }
     }
@@ -601,8 +684,10 @@ impl FileSink {
 
 impl Drop for FileSink {
     /// An attempt that failed or was abandoned leaves no temporary file;
-    /// after a successful rename there is nothing left to remove.
+    /// after a successful rename there is nothing left to remove. (A writer
+    /// still running sees its channel close and stops by itself.)
     fn drop(&mut self) {
+        self.chunks = None;
         let _ = std::fs::remove_file(&self.temp);
     }
 }

@@ -1,0 +1,92 @@
+//! The sum data path: 1e7 and 1e8 float64 `.npy` files summed by two
+//! workers, and the chunk-size sweep behind the default chunk size.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+
+use super::ceiling::Ceiling;
+use crate::Scale;
+use crate::cluster::{Cluster, npy_file};
+use crate::report::{Row, Sample, human};
+
+pub async fn run(
+    cluster: &mut Cluster,
+    scale: Scale,
+    ceiling: Option<Ceiling>,
+    data_dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let workers = cluster.workers(2, &[]).await?;
+    let small = npy_file(data_dir, 10_000_000)?;
+    let large = npy_file(data_dir, 100_000_000)?;
+    for (file, count, label) in [
+        (&small, 10_000_000u64, "1e7 float64 (80 MB)"),
+        (&large, 100_000_000, "1e8 float64 (800 MB)"),
+    ] {
+        let path = file.to_str().expect("data paths are UTF-8");
+        let mut walls = Vec::new();
+        for _ in 0..scale.runs {
+            let run = cluster.producer(&["sum", path, "--json"]).await?;
+            ensure!(
+                run.json()?["count"] == count,
+                "unexpected count: {}",
+                run.stdout
+            );
+            walls.push(run.wall.as_secs_f64());
+        }
+        let rates: Vec<f64> = walls.iter().map(|w| count as f64 * 8.0 / w / 1e6).collect();
+        let mut row = Row::new(
+            "sum .npy end to end, 2 workers",
+            label,
+            Sample::of(&rates),
+            "MB/s",
+        );
+        if let Some(ceiling) = ceiling {
+            let reference = ceiling.large_bytes / 1e6;
+            row = row.against(
+                format!("ceiling at 1 MiB ({} MB/s)", human(reference)),
+                reference,
+            );
+            let ratio = row.ratio.unwrap_or(0.0);
+            row = row.target(">= 70% of ceiling", ratio >= 0.7);
+        }
+        rows.push(row);
+        if count == 100_000_000 {
+            let wall = Sample::of(&walls);
+            let met = wall.median < 2.5;
+            rows.push(
+                Row::new("sum .npy end to end, 2 workers", label, wall, "s").target("< 2.5 s", met),
+            );
+        }
+    }
+
+    // The sweep: which chunk size moves data fastest.
+    let (file, count) = if scale.quick {
+        (&small, 10_000_000u64)
+    } else {
+        (&large, 100_000_000)
+    };
+    let path = file.to_str().expect("data paths are UTF-8");
+    for chunk in [16_384usize, 65_536, 131_072, 262_144, 524_288, 1_048_576] {
+        let mut rates = Vec::new();
+        for _ in 0..scale.runs.min(3) {
+            let run = cluster
+                .producer(&["sum", path, "--chunk-size", &chunk.to_string(), "--json"])
+                .await?;
+            rates.push(count as f64 * 8.0 / run.wall.as_secs_f64() / 1e6);
+        }
+        rows.push(Row::new(
+            "chunk-size sweep",
+            &format!(
+                "{} elements ({} KiB), {} values",
+                human(chunk as f64),
+                chunk * 8 / 1024,
+                human(count as f64)
+            ),
+            Sample::of(&rates),
+            "MB/s",
+        ));
+    }
+    cluster.stop(workers).await
+}

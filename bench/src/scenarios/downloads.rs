@@ -1,0 +1,164 @@
+//! Downloads: many small files and a few large ones from a local HTTP
+//! server (axum, in this process), fetched by two workers in both delivery
+//! modes, beside the same files fetched by a plain concurrent reqwest loop
+//! in one process (the no-broker ceiling).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use warren_testkit::HttpFixture;
+
+use crate::Scale;
+use crate::cluster::Cluster;
+use crate::report::{Row, Sample, human};
+
+/// Concurrent fetches of the reqwest loop: what two workers with the
+/// default concurrency of 8 run at once.
+const CEILING_CONCURRENCY: usize = 16;
+
+pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<()> {
+    let http = HttpFixture::start();
+    let shared = cluster.path("shared");
+    std::fs::create_dir_all(&shared)?;
+    let shared_arg = shared
+        .to_str()
+        .context("scratch paths are UTF-8")?
+        .to_owned();
+    let workers = cluster.workers(2, &["--shared-dir", &shared_arg]).await?;
+    let sets: [(&str, usize, usize); 2] = if scale.quick {
+        [
+            ("100 × 256 KiB", 100, 256 << 10),
+            ("10 × 8 MiB", 10, 8 << 20),
+        ]
+    } else {
+        [
+            ("200 × 256 KiB", 200, 256 << 10),
+            ("20 × 8 MiB", 20, 8 << 20),
+        ]
+    };
+    for (label, files, size) in sets {
+        let urls: Vec<String> = (0..files)
+            .map(|i| http.url(&format!("/files/bench/{size}/{i}.bin?size={size}")))
+            .collect();
+        let list = cluster.path(&format!("urls-{size}.txt"));
+        std::fs::write(&list, urls.join("\n"))?;
+        let list = list.to_str().context("scratch paths are UTF-8")?.to_owned();
+        let megabytes = (files * size) as f64 / 1e6;
+
+        // The reference, which also fills the server's cache.
+        let target_dir = cluster.path("ceiling");
+        fetch_all(&urls, &target_dir).await?;
+        let mut ceiling = Vec::new();
+        for _ in 0..scale.runs.min(3) {
+            let started = Instant::now();
+            fetch_all(&urls, &target_dir).await?;
+            ceiling.push(megabytes / started.elapsed().as_secs_f64());
+        }
+        std::fs::remove_dir_all(&target_dir)?;
+        let ceiling = Sample::of(&ceiling);
+        let reference = ceiling.median;
+        rows.push(Row::new(
+            "downloads: plain reqwest loop (no broker)",
+            label,
+            ceiling,
+            "MB/s",
+        ));
+
+        for (mode, out, extra, target) in [
+            (
+                "downloads through the broker, 2 workers",
+                cluster.path("out"),
+                None,
+                0.6,
+            ),
+            (
+                "downloads into a shared directory, 2 workers",
+                shared.clone(),
+                Some("--shared"),
+                0.8,
+            ),
+        ] {
+            let out_arg = out.to_str().context("scratch paths are UTF-8")?.to_owned();
+            let mut rates = Vec::new();
+            let mut file_rates = Vec::new();
+            for _ in 0..scale.runs.min(3) {
+                empty(&out)?;
+                let mut args = vec![
+                    "download",
+                    list.as_str(),
+                    "--out-dir",
+                    out_arg.as_str(),
+                    "--json",
+                    "--quiet",
+                ];
+                args.extend(extra);
+                let run = cluster.producer(&args).await?;
+                ensure!(
+                    run.json()?["succeeded"] == files,
+                    "not every file arrived: {}",
+                    run.stdout
+                );
+                rates.push(megabytes / run.wall.as_secs_f64());
+                file_rates.push(files as f64 / run.wall.as_secs_f64());
+            }
+            empty(&out)?;
+            let row = Row::new(mode, label, Sample::of(&rates), "MB/s").against(
+                format!("reqwest loop ({} MB/s)", human(reference)),
+                reference,
+            );
+            let met = row.ratio.unwrap_or(0.0) >= target;
+            rows.push(row.target(
+                &format!(">= {:.0}% of the reqwest loop", target * 100.0),
+                met,
+            ));
+            rows.push(Row::new(mode, label, Sample::of(&file_rates), "files/s"));
+        }
+    }
+    cluster.stop(workers).await
+}
+
+/// Fetches every URL, `CEILING_CONCURRENCY` at a time, into files.
+async fn fetch_all(urls: &[String], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(CEILING_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let client = client.clone();
+        let url = url.clone();
+        let path = dir.join(format!("{i}.bin"));
+        tasks.spawn(async move {
+            let _permit = permit;
+            let body = client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            tokio::fs::write(&path, &body).await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(path)?;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Peak memory (VmHWM) of the producer and the workers while summing a
+//! large `.npy` file and while downloading one large file through the
+//! broker: the producer must stay bounded by its windows, not by the input.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use warren_testkit::HttpFixture;
+
+use crate::Scale;
+use crate::cluster::{Cluster, npy_file};
+use crate::report::{Row, Sample};
+
+const MB: f64 = 1e6;
+
+pub async fn run(
+    cluster: &mut Cluster,
+    scale: Scale,
+    data_dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let (count, label) = if scale.quick {
+        (50_000_000u64, "sum of a 400 MB .npy")
+    } else {
+        (500_000_000, "sum of a 4 GB .npy")
+    };
+    let file = npy_file(data_dir, count)?;
+    let workers = cluster.workers(2, &[]).await?;
+    let run = cluster
+        .producer(&[
+            "sum",
+            file.to_str().context("data paths are UTF-8")?,
+            "--json",
+        ])
+        .await?;
+    let worker_peak = workers.iter().map(|w| w.peak_rss()).max().unwrap_or(0);
+    cluster.stop(workers).await?;
+    let producer = run.peak_rss as f64 / MB;
+    rows.push(
+        Row::new("peak RSS, producer", label, Sample::of(&[producer]), "MB")
+            .target("< 150 MB", producer < 150.0),
+    );
+    rows.push(Row::new(
+        "peak RSS, worker (largest of 2)",
+        label,
+        Sample::of(&[worker_peak as f64 / MB]),
+        "MB",
+    ));
+
+    let size: u64 = if scale.quick { 256 << 20 } else { 1 << 30 };
+    let label = if scale.quick {
+        "download of 256 MiB, broker delivery"
+    } else {
+        "download of 1 GiB, broker delivery"
+    };
+    let http = HttpFixture::start();
+    let workers = cluster.workers(2, &[]).await?;
+    let out = cluster.path("memory-out");
+    let url = http.url(&format!("/files/bench/huge.bin?size={size}"));
+    let run = cluster
+        .producer(&[
+            "download",
+            &url,
+            "--out-dir",
+            out.to_str().context("scratch paths are UTF-8")?,
+            "--json",
+            "--quiet",
+        ])
+        .await?;
+    anyhow::ensure!(
+        run.json()?["succeeded"] == 1,
+        "the download failed: {}",
+        run.stdout
+    );
+    let worker_peak = workers.iter().map(|w| w.peak_rss()).max().unwrap_or(0);
+    cluster.stop(workers).await?;
+    std::fs::remove_dir_all(&out)?;
+    let producer = run.peak_rss as f64 / MB;
+    rows.push(
+        Row::new("peak RSS, producer", label, Sample::of(&[producer]), "MB")
+            .target("< 150 MB", producer < 150.0),
+    );
+    rows.push(Row::new(
+        "peak RSS, worker (largest of 2)",
+        label,
+        Sample::of(&[worker_peak as f64 / MB]),
+        "MB",
+    ));
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! One module per scenario; each appends its rows.
+
+pub mod ceiling;
+pub mod datapath;
+pub mod downloads;
+pub mod kernel;
+pub mod latency;
+pub mod memory;
+pub mod small;
