@@ -13,6 +13,10 @@
 //! - [`dtype`]: the element types a sum job can carry.
 //! - [`config`]: the broker flags both binaries flatten into their CLIs, and
 //!   [`RedactedUrl`].
+//! - [`filename`]: safe relative file names for downloads.
+//! - [`logging`]: the shared logging flags and subscriber set-up.
+//! - [`management`]: where the broker's management HTTP API is.
+//! - [`size`]: parsing byte sizes such as `2GiB`.
 //! - [`error`]: [`Error`] and [`Result`].
 //!
 //! This crate holds no CLI entry point, no input parsing and no task
@@ -26,7 +30,10 @@ pub mod dtype;
 pub mod error;
 pub mod exact;
 pub mod filename;
+pub mod logging;
+pub mod management;
 pub mod protocol;
+pub mod size;
 pub mod topology;
 
 pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl};

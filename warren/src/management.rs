@@ -1,0 +1,120 @@
+//! Where RabbitMQ's management HTTP API is, for the numbers AMQP does not
+//! give (unacknowledged messages, the list of a prefix's queues): by
+//! default the broker's host on port 15672 (15671 for `amqps`), with the
+//! broker URL's credentials and virtual host.
+
+use std::fmt;
+
+use crate::config::RedactedUrl;
+use crate::error::{Error, Result};
+
+/// The management API of one broker and virtual host.
+#[derive(Clone)]
+pub struct ManagementApi {
+    /// `http://host:15672`, no trailing slash.
+    base: String,
+    user: String,
+    /// Only ever sent in an `Authorization` header.
+    password: String,
+    vhost: String,
+}
+
+impl fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagementApi")
+            .field("base", &self.base)
+            .field("user", &self.user)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagementApi {
+    /// The API of the broker at `url`, or at `base` when given.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when `base` is not an http(s) URL.
+    pub fn for_broker(url: &RedactedUrl, base: Option<&str>) -> Result<Self> {
+        let uri = url.to_uri()?;
+        let base = match base {
+            Some(base) => {
+                let parsed = url::Url::parse(base).map_err(|e| Error::InvalidUrl {
+                    url: base.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(Error::InvalidUrl {
+                        url: base.to_owned(),
+                        reason: "the management API is reached over http or https".into(),
+                    });
+                }
+                base.trim_end_matches('/').to_owned()
+            }
+            None => {
+                let host = if uri.authority.host.contains(':') {
+                    format!("[{}]", uri.authority.host)
+                } else {
+                    uri.authority.host.clone()
+                };
+                if url.is_tls() {
+                    format!("https://{host}:15671")
+                } else {
+                    format!("http://{host}:15672")
+                }
+            }
+        };
+        Ok(ManagementApi {
+            base,
+            user: uri.authority.userinfo.username,
+            password: uri.authority.userinfo.password,
+            vhost: uri.vhost,
+        })
+    }
+
+    /// The base URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL listing the virtual host's queues with the given columns.
+    pub fn queues_url(&self, columns: &[&str]) -> String {
+        let vhost =
+            percent_encoding::utf8_percent_encode(&self.vhost, percent_encoding::NON_ALPHANUMERIC);
+        format!(
+            "{}/api/queues/{vhost}?columns={}",
+            self.base,
+            columns.join(",")
+        )
+    }
+
+    /// User and password for HTTP basic authentication. Never print them.
+    pub fn credentials(&self) -> (&str, &str) {
+        (&self.user, &self.password)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_broker_url() {
+        let url = RedactedUrl::parse("amqp://alice:pw@broker.local:5672/tenant%2Fa").unwrap();
+        let api = ManagementApi::for_broker(&url, None).unwrap();
+        assert_eq!(api.base(), "http://broker.local:15672");
+        assert_eq!(api.credentials(), ("alice", "pw"));
+        assert_eq!(
+            api.queues_url(&["name", "consumers"]),
+            "http://broker.local:15672/api/queues/tenant%2Fa?columns=name,consumers"
+        );
+        assert!(!format!("{api:?}").contains("pw"));
+        let tls = RedactedUrl::parse("amqps://u:p@h/%2f").unwrap();
+        assert_eq!(
+            ManagementApi::for_broker(&tls, None).unwrap().base(),
+            "https://h:15671"
+        );
+        let explicit = ManagementApi::for_broker(&url, Some("http://mgmt:8080/")).unwrap();
+        assert_eq!(explicit.base(), "http://mgmt:8080");
+        assert!(ManagementApi::for_broker(&url, Some("ftp://x")).is_err());
+    }
+}
