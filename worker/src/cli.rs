@@ -6,9 +6,25 @@ use std::time::Duration;
 
 use clap::Parser;
 use warren::config::parse_duration;
+use warren::logging::LogArgs;
+use warren::size::parse_size;
 use warren::{BrokerArgs, BrokerConfig};
 
 use crate::error::{Error, Result};
+
+const AFTER_HELP: &str = "\
+Examples:
+  worker                                          the local broker, 8 tasks at a time
+  AMQP_URL=amqp://user:pass@broker:5672/%2f worker --concurrency 32
+  worker --shared-dir /data/downloads             for `producer download --shared` jobs
+  worker --metrics-addr 0.0.0.0:9090              Prometheus /metrics, /healthz, /readyz
+  worker --queue-prefix tenant-a --log-format json
+
+Stops gracefully on SIGINT or SIGTERM: takes no new task, finishes the tasks in
+hand (up to --shutdown-timeout, then returns them to the queue) and exits 0. A
+second signal exits at once with status 130; unfinished tasks then return to the
+queue when the connection closes. A broker that is down is retried with backoff;
+refused credentials exit with status 2.";
 
 /// Tasks in hand at once unless `--concurrency` says otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 8;
@@ -16,18 +32,13 @@ pub const DEFAULT_CONCURRENCY: u16 = 8;
 /// Consumes warren tasks from RabbitMQ, runs them and publishes their
 /// results. Run as many as you like, on any hosts.
 #[derive(Debug, Parser)]
-#[command(
-    name = "worker",
-    version,
-    about,
-    after_help = "Stops gracefully on SIGINT or SIGTERM: takes no new task, finishes the tasks in \
-                  hand (up to --shutdown-timeout, then returns them to the queue) and exits 0. \
-                  A second signal exits at once with status 130; unfinished tasks then return \
-                  to the queue when the connection closes."
-)]
+#[command(name = "worker", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Tasks in hand at once (also the prefetch count): downloads run this
     /// many at a time; sums use at most one core each
@@ -42,6 +53,16 @@ pub struct Cli {
     /// Name in results, logs and the broker's connection list [default: HOST:PID]
     #[arg(long, env = "WARREN_WORKER_NAME", value_name = "NAME")]
     pub name: Option<String>,
+
+    /// Largest task message accepted; a larger one is dead-lettered before
+    /// any work is done on it
+    #[arg(long, env = "WARREN_MAX_TASK_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_task_size: u64,
+
+    /// Serve Prometheus metrics on /metrics, liveness on /healthz and
+    /// readiness on /readyz at this address (e.g. 0.0.0.0:9090)
+    #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// On shutdown, how long to wait for tasks in hand before returning them
     /// to the queue
@@ -62,6 +83,10 @@ pub struct Config {
     pub name: String,
     /// Bound on finishing tasks in hand at shutdown.
     pub shutdown_timeout: Duration,
+    /// Where to serve metrics and health endpoints.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Largest task message accepted, in bytes.
+    pub max_task_size: u64,
 }
 
 impl Cli {
@@ -104,6 +129,8 @@ impl Cli {
             shared_dir,
             name,
             shutdown_timeout: self.shutdown_timeout,
+            metrics_addr: self.metrics_addr,
+            max_task_size: self.max_task_size,
         })
     }
 }

@@ -31,12 +31,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use warren::broker::{self, Acks, Publisher, Routed};
-use warren::protocol::{FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult};
+use warren::protocol::{
+    DownloadStatus, FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult,
+};
 use warren::{PROTOCOL_VERSION, Topology};
 
 use crate::cli::Config;
 use crate::error::Result;
 use crate::liveness::JobLiveness;
+use crate::metrics::{Kind, Metrics, TaskOutcome};
 use crate::tasks::{self, HttpClients, TaskContext};
 
 /// First delay before reconnecting; doubles up to [`MAX_BACKOFF`].
@@ -52,7 +55,11 @@ const CONSUMER_TAG: &str = "warren-worker";
 /// # Errors
 /// Only failures that retrying cannot fix: refused credentials or vhost,
 /// or a topology that conflicts with existing queues.
-pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub(crate) async fn run(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let topology = Topology::new(config.broker.prefix.clone());
     let liveness = Arc::new(JobLiveness::default());
     let http = Arc::new(HttpClients::default());
@@ -60,6 +67,7 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
     let mut delay = MIN_BACKOFF;
+    let mut sessions = 0u64;
     loop {
         let session = tokio::select! {
             session = Session::open(config, &topology) => session,
@@ -83,6 +91,10 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<
             }
         };
         delay = MIN_BACKOFF;
+        sessions += 1;
+        if sessions > 1 {
+            metrics.reconnected();
+        }
         tracing::info!(
             worker = %config.name,
             queue = %topology.task_queue(),
@@ -99,7 +111,10 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> Result<
             http: Arc::clone(&http),
             cpu: Arc::clone(&cpu),
             session_broken: CancellationToken::new(),
+            metrics: Arc::clone(&metrics),
+            max_task_size: config.max_task_size,
         });
+        metrics.set_ready(true);
         match session
             .serve(context, &shutdown, config.shutdown_timeout)
             .await
@@ -230,7 +245,21 @@ impl Session {
 /// order of events.
 async fn handle(context: Arc<TaskContext>, mut delivery: Delivery, abandon: CancellationToken) {
     let started = Instant::now();
-    let task = Task::decode(&delivery.properties, &delivery.data).and_then(|task| {
+    let _in_hand = context.metrics.in_hand();
+    // Size and kind are checked before anything else is done with a task.
+    let size = delivery.data.len() as u64;
+    let task = if size > context.max_task_size {
+        Err(warren::Error::malformed(
+            "task",
+            format!(
+                "the message is {size} bytes, over this worker's limit of {} (--max-task-size)",
+                context.max_task_size
+            ),
+        ))
+    } else {
+        Task::decode(&delivery.properties, &delivery.data)
+    };
+    let task = task.and_then(|task| {
         let expected = context.topology.reply_queue(task.job());
         match delivery.properties.reply_to() {
             Some(reply_to) if reply_to.as_str() == expected => Ok(task),
@@ -262,6 +291,11 @@ async fn run_task(
     started: Instant,
 ) {
     let job = task.job().clone();
+    let kind = match &task {
+        Task::Sum(_) => Kind::Sum,
+        Task::Download(_) => Kind::Download,
+    };
+    let metrics = &context.metrics;
     let reply_to = context.topology.reply_queue(&job);
     if !context
         .liveness
@@ -270,15 +304,25 @@ async fn run_task(
     {
         tracing::debug!("job is gone; dropping its task");
         ack(delivery).await;
+        metrics.task(kind, TaskOutcome::Dropped, None);
         return;
     }
 
+    let body_len = body.len() as u64;
     let outcome = tokio::select! {
         outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {
             requeue(delivery).await;
+            metrics.task(kind, TaskOutcome::Requeued, None);
             return;
         }
+    };
+    let (carried_out, summed, downloaded) = match &outcome {
+        Outcome::Sum(_) => (TaskOutcome::Ok, body_len, 0),
+        Outcome::Download(report) if report.status == DownloadStatus::Ok => {
+            (TaskOutcome::Ok, 0, report.bytes)
+        }
+        Outcome::Download(_) | Outcome::Error(_) => (TaskOutcome::Failed, 0, 0),
     };
     let result = TaskResult {
         version: PROTOCOL_VERSION,
@@ -298,11 +342,15 @@ async fn run_task(
         Ok(Routed::Queued) => {
             tracing::debug!(elapsed_s = result.elapsed_s, "done");
             ack(delivery).await;
+            metrics.task(kind, carried_out, Some(started.elapsed()));
+            metrics.summed(summed);
+            metrics.downloaded(downloaded);
         }
         Ok(Routed::Returned) => {
             tracing::debug!("job ended while the task ran; dropping its result");
             context.liveness.mark_gone(&job);
             ack(delivery).await;
+            metrics.task(kind, TaskOutcome::Dropped, None);
         }
         Err(e) if e.is_transient() => {
             // The channel or connection is gone. Return the task (if the
@@ -313,6 +361,7 @@ async fn run_task(
                 warren::display_chain(&e)
             );
             requeue(delivery).await;
+            metrics.task(kind, TaskOutcome::Requeued, None);
             context.session_broken.cancel();
         }
         Err(e) => {
@@ -321,6 +370,7 @@ async fn run_task(
                 warren::display_chain(&e)
             );
             requeue(delivery).await;
+            metrics.task(kind, TaskOutcome::Requeued, None);
         }
     }
 }
@@ -335,6 +385,9 @@ async fn reject_poison(
 ) {
     let message = warren::display_chain(error);
     tracing::warn!(message_id = ?delivery.properties.message_id(), "dead-lettering a task: {message}");
+    context
+        .metrics
+        .task(Kind::Unknown, TaskOutcome::Malformed, None);
     if let Some(origin) = TaskOrigin::of(&delivery.properties)
         && origin.reply_to == context.topology.reply_queue(&origin.job)
     {

@@ -5,6 +5,8 @@
 //! - `consume`: the connection and consume loop, reconnects, graceful
 //!   shutdown, and the per-task ack/requeue/dead-letter decisions.
 //! - `liveness`: whether a task's job still exists.
+//! - `metrics`: Prometheus metrics, `/healthz` and `/readyz` on
+//!   `--metrics-addr`.
 //! - `tasks`: running each task kind (`tasks/sum.rs`).
 //! - [`error`]: [`Error`] and [`Result`].
 //!
@@ -15,6 +17,7 @@ pub mod cli;
 mod consume;
 pub mod error;
 mod liveness;
+mod metrics;
 mod tasks;
 
 pub use cli::{Cli, Config};
@@ -29,5 +32,18 @@ use tokio_util::sync::CancellationToken;
 /// Only failures that retrying cannot fix (refused credentials, conflicting
 /// queues); a broker that is down is retried with backoff.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
-    consume::run(config, shutdown).await
+    let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    let endpoint = match config.metrics_addr {
+        Some(addr) => {
+            Some(metrics::serve(addr, std::sync::Arc::clone(&metrics), shutdown.clone()).await?)
+        }
+        None => None,
+    };
+    let outcome = consume::run(config, metrics, shutdown.clone()).await;
+    // Whatever ended the worker, the endpoint goes with it.
+    shutdown.cancel();
+    if let Some(endpoint) = endpoint {
+        let _ = endpoint.await;
+    }
+    outcome
 }

@@ -17,6 +17,7 @@ use warren::protocol::{Outcome, Task};
 pub(crate) use download::HttpClients;
 
 use crate::liveness::JobLiveness;
+use crate::metrics::Metrics;
 
 /// What task handlers share within one broker session.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub(crate) struct TaskContext {
     /// channel failed): the worker then reconnects instead of taking more
     /// tasks it cannot answer.
     pub(crate) session_broken: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Largest task message accepted, in bytes.
+    pub(crate) max_task_size: u64,
 }
 
 /// Runs a task on its body and returns what to report.
