@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use warren::config::parse_duration;
+use warren::logging::LogArgs;
+use warren::size::parse_size;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
 use warren::protocol::{Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
@@ -14,6 +16,7 @@ use warren::protocol::{Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
 use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
+use crate::status::StatusConfig;
 use crate::sum::{DEFAULT_CHUNK_SIZE, SumConfig};
 
 /// RabbitMQ 4 refuses messages over 16 MiB by default (3.x: 128 MiB).
@@ -25,26 +28,39 @@ const MAX_IN_FLIGHT: usize = 1_000_000;
 const EXIT_CODES: &str = "\
 Exit status:
   0    the job finished and printed its answer
-  1    the job finished but its answer is not a finite number it could print exactly
-       (the exact sum overflows float64)
+  1    the job finished without a complete answer: the exact sum overflows float64,
+       or some downloads failed (they are listed)
   2    usage, input, broker or task error (the message says which)
   130  cancelled with Ctrl-C or SIGTERM; the job's queued tasks are dropped";
 
 const EXAMPLES: &str = "\
 Examples:
   producer sum readings.npy                 exact sum of a .npy file, with progress
+  producer sum readings.npy --workers 2     with two workers inside this process
   producer sum readings.npy --json          one JSON object: job_id, sum, count, ...
   producer sum --random 1e8 --seed 7        like np.random.seed(7); np.random.rand(10**8)
   producer sum values.txt --dtype int64     numbers separated by spaces, commas or newlines
   cat data.f32 | producer sum - --format raw --dtype float32";
 
+const OVERVIEW: &str = "\
+Examples:
+  producer sum readings.npy                     exact sum, with a progress bar
+  producer sum --random 1e8 --seed 7 --workers 2    no separate workers needed
+  producer download urls.txt --out-dir images/ --manifest images.jsonl
+  producer status                               queues, work in hand, running jobs
+
+Run `producer <command> --help` for each command's flags and examples.";
+
 /// Distributes work over RabbitMQ to `worker` processes and gathers the
 /// answer.
 #[derive(Debug, Parser)]
-#[command(name = "producer", version, about, after_help = EXIT_CODES)]
+#[command(name = "producer", version, about, after_help = format!("{OVERVIEW}\n\n{EXIT_CODES}"))]
 pub struct Cli {
     #[command(flatten)]
     pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +78,33 @@ pub enum Command {
     /// and verified, failures listed, a re-run fetches only what is missing
     #[command(after_help = format!("{DOWNLOAD_EXAMPLES}\n\n{DOWNLOAD_EXIT_CODES}"))]
     Download(DownloadArgs),
+
+    /// Show what is queued, in work and dead-lettered under the queue
+    /// prefix, and which jobs are running
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
+}
+
+const STATUS_EXAMPLES: &str = "\
+In-work counts and the job list come from RabbitMQ's management API
+(rabbitmq-plugins enable rabbitmq_management); without it, status shows what
+AMQP alone tells.
+
+Examples:
+  producer status
+  producer status --json
+  producer --queue-prefix tenant-a status --management-url http://broker:15672";
+
+/// Flags of `producer status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Base URL of RabbitMQ's management API [default: the broker's host, port 15672]
+    #[arg(long, env = "WARREN_MANAGEMENT_URL", value_name = "URL")]
+    pub management_url: Option<String>,
+
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 const DOWNLOAD_EXAMPLES: &str = "\
@@ -196,6 +239,18 @@ pub struct OutputArgs {
     /// Give up if the job has not finished after this long (e.g. 30s, 10m)
     #[arg(long, env = "WARREN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+
+    /// Also run N workers inside this producer for the duration of the job,
+    /// through the same broker (like multiprocessing.Pool(N)); workers
+    /// elsewhere still join in
+    #[arg(
+        long,
+        short = 'w',
+        env = "WARREN_LOCAL_WORKERS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub workers: u16,
 }
 
 /// Validated settings of one producer run.
@@ -209,6 +264,8 @@ pub struct Config {
     pub json: bool,
     /// `--quiet`.
     pub quiet: bool,
+    /// `--workers`: workers to run in this process during the job.
+    pub local_workers: u16,
 }
 
 /// One job of any kind.
@@ -223,6 +280,8 @@ pub enum JobConfig {
     },
     /// `producer download`.
     Download(DownloadConfig),
+    /// `producer status`.
+    Status(StatusConfig),
 }
 
 impl Cli {
@@ -233,6 +292,20 @@ impl Cli {
     pub fn into_config(self) -> Result<Config> {
         let broker = self.broker.to_config()?;
         match self.command {
+            Command::Status(args) => {
+                if let Some(url) = &args.management_url {
+                    warren::management::ManagementApi::for_broker(&broker.url, Some(url))?;
+                }
+                Ok(Config {
+                    broker,
+                    job: JobConfig::Status(StatusConfig {
+                        management_url: args.management_url,
+                    }),
+                    json: args.json,
+                    quiet: true,
+                    local_workers: 0,
+                })
+            }
             Command::Download(args) => {
                 check_max_in_flight(args.max_in_flight)?;
                 if !(1..=DownloadLimits::MAX_ATTEMPTS).contains(&args.attempts) {
@@ -286,6 +359,7 @@ impl Cli {
                     }),
                     json: args.output.json,
                     quiet: args.output.quiet,
+                    local_workers: args.output.workers,
                 })
             }
             Command::Sum(args) => {
@@ -346,6 +420,7 @@ impl Cli {
                     },
                     json: args.output.json,
                     quiet: args.output.quiet,
+                    local_workers: args.output.workers,
                 })
             }
         }
@@ -380,40 +455,6 @@ fn parse_count(text: &str) -> std::result::Result<u64, String> {
     }
 }
 
-/// Parses a size such as `1048576`, `500MB`, `2GiB` or `1.5G` (decimal
-/// units for kB/MB/GB, binary for KiB/MiB/GiB and bare K/M/G).
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let cleaned = text.trim().replace('_', "");
-    let split = cleaned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(cleaned.len());
-    let (number, unit) = cleaned.split_at(split);
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a size (examples: 1048576, 500MB, 2GiB)"
-            ));
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 500MB, 2GiB)"))?;
-    let bytes = value * multiplier as f64;
-    if !(1.0..=1e18).contains(&bytes) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(bytes as u64)
-}
-
 fn parse_count_usize(text: &str) -> std::result::Result<usize, String> {
     parse_count(text).and_then(|n| usize::try_from(n).map_err(|_| format!("{text} is too large")))
 }
@@ -434,16 +475,6 @@ mod tests {
         assert_eq!(parse_count("100_000"), Ok(100_000));
         assert!(parse_count("1.5").is_err());
         assert!(parse_count("-3").is_err());
-    }
-
-    #[test]
-    fn sizes_accept_units() {
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("500MB"), Ok(500_000_000));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5k"), Ok(1536));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("0").is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   the manifest.
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
+//! - `local`: workers run inside the producer with `--workers N`.
+//! - [`status`]: `producer status`, what the queues hold.
 //! - [`progress`]: the progress bar and warnings on stderr.
 //! - [`output`]: the answer on stdout and the exit status.
 //! - [`error`]: [`Error`] and [`Result`].
@@ -21,8 +23,10 @@ pub mod download;
 pub mod error;
 pub mod input;
 mod job;
+mod local;
 pub mod output;
 pub mod progress;
+pub mod status;
 pub mod sum;
 
 pub use cli::{Cli, Config, JobConfig};
@@ -31,6 +35,7 @@ pub use output::Report;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::local::LocalPlan;
 use crate::progress::Progress;
 
 /// Runs one job to its end. Cancelling `shutdown` cancels the job cleanly
@@ -40,16 +45,20 @@ use crate::progress::Progress;
 /// Whatever ended the job early; see [`Error`].
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Report> {
     let progress = Progress::new(config.quiet);
+    let local = LocalPlan::of(config);
+    let progress = &progress;
     match &config.job {
         JobConfig::Sum { config: sum, seed } => {
-            let report = sum::run(&config.broker, sum, &progress, shutdown).await?;
+            let report = sum::run(&config.broker, sum, &local, progress, shutdown).await?;
             Ok(Report::Sum {
                 report,
                 seed: *seed,
             })
         }
+        JobConfig::Status(status) => Ok(Report::Status(status::run(&config.broker, status).await?)),
         JobConfig::Download(download) => {
-            let summary = download::run(&config.broker, download, &progress, shutdown).await?;
+            let summary =
+                download::run(&config.broker, download, &local, progress, shutdown).await?;
             Ok(Report::Download(summary))
         }
     }

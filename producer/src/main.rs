@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_tracing();
+    warren::logging::install(cli.log.log_format, "warn");
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => return fail(&e),
@@ -52,16 +52,6 @@ fn fail(error: &Error) -> ExitCode {
         eprintln!("hint: {hint}");
     }
     ExitCode::from(2)
-}
-
-/// Logs go to stderr; the level comes from RUST_LOG (default: warnings).
-fn install_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Cancels the job on the first SIGINT or SIGTERM; a second one exits at

@@ -6,6 +6,7 @@ use warren::exact::NonFinite;
 
 use crate::download::DownloadSummary;
 use crate::download::manifest::ItemStatus;
+use crate::status::StatusReport;
 use crate::sum::SumReport;
 
 /// What a finished run reports.
@@ -20,6 +21,8 @@ pub enum Report {
     },
     /// A finished download job.
     Download(DownloadSummary),
+    /// `producer status`.
+    Status(StatusReport),
 }
 
 impl Report {
@@ -31,6 +34,7 @@ impl Report {
             Report::Download(summary) => {
                 u8::from(summary.with_status(ItemStatus::Failed).next().is_some())
             }
+            Report::Status(_) => 0,
         }
     }
 
@@ -60,6 +64,13 @@ impl Report {
                     object["seed"] = json!(seed);
                 }
                 object.to_string()
+            }
+            Report::Status(report) => {
+                if json {
+                    serde_json::to_string(report).expect("a status report always serializes") // invariant: plain data
+                } else {
+                    report.table()
+                }
             }
             Report::Download(summary) => {
                 let failed: Vec<_> = summary
@@ -140,7 +151,7 @@ impl Report {
                     ));
                 }
             }
-            Report::Download(_) => {}
+            Report::Download(_) | Report::Status(_) => {}
         }
         notes
     }

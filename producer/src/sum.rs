@@ -28,6 +28,7 @@ use warren::{BrokerConfig, Dtype, JobId};
 use crate::error::{Error, Result};
 use crate::input::{self, InputSpec};
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
+use crate::local::LocalPlan;
 use crate::progress::Progress;
 
 /// Elements per task unless `--chunk-size` says otherwise: 1 MiB of
@@ -109,9 +110,10 @@ type ExpectedCounts = Arc<Mutex<Vec<u64>>>;
 /// Any [`Error`]: bad input (before or after publishing started), broker
 /// failures, a task that failed or was dead-lettered, `--timeout`, or
 /// [`Error::Cancelled`] when `shutdown` fires.
-pub async fn run(
+pub(crate) async fn run(
     broker: &BrokerConfig,
     config: &SumConfig,
+    local: &LocalPlan,
     progress: &Progress,
     shutdown: CancellationToken,
 ) -> Result<SumReport> {
@@ -132,6 +134,13 @@ pub async fn run(
         () = shutdown.cancelled() => return Err(Error::Cancelled),
     };
     tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
+    let local_workers = match local.start(&shutdown) {
+        Ok(workers) => workers,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
 
     let chunk_size = config.chunk_size;
     progress.start(
@@ -189,6 +198,7 @@ pub async fn run(
     // Whatever happened, stop reading and end the job on the broker.
     reader_thread.abort();
     session.close().await;
+    local_workers.stop().await;
     progress.finish();
 
     let chunks = outcome?;

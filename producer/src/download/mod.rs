@@ -33,6 +33,7 @@ use warren::{BrokerConfig, JobId};
 use crate::error::{Error, Result};
 use crate::input::Source;
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
+use crate::local::LocalPlan;
 use crate::progress::Progress;
 use files::Assembler;
 use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
@@ -109,9 +110,10 @@ impl DownloadSummary {
 /// Bad lists or names (before anything is published), an unusable output
 /// directory, broker failures, `--timeout`, or [`Error::Cancelled`]. Failed
 /// downloads are not errors: they are in the summary.
-pub async fn run(
+pub(crate) async fn run(
     broker: &BrokerConfig,
     config: &DownloadConfig,
+    local: &LocalPlan,
     progress: &Progress,
     shutdown: CancellationToken,
 ) -> Result<DownloadSummary> {
@@ -209,7 +211,16 @@ pub async fn run(
             failures: 0,
             workers: BTreeSet::new(),
         };
-        let outcome = fetch(broker, config, &mut collector, progress, &shutdown, started).await;
+        let outcome = fetch(
+            broker,
+            config,
+            local,
+            &mut collector,
+            progress,
+            &shutdown,
+            started,
+        )
+        .await;
         collector.assembler.clean_up();
         summary.workers = std::mem::take(&mut collector.workers);
         outcome?;
@@ -265,6 +276,7 @@ fn record_for(entry: &NamedEntry) -> ManifestRecord {
 async fn fetch(
     broker: &BrokerConfig,
     config: &DownloadConfig,
+    local: &LocalPlan,
     collector: &mut DownloadCollector<'_>,
     progress: &Progress,
     shutdown: &CancellationToken,
@@ -276,6 +288,13 @@ async fn fetch(
         () = shutdown.cancelled() => return Err(Error::Cancelled),
     };
     tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
+    let local_workers = match local.start(shutdown) {
+        Ok(workers) => workers,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
     progress.start("files", Some(collector.to_fetch.len() as u64));
 
     // The tasks are small: build them all, the window paces publishing.
@@ -318,6 +337,7 @@ async fn fetch(
     };
     let outcome = job::drive(&mut session, collector, publisher, drive).await;
     session.close().await;
+    local_workers.stop().await;
     progress.finish();
     outcome.map(drop)
 }
