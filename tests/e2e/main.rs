@@ -27,3 +27,7 @@ mod faults;
 
 /// The documented wire protocol, spoken by a Python client.
 mod protocol;
+
+/// Operating workers and jobs: metrics and health endpoints, JSON logs,
+/// status, local workers, message limits.
+mod ops;

@@ -1,0 +1,302 @@
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use nix::sys::signal::Signal;
+use warren::JobId;
+use warren::protocol::{DeadLetter, Outcome, TaskResult};
+
+use crate::support::Scenario;
+use crate::support::python::reference;
+
+/// A free port on 127.0.0.1 (released for the worker to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `path` until it answers `status`, or fails after 20 s.
+fn wait_for_status(port: u16, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((got, body)) = http_get(port, path)
+            && got == status
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_worker_serves_metrics_health_and_readiness() {
+    let mut s = Scenario::new("metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = s.start_worker("w0", &["--metrics-addr", &addr]);
+    s.broker.wait_for_consumers(1);
+    wait_for_status(port, "/readyz", 200);
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "300000",
+            "--seed",
+            "4",
+            "--chunk-size",
+            "100000",
+        ])
+        .run();
+    assert_eq!(
+        run.expect_success().answer(),
+        reference(&["numpy-random-sum", "300000", "4"])
+    );
+    let metrics = wait_for_status(port, "/metrics", 200);
+    for needle in [
+        r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
+        "warren_worker_summed_bytes_total 2400000",
+        r#"warren_worker_task_duration_seconds_count{kind="sum"} 3"#,
+        "warren_worker_tasks_in_flight 0",
+        "warren_worker_ready 1",
+        "warren_worker_reconnects_total 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait_exit(Duration::from_secs(20)).success());
+
+    // Alive but not ready while the broker cannot be reached.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _unready = s.start_worker(
+        "w1",
+        &[
+            "--metrics-addr",
+            &addr,
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        ],
+    );
+    wait_for_status(port, "/healthz", 200);
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503));
+    s.assert_clean();
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut s = Scenario::new("json_logs");
+    let worker = s.start_worker("w0", &["--log-format", "json"]);
+    s.broker.wait_for_consumers(1);
+    let log = worker.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(object.get("level").is_some(), "{line}");
+    }
+    let consuming = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|o| o["message"] == "consuming")
+        .unwrap_or_else(|| panic!("no 'consuming' line:\n{log}"));
+    assert_eq!(consuming["worker"], "w0");
+    assert_eq!(consuming["queue"], format!("{}.tasks", s.prefix));
+}
+
+#[test]
+fn status_shows_queues_work_in_hand_and_running_jobs() {
+    let mut s = Scenario::new("status");
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--tasks-per-message",
+            "1",
+        ])
+        .spawn();
+    let task_queue = s.broker.topology.task_queue();
+    s.broker
+        .wait_until(Duration::from_secs(20), "10 tasks are queued", |b| {
+            b.ready(&task_queue) == 10
+        });
+    // The management API lists queues at once; its counts lag a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let run = s.producer(&["status", "--json"]).run();
+        run.expect_success();
+        let status = run.json();
+        if status["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.len() == 1)
+            && status["jobs"][0]["producer_connected"] == true
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running job never showed (is the rabbitmq_management plugin enabled?):\n{run}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status["prefix"], s.prefix.as_str());
+    let tasks = &status["queues"][0];
+    assert_eq!(tasks["name"], task_queue.as_str());
+    assert_eq!(tasks["ready"], 10);
+    assert_eq!(tasks["consumers"], 0);
+    assert_eq!(status["jobs"][0]["producer_connected"], true);
+    let table = s.producer(&["status"]).run();
+    assert!(
+        table.expect_success().stdout.contains("1 job(s) running"),
+        "{table}"
+    );
+
+    producer.signal(Signal::SIGINT);
+    producer.wait(Duration::from_secs(20)).expect_code(130);
+    let run = s.producer(&["status", "--json"]).run();
+    assert_eq!(
+        run.json()["jobs"].as_array().map(Vec::len),
+        Some(0),
+        "{run}"
+    );
+    // Without the management API, status says what it cannot know.
+    let run = s
+        .producer(&["status", "--management-url", "http://127.0.0.1:1"])
+        .run();
+    run.expect_success();
+    assert!(run.stdout.contains("rabbitmq_management"), "{run}");
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
+fn local_workers_run_a_job_without_any_other_worker() {
+    let mut s = Scenario::new("local_workers");
+    let expected = reference(&["numpy-random-sum", "1000000", "6"]);
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1e6",
+            "--seed",
+            "6",
+            "--chunk-size",
+            "50000",
+            "--workers",
+            "2",
+            "--json",
+        ])
+        .run();
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str(), "{run}");
+    let workers: Vec<&str> = json["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        !workers.is_empty() && workers.iter().all(|w| w.contains("/local-")),
+        "{workers:?}"
+    );
+    // They are gone with the job.
+    s.broker.wait_for_consumers(0);
+    s.assert_clean();
+}
+
+#[test]
+fn oversized_tasks_are_dead_lettered_before_any_work() {
+    let mut s = Scenario::new("oversized");
+    let worker = s.start_worker("w0", &["--max-task-size", "1KiB"]);
+    s.broker.wait_for_consumers(1);
+    let job = JobId::random();
+    let (reply_queue, mut replies) = s.broker.declare_reply_queue(&job);
+    let mut headers = FieldTable::default();
+    for (key, value) in [
+        ("warren-version", AMQPValue::LongLongInt(1)),
+        (
+            "warren-kind",
+            AMQPValue::LongString(LongString::from("sum")),
+        ),
+        (
+            "warren-job",
+            AMQPValue::LongString(LongString::from(job.as_str())),
+        ),
+        ("warren-task", AMQPValue::LongLongInt(0)),
+        (
+            "warren-dtype",
+            AMQPValue::LongString(LongString::from("float64")),
+        ),
+        ("warren-count", AMQPValue::LongLongInt(256)),
+    ] {
+        headers.insert(key.into(), value);
+    }
+    let task_queue = s.broker.topology.task_queue();
+    s.broker.publish(
+        &task_queue,
+        &[0u8; 2048],
+        BasicProperties::default()
+            .with_reply_to(reply_queue.as_str().into())
+            .with_headers(headers),
+    );
+    let mut error = None;
+    let mut dead = false;
+    for _ in 0..2 {
+        let delivery = s
+            .broker
+            .next_delivery(&mut replies, Duration::from_secs(20))
+            .expect("the job hears about its oversized task");
+        if DeadLetter::of(&delivery.properties).is_some() {
+            dead = true;
+        } else if let Outcome::Error(failure) = TaskResult::decode(&delivery.data).unwrap().outcome
+        {
+            error = Some(failure.message);
+        }
+    }
+    assert!(dead, "the task was not dead-lettered");
+    let error = error.expect("an error result");
+    assert!(
+        error.contains("2048 bytes, over this worker's limit of 1024"),
+        "{error}"
+    );
+    assert!(
+        worker.log().contains("dead-lettering a task"),
+        "{}",
+        worker.log()
+    );
+}
