@@ -25,6 +25,7 @@ use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::error::{Error, Result};
+use crate::local::{LocalPlan, LocalWorkers};
 use crate::progress::Progress;
 
 /// How often the producer checks that some worker consumes the task queue.
@@ -55,6 +56,8 @@ pub(crate) struct JobSession {
     consumers: Option<u32>,
     /// A "no worker" warning is showing.
     warned: bool,
+    /// Workers running inside the producer for this job (`--workers`).
+    local_workers: LocalWorkers,
 }
 
 impl std::fmt::Debug for JobSession {
@@ -67,9 +70,32 @@ impl std::fmt::Debug for JobSession {
 }
 
 impl JobSession {
-    /// Connects, declares the shared topology and the job's reply queue, and
-    /// starts consuming it, before any task is published.
-    pub(crate) async fn open(broker: &BrokerConfig, job: JobId) -> Result<Self> {
+    /// Connects, declares the shared topology and the job's reply queue,
+    /// starts consuming it, and starts the local workers, before any task is
+    /// published. Gives up with [`Error::Cancelled`] when `shutdown` fires.
+    pub(crate) async fn open(
+        broker: &BrokerConfig,
+        job: JobId,
+        local: &LocalPlan,
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        tokio::select! {
+            session = Self::connect(broker, job) => {
+                let mut session = session?;
+                match local.start(shutdown) {
+                    Ok(workers) => session.local_workers = workers,
+                    Err(e) => {
+                        session.close().await;
+                        return Err(e);
+                    }
+                }
+                Ok(session)
+            }
+            () = shutdown.cancelled() => Err(Error::Cancelled),
+        }
+    }
+
+    async fn connect(broker: &BrokerConfig, job: JobId) -> Result<Self> {
         let topology = Topology::new(broker.prefix.clone());
         let connection = broker::connect(broker, &format!("warren-producer {job}")).await?;
         tracing::debug!("connected");
@@ -99,6 +125,7 @@ impl JobSession {
             probe: QueueProbe::new(),
             consumers: None,
             warned: false,
+            local_workers: LocalWorkers::none(),
         })
     }
 
@@ -172,6 +199,7 @@ impl JobSession {
             }
         }
         broker::close_quietly(&self.connection).await;
+        self.local_workers.stop().await;
         tracing::debug!("closed");
     }
 }

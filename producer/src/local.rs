@@ -98,6 +98,14 @@ impl LocalPlan {
 }
 
 impl LocalWorkers {
+    /// No local workers.
+    pub(crate) fn none() -> Self {
+        LocalWorkers {
+            stop: CancellationToken::new(),
+            running: JoinSet::new(),
+        }
+    }
+
     /// Stops the workers after the job and waits for them (bounded).
     pub(crate) async fn stop(mut self) {
         self.stop.cancel();

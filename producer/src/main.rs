@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(warren::shutdown::cancel_on_signals(
+            shutdown.clone(),
+            None,
+            "interrupted again: exiting without cleanup",
+        ));
         producer::run(&config, shutdown).await
     });
     // Don't wait for a blocked stdin reader on the way out.
@@ -47,34 +51,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(error: &Error) -> ExitCode {
-    eprintln!("error: {}", warren::display_chain(error));
-    if let Some(hint) = error.hint() {
-        eprintln!("hint: {hint}");
-    }
+    warren::print_error(error, error.hint().as_deref());
     ExitCode::from(2)
-}
-
-/// Cancels the job on the first SIGINT or SIGTERM; a second one exits at
-/// once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    shutdown.cancel();
-    wait_for_signal().await;
-    eprintln!("interrupted again: exiting without cleanup");
-    std::process::exit(130);
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without handlers the default action (exit) applies; nothing to wait for.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -129,18 +129,8 @@ pub(crate) async fn run(
     let total_elements = reader.total_elements();
 
     let job = JobId::random();
-    let mut session = tokio::select! {
-        session = JobSession::open(broker, job.clone()) => session?,
-        () = shutdown.cancelled() => return Err(Error::Cancelled),
-    };
+    let mut session = JobSession::open(broker, job.clone(), local, &shutdown).await?;
     tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
-    let local_workers = match local.start(&shutdown) {
-        Ok(workers) => workers,
-        Err(e) => {
-            session.close().await;
-            return Err(e);
-        }
-    };
 
     let chunk_size = config.chunk_size;
     progress.start(
@@ -198,7 +188,6 @@ pub(crate) async fn run(
     // Whatever happened, stop reading and end the job on the broker.
     reader_thread.abort();
     session.close().await;
-    local_workers.stop().await;
     progress.finish();
 
     let chunks = outcome?;

@@ -11,14 +11,6 @@ use crate::support::Scenario;
 use crate::support::broker::queues_with_prefix;
 use crate::support::python::reference;
 
-fn path_str(scenario: &Scenario, name: &str) -> String {
-    scenario
-        .path(name)
-        .to_str()
-        .expect("temp paths are UTF-8")
-        .to_owned()
-}
-
 /// Counts the tasks a worker has finished, from its debug log.
 fn finished_tasks(log: &str) -> usize {
     log.lines().filter(|l| l.contains(" done")).count()
@@ -67,7 +59,7 @@ fn duplicate_results_are_counted_once() {
     std::fs::write(s.path("data.f64"), &bytes).unwrap();
     let script = format!(
         "import numpy as np, math; print(repr(math.fsum(np.fromfile('{}', dtype='<f8'))))",
-        path_str(&s, "data.f64")
+        s.path_str("data.f64")
     );
     let out = std::process::Command::new("python3")
         .args(["-c", &script])
@@ -78,7 +70,7 @@ fn duplicate_results_are_counted_once() {
     let producer = s
         .producer(&[
             "sum",
-            &path_str(&s, "data.f64"),
+            &s.path_str("data.f64"),
             "--format",
             "raw",
             "--dtype",

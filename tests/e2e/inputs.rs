@@ -4,14 +4,6 @@ use crate::support::Scenario;
 use crate::support::broker::queues_with_prefix;
 use crate::support::python::reference;
 
-fn path_str(scenario: &Scenario, name: &str) -> String {
-    scenario
-        .path(name)
-        .to_str()
-        .expect("temp paths are UTF-8")
-        .to_owned()
-}
-
 /// Asserts a run failed with status 2 and a one-line error containing
 /// every `needle`.
 fn assert_clear_error(run: &crate::support::Run, needles: &[&str]) {
@@ -57,14 +49,14 @@ fn bad_npy_files_are_refused_before_anything_is_published() {
         ("corrupt-header", &["invalid .npy header"]),
     ] {
         let name = format!("{kind}.npy");
-        reference(&["bad-npy", &path_str(&s, &name), kind]);
+        reference(&["bad-npy", &s.path_str(&name), kind]);
         let run = s
-            .producer(&["sum", &path_str(&s, &name)])
+            .producer(&["sum", &s.path_str(&name)])
             .run_within(Duration::from_secs(20));
         assert_clear_error(&run, needles);
     }
     std::fs::write(s.path("fake.npy"), b"not numpy at all").unwrap();
-    let run = s.producer(&["sum", &path_str(&s, "fake.npy")]).run();
+    let run = s.producer(&["sum", &s.path_str("fake.npy")]).run();
     assert_clear_error(&run, &["fake.npy", "not a .npy file"]);
     assert_untouched(&s);
 }
@@ -86,7 +78,7 @@ fn raw_input_must_fit_its_dtype() {
     let run = s
         .producer(&[
             "sum",
-            &path_str(&s, "odd.bin"),
+            &s.path_str("odd.bin"),
             "--format",
             "raw",
             "--dtype",
@@ -102,7 +94,7 @@ fn raw_input_must_fit_its_dtype() {
         ],
     );
     let run = s
-        .producer(&["sum", &path_str(&s, "odd.bin"), "--format", "raw"])
+        .producer(&["sum", &s.path_str("odd.bin"), "--format", "raw"])
         .run();
     assert_clear_error(&run, &["raw input needs --dtype"]);
     assert_untouched(&s);
@@ -129,14 +121,14 @@ fn raw_input_must_fit_its_dtype() {
 fn bad_text_is_refused_with_its_line_number() {
     let s = Scenario::new("bad_text");
     std::fs::write(s.path("bad.txt"), "1.5\n2.5, 3\n4 x5 6\n").unwrap();
-    let run = s.producer(&["sum", &path_str(&s, "bad.txt")]).run();
+    let run = s.producer(&["sum", &s.path_str("bad.txt")]).run();
     assert_clear_error(&run, &["bad.txt: line 3: \"x5\" is not a number"]);
     std::fs::write(s.path("gap.csv"), "1,2\n3,,4\n").unwrap();
-    let run = s.producer(&["sum", &path_str(&s, "gap.csv")]).run();
+    let run = s.producer(&["sum", &s.path_str("gap.csv")]).run();
     assert_clear_error(&run, &["gap.csv: line 2: empty value before a comma"]);
     std::fs::write(s.path("big.txt"), "1\n300\n").unwrap();
     let run = s
-        .producer(&["sum", &path_str(&s, "big.txt"), "--dtype", "uint8"])
+        .producer(&["sum", &s.path_str("big.txt"), "--dtype", "uint8"])
         .run();
     assert_clear_error(&run, &["line 2: 300 is out of range for uint8"]);
 }
@@ -152,7 +144,7 @@ fn a_bad_token_deep_in_the_input_cancels_the_published_job() {
     std::fs::write(s.path("deep.txt"), text).unwrap();
     let _worker = s.workers(1);
     let run = s
-        .producer(&["sum", &path_str(&s, "deep.txt"), "--chunk-size", "1000"])
+        .producer(&["sum", &s.path_str("deep.txt"), "--chunk-size", "1000"])
         .run();
     assert_clear_error(&run, &["deep.txt: line 200002: \"oops\" is not a number"]);
     // The job's reply queue is gone and the worker drops whatever of the job

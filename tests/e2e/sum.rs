@@ -1,18 +1,10 @@
 use crate::support::Scenario;
 use crate::support::python::{expected_npy_sum, reference};
 
-fn path_str(scenario: &Scenario, name: &str) -> String {
-    scenario
-        .path(name)
-        .to_str()
-        .expect("temp paths are UTF-8")
-        .to_owned()
-}
-
 #[test]
 fn ten_million_floats_match_fsum_for_any_chunk_size_and_worker_count() {
     let mut s = Scenario::new("ten_million");
-    let data = path_str(&s, "readings.npy");
+    let data = s.path_str("readings.npy");
     reference(&["random-npy", &data, "10000000", "42"]);
     let expected = expected_npy_sum(s.path("readings.npy").as_path());
 
@@ -56,7 +48,7 @@ fn adversarial_floats_match_fsum_bit_for_bit() {
         "subnormal",
         "near-overflow",
     ] {
-        let data = path_str(&s, &format!("{kind}.npy"));
+        let data = s.path_str(&format!("{kind}.npy"));
         reference(&["adversarial-npy", &data, kind]);
         let expected = expected_npy_sum(s.path(&format!("{kind}.npy")).as_path());
         let run = s.producer(&["sum", &data, "--chunk-size", "997"]).run();
@@ -74,14 +66,14 @@ fn nan_infinities_and_overflow_follow_ieee_and_say_so() {
         ("inf", "inf", "the input holds infinities"),
         ("both-inf", "nan", "both +inf and -inf"),
     ] {
-        let data = path_str(&s, &format!("{kind}.npy"));
+        let data = s.path_str(&format!("{kind}.npy"));
         reference(&["adversarial-npy", &data, kind]);
         let run = s.producer(&["sum", &data, "--chunk-size", "1"]).run();
         assert_eq!(run.expect_success().answer(), answer, "{kind}");
         assert!(run.stderr.contains(note), "{kind}: {run}");
     }
 
-    let data = path_str(&s, "overflow.npy");
+    let data = s.path_str("overflow.npy");
     reference(&["adversarial-npy", &data, "overflow"]);
     assert_eq!(
         expected_npy_sum(s.path("overflow.npy").as_path()),
@@ -104,7 +96,7 @@ fn npy_in_both_byte_orders_and_float32_as_numpy_writes_them() {
     let _workers = s.workers(2);
     for (dtype, order) in [("float64", ">"), ("float32", "<"), ("float32", ">")] {
         let name = format!("{dtype}{}.npy", if order == ">" { "be" } else { "le" });
-        let data = path_str(&s, &name);
+        let data = s.path_str(&name);
         reference(&["random-npy", &data, "300001", "9", dtype, order]);
         let expected = expected_npy_sum(s.path(&name).as_path());
         let run = s
@@ -129,7 +121,7 @@ fn integer_sums_are_exact_past_the_int64_range() {
         ("random", "uint8", "|"),
     ] {
         let name = format!("{kind}-{dtype}.npy");
-        let data = path_str(&s, &name);
+        let data = s.path_str(&name);
         reference(&["int-npy", &data, kind, dtype, order]);
         let expected = expected_npy_sum(s.path(&name).as_path());
         let run = s
@@ -155,18 +147,12 @@ fn text_input_with_every_separator_and_from_stdin() {
     let _workers = s.workers(2);
     for separator in ["newline", "space", "comma", "mixed"] {
         let name = format!("{separator}.txt");
-        let data = path_str(&s, &name);
+        let data = s.path_str(&name);
         let expected = reference(&["text-file", &data, "20000", "3", separator]);
         let run = s.producer(&["sum", &data, "--chunk-size", "3000"]).run();
         assert_eq!(run.expect_success().answer(), expected, "{separator}");
     }
-    let expected = reference(&[
-        "text-file",
-        &path_str(&s, "stdin.txt"),
-        "5000",
-        "4",
-        "mixed",
-    ]);
+    let expected = reference(&["text-file", &s.path_str("stdin.txt"), "5000", "4", "mixed"]);
     let run = s
         .producer(&["sum", "-", "--chunk-size", "1000", "--json"])
         .stdin_from(&s.path("stdin.txt"))
@@ -181,7 +167,7 @@ fn text_input_with_every_separator_and_from_stdin() {
     )
     .unwrap();
     let run = s
-        .producer(&["sum", &path_str(&s, "ints.txt"), "--dtype", "int64"])
+        .producer(&["sum", &s.path_str("ints.txt"), "--dtype", "int64"])
         .run();
     assert_eq!(run.expect_success().answer(), "18446744073709551616");
     s.assert_clean();
@@ -200,8 +186,8 @@ fn raw_binary_with_a_dtype() {
     let expected: String = {
         let script = format!(
             "import numpy as np; np.save('{}', np.fromfile('{}', dtype='<f4'))",
-            path_str(&s, "data.npy"),
-            path_str(&s, "data.f32")
+            s.path_str("data.npy"),
+            s.path_str("data.f32")
         );
         let ok = std::process::Command::new("python3")
             .args(["-c", &script])
@@ -213,7 +199,7 @@ fn raw_binary_with_a_dtype() {
     let run = s
         .producer(&[
             "sum",
-            &path_str(&s, "data.f32"),
+            &s.path_str("data.f32"),
             "--format",
             "raw",
             "--dtype",
@@ -316,7 +302,7 @@ fn json_output_has_the_documented_keys() {
 #[test]
 fn empty_input_sums_to_zero_without_any_worker() {
     let mut s = Scenario::new("empty");
-    let data = path_str(&s, "empty.npy");
+    let data = s.path_str("empty.npy");
     reference(&["random-npy", &data, "0", "1"]);
     let run = s
         .producer(&["sum", &data, "--json", "--timeout", "20s"])
@@ -350,7 +336,7 @@ fn answers_print_exactly_as_python_repr_does() {
     std::fs::write(s.path("values.f64"), bytes).unwrap();
     let script = format!(
         "import struct\ndata = open('{}', 'rb').read()\nfor (x,) in struct.iter_unpack('<d', data):\n    print(repr(x))\n",
-        path_str(&s, "values.f64")
+        s.path_str("values.f64")
     );
     let output = std::process::Command::new("python3")
         .args(["-c", &script])

@@ -179,6 +179,15 @@ pub fn display_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Prints an error for the user on stderr: `error: ` and its chain on one
+/// line, then `hint: ` and the hint, if there is one.
+pub fn print_error(error: &dyn std::error::Error, hint: Option<&str>) {
+    eprintln!("error: {}", display_chain(error));
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+}
+
 /// Whether a client-library error means the connection or channel is gone
 /// (as opposed to the broker refusing one operation).
 pub(crate) fn is_connection_failure(error: &lapin::Error) -> bool {

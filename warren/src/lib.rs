@@ -17,6 +17,7 @@
 //! - [`logging`]: the shared logging flags and subscriber set-up.
 //! - [`management`]: where the broker's management HTTP API is.
 //! - [`size`]: parsing byte sizes such as `2GiB`.
+//! - [`shutdown`]: what SIGINT and SIGTERM do in both binaries.
 //! - [`error`]: [`Error`] and [`Result`].
 //!
 //! This crate holds no CLI entry point, no input parsing and no task
@@ -33,12 +34,13 @@ pub mod filename;
 pub mod logging;
 pub mod management;
 pub mod protocol;
+pub mod shutdown;
 pub mod size;
 pub mod topology;
 
 pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl};
 pub use dtype::Dtype;
-pub use error::{Error, Result, display_chain};
+pub use error::{Error, Result, display_chain, print_error};
 pub use protocol::{JobId, PROTOCOL_VERSION, TaskKind};
 pub use topology::Topology;
 

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(warren::shutdown::cancel_on_signals(
+            shutdown.clone(),
+            Some("signal received: finishing the tasks in hand (again to exit now)"),
+            "second signal: exiting now",
+        ));
         worker::run(&config, shutdown).await
     });
     match outcome {
@@ -35,35 +39,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(error: &Error) -> ExitCode {
-    eprintln!("error: {}", warren::display_chain(error));
-    if let Some(hint) = error.hint() {
-        eprintln!("hint: {hint}");
-    }
+    warren::print_error(error, error.hint());
     ExitCode::from(2)
-}
-
-/// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
-/// exits at once (unacked tasks return to the queue when the connection
-/// drops).
-async fn stop_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("signal received: finishing the tasks in hand (again to exit now)");
-    shutdown.cancel();
-    wait_for_signal().await;
-    eprintln!("second signal: exiting now");
-    std::process::exit(130);
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
 }

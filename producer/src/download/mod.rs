@@ -283,18 +283,8 @@ async fn fetch(
     started: Instant,
 ) -> Result<()> {
     let job = collector.job.clone();
-    let mut session = tokio::select! {
-        session = JobSession::open(broker, job.clone()) => session?,
-        () = shutdown.cancelled() => return Err(Error::Cancelled),
-    };
+    let mut session = JobSession::open(broker, job.clone(), local, shutdown).await?;
     tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
-    let local_workers = match local.start(shutdown) {
-        Ok(workers) => workers,
-        Err(e) => {
-            session.close().await;
-            return Err(e);
-        }
-    };
     progress.start("files", Some(collector.to_fetch.len() as u64));
 
     // The tasks are small: build them all, the window paces publishing.
@@ -337,7 +327,6 @@ async fn fetch(
     };
     let outcome = job::drive(&mut session, collector, publisher, drive).await;
     session.close().await;
-    local_workers.stop().await;
     progress.finish();
     outcome.map(drop)
 }

@@ -44,6 +44,14 @@ impl Scenario {
         self.dir.path().join(name)
     }
 
+    /// The same, as text for command lines.
+    pub fn path_str(&self, name: &str) -> String {
+        self.path(name)
+            .to_str()
+            .expect("temp paths are UTF-8")
+            .to_owned()
+    }
+
     /// Starts a worker with `args` (it is not yet consuming on return).
     pub fn start_worker(&self, name: &str, args: &[&str]) -> Worker {
         Worker::start(&self.prefix, name, self.dir.path(), args)

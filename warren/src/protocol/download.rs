@@ -15,8 +15,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, JobId, PERSISTENT, PROTOCOL_VERSION, TRANSIENT,
-    TaskKind, header, int_header, long_string, non_negative, string_header, unix_seconds,
+    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, JobId, PROTOCOL_VERSION, TRANSIENT, TaskKind, header,
+    int_header, long_string, non_negative, string_header, task_properties,
 };
 use crate::error::{Error, Result};
 use crate::filename::RelativePath;
@@ -185,25 +185,14 @@ impl DownloadTask {
 
     /// The AMQP properties of this task, replying to `reply_to`.
     pub fn properties(&self, reply_to: &str) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            header::VERSION.into(),
-            AMQPValue::LongLongInt(PROTOCOL_VERSION),
-        );
-        headers.insert(header::KIND.into(), long_string(TaskKind::Download.name()));
-        headers.insert(header::JOB.into(), long_string(self.job.as_str()));
-        headers.insert(
-            header::TASK.into(),
-            AMQPValue::LongLongInt(self.index as i64),
-        );
-        BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(self.job.task_message_id(self.index).into())
-            .with_correlation_id(self.job.as_str().into())
-            .with_reply_to(reply_to.into())
-            .with_timestamp(unix_seconds())
-            .with_headers(headers)
+        task_properties(
+            &self.job,
+            self.index,
+            TaskKind::Download,
+            CONTENT_TYPE_JSON,
+            reply_to,
+            FieldTable::default(),
+        )
     }
 }
 

@@ -262,16 +262,6 @@ impl SumTask {
     /// The AMQP properties of this message, replying to `reply_to`.
     pub fn properties(&self, reply_to: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
-        headers.insert(
-            header::VERSION.into(),
-            AMQPValue::LongLongInt(PROTOCOL_VERSION),
-        );
-        headers.insert(header::KIND.into(), long_string(TaskKind::Sum.name()));
-        headers.insert(header::JOB.into(), long_string(self.job.as_str()));
-        headers.insert(
-            header::TASK.into(),
-            AMQPValue::LongLongInt(self.index as i64),
-        );
         headers.insert(header::DTYPE.into(), long_string(self.dtype.name()));
         headers.insert(
             header::COUNT.into(),
@@ -287,14 +277,14 @@ impl SumTask {
                 AMQPValue::LongLongInt(self.chunk as i64),
             );
         }
-        BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_BINARY.into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(self.job.task_message_id(self.index).into())
-            .with_correlation_id(self.job.as_str().into())
-            .with_reply_to(reply_to.into())
-            .with_timestamp(unix_seconds())
-            .with_headers(headers)
+        task_properties(
+            &self.job,
+            self.index,
+            TaskKind::Sum,
+            CONTENT_TYPE_BINARY,
+            reply_to,
+            headers,
+        )
     }
 
     fn decode(job: JobId, index: u64, headers: &FieldTable, body: &[u8]) -> Result<SumTask> {
@@ -349,6 +339,33 @@ impl SumTask {
             chunk,
         })
     }
+}
+
+/// The properties every task message has: persistent, its ids, where to
+/// reply, and the common `warren-*` headers added to the kind's own.
+pub(crate) fn task_properties(
+    job: &JobId,
+    index: u64,
+    kind: TaskKind,
+    content_type: &str,
+    reply_to: &str,
+    mut headers: FieldTable,
+) -> BasicProperties {
+    headers.insert(
+        header::VERSION.into(),
+        AMQPValue::LongLongInt(PROTOCOL_VERSION),
+    );
+    headers.insert(header::KIND.into(), long_string(kind.name()));
+    headers.insert(header::JOB.into(), long_string(job.as_str()));
+    headers.insert(header::TASK.into(), AMQPValue::LongLongInt(index as i64));
+    BasicProperties::default()
+        .with_content_type(content_type.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(job.task_message_id(index).into())
+        .with_correlation_id(job.as_str().into())
+        .with_reply_to(reply_to.into())
+        .with_timestamp(unix_seconds())
+        .with_headers(headers)
 }
 
 /// A decoded task.
