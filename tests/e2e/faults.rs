@@ -8,7 +8,6 @@ use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
 
 use crate::support::Scenario;
-use crate::support::broker::queues_with_prefix;
 use crate::support::python::reference;
 
 /// Counts the tasks a worker has finished, from its debug log.
@@ -57,15 +56,7 @@ fn duplicate_results_are_counted_once() {
         .collect();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(s.path("data.f64"), &bytes).unwrap();
-    let script = format!(
-        "import numpy as np, math; print(repr(math.fsum(np.fromfile('{}', dtype='<f8'))))",
-        s.path_str("data.f64")
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let expected = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let expected = reference(&["sum-raw", &s.path_str("data.f64"), "float64"]);
 
     let producer = s
         .producer(&[
@@ -84,26 +75,7 @@ fn duplicate_results_are_counted_once() {
         ])
         .spawn();
     // Find the job's reply queue while no worker runs.
-    let prefix = s.prefix.clone();
-    let mut reply_queue = String::new();
-    s.broker.wait_until(
-        Duration::from_secs(20),
-        "the producer's reply queue exists",
-        |_| {
-            let queues = queues_with_prefix(&prefix).expect("rabbitmqctl is needed for this test");
-            match queues
-                .into_iter()
-                .find(|(name, _)| name.starts_with(&format!("{prefix}.reply.")))
-            {
-                Some((name, _)) => {
-                    reply_queue = name;
-                    true
-                }
-                None => false,
-            }
-        },
-    );
-    let job = JobId::parse(reply_queue.rsplit('.').next().unwrap()).unwrap();
+    let (reply_queue, job) = s.running_job();
     let task_queue = s.broker.topology.task_queue();
     s.broker
         .wait_until(Duration::from_secs(20), "all 5 tasks are queued", |b| {
@@ -135,6 +107,67 @@ fn duplicate_results_are_counted_once() {
     let duplicates = json["duplicates"].as_u64().unwrap();
     assert!((1..=2).contains(&duplicates), "{run}");
     assert_eq!(json["chunks"], 5);
+    s.assert_clean();
+}
+
+#[test]
+fn a_failed_or_dead_lettered_task_fails_its_job_at_once() {
+    let mut s = Scenario::new("fail_fast");
+    for (injected, expected) in [
+        ("error", "error: task 2 failed on worker test: disk on fire"),
+        (
+            "dead letter",
+            "error: task 3 was dead-lettered by the broker (it was delivered 20 times",
+        ),
+    ] {
+        // No worker: the job would wait forever if the producer did not
+        // act on what arrives.
+        let producer = s
+            .producer(&[
+                "sum",
+                "--random",
+                "1000",
+                "--seed",
+                "1",
+                "--chunk-size",
+                "100",
+                "--tasks-per-message",
+                "1",
+            ])
+            .spawn();
+        let (reply_queue, job) = s.running_job();
+        if injected == "error" {
+            let result = TaskResult {
+                version: PROTOCOL_VERSION,
+                job_id: job,
+                task: Some(2),
+                worker: "test".into(),
+                elapsed_s: 0.0,
+                outcome: Outcome::Error(warren::protocol::TaskFailure {
+                    kind: warren::protocol::FailureKind::Failed,
+                    message: "disk on fire".into(),
+                }),
+            };
+            s.broker
+                .publish(&reply_queue, &result.to_json(), result.properties());
+        } else {
+            let headers = header_table(&[
+                ("x-first-death-reason", text("delivery_limit")),
+                ("warren-task", AMQPValue::LongLongInt(3)),
+                ("warren-job", text(job.as_str())),
+            ]);
+            s.broker.publish(
+                &reply_queue,
+                b"",
+                BasicProperties::default().with_headers(headers),
+            );
+        }
+        let run = producer.wait(Duration::from_secs(20));
+        run.expect_code(2);
+        assert!(run.stderr.contains(expected), "{injected}: {run}");
+    }
+    // The failed jobs' tasks are dropped by the next worker.
+    let _worker = s.workers(1);
     s.assert_clean();
 }
 

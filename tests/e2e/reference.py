@@ -38,6 +38,14 @@ def sum_npy(path):
     return str(sum(array.tolist()))
 
 
+def sum_raw(path, dtype):
+    """The sum of a raw little-endian file of DTYPE values."""
+    array = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<"))
+    if array.dtype.kind == "f":
+        return exact_float_sum(array.astype(np.float64))
+    return str(sum(array.tolist()))
+
+
 def write(path, values, dtype, byteorder):
     array = np.asarray(values, dtype=np.dtype(dtype).newbyteorder(byteorder))
     np.save(path, array)
@@ -147,6 +155,8 @@ def main():
     command, *args = sys.argv[1:]
     if command == "sum-npy":
         print(sum_npy(*args))
+    elif command == "sum-raw":
+        print(sum_raw(*args))
     elif command == "random-npy":
         random_npy(*args)
     elif command == "adversarial-npy":

@@ -71,6 +71,31 @@ impl Scenario {
         Producer::new(&self.prefix, self.dir.path(), args)
     }
 
+    /// The reply queue and job id of the one job running under this prefix,
+    /// once it exists (found through `rabbitmqctl`, as an operator would).
+    pub fn running_job(&mut self) -> (String, warren::JobId) {
+        let prefix = self.prefix.clone();
+        let reply_prefix = format!("{prefix}.reply.");
+        let mut found = None;
+        self.broker.wait_until(
+            Duration::from_secs(20),
+            "a job's reply queue exists",
+            |_| {
+                let queues = broker::queues_with_prefix(&prefix)
+                    .expect("rabbitmqctl is needed for this test");
+                found = queues
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .find(|name| name.starts_with(&reply_prefix));
+                found.is_some()
+            },
+        );
+        let queue = found.expect("the wait found it");
+        let job = warren::JobId::parse(&queue[reply_prefix.len()..])
+            .expect("reply queues name their job");
+        (queue, job)
+    }
+
     /// Asserts nothing of this prefix is left on the broker but the shared,
     /// empty task and dead-letter queues: no reply queue, no message, ready
     /// or unacknowledged. Polls for a while: acks travel asynchronously and
