@@ -114,16 +114,7 @@ impl Error {
     /// A hint that helps the user fix the problem, if there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Warren(e) if e.is_unreachable() => Some(
-                "is RabbitMQ running? Start one with `docker compose up -d rabbitmq` or \
-                 `rabbitmq-server -detached`, or point --amqp-url / AMQP_URL at yours"
-                    .into(),
-            ),
-            Error::Warren(e) if e.is_precondition_failed() => Some(
-                "a queue or exchange of that name exists with other settings; \
-                 use another --queue-prefix or delete it"
-                    .into(),
-            ),
+            Error::Warren(e) => e.hint().map(str::to_owned),
             _ => None,
         }
     }

@@ -106,7 +106,7 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
     broker::close_quietly(&connection).await;
 
     let api = ManagementApi::for_broker(&broker.url, config.management_url.as_deref())?;
-    let (jobs, management) = match managed_queues(&api).await {
+    let (jobs, management) = match managed_queues(&api, broker.tls.ca_pem()).await {
         Ok(managed) => {
             let reply_prefix = format!("{}.reply.", topology.prefix());
             for queue in &mut queues {
@@ -147,11 +147,19 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
 }
 
 /// Lists the virtual host's queues through the management API.
-async fn managed_queues(api: &ManagementApi) -> std::result::Result<Vec<ManagedQueue>, String> {
-    let client = reqwest::Client::builder()
-        .timeout(MANAGEMENT_TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
+async fn managed_queues(
+    api: &ManagementApi,
+    ca_pem: Option<&str>,
+) -> std::result::Result<Vec<ManagedQueue>, String> {
+    let mut client = reqwest::Client::builder().timeout(MANAGEMENT_TIMEOUT);
+    if let Some(pem) = ca_pem {
+        for certificate in
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
+        {
+            client = client.add_root_certificate(certificate);
+        }
+    }
+    let client = client.build().map_err(|e| e.to_string())?;
     let (user, password) = api.credentials();
     let response = client
         .get(api.queues_url(&[

@@ -15,7 +15,10 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    DefaultConnectionBuilder,
+};
 
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
@@ -27,7 +30,19 @@ use crate::error::{Error, Result};
 pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Connection> {
     let uri = config.url.to_uri()?;
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let attempt = Connection::connect_uri(uri, properties);
+    let connect_error = |source| Error::Connect {
+        url: config.url.clone(),
+        source: Box::new(source),
+    };
+    // With amqps://, lapin verifies the broker's certificate against the
+    // system's roots plus the configured CA file, and presents the client
+    // certificate if one is configured.
+    let builder = DefaultConnectionBuilder::new()
+        .map_err(connect_error)?
+        .with_uri(uri)
+        .with_properties(properties)
+        .with_tls_config(config.tls.to_lapin());
+    let attempt = builder.connect();
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(Error::Connect {

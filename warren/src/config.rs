@@ -5,12 +5,23 @@
 //!
 //! The broker URL lives in a [`RedactedUrl`], whose `Display` and `Debug`
 //! hide the password: no raw URL reaches a log line, an error or `--help`.
+//! It comes from `--amqp-url`/`AMQP_URL` or, as a container secret would
+//! provide it, from a file named by `--amqp-url-file`/`AMQP_URL_FILE`.
+//!
+//! `amqps://` URLs verify the broker's certificate against the system's
+//! roots plus any `--tls-ca-file`; a client certificate is optional. The
+//! files are read and checked here, so a bad path or a file without a
+//! certificate is reported before anything connects.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 use crate::{DEFAULT_AMQP_URL, DEFAULT_QUEUE_PREFIX};
@@ -21,17 +32,44 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Broker flags common to `producer` and `worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// AMQP URL of the RabbitMQ broker [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    /// AMQP URL of the RabbitMQ broker; env AMQP_URL
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    // AMQP_URL and AMQP_URL_FILE are read by `to_config`, not by clap, so
+    // that a flag beats either variable and both variables together are an
+    // error (clap would count a variable as a conflicting flag).
+    #[arg(long, global = true, value_name = "URL")]
+    pub amqp_url: Option<String>,
+
+    /// Read the AMQP URL from this file instead (a container secret, say);
+    /// env AMQP_URL_FILE
+    #[arg(long, global = true, value_name = "PATH")]
+    pub amqp_url_file: Option<PathBuf>,
+
+    /// For amqps:// URLs: PEM file of CA certificates to trust besides the
+    /// system's roots (the broker's certificate is always verified)
+    #[arg(long, env = "WARREN_TLS_CA_FILE", global = true, value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// For amqps:// URLs: PEM client certificate (chain) to present to a
+    /// broker that asks for one; needs --tls-key-file
     #[arg(
         long,
-        env = "AMQP_URL",
-        default_value = DEFAULT_AMQP_URL,
-        hide_default_value = true,
-        hide_env_values = true,
+        env = "WARREN_TLS_CERT_FILE",
+        requires = "tls_key_file",
         global = true,
-        value_name = "URL"
+        value_name = "PATH"
     )]
-    pub amqp_url: String,
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// For amqps:// URLs: PEM private key of --tls-cert-file
+    #[arg(
+        long,
+        env = "WARREN_TLS_KEY_FILE",
+        requires = "tls_cert_file",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub tls_key_file: Option<PathBuf>,
 
     /// Prefix of every queue and exchange name, so that tenants and test runs
     /// never see each other's messages
@@ -57,17 +95,169 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// Validates the flags.
+    /// Validates the flags, reading the URL file and the TLS files.
     ///
     /// # Errors
-    /// [`Error::InvalidUrl`] or [`Error::InvalidPrefix`].
+    /// [`Error::InvalidUrl`], [`Error::InvalidPrefix`], [`Error::ReadFile`]
+    /// or [`Error::InvalidTls`].
     pub fn to_config(&self) -> Result<BrokerConfig> {
+        self.to_config_with_env(|name| std::env::var_os(name))
+    }
+
+    /// [`BrokerArgs::to_config`] with the environment given as a function.
+    ///
+    /// # Errors
+    /// As [`BrokerArgs::to_config`], and [`Error::ConflictingUrls`].
+    pub fn to_config_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<BrokerConfig> {
+        let url = self.resolve_url(env)?;
+        let tls = TlsFiles::load(
+            self.tls_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+        )?;
+        if !url.is_tls() && !tls.is_empty() {
+            return Err(Error::InvalidTls {
+                reason: format!(
+                    "TLS files are set but the broker URL {url} is not amqps://; \
+                     use amqps:// (port 5671 by default) or drop the --tls-* flags"
+                ),
+            });
+        }
         Ok(BrokerConfig {
-            url: RedactedUrl::parse(&self.amqp_url)?,
+            url,
             prefix: QueuePrefix::new(&self.queue_prefix)?,
             connect_timeout: self.connect_timeout,
+            tls,
         })
     }
+}
+
+impl BrokerArgs {
+    /// Where the URL comes from: a flag beats the environment; two sources
+    /// at the same level are an error rather than a guess. Empty variables
+    /// count as unset.
+    fn resolve_url(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<RedactedUrl> {
+        let env = |name: &str| env(name).filter(|value| !value.is_empty());
+        match (&self.amqp_url, &self.amqp_url_file) {
+            (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+                first: "--amqp-url",
+                second: "--amqp-url-file",
+            }),
+            (Some(url), None) => RedactedUrl::parse(url),
+            (None, Some(path)) => RedactedUrl::from_file(path),
+            (None, None) => match (env("AMQP_URL"), env("AMQP_URL_FILE")) {
+                (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+                    first: "AMQP_URL",
+                    second: "AMQP_URL_FILE",
+                }),
+                (Some(url), None) => RedactedUrl::parse(&url.to_string_lossy()),
+                (None, Some(path)) => RedactedUrl::from_file(Path::new(&path)),
+                (None, None) => RedactedUrl::parse(DEFAULT_AMQP_URL),
+            },
+        }
+    }
+}
+
+/// The TLS material for `amqps://` connections, read from the files named
+/// by the `--tls-*` flags. `Debug` shows the paths, never the key.
+#[derive(Clone, Default)]
+pub struct TlsFiles {
+    /// The files it was read from, for `Debug`.
+    paths: Vec<PathBuf>,
+    /// What the client library takes: extra trusted roots and an identity.
+    config: OwnedTLSConfig,
+}
+
+impl TlsFiles {
+    /// Reads and checks the files: the CA file must hold at least one
+    /// certificate, the client certificate file a certificate and the key
+    /// file a private key.
+    ///
+    /// # Errors
+    /// [`Error::ReadFile`] or [`Error::InvalidTls`] naming the file.
+    pub fn load(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Self> {
+        let mut files = TlsFiles::default();
+        if let Some(path) = ca {
+            let pem = read_file("TLS CA file", path)?;
+            check_certificates(path, &pem)?;
+            files.config.cert_chain = Some(String::from_utf8_lossy(&pem).into_owned());
+            files.paths.push(path.to_owned());
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = read_file("TLS client certificate file", cert)?;
+                check_certificates(cert, &cert_pem)?;
+                let key_pem = read_file("TLS client key file", key)?;
+                if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                    return Err(Error::InvalidTls {
+                        reason: format!("{} holds no PEM private key", key.display()),
+                    });
+                }
+                files.config.identity = Some(OwnedIdentity::PKCS8 {
+                    pem: cert_pem,
+                    key: key_pem,
+                });
+                files.paths.extend([cert.to_owned(), key.to_owned()]);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::InvalidTls {
+                    reason: "a client certificate needs both --tls-cert-file and --tls-key-file"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// True when no TLS file was given.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// The CA certificates of `--tls-ca-file`, PEM, if given (the
+    /// management API over https trusts them too).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.config.cert_chain.as_deref()
+    }
+
+    /// The configuration handed to the client library.
+    pub(crate) fn to_lapin(&self) -> OwnedTLSConfig {
+        self.config.clone()
+    }
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn check_certificates(path: &Path, pem: &[u8]) -> Result<()> {
+    let certificates: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::InvalidTls {
+            reason: format!("{} is not valid PEM: {e}", path.display()),
+        })?;
+    if certificates.is_empty() {
+        return Err(Error::InvalidTls {
+            reason: format!("{} holds no PEM certificate", path.display()),
+        });
+    }
+    Ok(())
 }
 
 /// Validated broker settings.
@@ -79,6 +269,8 @@ pub struct BrokerConfig {
     pub prefix: QueuePrefix,
     /// The bound on one connection attempt.
     pub connect_timeout: Duration,
+    /// Extra roots and client identity for `amqps://` (empty for none).
+    pub tls: TlsFiles,
 }
 
 impl BrokerConfig {
@@ -92,6 +284,7 @@ impl BrokerConfig {
             url: RedactedUrl::parse(url)?,
             prefix: QueuePrefix::new(prefix)?,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: TlsFiles::default(),
         })
     }
 }
@@ -130,6 +323,26 @@ impl RedactedUrl {
         Ok(url)
     }
 
+    /// Reads the URL from a file, as a container secret provides it.
+    ///
+    /// # Errors
+    /// [`Error::ReadFile`], or [`Error::InvalidUrl`] (which never shows the
+    /// password) when the file is empty or the URL is invalid.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = read_file("AMQP URL file", path)?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::InvalidUrl {
+            url: format!("(from {})", path.display()),
+            reason: "the file is not UTF-8 text".to_owned(),
+        })?;
+        if text.trim().is_empty() {
+            return Err(Error::InvalidUrl {
+                url: format!("(from {})", path.display()),
+                reason: "the file is empty".to_owned(),
+            });
+        }
+        Self::parse(&text)
+    }
+
     /// The parsed URI handed to the client library.
     ///
     /// `lapin`'s own parser takes the host from `Url::domain`, which is empty
@@ -140,6 +353,19 @@ impl RedactedUrl {
             url: self.redacted.clone(),
             reason: reason.replace(&self.raw, &self.redacted),
         };
+        // A password holding an unencoded '/', '?' or '#' would end the
+        // authority early, and the URL parse with the password's tail as
+        // its host.
+        if let Some((_, after_scheme)) = self.raw.split_once("://")
+            && let Some(at) = after_scheme.rfind('@')
+            && after_scheme[..at].contains(['/', '?', '#'])
+        {
+            return Err(invalid(
+                "the user name or password holds '/', '?' or '#': percent-encode them \
+                 (%2F, %3F, %23)"
+                    .to_owned(),
+            ));
+        }
         let parsed = url::Url::parse(&self.raw).map_err(|e| invalid(e.to_string()))?;
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err(invalid(format!(
@@ -158,7 +384,9 @@ impl RedactedUrl {
 
     /// True for `amqps://` URLs.
     pub fn is_tls(&self) -> bool {
-        self.raw.starts_with("amqps:")
+        self.raw
+            .get(..6)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps:"))
     }
 }
 
@@ -176,7 +404,7 @@ impl fmt::Debug for RedactedUrl {
 
 /// Replaces the password in a URL's user-info with `***`, textually, so that
 /// even an unparseable URL can be shown safely.
-fn redact(raw: &str) -> String {
+pub(crate) fn redact(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else {
         // Without a scheme we cannot tell user-info from path: hide it all
         // after the first ':' if an '@' follows.
@@ -187,21 +415,21 @@ fn redact(raw: &str) -> String {
     };
     let authority_start = scheme_end + 3;
     let rest = &raw[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    let Some(at) = authority.rfind('@') else {
+    // The user-info ends at the last '@', not at the first '/', '?' or '#':
+    // a password may hold those characters unencoded. Should a path hold an
+    // '@', this hides more than the password, never less.
+    let Some(at) = rest.rfind('@') else {
         return raw.to_owned();
     };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => &userinfo[..colon],
-        None => return raw.to_owned(),
+    let userinfo = &rest[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return raw.to_owned();
     };
     format!(
         "{}{}:***{}",
         &raw[..authority_start],
-        user,
-        &raw[authority_start + at..]
+        &userinfo[..colon],
+        &rest[at..]
     )
 }
 
@@ -264,6 +492,25 @@ mod tests {
     }
 
     #[test]
+    fn redacts_passwords_that_hold_url_delimiters() {
+        for raw in [
+            "amqp://alice:ab#cd@host/%2f",
+            "amqp://alice:p/w@host/",
+            "amqp://alice:12345#x@host/%2f",
+            "amqp://alice:a?b@host:5672/%2f",
+        ] {
+            let secret = &raw[raw.find("alice:").unwrap() + 6..raw.rfind('@').unwrap()];
+            assert!(!redact(raw).contains(secret), "{raw} -> {}", redact(raw));
+            let err = RedactedUrl::parse(raw).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("percent-encode"), "{err}");
+        }
+        // Encoded, they are fine.
+        let url = RedactedUrl::parse("amqp://alice:ab%23cd%2F@host/%2f").unwrap();
+        assert_eq!(url.to_string(), "amqp://alice:***@host/%2f");
+    }
+
+    #[test]
     fn keeps_urls_without_password_unchanged() {
         assert_eq!(redact("amqp://broker:5672/%2f"), "amqp://broker:5672/%2f");
         assert_eq!(redact("amqp://bob@broker/"), "amqp://bob@broker/");
@@ -289,6 +536,125 @@ mod tests {
         assert_eq!(uri.vhost, "vh");
         let v6 = RedactedUrl::parse("amqp://[::1]:5672/%2f").unwrap();
         assert_eq!(v6.to_uri().unwrap().authority.host, "::1");
+    }
+
+    fn args(url: Option<&str>, file: Option<&Path>) -> BrokerArgs {
+        BrokerArgs {
+            amqp_url: url.map(str::to_owned),
+            amqp_url_file: file.map(Path::to_owned),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            queue_prefix: "warren".into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        move |name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.into())
+        }
+    }
+
+    #[test]
+    fn the_url_comes_from_a_flag_then_the_environment_then_the_default() {
+        let dir = std::env::temp_dir().join(format!("warren-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("url");
+        std::fs::write(&file, "  amqp://f:filepw@from-file/%2f\n").unwrap();
+        let file_env = file.to_str().unwrap();
+        let url = |args: BrokerArgs, vars: &[(&str, &str)]| {
+            args.to_config_with_env(env(vars))
+                .map(|config| config.url.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let from_env = [("AMQP_URL", "amqp://e:envpw@from-env/%2f")];
+        assert_eq!(
+            url(args(None, None), &[]).unwrap(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            url(args(None, None), &from_env).unwrap(),
+            "amqp://e:***@from-env/%2f"
+        );
+        assert_eq!(
+            url(args(None, None), &[("AMQP_URL_FILE", file_env)]).unwrap(),
+            "amqp://f:***@from-file/%2f"
+        );
+        // Empty variables count as unset.
+        assert_eq!(
+            url(
+                args(None, None),
+                &[("AMQP_URL", ""), ("AMQP_URL_FILE", file_env)]
+            )
+            .unwrap(),
+            "amqp://f:***@from-file/%2f"
+        );
+        // Flags beat variables, whichever they are.
+        assert_eq!(
+            url(
+                args(Some("amqp://a:b@flag/%2f"), None),
+                &[("AMQP_URL_FILE", file_env)]
+            )
+            .unwrap(),
+            "amqp://a:***@flag/%2f"
+        );
+        assert_eq!(
+            url(args(None, Some(&file)), &from_env).unwrap(),
+            "amqp://f:***@from-file/%2f"
+        );
+        // Two at the same level: an error, not a guess.
+        assert_eq!(
+            url(args(Some("amqp://flag/%2f"), Some(&file)), &[]).unwrap_err(),
+            "both --amqp-url and --amqp-url-file are set: keep one"
+        );
+        assert_eq!(
+            url(
+                args(None, None),
+                &[("AMQP_URL", "amqp://e@x/%2f"), ("AMQP_URL_FILE", file_env)]
+            )
+            .unwrap_err(),
+            "both AMQP_URL and AMQP_URL_FILE are set: keep one"
+        );
+        // File problems name the file, never its contents.
+        std::fs::write(&file, "amqp://f:filepw@from-file:notaport/").unwrap();
+        let error = url(args(None, Some(&file)), &[]).unwrap_err();
+        assert!(error.contains("f:***@from-file"), "{error}");
+        assert!(!error.contains("filepw"), "{error}");
+        std::fs::write(&file, " \n").unwrap();
+        let error = url(args(None, Some(&file)), &[]).unwrap_err();
+        assert!(error.contains("the file is empty"), "{error}");
+        let missing = dir.join("missing");
+        let error = url(args(None, Some(&missing)), &[]).unwrap_err();
+        assert!(
+            error.starts_with("cannot read the AMQP URL file"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_are_checked_before_connecting() {
+        let dir = std::env::temp_dir().join(format!("warren-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let error = TlsFiles::load(Some(&not_pem), None, None).unwrap_err();
+        assert!(
+            error.to_string().contains("holds no PEM certificate"),
+            "{error}"
+        );
+        let error = TlsFiles::load(None, Some(&not_pem), None).unwrap_err();
+        assert!(error.to_string().contains("--tls-key-file"), "{error}");
+        let error = TlsFiles::load(Some(&dir.join("missing.pem")), None, None).unwrap_err();
+        assert!(
+            error.to_string().starts_with("cannot read the TLS CA file"),
+            "{error}"
+        );
+        assert!(TlsFiles::load(None, None, None).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

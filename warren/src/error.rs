@@ -33,6 +33,35 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The broker URL is given twice, at the same level (two flags, or two
+    /// environment variables).
+    #[error("both {first} and {second} are set: keep one")]
+    ConflictingUrls {
+        /// The first source, e.g. "--amqp-url".
+        first: &'static str,
+        /// The second source, e.g. "--amqp-url-file".
+        second: &'static str,
+    },
+
+    /// A file named by a flag could not be read.
+    #[error("cannot read the {what} {}", path.display())]
+    ReadFile {
+        /// What the file is for ("TLS CA file").
+        what: &'static str,
+        /// The path as given.
+        path: std::path::PathBuf,
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The TLS settings are unusable.
+    #[error("invalid TLS settings: {reason}")]
+    InvalidTls {
+        /// What is wrong, naming the file.
+        reason: String,
+    },
+
     /// The TCP or AMQP connection to the broker could not be opened.
     #[error("cannot connect to the broker at {url}")]
     Connect {
@@ -149,6 +178,77 @@ impl Error {
     /// exist.
     pub fn is_not_found(&self) -> bool {
         self.amqp_reply_code() == Some(404)
+    }
+
+    /// True when we refused the broker's TLS certificate: it is not signed
+    /// by a trusted CA, has expired, or names another host.
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(
+            self.tls_error(),
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        )
+    }
+
+    /// True when the broker ended the TLS handshake with an alert: most
+    /// often it wants a client certificate we did not send or it does not
+    /// trust.
+    pub fn is_tls_refused_by_broker(&self) -> bool {
+        matches!(self.tls_error(), Some(rustls::Error::AlertReceived(_)))
+    }
+
+    /// True when retrying with the same settings cannot help: the broker
+    /// refused our credentials or vhost, the TLS handshake failed on a
+    /// certificate, or a queue exists with other arguments.
+    pub fn needs_other_settings(&self) -> bool {
+        self.is_access_refused()
+            || self.is_untrusted_certificate()
+            || self.is_tls_refused_by_broker()
+            || self.is_precondition_failed()
+    }
+
+    /// What the user can do about a connection failure, if we can tell.
+    /// Both binaries print it under the error.
+    pub fn hint(&self) -> Option<&'static str> {
+        if self.is_access_refused() {
+            Some(
+                "check the user name, password and virtual host in --amqp-url / AMQP_URL \
+                 (the guest user may only connect from localhost)",
+            )
+        } else if self.is_untrusted_certificate() {
+            Some(
+                "the broker's TLS certificate was not accepted: pass the CA that signed it \
+                 with --tls-ca-file, and connect to a host name the certificate names",
+            )
+        } else if self.is_tls_refused_by_broker() {
+            Some(
+                "the broker refused the TLS handshake: if it asks for client certificates, \
+                 pass one signed by a CA it trusts with --tls-cert-file and --tls-key-file",
+            )
+        } else if self.is_precondition_failed() {
+            Some(
+                "a queue or exchange of that name exists with other settings; \
+                 use another --queue-prefix or delete it",
+            )
+        } else if self.is_unreachable() {
+            Some(
+                "is RabbitMQ running there? Start one with `rabbitmq-server -detached` or \
+                 `docker compose up -d rabbitmq` (its user is warren, see the README), \
+                 or point --amqp-url / AMQP_URL at yours",
+            )
+        } else {
+            None
+        }
+    }
+
+    /// The rustls error under a connection failure, if there is one.
+    fn tls_error(&self) -> Option<&rustls::Error> {
+        let Error::Connect { source, .. } = self else {
+            return None;
+        };
+        let lapin::ErrorKind::IOError(io) = source.kind() else {
+            return None;
+        };
+        io.get_ref()?.downcast_ref::<rustls::Error>()
     }
 
     fn amqp_reply_code(&self) -> Option<u16> {

@@ -38,7 +38,7 @@ pub mod shutdown;
 pub mod size;
 pub mod topology;
 
-pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl};
+pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl, TlsFiles, parse_duration};
 pub use dtype::Dtype;
 pub use error::{Error, Result, display_chain, print_error};
 pub use protocol::{JobId, PROTOCOL_VERSION, TaskKind};

@@ -28,9 +28,12 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// Installs the global subscriber. `default_filter` applies when `RUST_LOG`
+/// Installs the global subscriber. `default_level` applies when `RUST_LOG`
 /// is unset or invalid.
-pub fn install(format: LogFormat, default_filter: &str) {
+pub fn install(format: LogFormat, default_level: &str) {
+    // lapin logs each connection failure at ERROR from its I/O loop; warren
+    // reports the same failure itself, once, with the URL and a hint.
+    let default_filter = format!("{default_level},lapin=off");
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()

@@ -36,19 +36,31 @@ impl ManagementApi {
     /// [`Error::InvalidUrl`] when `base` is not an http(s) URL.
     pub fn for_broker(url: &RedactedUrl, base: Option<&str>) -> Result<Self> {
         let uri = url.to_uri()?;
+        let mut user = uri.authority.userinfo.username;
+        let mut password = uri.authority.userinfo.password;
         let base = match base {
             Some(base) => {
-                let parsed = url::Url::parse(base).map_err(|e| Error::InvalidUrl {
-                    url: base.to_owned(),
-                    reason: e.to_string(),
+                let redacted = crate::config::redact(base);
+                let mut parsed = url::Url::parse(base).map_err(|e| Error::InvalidUrl {
+                    url: redacted.clone(),
+                    reason: e.to_string().replace(base, &redacted),
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(Error::InvalidUrl {
-                        url: base.to_owned(),
+                        url: redacted,
                         reason: "the management API is reached over http or https".into(),
                     });
                 }
-                base.trim_end_matches('/').to_owned()
+                // Credentials in the management URL win over the broker's;
+                // they travel in the Authorization header, never in the
+                // URL that messages show.
+                if !parsed.username().is_empty() {
+                    user = percent_decode(parsed.username());
+                    password = percent_decode(parsed.password().unwrap_or_default());
+                    let _ = parsed.set_username("");
+                    let _ = parsed.set_password(None);
+                }
+                parsed.as_str().trim_end_matches('/').to_owned()
             }
             None => {
                 let host = if uri.authority.host.contains(':') {
@@ -65,8 +77,8 @@ impl ManagementApi {
         };
         Ok(ManagementApi {
             base,
-            user: uri.authority.userinfo.username,
-            password: uri.authority.userinfo.password,
+            user,
+            password,
             vhost: uri.vhost,
         })
     }
@@ -93,6 +105,12 @@ impl ManagementApi {
     }
 }
 
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +134,19 @@ mod tests {
         let explicit = ManagementApi::for_broker(&url, Some("http://mgmt:8080/")).unwrap();
         assert_eq!(explicit.base(), "http://mgmt:8080");
         assert!(ManagementApi::for_broker(&url, Some("ftp://x")).is_err());
+    }
+
+    #[test]
+    fn credentials_in_the_management_url_are_used_and_never_shown() {
+        let url = RedactedUrl::parse("amqp://alice:pw@broker/%2f").unwrap();
+        let api =
+            ManagementApi::for_broker(&url, Some("https://admin:s%23cret@mgmt:15671/")).unwrap();
+        assert_eq!(api.base(), "https://mgmt:15671");
+        assert_eq!(api.credentials(), ("admin", "s#cret"));
+        assert!(!api.queues_url(&["name"]).contains("cret"));
+        let error = ManagementApi::for_broker(&url, Some("ftp://admin:s3cret@x"))
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

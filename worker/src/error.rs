@@ -20,13 +20,7 @@ impl Error {
     /// A hint that helps the user fix the problem, if there is one.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::Warren(e) if e.is_access_refused() => {
-                Some("check the user name, password and virtual host in --amqp-url / AMQP_URL")
-            }
-            Error::Warren(e) if e.is_precondition_failed() => Some(
-                "a queue or exchange of that name exists with other settings; \
-                 use another --queue-prefix or delete it",
-            ),
+            Error::Warren(e) => e.hint(),
             _ => None,
         }
     }
