@@ -91,8 +91,28 @@ fn a_worker_serves_metrics_health_and_readiness() {
             "/metrics lacks {needle}:\n{metrics}"
         );
     }
+    // Draining after SIGTERM: alive, no longer ready, and the task in hand
+    // still finishes.
+    let http = warren_testkit::HttpFixture::start();
+    let download = s
+        .producer(&[
+            "download",
+            &http.url("/slow/drain?delay_ms=3000&size=100"),
+            "--out-dir",
+            &s.path_str("out"),
+        ])
+        .spawn();
+    s.broker
+        .wait_until(Duration::from_secs(20), "the download is in hand", |_| {
+            http_get(port, "/metrics")
+                .is_some_and(|(_, body)| body.contains("warren_worker_tasks_in_flight 1"))
+        });
     worker.signal(Signal::SIGTERM);
+    wait_for_status(port, "/readyz", 503);
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
     assert!(worker.wait_exit(Duration::from_secs(20)).success());
+    download.wait(Duration::from_secs(20)).expect_success();
+    assert_eq!(std::fs::read(s.path("out/drain")).unwrap().len(), 100);
 
     // Alive but not ready while the broker cannot be reached.
     let port = free_port();

@@ -53,8 +53,10 @@ const CONSUMER_TAG: &str = "warren-worker";
 /// Runs the worker until `shutdown` is cancelled, then drains.
 ///
 /// # Errors
-/// Only failures that retrying cannot fix: refused credentials or vhost,
-/// or a topology that conflicts with existing queues.
+/// Only failures that retrying with the same settings cannot fix (see
+/// [`warren::Error::needs_other_settings`]): refused credentials or vhost,
+/// a TLS certificate problem, or a topology that conflicts with existing
+/// queues.
 pub(crate) async fn run(
     config: &Config,
     metrics: Arc<Metrics>,
@@ -75,10 +77,11 @@ pub(crate) async fn run(
         };
         let session = match session {
             Ok(session) => session,
-            Err(e) if e.is_access_refused() || e.is_precondition_failed() => return Err(e.into()),
+            Err(e) if e.needs_other_settings() => return Err(e.into()),
             Err(e) => {
                 let wait = jitter(delay);
                 tracing::warn!(
+                    hint = e.hint().unwrap_or_default(),
                     "{}; retrying in {}",
                     warren::display_chain(&e),
                     humantime_ms(wait)
@@ -207,6 +210,9 @@ impl Session {
             }
         };
         tracker.close();
+        // No longer taking tasks, whatever happens next: orchestrators stop
+        // counting on this worker while it drains or reconnects.
+        context.metrics.set_ready(false);
         if let Some(reason) = lost {
             abandon.cancel();
             tracker.wait().await;

@@ -33,15 +33,18 @@ use tokio_util::sync::CancellationToken;
 /// queues); a broker that is down is retried with backoff.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    // The endpoint outlives the shutdown signal: while the worker drains,
+    // /healthz still answers and /readyz says 503.
+    let endpoint_stop = CancellationToken::new();
     let endpoint = match config.metrics_addr {
-        Some(addr) => {
-            Some(metrics::serve(addr, std::sync::Arc::clone(&metrics), shutdown.clone()).await?)
-        }
+        Some(addr) => Some(
+            metrics::serve(addr, std::sync::Arc::clone(&metrics), endpoint_stop.clone()).await?,
+        ),
         None => None,
     };
-    let outcome = consume::run(config, metrics, shutdown.clone()).await;
+    let outcome = consume::run(config, metrics, shutdown).await;
     // Whatever ended the worker, the endpoint goes with it.
-    shutdown.cancel();
+    endpoint_stop.cancel();
     if let Some(endpoint) = endpoint {
         let _ = endpoint.await;
     }
