@@ -251,7 +251,10 @@ fn an_unreachable_broker_is_a_clear_error_without_the_password() {
             .contains("error: cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f"),
         "{run}"
     );
-    assert!(run.stderr.contains("hint: is RabbitMQ running?"), "{run}");
+    assert!(
+        run.stderr.contains("hint: is RabbitMQ running there?"),
+        "{run}"
+    );
     assert!(
         !run.stderr.contains("sekrit"),
         "the password leaked:\n{run}"

@@ -28,6 +28,14 @@ mod faults;
 /// The documented wire protocol, spoken by a Python client.
 mod protocol;
 
+/// Connecting securely: TLS with test-made certificates, the broker URL
+/// from a file, a virtual host per tenant.
+mod security;
+
+/// The docker deployment: the compose file and the Dockerfile, parsed and
+/// checked against the binaries.
+mod deploy;
+
 /// Operating workers and jobs: metrics and health endpoints, JSON logs,
 /// status, local workers, message limits.
 mod ops;

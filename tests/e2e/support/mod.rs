@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod process;
 pub mod python;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

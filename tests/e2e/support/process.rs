@@ -213,6 +213,12 @@ impl Producer {
         self
     }
 
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, key: &str) -> Producer {
+        self.command.env_remove(key);
+        self
+    }
+
     /// Starts it, with output going to files in the test directory.
     pub fn spawn(mut self) -> RunningProducer {
         static SPAWNED: AtomicU64 = AtomicU64::new(0);
