@@ -17,10 +17,7 @@ use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
 use crate::status::StatusConfig;
-use crate::sum::{DEFAULT_CHUNK_SIZE, SumConfig};
-
-/// RabbitMQ 4 refuses messages over 16 MiB by default (3.x: 128 MiB).
-const MAX_CHUNK_BYTES: usize = 16 << 20;
+use crate::sum::{DEFAULT_CHUNK_SIZE, SumConfig, check_message_size};
 
 /// Bound on `--max-in-flight`: far beyond any useful window.
 const MAX_IN_FLIGHT: usize = 1_000_000;
@@ -396,16 +393,13 @@ impl Cli {
                         return Err(Error::Usage("give an INPUT file or --random N".into()));
                     }
                 };
-                // The widest element is 8 bytes; check against the real one
-                // where it is known.
-                let itemsize = args.dtype.map_or(8, |d| d.itemsize());
-                if args.chunk_size.saturating_mul(itemsize) > MAX_CHUNK_BYTES {
-                    return Err(Error::Usage(format!(
-                        "--chunk-size {} makes messages over {} MiB; RabbitMQ refuses large messages",
-                        args.chunk_size,
-                        MAX_CHUNK_BYTES >> 20
-                    )));
-                }
+                // The widest element is 8 bytes; the job checks again once
+                // it knows the real one.
+                check_message_size(
+                    args.chunk_size,
+                    args.tasks_per_message.unwrap_or(1),
+                    args.dtype.unwrap_or(Dtype::Float64),
+                )?;
                 Ok(Config {
                     broker,
                     job: JobConfig::Sum {

@@ -14,12 +14,14 @@
 
 // A poisoned lock still holds a consistent Vec (every update is one push),
 // so poisoning is ignored rather than turned into a panic.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use rangemap::RangeSet;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::exact::{Answer, PartialSum, Total};
 use warren::protocol::{DeadLetter, Outcome, SumTask, TaskResult};
@@ -47,6 +49,29 @@ pub const MAX_DEFAULT_IN_FLIGHT: usize = 16_384;
 const BATCH_BYTES: usize = 256 << 10;
 /// ...of at most this many tasks.
 const MAX_BATCH_TASKS: usize = 256;
+
+/// The largest task message: RabbitMQ 4 refuses messages over 16 MiB by
+/// default (3.x: 128 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Checks that a message of `tasks` chunks of `chunk_size` elements of
+/// `dtype` stays under [`MAX_MESSAGE_BYTES`].
+///
+/// # Errors
+/// [`Error::Usage`] naming the flags to change.
+pub fn check_message_size(chunk_size: usize, tasks: usize, dtype: Dtype) -> Result<()> {
+    let bytes = chunk_size
+        .saturating_mul(tasks)
+        .saturating_mul(dtype.itemsize());
+    if bytes > MAX_MESSAGE_BYTES {
+        return Err(Error::Usage(format!(
+            "--chunk-size {chunk_size} × --tasks-per-message {tasks} of {dtype} makes messages \
+             over {} MiB, which RabbitMQ refuses; make one of them smaller",
+            MAX_MESSAGE_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
 
 /// Messages the reader thread prepares ahead of the publisher.
 const READ_AHEAD: usize = 2;
@@ -100,9 +125,11 @@ pub struct SumReport {
     pub elapsed: Duration,
 }
 
-/// Element counts of the published tasks, by index, shared by the reader
-/// (which records each before the task can be published) and the collector.
-type ExpectedCounts = Arc<Mutex<Vec<u64>>>;
+/// The messages published and not yet answered, by the index of their first
+/// task: the reader records each before it can be published, the collector
+/// takes it out when its result arrives. The in-flight window bounds it, so
+/// the producer's memory does not grow with the number of tasks.
+type Outstanding = Arc<Mutex<BTreeMap<u64, SumTask>>>;
 
 /// Runs a sum job to its end.
 ///
@@ -118,44 +145,50 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<SumReport> {
     let started = Instant::now();
-    // Opening may block (stdin), and validates headers before any broker work.
-    let spec = config.input.clone();
-    let opening = tokio::task::spawn_blocking(move || input::open(&spec));
-    let reader = tokio::select! {
-        opened = opening => opened.expect("opening the input does not panic")?, // invariant: input::open returns errors
+    // Opening may block (stdin). It checks headers and reads the first
+    // message before any broker work, so that input that is bad from the
+    // start leaves no trace on the broker.
+    let settings = config.clone();
+    let opening = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut input = input::open(&settings.input)?;
+        let (batch, max_in_flight) = settings.batching(input.dtype())?;
+        let first = input.next_chunk(batch.max_elements())?;
+        Ok((input, batch, max_in_flight, first))
+    });
+    let (input, batch, max_in_flight, first) = tokio::select! {
+        opened = opening => opened.expect("opening the input does not panic")?, // invariant: the closure returns errors
         () = shutdown.cancelled() => return Err(Error::Cancelled),
     };
-    let dtype = reader.dtype();
-    let total_elements = reader.total_elements();
+    let dtype = input.dtype();
+    let total_elements = input.total_elements();
 
     let job = JobId::random();
     let mut session = JobSession::open(broker, job.clone(), local, &shutdown).await?;
     tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
 
-    let chunk_size = config.chunk_size;
     progress.start(
         "chunks",
-        total_elements.map(|n| n.div_ceil(chunk_size as u64)),
+        total_elements.map(|n| n.div_ceil(batch.chunk_size as u64)),
     );
 
-    let chunk_bytes = chunk_size * dtype.itemsize();
-    let max_in_flight = config
-        .max_in_flight
-        .unwrap_or_else(|| default_max_in_flight(chunk_bytes));
-    let batch = Batching {
-        chunk_size,
-        tasks_per_message: config
-            .tasks_per_message
-            .unwrap_or_else(|| tasks_per_message(chunk_bytes, max_in_flight))
-            .min(max_in_flight),
-    };
-    let expected_counts = ExpectedCounts::default();
+    let outstanding = Outstanding::default();
     let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
     let reply_queue = session.reply_queue.clone();
-    let counts = Arc::clone(&expected_counts);
+    let unanswered = Arc::clone(&outstanding);
     let job_id = job.clone();
+    let (failure_tx, failure_rx) = oneshot::channel();
     let reader_thread = tokio::task::spawn_blocking(move || {
-        read_tasks(reader, batch, &job_id, &reply_queue, &counts, &tasks_tx);
+        let reader = TaskReader {
+            batch,
+            job: &job_id,
+            reply_queue: &reply_queue,
+            outstanding: &unanswered,
+        };
+        if let Err(e) = reader.run(first, input, &tasks_tx) {
+            // Straight to the job: the publisher may be waiting for window
+            // permits that no worker will return (none may be running).
+            let _ = failure_tx.send(e);
+        }
     });
     let window = Arc::new(Semaphore::new(max_in_flight));
     let published = Arc::new(AtomicU64::new(0));
@@ -165,15 +198,16 @@ pub(crate) async fn run(
         Arc::clone(&window),
         Arc::clone(&published),
     );
+    let publisher = fail_with_input(publisher, failure_rx);
 
     let mut collector = SumCollector {
         job: job.clone(),
         dtype,
         total: Total::new(dtype),
-        answered: Vec::new(),
+        answered: RangeSet::new(),
         duplicates: 0,
         workers: BTreeSet::new(),
-        expected_counts,
+        outstanding,
         dead_letter_queue: session.topology.dead_letter_queue(),
     };
     let drive = Drive {
@@ -210,49 +244,115 @@ struct Batching {
     tasks_per_message: usize,
 }
 
-/// Reads the input into messages of tasks on a blocking thread until it
-/// ends, an error occurs or the publisher goes away.
-fn read_tasks(
-    mut reader: Box<dyn input::ChunkReader>,
-    batch: Batching,
-    job: &JobId,
-    reply_queue: &str,
-    expected_counts: &ExpectedCounts,
-    tasks: &mpsc::Sender<Result<OutgoingTask>>,
-) {
-    let dtype = reader.dtype();
-    let mut next_index = 0u64;
-    loop {
-        let item = match reader.next_chunk(batch.chunk_size * batch.tasks_per_message) {
-            Ok(Some(chunk)) => {
-                let message = SumTask::batch(
-                    job.clone(),
-                    next_index,
-                    dtype,
-                    chunk.count,
-                    batch.chunk_size as u64,
-                );
-                // Recorded before the message can be published, so no
-                // result can arrive first.
-                expected_counts
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(message.task_counts().map(|(_, count)| count));
-                next_index += message.tasks;
-                Ok(OutgoingTask {
-                    body: chunk.bytes,
-                    properties: message.properties(reply_queue),
-                    tasks: message.tasks as u32,
-                })
-            }
-            Ok(None) => return,
-            Err(e) => Err(e),
-        };
-        let failed = item.is_err();
-        if tasks.blocking_send(item).is_err() || failed {
-            return;
-        }
+impl Batching {
+    /// Elements per message.
+    fn max_elements(self) -> usize {
+        self.chunk_size * self.tasks_per_message
     }
+}
+
+impl SumConfig {
+    /// How messages are cut for `dtype`, and the in-flight window.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] when messages would be too large for the broker.
+    fn batching(&self, dtype: Dtype) -> Result<(Batching, usize)> {
+        let chunk_bytes = self.chunk_size * dtype.itemsize();
+        if let Some(tasks) = self.tasks_per_message {
+            check_message_size(self.chunk_size, tasks, dtype)?;
+        }
+        let max_in_flight = self
+            .max_in_flight
+            .unwrap_or_else(|| default_max_in_flight(chunk_bytes));
+        let batch = Batching {
+            chunk_size: self.chunk_size,
+            tasks_per_message: self
+                .tasks_per_message
+                .unwrap_or_else(|| tasks_per_message(chunk_bytes, max_in_flight))
+                .min(max_in_flight),
+        };
+        Ok((batch, max_in_flight))
+    }
+}
+
+/// Cuts the input into messages of tasks, on a blocking thread.
+struct TaskReader<'a> {
+    batch: Batching,
+    job: &'a JobId,
+    reply_queue: &'a str,
+    outstanding: &'a Outstanding,
+}
+
+impl TaskReader<'_> {
+    /// Reads until the input ends, an error occurs or the publisher goes
+    /// away.
+    ///
+    /// # Errors
+    /// A read error or malformed input. The channel to the publisher is
+    /// then closed without a last message, so the error must reach the job
+    /// another way (see [`fail_with_input`]).
+    fn run(
+        &self,
+        first: Option<input::Chunk>,
+        mut input: Box<dyn input::ChunkReader>,
+        tasks: &mpsc::Sender<Result<OutgoingTask>>,
+    ) -> Result<()> {
+        let dtype = input.dtype();
+        let mut next_index = 0u64;
+        let mut next = first;
+        while let Some(chunk) = next {
+            let message = SumTask::batch(
+                self.job.clone(),
+                next_index,
+                dtype,
+                chunk.count,
+                self.batch.chunk_size as u64,
+            );
+            next_index += message.tasks;
+            let task = OutgoingTask {
+                body: chunk.bytes,
+                properties: message.properties(self.reply_queue),
+                tasks: message.tasks as u32,
+            };
+            // Recorded before the message can be published, so no result
+            // can arrive first.
+            self.outstanding
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(message.index, message);
+            if tasks.blocking_send(Ok(task)).is_err() {
+                break;
+            }
+            next = input.next_chunk(self.batch.max_elements())?;
+        }
+        Ok(())
+    }
+}
+
+/// The publisher's outcome, unless the input failed: then the input's
+/// error, at once.
+///
+/// The reader sends its error before it closes the channel, and the
+/// publisher only finishes after the channel closes, so a failed input can
+/// never pass for a finished one: `biased` checks the failure first.
+fn fail_with_input(
+    mut publisher: JoinHandle<Result<u64>>,
+    mut failure: oneshot::Receiver<Error>,
+) -> JoinHandle<Result<u64>> {
+    tokio::spawn(async move {
+        let outcome = tokio::select! {
+            biased;
+            Ok(error) = &mut failure => Err(error),
+            joined = &mut publisher => match joined {
+                Ok(outcome) => outcome,
+                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            },
+        };
+        if outcome.is_err() {
+            publisher.abort();
+        }
+        outcome
+    })
 }
 
 /// The collector's state: the exact total and which tasks are answered.
@@ -260,53 +360,65 @@ struct SumCollector {
     job: JobId,
     dtype: Dtype,
     total: Total,
-    /// `answered[i]`: task `i`'s result has been counted.
-    answered: Vec<bool>,
+    /// The tasks whose results have been counted, as ranges: results arrive
+    /// roughly in order, so this stays small.
+    answered: RangeSet<u64>,
     duplicates: u64,
     workers: BTreeSet<String>,
-    expected_counts: ExpectedCounts,
+    outstanding: Outstanding,
     dead_letter_queue: String,
 }
 
 impl SumCollector {
-    /// Adds task `index`'s partial sum unless the task was answered before;
-    /// returns whether it was new.
-    fn add(&mut self, index: u64, partial: &PartialSum, worker: &str) -> Result<bool> {
-        let expected = self
-            .expected_counts
+    /// Adds the partial sums answering the message whose first task is
+    /// `first`, unless it was answered before; returns how many tasks were
+    /// new.
+    ///
+    /// A result must answer a whole message: one partial sum per task, each
+    /// over that task's element count. Anything else is malformed, and ends
+    /// the job rather than leaving tasks unanswered.
+    fn add(&mut self, first: u64, partials: &[PartialSum], worker: &str) -> Result<u64> {
+        let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
+        let message = self
+            .outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(usize::try_from(index).unwrap_or(usize::MAX))
-            .copied();
-        let Some(expected) = expected else {
-            return Err(warren::Error::malformed(
-                "result",
-                format!("task {index} was never published"),
-            )
-            .into());
+            .get(&first)
+            .cloned();
+        let Some(message) = message else {
+            if self.answered.contains(&first) {
+                self.duplicates += 1;
+                tracing::debug!(task = first, worker, "duplicate result ignored");
+                return Ok(0);
+            }
+            return Err(malformed(format!(
+                "worker {worker} answered task {first}, which no unanswered message starts with"
+            )));
         };
-        if partial.count() != expected {
-            return Err(warren::Error::malformed(
-                "result",
-                format!(
+        if partials.len() as u64 != message.tasks {
+            return Err(malformed(format!(
+                "worker {worker} answered the {} task(s) from {first} with {} partial sum(s)",
+                message.tasks,
+                partials.len()
+            )));
+        }
+        for ((index, expected), partial) in message.task_counts().zip(partials) {
+            if partial.count() != expected {
+                return Err(malformed(format!(
                     "task {index} has {expected} elements but worker {worker} summed {}",
                     partial.count()
-                ),
-            )
-            .into());
+                )));
+            }
         }
-        let slot = index as usize;
-        if self.answered.len() <= slot {
-            self.answered.resize(slot + 1, false);
+        for partial in partials {
+            self.total.add(partial)?;
         }
-        if self.answered[slot] {
-            self.duplicates += 1;
-            tracing::debug!(task = index, worker, "duplicate result ignored");
-            return Ok(false);
-        }
-        self.total.add(partial)?;
-        self.answered[slot] = true;
-        Ok(true)
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&first);
+        self.answered.insert(first..first + message.tasks);
+        Ok(message.tasks)
     }
 }
 
@@ -345,13 +457,7 @@ impl Collector for SumCollector {
         let first = result.task.ok_or_else(|| {
             warren::Error::malformed("result", "a sum result without a task index")
         })?;
-        let mut answered = 0;
-        for (offset, partial) in partials.iter().enumerate() {
-            let index = first + offset as u64;
-            if self.add(index, partial, &result.worker)? {
-                answered += 1;
-            }
-        }
+        let answered = self.add(first, &partials, &result.worker)?;
         if answered == 0 {
             return Ok(Accepted::Other);
         }

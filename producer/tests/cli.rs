@@ -58,6 +58,27 @@ fn a_bad_flag_exits_2() {
 }
 
 #[test]
+fn messages_over_the_broker_limit_are_refused_up_front() {
+    let output = producer()
+        .args([
+            "sum",
+            "--random",
+            "10",
+            "--chunk-size",
+            "1000000",
+            "--tasks-per-message",
+            "100",
+        ])
+        .env("AMQP_URL", "amqp://127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("over 16 MiB"), "{stderr}");
+    assert!(!stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[test]
 fn a_bad_url_is_refused_without_echoing_the_password() {
     let output = producer()
         .args(["sum", "--random", "5"])

@@ -111,6 +111,55 @@ fn duplicate_results_are_counted_once() {
 }
 
 #[test]
+fn a_result_that_does_not_answer_a_whole_message_fails_its_job() {
+    let mut s = Scenario::new("partial_answer");
+    let cases: [(u64, usize, &str); 2] = [
+        (0, 1, "answered the 2 task(s) from 0 with 1 partial sum(s)"),
+        (
+            1,
+            1,
+            "answered task 1, which no unanswered message starts with",
+        ),
+    ];
+    for (task, partials, expected) in cases {
+        // Five messages of two tasks of 100 values; no worker, so only the
+        // test answers.
+        let producer = s
+            .producer(&[
+                "sum",
+                "--random",
+                "1000",
+                "--seed",
+                "1",
+                "--chunk-size",
+                "100",
+                "--tasks-per-message",
+                "2",
+            ])
+            .spawn();
+        let (reply_queue, job) = s.running_job();
+        let partial = sum_chunk(Dtype::Float64, &[0u8; 800]).unwrap();
+        let result = TaskResult {
+            version: PROTOCOL_VERSION,
+            job_id: job,
+            task: Some(task),
+            worker: "test".into(),
+            elapsed_s: 0.0,
+            outcome: Outcome::Sum(vec![partial; partials]),
+        };
+        s.broker
+            .publish(&reply_queue, &result.to_json(), result.properties());
+        // Without the check the job would wait for its other tasks forever.
+        let run = producer.wait(Duration::from_secs(20));
+        run.expect_code(2);
+        assert!(run.stderr.contains("malformed result"), "{run}");
+        assert!(run.stderr.contains(expected), "{run}");
+    }
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
 fn a_failed_or_dead_lettered_task_fails_its_job_at_once() {
     let mut s = Scenario::new("fail_fast");
     for (injected, expected) in [

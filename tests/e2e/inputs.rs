@@ -131,6 +131,36 @@ fn bad_text_is_refused_with_its_line_number() {
         .producer(&["sum", &s.path_str("big.txt"), "--dtype", "uint8"])
         .run();
     assert_clear_error(&run, &["line 2: 300 is out of range for uint8"]);
+    // Errors within the first message are found before connecting.
+    assert_untouched(&s);
+}
+
+#[test]
+fn a_late_input_error_is_reported_even_with_no_worker_running() {
+    let mut s = Scenario::new("late_error_no_worker");
+    let mut text = "1.5\n".repeat(300);
+    text.push_str("oops\n");
+    text.push_str(&"2.5\n".repeat(1000));
+    std::fs::write(s.path("late.txt"), text).unwrap();
+    // Tasks of 100 lines, two at a time: tasks 0 and 1 fill the window and
+    // no worker frees it; the publisher holds task 2, waiting. The reader
+    // may read ahead a little, and finds the bad line in task 3: the error
+    // must not wait behind the full window.
+    let run = s
+        .producer(&[
+            "sum",
+            &s.path_str("late.txt"),
+            "--chunk-size",
+            "100",
+            "--max-in-flight",
+            "2",
+            "--tasks-per-message",
+            "1",
+        ])
+        .run_within(Duration::from_secs(30));
+    assert_clear_error(&run, &["late.txt: line 301: \"oops\" is not a number"]);
+    let _worker = s.workers(1);
+    s.assert_clean();
 }
 
 #[test]
