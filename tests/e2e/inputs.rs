@@ -28,9 +28,8 @@ fn assert_clear_error(run: &crate::support::Run, needles: &[&str]) {
 
 /// Nothing of the prefix exists on the broker at all.
 fn assert_untouched(s: &Scenario) {
-    if let Some(queues) = queues_with_prefix(&s.prefix) {
-        assert!(queues.is_empty(), "the broker was touched: {queues:?}");
-    }
+    let queues = queues_with_prefix(&s.prefix).expect(crate::support::RABBITMQCTL_NEEDED);
+    assert!(queues.is_empty(), "the broker was touched: {queues:?}");
 }
 
 #[test]

@@ -14,6 +14,10 @@ use std::time::Duration;
 pub use broker::Broker;
 pub use process::{Producer, Run, Worker};
 
+/// Why a test cannot check the broker without `rabbitmqctl`.
+pub const RABBITMQCTL_NEEDED: &str = "rabbitmqctl must be able to manage the test broker \
+     (run the tests as root or as the rabbitmq user, on the broker's host)";
+
 /// One test's isolated world on the shared broker.
 pub struct Scenario {
     pub prefix: String,
@@ -82,8 +86,7 @@ impl Scenario {
             Duration::from_secs(20),
             "a job's reply queue exists",
             |_| {
-                let queues = broker::queues_with_prefix(&prefix)
-                    .expect("rabbitmqctl is needed for this test");
+                let queues = broker::queues_with_prefix(&prefix).expect(RABBITMQCTL_NEEDED);
                 found = queues
                     .into_iter()
                     .map(|(name, _)| name)
@@ -112,15 +115,7 @@ impl Scenario {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let Some(queues) = broker::queues_with_prefix(&prefix) else {
-                eprintln!("rabbitmqctl is not available: checking the task queue only");
-                let queue = shared[0].clone();
-                self.broker
-                    .wait_until(Duration::from_secs(20), "the task queue is empty", |b| {
-                        b.stats(&queue).is_none_or(|s| s.ready == 0)
-                    });
-                return;
-            };
+            let queues = broker::queues_with_prefix(&prefix).expect(RABBITMQCTL_NEEDED);
             if clean(&queues) {
                 return;
             }
