@@ -12,7 +12,7 @@
 //! `-` and 8 hex digits of its URL's SHA-256 before the extension.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use sha2::{Digest, Sha256};
 use warren::filename::RelativePath;
@@ -20,6 +20,10 @@ use warren::protocol::{check_sha256, check_url};
 
 use crate::error::{Error, Result};
 use crate::input::Source;
+
+/// Longest line accepted in a URL list, in bytes: far beyond any real URL
+/// (browsers stop near 64 KiB too), and it bounds what one line can cost.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
 
 /// One URL to fetch, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +52,9 @@ pub struct NamedEntry {
 ///
 /// # Errors
 /// [`Error::Open`]/[`Error::Read`] for I/O, [`Error::BadInput`] for the
-/// first bad line.
+/// first bad line (including one over [`MAX_LINE_BYTES`] or not UTF-8).
 pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
-    let (reader, label): (Box<dyn BufRead>, String) = match source {
+    let (mut reader, label): (Box<dyn BufRead>, String) = match source {
         Source::Stdin => (Box::new(std::io::stdin().lock()), "stdin".into()),
         Source::File(path) => {
             let file = std::fs::File::open(path).map_err(|e| Error::Open {
@@ -61,22 +65,45 @@ pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
         }
     };
     let mut entries = Vec::new();
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::Read {
+    let mut buffer = Vec::new();
+    for line_number in 1.. {
+        let bad_line = |reason: String| Error::BadInput {
             input: label.clone(),
-            source: e,
-        })?;
-        let line_number = number + 1;
-        let content = strip_comment(&line).trim();
+            reason: format!("line {line_number}: {reason}"),
+        };
+        buffer.clear();
+        // Read at most a line ending past the limit: a list with no
+        // newline in it (a binary file given by mistake) must not fill the
+        // memory.
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_until(b'\n', &mut buffer)
+            .map_err(|e| Error::Read {
+                input: label.clone(),
+                source: e,
+            })?;
+        if read == 0 {
+            break;
+        }
+        if buffer.last() == Some(&b'\n') {
+            buffer.pop();
+            if buffer.last() == Some(&b'\r') {
+                buffer.pop();
+            }
+        }
+        if buffer.len() > MAX_LINE_BYTES {
+            return Err(bad_line(format!(
+                "the line is longer than {} KiB",
+                MAX_LINE_BYTES >> 10
+            )));
+        }
+        let line = std::str::from_utf8(&buffer)
+            .map_err(|_| bad_line("the line is not valid UTF-8".into()))?;
+        let content = strip_comment(line).trim();
         if content.is_empty() {
             continue;
         }
-        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(|reason| {
-            Error::BadInput {
-                input: label.clone(),
-                reason: format!("line {line_number}: {reason}"),
-            }
-        })?;
+        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(bad_line)?;
         entries.push(entry);
     }
     Ok(entries)
@@ -289,6 +316,26 @@ mod tests {
             let err = list(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} lacks {expected}");
         }
+    }
+
+    #[test]
+    fn overlong_lines_are_refused_with_their_line_number() {
+        let at_limit = format!("https://h/{}", "a".repeat(MAX_LINE_BYTES - 10));
+        assert_eq!(at_limit.len(), MAX_LINE_BYTES);
+        assert_eq!(list(&format!("{at_limit}\r\n")).unwrap().len(), 1);
+        assert_eq!(list(&at_limit).unwrap().len(), 1, "no final newline");
+        let err = list(&format!("https://h/a\n{at_limit}a\nhttps://h/b\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: the line is longer than 64 KiB"), "{err}");
+        let err = list(&"x".repeat(10 * MAX_LINE_BYTES)).unwrap_err().to_string();
+        assert!(err.contains("line 1: the line is longer"), "{err}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"https://h/a\nhttps://h/\xff\n").unwrap();
+        let err = read_list(&Source::File(file.path().to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: the line is not valid UTF-8"), "{err}");
     }
 
     #[test]
