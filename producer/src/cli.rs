@@ -126,7 +126,7 @@ Exit status:
 /// Flags of `producer download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// URL list files (- for stdin), or URLs
+    /// URL list files (- for stdin), or URLs (any argument with :// in it)
     #[arg(value_name = "URLS_FILE|URL", required = true)]
     pub inputs: Vec<String>,
 
@@ -327,7 +327,10 @@ impl Cli {
                     .inputs
                     .iter()
                     .map(|arg| {
-                        if arg.starts_with("http://") || arg.starts_with("https://") {
+                        // Anything that looks like a URL is one, whatever its
+                        // scheme: `ftp://h/x` then gets the scheme error, not
+                        // "cannot open", and `HTTP://h/x` is downloaded.
+                        if arg.contains("://") {
                             UrlInput::Url(arg.clone())
                         } else {
                             UrlInput::List(Source::from_arg(std::path::Path::new(arg)))
@@ -511,6 +514,17 @@ mod tests {
         assert_eq!(config.limits.max_attempts, 2);
         assert_eq!(config.limits.idle_timeout_s, 5.0);
         assert_eq!(config.manifest, Some("m.jsonl".into()));
+        let config = parse(&["download", "HTTP://h/a", "ftp://h/b", "-o", "out"]).unwrap();
+        let JobConfig::Download(config) = config.job else {
+            panic!("not a download job");
+        };
+        assert_eq!(
+            config.inputs,
+            [
+                UrlInput::Url("HTTP://h/a".into()),
+                UrlInput::Url("ftp://h/b".into())
+            ]
+        );
         assert!(
             parse(&["download", "u.txt"])
                 .unwrap_err()

@@ -381,6 +381,8 @@ mod tests {
     #[test]
     fn arguments_are_checked_too() {
         assert!(from_arguments(&["https://h/a".into()]).is_ok());
+        let upper = from_arguments(&["HTTP://h/A".into()]).unwrap();
+        assert_eq!(upper[0].url.as_str(), "http://h/A", "schemes are not case-sensitive");
         let err = from_arguments(&["https://h/a".into(), "gopher://h".into()]).unwrap_err();
         assert!(
             err.to_string()
