@@ -322,6 +322,10 @@ impl Cli {
                     if value.is_zero() {
                         return Err(Error::Usage(format!("{flag} must be longer than 0")));
                     }
+                    // Workers refuse longer ones as malformed: say so now.
+                    if value > DownloadLimits::MAX_TIMEOUT {
+                        return Err(Error::Usage(format!("{flag} must be at most 1 day")));
+                    }
                 }
                 let inputs = args
                     .inputs
@@ -530,6 +534,12 @@ mod tests {
                 .unwrap_err()
                 .contains("--out-dir")
         );
+        assert!(
+            parse(&["download", "u.txt", "-o", "d", "--download-timeout", "25h"])
+                .unwrap_err()
+                .contains("--download-timeout must be at most 1 day")
+        );
+        assert!(parse(&["download", "u.txt", "-o", "d", "--idle-timeout", "1day"]).is_ok());
         assert!(
             parse(&["download", "u.txt", "-o", "d", "--attempts", "0"])
                 .unwrap_err()

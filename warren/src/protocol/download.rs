@@ -53,15 +53,24 @@ impl DownloadLimits {
     pub const CHUNK_BYTES_RANGE: std::ops::RangeInclusive<u32> = 4096..=(64 << 20);
     /// At most this many attempts.
     pub const MAX_ATTEMPTS: u32 = 20;
+    /// Longest timeout accepted: no download should need more, and a bound
+    /// keeps every deadline a worker computes far from overflowing.
+    pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
     fn check(&self) -> std::result::Result<(), String> {
         let timeouts = [
-            self.connect_timeout_s,
-            self.idle_timeout_s,
-            self.total_timeout_s,
+            ("connect_timeout_s", self.connect_timeout_s),
+            ("idle_timeout_s", self.idle_timeout_s),
+            ("total_timeout_s", self.total_timeout_s),
         ];
-        if timeouts.iter().any(|t| !t.is_finite() || *t <= 0.0) {
-            return Err("timeouts must be positive numbers of seconds".into());
+        let max = Self::MAX_TIMEOUT.as_secs_f64();
+        for (key, seconds) in timeouts {
+            // Written so that NaN fails too.
+            if !(seconds > 0.0 && seconds <= max) {
+                return Err(format!(
+                    "{key} must be more than 0 and at most {max} seconds (1 day), not {seconds}"
+                ));
+            }
         }
         if !(1..=Self::MAX_ATTEMPTS).contains(&self.max_attempts) {
             return Err(format!("max_attempts must be 1 to {}", Self::MAX_ATTEMPTS));
@@ -380,6 +389,36 @@ mod tests {
                     ..spec()
                 },
                 "not a SHA-256",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        total_timeout_s: 1e300,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "total_timeout_s must be more than 0 and at most 86400 seconds",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        connect_timeout_s: 86400.5,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "connect_timeout_s must be",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        idle_timeout_s: 0.0,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "idle_timeout_s must be",
             ),
             (
                 DownloadSpec {

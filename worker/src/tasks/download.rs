@@ -49,8 +49,8 @@ pub(crate) struct HttpClients {
 
 impl HttpClients {
     fn client(&self, limits: &DownloadLimits) -> Result<reqwest::Client, String> {
-        let connect = Duration::from_secs_f64(limits.connect_timeout_s);
-        let idle = Duration::from_secs_f64(limits.idle_timeout_s);
+        let connect = seconds(limits.connect_timeout_s)?;
+        let idle = seconds(limits.idle_timeout_s)?;
         let key = (connect.as_millis() as u64, idle.as_millis() as u64);
         // A poisoned lock still holds a consistent map; ignore the poison.
         let mut clients = self
@@ -70,6 +70,16 @@ impl HttpClients {
         clients.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// A timeout from a task as a `Duration`. Decoding already bounds them
+/// (`DownloadLimits::MAX_TIMEOUT`); this refuses instead of panicking
+/// should an unchecked value ever get here.
+fn seconds(value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| *d <= DownloadLimits::MAX_TIMEOUT)
+        .ok_or_else(|| format!("unusable timeout of {value} seconds"))
 }
 
 /// At most [`MAX_REDIRECTS`] redirects, no loops, http and https only.
@@ -236,8 +246,15 @@ async fn fetch(
     limits: &DownloadLimits,
     sink: &mut Sink<'_>,
 ) -> Result<Fetched, Failure> {
-    let total = Duration::from_secs_f64(limits.total_timeout_s);
-    let deadline = Instant::now() + total;
+    let deadline = seconds(limits.total_timeout_s)
+        .ok()
+        .and_then(|total| Instant::now().checked_add(total))
+        .ok_or_else(|| {
+            Failure::permanent(
+                DownloadErrorKind::Timeout,
+                format!("unusable total timeout of {}s", limits.total_timeout_s),
+            )
+        })?;
     let total_timeout = || Failure {
         transient: true,
         ..Failure::permanent(
@@ -729,6 +746,14 @@ mod tests {
             Duration::from_secs(2)
         );
         assert_eq!(backoff(1, Some(Duration::from_secs(9999))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn timeouts_out_of_range_are_refused_not_panicked_on() {
+        assert_eq!(seconds(1.5), Ok(Duration::from_millis(1500)));
+        for bad in [1e300, f64::INFINITY, f64::NAN, -1.0, 86_401.0] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
