@@ -127,8 +127,8 @@ pub(crate) async fn run(
     let (named, repeats) = urls::assign_names(entries)?;
     for repeat in &repeats {
         progress.warn(&format!(
-            "{} repeats {} and is fetched only once",
-            repeat.origin, repeat.url
+            "{} repeats {} ({}) and is fetched only once",
+            repeat.entry.origin, named[repeat.of].entry.origin, repeat.entry.url
         ));
     }
     std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::Write {

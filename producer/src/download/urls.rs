@@ -9,7 +9,9 @@
 //! directory) or from the URL's last path segment (sanitized). Two entries
 //! that would land on the same name, compared case-insensitively, are told
 //! apart deterministically: given names win, and a later derived name gets
-//! `-` and 8 hex digits of its URL's SHA-256 before the extension.
+//! `-` and 8 hex digits of its URL's SHA-256 before the extension (and a
+//! counter after them in the rare case that name is taken too). Only exact
+//! repeats (same URL, same name) are fetched once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read};
@@ -167,12 +169,21 @@ fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, St
     })
 }
 
-/// Gives every entry its file name, dropping exact repeats of the same URL
-/// (which would only fetch the same file twice).
+/// An entry that repeats an earlier one exactly: same URL, same name (or
+/// both without one). It would only fetch the same file twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeat {
+    /// The repeating entry.
+    pub entry: UrlEntry,
+    /// Index, among the named entries, of the entry it repeats.
+    pub of: usize,
+}
+
+/// Gives every entry its file name, setting exact repeats aside.
 ///
 /// # Errors
 /// [`Error::Usage`] when two given names collide: only the user can decide.
-pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlEntry>)> {
+pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repeat>)> {
     let mut taken = Taken::default();
     let mut given_by: HashMap<String, String> = HashMap::new();
     // Given names first, so that they win over derived ones.
@@ -194,28 +205,20 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlE
             taken.insert(name);
         }
     }
-    let mut seen_urls = HashSet::new();
+    let mut seen: HashMap<(url::Url, Option<RelativePath>), usize> = HashMap::new();
     let mut named = Vec::with_capacity(entries.len());
     let mut repeats = Vec::new();
     for entry in entries {
-        if !seen_urls.insert((entry.url.clone(), entry.name.clone())) {
-            repeats.push(entry);
+        let key = (entry.url.clone(), entry.name.clone());
+        if let Some(&of) = seen.get(&key) {
+            repeats.push(Repeat { entry, of });
             continue;
         }
+        seen.insert(key, named.len());
         let name = match &entry.name {
             Some(name) => name.clone(),
             None => {
-                let derived = RelativePath::from_url(&entry.url);
-                let name = if taken.conflicts(&derived) {
-                    derived.with_tag(&url_tag(&entry.url))
-                } else {
-                    derived
-                };
-                if taken.conflicts(&name) {
-                    // Only an identical URL can collide with its own tag.
-                    repeats.push(entry);
-                    continue;
-                }
+                let name = free_name(&taken, &entry.url);
                 taken.insert(&name);
                 name
             }
@@ -223,6 +226,26 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlE
         named.push(NamedEntry { entry, name });
     }
     Ok((named, repeats))
+}
+
+/// The name a URL suggests, or, when that is taken, the same name tagged
+/// with the URL's hash; should that be taken too (another URL's name may
+/// happen to look like it), the tag gets a counter until the name is
+/// free. Deterministic for a given list.
+fn free_name(taken: &Taken, url: &url::Url) -> RelativePath {
+    let derived = RelativePath::from_url(url);
+    if !taken.conflicts(&derived) {
+        return derived;
+    }
+    let tag = url_tag(url);
+    let mut name = derived.with_tag(&tag);
+    // Ends: each round tries a new name and only finitely many are taken.
+    let mut counter = 2u64;
+    while taken.conflicts(&name) {
+        name = derived.with_tag(&format!("{tag}-{counter}"));
+        counter += 1;
+    }
+    name
 }
 
 /// 8 hex digits of the URL's SHA-256: stable across runs and orders.
@@ -360,15 +383,39 @@ mod tests {
 
     #[test]
     fn repeated_urls_are_fetched_once_and_given_names_must_not_collide() {
-        let (named, repeats) =
-            assign_names(list("https://h/a.jpg\nhttps://h/a.jpg\n").unwrap()).unwrap();
-        assert_eq!(named.len(), 1);
+        let (named, repeats) = assign_names(
+            list("https://h/a.jpg\nhttps://h/a.jpg\nhttps://h/a.jpg b.jpg\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(named.len(), 2, "the same URL under another name is fetched");
         assert_eq!(repeats.len(), 1);
+        assert_eq!(repeats[0].of, 0);
+        assert!(repeats[0].entry.origin.ends_with(":2"));
         let err =
             assign_names(list("https://h/1 x.jpg\nhttps://h/2 X.JPG\n").unwrap()).unwrap_err();
         assert!(err.to_string().contains("both name the file"), "{err}");
         let err = assign_names(list("https://h/1 a\nhttps://h/2 a/b\n").unwrap()).unwrap_err();
         assert!(err.to_string().contains("clashes"), "{err}");
+    }
+
+    #[test]
+    fn a_taken_tagged_name_gets_a_counter_and_no_url_is_dropped() {
+        let b = url::Url::parse("https://h/b/x.jpg").unwrap();
+        let tagged = format!("x-{}.jpg", url_tag(&b));
+        let text = format!(
+            "https://h/a/x.jpg\nhttps://h/c/{tagged}\n{b}\nhttps://h/d/x.jpg {tagged}-given\n\
+             https://h/e/{tagged}\n"
+        );
+        let (named, repeats) = assign_names(list(&text).unwrap()).unwrap();
+        assert!(repeats.is_empty(), "{repeats:?}");
+        let got: Vec<String> = named.iter().map(|n| n.name.to_string()).collect();
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], "x.jpg");
+        assert_eq!(got[1], tagged);
+        assert_eq!(got[2], format!("x-{}-2.jpg", url_tag(&b)), "{got:?}");
+        let unique: HashSet<String> = got.iter().map(|n| n.to_lowercase()).collect();
+        assert_eq!(unique.len(), 5, "{got:?}");
+        assert_eq!(names(&text), got, "deterministic");
     }
 
     #[test]
