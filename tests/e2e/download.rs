@@ -537,3 +537,20 @@ fn urls_on_the_command_line_and_lists_on_stdin() {
     );
     d.s.assert_clean();
 }
+
+#[test]
+fn a_worker_without_shared_dir_says_so_and_how_to_fix_it() {
+    let mut d = Downloads::new("dl_no_shared_dir");
+    let _worker = d.s.start_worker("plain", &[]);
+    d.s.broker.wait_for_consumers(1);
+    let list = d.list("urls.txt", &[d.http.url("/files/a.bin?size=10")]);
+    let run = d.download(&list, Mode::Shared, &[]).run();
+    run.expect_code(1);
+    let failed = failed_urls(&run);
+    assert_eq!(failed.len(), 1, "{run}");
+    for needle in ["worker plain has no --shared-dir", "start every worker"] {
+        assert!(failed[0].1.contains(needle), "{:?} lacks {needle}", failed[0].1);
+    }
+    assert!(d.http.hits("/files/a.bin").is_empty(), "nothing was fetched");
+    d.s.assert_clean();
+}

@@ -425,11 +425,16 @@ impl<'a> Sink<'a> {
                 pending: VecDeque::with_capacity(CONFIRM_WINDOW),
             })),
             Delivery::Shared => {
+                // Permanent, not requeued: requeuing would bounce the task
+                // between workers (and back to this one) until the delivery
+                // limit dead-letters it, and the fix is in the deployment.
                 let Some(shared) = &context.shared_dir else {
                     return Err(Failure::permanent(
                         DownloadErrorKind::Storage,
                         format!(
-                            "worker {} has no --shared-dir, so it cannot store files for a shared-directory job",
+                            "worker {} has no --shared-dir, so it cannot store files for a --shared \
+                             job: start every worker of the queue with --shared-dir on the storage \
+                             of the producer's --out-dir, or download without --shared",
                             context.worker
                         ),
                     ));
