@@ -35,7 +35,7 @@ use crate::input::Source;
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
-use files::Assembler;
+use files::{Assembler, ChunkOutcome, Completion};
 use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
 use plan::Decision;
 use urls::NamedEntry;
@@ -199,7 +199,7 @@ pub(crate) async fn run(
         let mut collector = DownloadCollector {
             job: job.clone(),
             delivery: config.delivery,
-            assembler: Assembler::new(&out_dir, job.clone()),
+            assembler: Assembler::new(&out_dir, job.clone(), config.limits.max_bytes),
             out_dir,
             named: &named,
             to_fetch: &to_fetch,
@@ -397,6 +397,15 @@ impl DownloadCollector<'_> {
             ..record_for(entry)
         };
         if report.status == DownloadStatus::Failed {
+            // A replaced attempt's failure (its worker lost the task to a
+            // redelivery, then failed) says nothing about the newer one.
+            if self.delivery == Delivery::Broker
+                && let Some(attempt) = &report.attempt
+                && self.assembler.is_retired(index, attempt)
+            {
+                tracing::debug!(task = index, "a replaced attempt's failure ignored");
+                return Ok(Accepted::Other);
+            }
             self.assembler.forget(index);
             record.error = Some(
                 report
@@ -422,14 +431,18 @@ impl DownloadCollector<'_> {
                     expected.as_deref(),
                 )?;
                 match ready {
-                    Ok(ready) => {
+                    Completion::Ready(ready) => {
                         self.finishing_slots.insert(slot);
                         self.finishing
                             .spawn_blocking(move || (slot, record, ready.place().map(Ok)));
                     }
-                    Err(reason) => {
+                    Completion::Failed(reason) => {
                         record.error = Some(reason);
                         return self.finish(slot, record);
+                    }
+                    Completion::Stale => {
+                        tracing::debug!(task = index, "a replaced attempt's report ignored");
+                        return Ok(Accepted::Other);
                     }
                 }
             }
@@ -471,8 +484,22 @@ impl Collector for DownloadCollector<'_> {
         }
         if let Some(chunk) = BodyChunk::of(&delivery.properties) {
             let chunk = chunk?;
-            if chunk.job == self.job && self.open_task(chunk.task).is_some() {
-                self.received += self.assembler.chunk(&chunk, &delivery.data)?;
+            if chunk.job != self.job {
+                return Ok(Accepted::Other);
+            }
+            let Some(slot) = self.open_task(chunk.task) else {
+                return Ok(Accepted::Other);
+            };
+            match self.assembler.chunk(&chunk, &delivery.data)? {
+                ChunkOutcome::Written(bytes) => self.received += bytes,
+                ChunkOutcome::Ignored => {}
+                ChunkOutcome::TooLarge(reason) => {
+                    let record = ManifestRecord {
+                        error: Some(reason),
+                        ..record_for(&self.named[slot])
+                    };
+                    return self.finish(slot, record);
+                }
             }
             return Ok(Accepted::Other);
         }

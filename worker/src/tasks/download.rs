@@ -169,6 +169,11 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
     loop {
         report.attempts += 1;
         let attempt_id = format!("{}-{}", task.index, fastrand::u64(..));
+        // Named on failures too: the producer ignores the failure of an
+        // attempt that a newer one (a redelivery) replaced.
+        if task.spec.delivery == Delivery::Broker {
+            report.attempt = Some(attempt_id.clone());
+        }
         let mut sink = match Sink::open(context, task, &attempt_id).await {
             Ok(sink) => sink,
             Err(failure) => return failed(report, failure),
