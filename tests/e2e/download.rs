@@ -549,8 +549,15 @@ fn a_worker_without_shared_dir_says_so_and_how_to_fix_it() {
     let failed = failed_urls(&run);
     assert_eq!(failed.len(), 1, "{run}");
     for needle in ["worker plain has no --shared-dir", "start every worker"] {
-        assert!(failed[0].1.contains(needle), "{:?} lacks {needle}", failed[0].1);
+        assert!(
+            failed[0].1.contains(needle),
+            "{:?} lacks {needle}",
+            failed[0].1
+        );
     }
-    assert!(d.http.hits("/files/a.bin").is_empty(), "nothing was fetched");
+    assert!(
+        d.http.hits("/files/a.bin").is_empty(),
+        "nothing was fetched"
+    );
     d.s.assert_clean();
 }

@@ -5,7 +5,7 @@
 //! A file appears under its final name only complete and verified: chunks
 //! go to a temporary file in `OUT/.warren-tmp/`, which is checked (size and
 //! SHA-256 against the worker's report and the expected checksum), synced
-//! and only then renamed into place.
+//! and only then [placed](super::placement).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -17,6 +17,7 @@ use warren::JobId;
 use warren::filename::{RelativePath, TEMP_DIR};
 use warren::protocol::BodyChunk;
 
+use super::placement;
 use crate::error::{Error, Result};
 
 /// SHA-256 and size of a file, read in 1 MiB blocks.
@@ -58,40 +59,42 @@ pub(crate) struct Saved {
 pub(crate) struct ReadyFile {
     temp: PathBuf,
     file: BufWriter<File>,
-    target: PathBuf,
+    out_dir: PathBuf,
+    name: RelativePath,
+    overwrite: bool,
     saved: Saved,
 }
 
 impl ReadyFile {
     /// Flushes and syncs the file (so a crash cannot leave a short file
-    /// under the final name), then renames it into place. Blocking.
+    /// under the final name), then [places](placement::place) it.
+    /// Blocking.
+    ///
+    /// `Ok(Err(reason))` fails the download (its name is taken).
     ///
     /// # Errors
     /// [`Error::Write`] for a local I/O failure.
-    pub(crate) fn place(self) -> Result<Saved> {
+    pub(crate) fn place(self) -> Result<std::result::Result<Saved, String>> {
         let ReadyFile {
             temp,
             file,
-            target,
+            out_dir,
+            name,
+            overwrite,
             saved,
         } = self;
-        let placed = file
+        let synced = file
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| match target.parent() {
-                Some(parent) => std::fs::create_dir_all(parent),
-                None => Ok(()),
-            })
-            .and_then(|()| std::fs::rename(&temp, &target));
-        if let Err(e) = placed {
+            .and_then(|file| file.sync_all());
+        if let Err(e) = synced {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::Write {
-                output: target.display().to_string(),
+                output: temp.display().to_string(),
                 source: e,
             });
         }
-        Ok(saved)
+        placement::place(&out_dir, &temp, &name, saved, overwrite)
     }
 }
 
@@ -127,6 +130,8 @@ pub(crate) struct Assembler {
     job: JobId,
     /// Largest file accepted (`--max-size`).
     max_bytes: u64,
+    /// Whether finished files may replace existing ones (`--overwrite`).
+    overwrite: bool,
     incoming: HashMap<u64, Incoming>,
     /// Attempts that were replaced by a newer one, per task: their late
     /// chunks are ignored.
@@ -143,12 +148,13 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    pub(crate) fn new(out_dir: &Path, job: JobId, max_bytes: u64) -> Self {
+    pub(crate) fn new(out_dir: &Path, job: JobId, max_bytes: u64, overwrite: bool) -> Self {
         Assembler {
             out_dir: out_dir.to_owned(),
             temp_dir: out_dir.join(TEMP_DIR),
             job,
             max_bytes,
+            overwrite,
             incoming: HashMap::new(),
             retired: HashMap::new(),
         }
@@ -316,7 +322,9 @@ impl Assembler {
         Ok(Completion::Ready(ReadyFile {
             temp,
             file,
-            target: name.under(&self.out_dir),
+            out_dir: self.out_dir.clone(),
+            name: name.clone(),
+            overwrite: self.overwrite,
             saved: Saved { bytes, sha256: got },
         }))
     }
@@ -404,7 +412,7 @@ mod tests {
     }
 
     fn assembler(dir: &Path) -> Assembler {
-        Assembler::new(dir, JobId::parse("j").unwrap(), 1 << 20)
+        Assembler::new(dir, JobId::parse("j").unwrap(), 1 << 20, false)
     }
 
     fn ready(completion: Completion) -> ReadyFile {
@@ -449,7 +457,7 @@ mod tests {
             !name.under(dir.path()).exists(),
             "nothing under the final name before placing"
         );
-        let saved = ready.place().unwrap();
+        let saved = ready.place().unwrap().unwrap();
         assert_eq!(saved.bytes, 7);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
@@ -479,6 +487,7 @@ mod tests {
                 .unwrap(),
         )
         .place()
+        .unwrap()
         .unwrap();
         assert_eq!(saved.sha256, sha(b"newer"));
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"newer");
@@ -497,6 +506,7 @@ mod tests {
                 .unwrap(),
         )
         .place()
+        .unwrap()
         .unwrap();
         assert_eq!(saved.bytes, 0);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
@@ -515,7 +525,7 @@ mod tests {
     #[test]
     fn more_than_the_size_limit_fails_the_download_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap(), 5);
+        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap(), 5, false);
         assert_eq!(
             assembler.chunk(&chunk(0, "a", 0), b"abc").unwrap(),
             ChunkOutcome::Written(3)
@@ -568,6 +578,7 @@ mod tests {
                 .unwrap(),
         )
         .place()
+        .unwrap()
         .unwrap();
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
     }

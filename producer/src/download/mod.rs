@@ -13,6 +13,7 @@
 
 pub mod files;
 pub mod manifest;
+pub mod placement;
 pub mod plan;
 pub mod urls;
 
@@ -199,7 +200,12 @@ pub(crate) async fn run(
         let mut collector = DownloadCollector {
             job: job.clone(),
             delivery: config.delivery,
-            assembler: Assembler::new(&out_dir, job.clone(), config.limits.max_bytes),
+            assembler: Assembler::new(
+                &out_dir,
+                job.clone(),
+                config.limits.max_bytes,
+                config.overwrite,
+            ),
             out_dir,
             named: &named,
             to_fetch: &to_fetch,
@@ -434,7 +440,7 @@ impl DownloadCollector<'_> {
                     Completion::Ready(ready) => {
                         self.finishing_slots.insert(slot);
                         self.finishing
-                            .spawn_blocking(move || (slot, record, ready.place().map(Ok)));
+                            .spawn_blocking(move || (slot, record, ready.place()));
                     }
                     Completion::Failed(reason) => {
                         record.error = Some(reason);

@@ -350,8 +350,13 @@ mod tests {
         let err = list(&format!("https://h/a\n{at_limit}a\nhttps://h/b\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 2: the line is longer than 64 KiB"), "{err}");
-        let err = list(&"x".repeat(10 * MAX_LINE_BYTES)).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2: the line is longer than 64 KiB"),
+            "{err}"
+        );
+        let err = list(&"x".repeat(10 * MAX_LINE_BYTES))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1: the line is longer"), "{err}");
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(b"https://h/a\nhttps://h/\xff\n").unwrap();
@@ -429,7 +434,11 @@ mod tests {
     fn arguments_are_checked_too() {
         assert!(from_arguments(&["https://h/a".into()]).is_ok());
         let upper = from_arguments(&["HTTP://h/A".into()]).unwrap();
-        assert_eq!(upper[0].url.as_str(), "http://h/A", "schemes are not case-sensitive");
+        assert_eq!(
+            upper[0].url.as_str(),
+            "http://h/A",
+            "schemes are not case-sensitive"
+        );
         let err = from_arguments(&["https://h/a".into(), "gopher://h".into()]).unwrap_err();
         assert!(
             err.to_string()
