@@ -321,35 +321,41 @@ fn names_that_try_to_escape_stay_inside_the_output_directory() {
         format!("{} nested/dir/given.bin", d.http.url("/d/whatever?size=14")),
     ];
     let list = d.list("names.txt", &lines);
-    let run = d.download(&list, Mode::Broker, &[]).run();
-    run.expect_success();
-    assert_eq!(run.json()["succeeded"], 5, "{run}");
-    let mut names: Vec<String> = walk(&d.out)
-        .into_iter()
-        .map(|p| p.strip_prefix(&d.out).unwrap().to_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 5, "{names:?}");
-    assert!(names.contains(&".._.._escape.txt".to_owned()), "{names:?}");
-    assert!(names.contains(&"ctl__name".to_owned()), "{names:?}");
-    assert!(
-        names.contains(&"nested/dir/given.bin".to_owned()),
-        "{names:?}"
-    );
-    // The first keeps its name; the one that collides with it (on a
-    // case-insensitive filesystem too) gets its URL's tag.
-    assert!(names.contains(&"img.jpg".to_owned()), "{names:?}");
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("IMG-") && n.ends_with(".jpg")),
-        "{names:?}"
-    );
-    assert!(!d.s.dir.path().join("escape.txt").exists());
-    assert_eq!(
-        std::fs::read(d.file("nested/dir/given.bin")).unwrap(),
-        content("/d/whatever", 14)
-    );
+    for mode in [Mode::Broker, Mode::Shared] {
+        let run = d.download(&list, mode, &[]).run();
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 5, "{mode:?}: {run}");
+        let mut names: Vec<String> = walk(&d.out)
+            .into_iter()
+            .map(|p| p.strip_prefix(&d.out).unwrap().to_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 5, "{mode:?}: {names:?}");
+        assert!(names.contains(&".._.._escape.txt".to_owned()), "{names:?}");
+        assert!(names.contains(&"ctl__name".to_owned()), "{names:?}");
+        assert!(
+            names.contains(&"nested/dir/given.bin".to_owned()),
+            "{names:?}"
+        );
+        // The first keeps its name; the one that collides with it (on a
+        // case-insensitive filesystem too) gets its URL's tag.
+        assert!(names.contains(&"img.jpg".to_owned()), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("IMG-") && n.ends_with(".jpg")),
+            "{names:?}"
+        );
+        assert!(!d.s.dir.path().join("escape.txt").exists());
+        assert_eq!(
+            std::fs::read(d.file("nested/dir/given.bin")).unwrap(),
+            content("/d/whatever", 14)
+        );
+        assert!(!d.out.join(".warren-tmp").exists(), "{mode:?}: left over");
+        // Empty again for the other mode (workers share this directory).
+        std::fs::remove_dir_all(&d.out).unwrap();
+        std::fs::create_dir(&d.out).unwrap();
+    }
 
     // A given name that escapes is refused before anything is published.
     let bad = Scenario::new("dl_bad_name");

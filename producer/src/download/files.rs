@@ -361,27 +361,76 @@ fn discard(incoming: Incoming) {
     let _ = std::fs::remove_file(temp);
 }
 
-/// Checks a file a worker stored in the shared directory, as the producer
-/// sees it under `out_dir`.
-pub(crate) fn verify_stored(
+/// The temporary file a worker reports it stored for `task` of `job`, if
+/// `path` names one: `.warren-tmp/<job>-<task>-<tag>`, the tag letters and
+/// digits. Nothing else is accepted, so a faulty worker cannot have the
+/// producer move any other file of the directory.
+pub(crate) fn stored_temp(job: &JobId, task: u64, path: &str) -> Option<PathBuf> {
+    let file = path.strip_prefix(TEMP_DIR)?.strip_prefix('/')?;
+    let tag = file.strip_prefix(&format!("{job}-{task}-"))?;
+    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| Path::new(TEMP_DIR).join(file))
+}
+
+/// Finishes a file a worker stored in the shared directory: verifies the
+/// temporary file `temp` (relative to `out_dir`, from [`stored_temp`])
+/// against the worker's report and the expected checksum, then
+/// [places](placement::place) it under `name`. The temporary file is gone
+/// afterwards, whatever the outcome. Blocking.
+///
+/// `Ok(Err(reason))` fails the download.
+///
+/// # Errors
+/// [`Error::Write`] for a local I/O failure while placing.
+pub(crate) fn finish_stored(
     out_dir: &Path,
+    temp: &Path,
     name: &RelativePath,
-    bytes: u64,
-    sha256: &str,
+    report: (u64, &str),
+    expected_sha256: Option<&str>,
+    overwrite: bool,
+) -> Result<std::result::Result<Saved, String>> {
+    let temp = out_dir.join(temp);
+    match verify_stored(out_dir, &temp, report, expected_sha256) {
+        Ok(saved) => placement::place(out_dir, &temp, name, saved, overwrite),
+        Err(reason) => {
+            let _ = std::fs::remove_file(&temp);
+            Ok(Err(reason))
+        }
+    }
+}
+
+/// Checks a file a worker stored, as the producer sees it.
+fn verify_stored(
+    out_dir: &Path,
+    temp: &Path,
+    (bytes, sha256): (u64, &str),
     expected_sha256: Option<&str>,
 ) -> std::result::Result<Saved, String> {
-    let path = name.under(out_dir);
-    let (size, got) = hash_file(&path).map_err(|e| {
-        format!(
-            "the worker stored the file but {} cannot be read here ({e}): do --out-dir and the \
+    // Only a real directory and a regular file: a link could make the
+    // producer read, and then move, a file from elsewhere.
+    let temp_dir = out_dir.join(TEMP_DIR);
+    let real = |path: &Path, dir: bool| {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|meta| if dir { meta.is_dir() } else { meta.is_file() })
+    };
+    if !real(&temp_dir, true) || !real(temp, false) {
+        return Err(format!(
+            "the worker stored the file but {} is not a file here: do --out-dir and the \
              workers' --shared-dir point at the same storage?",
-            path.display()
+            temp.display()
+        ));
+    }
+    let (size, got) = hash_file(temp).map_err(|e| {
+        format!(
+            "the worker stored the file but {} cannot be read here ({e})",
+            temp.display()
         )
     })?;
     if size != bytes || got != sha256 {
         return Err(format!(
-            "{} has {size} bytes with sha256 {got}, but the worker stored {bytes} bytes with sha256 {sha256}",
-            path.display()
+            "the stored file has {size} bytes with sha256 {got}, but the worker stored {bytes} \
+             bytes with sha256 {sha256}"
         ));
     }
     if let Some(expected) = expected_sha256
@@ -584,17 +633,70 @@ mod tests {
     }
 
     #[test]
-    fn stored_files_are_verified() {
-        let dir = tempfile::tempdir().unwrap();
-        let name = RelativePath::parse("s.bin").unwrap();
-        std::fs::write(name.under(dir.path()), b"data").unwrap();
-        assert!(verify_stored(dir.path(), &name, 4, &sha(b"data"), None).is_ok());
-        assert!(verify_stored(dir.path(), &name, 5, &sha(b"data"), None).is_err());
-        let missing = RelativePath::parse("missing").unwrap();
-        assert!(
-            verify_stored(dir.path(), &missing, 4, &sha(b"data"), None)
-                .unwrap_err()
-                .contains("same storage")
+    fn only_temporary_files_of_the_task_are_taken_from_workers() {
+        let job = JobId::parse("j1").unwrap();
+        assert_eq!(
+            stored_temp(&job, 3, ".warren-tmp/j1-3-123abc"),
+            Some(PathBuf::from(".warren-tmp/j1-3-123abc"))
         );
+        for bad in [
+            "a.jpg",
+            ".warren-tmp/j1-3-",
+            ".warren-tmp/j1-4-1",
+            ".warren-tmp/j2-3-1",
+            ".warren-tmp/j1-3-1/../../x",
+            ".warren-tmp/j1-3-1/x",
+            ".warren-tmpx/j1-3-1",
+            "/.warren-tmp/j1-3-1",
+        ] {
+            assert_eq!(stored_temp(&job, 3, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_files_are_verified_before_taking_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("sub/s.bin").unwrap();
+        let temp = Path::new(TEMP_DIR).join("j-0-1");
+        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
+        let store = |data: &[u8]| std::fs::write(dir.path().join(&temp), data).unwrap();
+        let finish = |report: (u64, &str), expected: Option<&str>| {
+            finish_stored(dir.path(), &temp, &name, report, expected, false).unwrap()
+        };
+
+        store(b"data");
+        let reason = finish((5, &sha(b"data")), None).unwrap_err();
+        assert!(reason.contains("has 4 bytes"), "{reason}");
+        store(b"data");
+        let reason = finish((4, &sha(b"data")), Some(&sha(b"other"))).unwrap_err();
+        assert!(reason.contains("checksum mismatch"), "{reason}");
+        assert!(
+            !name.under(dir.path()).exists(),
+            "nothing under the final name"
+        );
+        assert!(
+            !dir.path().join(&temp).exists(),
+            "the rejected file is removed"
+        );
+
+        let reason = finish((4, &sha(b"data")), None).unwrap_err();
+        assert!(reason.contains("same storage"), "{reason}");
+
+        store(b"data");
+        let saved = finish((4, &sha(b"data")), Some(&sha(b"data"))).unwrap();
+        assert_eq!(saved.bytes, 4);
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"data");
+        assert!(!dir.path().join(&temp).exists());
+
+        // A link in place of the file is not followed.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"data").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(&temp)).unwrap();
+        let other = RelativePath::parse("other.bin").unwrap();
+        let reason = finish_stored(dir.path(), &temp, &other, (4, &sha(b"data")), None, false)
+            .unwrap()
+            .unwrap_err();
+        assert!(reason.contains("not a file"), "{reason}");
+        assert!(!other.under(dir.path()).exists());
     }
 }

@@ -7,9 +7,10 @@
 //! what is missing or failed. Then one task per URL goes out through the
 //! shared pipeline (`job.rs`). With the default delivery, each file comes
 //! back through the broker as body chunks and is put together here
-//! ([`files`]); with `--shared`, workers store it in the shared directory
-//! and the producer verifies it there. Every URL ends as one [`manifest`]
-//! line: ok, failed (with the reason) or skipped.
+//! ([`files`]); with `--shared`, workers store it in the shared directory's
+//! temporary area and the producer verifies it there. Either way only the
+//! producer moves files under their final names ([`placement`]). Every URL
+//! ends as one [`manifest`] line: ok, failed (with the reason) or skipped.
 
 pub mod files;
 pub mod manifest;
@@ -200,6 +201,7 @@ pub(crate) async fn run(
         let mut collector = DownloadCollector {
             job: job.clone(),
             delivery: config.delivery,
+            overwrite: config.overwrite,
             assembler: Assembler::new(
                 &out_dir,
                 job.clone(),
@@ -350,6 +352,8 @@ type Finished = (
 struct DownloadCollector<'a> {
     job: JobId,
     delivery: Delivery,
+    /// `--overwrite`: finished files may replace existing ones.
+    overwrite: bool,
     assembler: Assembler,
     out_dir: PathBuf,
     named: &'a [NamedEntry],
@@ -422,9 +426,9 @@ impl DownloadCollector<'_> {
         }
         let expected = entry.entry.sha256.clone();
         let sha256 = report.sha256.clone().unwrap_or_default();
-        // Placing a file (sync, rename) or checking a stored one (read,
-        // hash) runs on a blocking thread while replies keep flowing; its
-        // outcome comes back through `completion`.
+        // Placing a file (sync, link) and checking a stored one first
+        // (read, hash) run on a blocking thread while replies keep flowing;
+        // the outcome comes back through `completion`.
         match self.delivery {
             Delivery::Broker => {
                 let attempt = report.attempt.clone().unwrap_or_default();
@@ -453,14 +457,32 @@ impl DownloadCollector<'_> {
                 }
             }
             Delivery::Shared => {
+                let Some(temp) = report
+                    .path
+                    .as_deref()
+                    .and_then(|path| files::stored_temp(&self.job, index, path))
+                else {
+                    record.error = Some(format!(
+                        "the worker reported an unusable path for the file it stored: {:?}",
+                        report.path
+                    ));
+                    return self.finish(slot, record);
+                };
                 let out_dir = self.out_dir.clone();
                 let name = entry.name.clone();
                 let bytes = report.bytes;
+                let overwrite = self.overwrite;
                 self.finishing_slots.insert(slot);
                 self.finishing.spawn_blocking(move || {
-                    let verified =
-                        files::verify_stored(&out_dir, &name, bytes, &sha256, expected.as_deref());
-                    (slot, record, Ok(verified))
+                    let finished = files::finish_stored(
+                        &out_dir,
+                        &temp,
+                        &name,
+                        (bytes, &sha256),
+                        expected.as_deref(),
+                        overwrite,
+                    );
+                    (slot, record, finished)
                 });
             }
         }

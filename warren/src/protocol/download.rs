@@ -6,9 +6,9 @@
 //! as [`BodyChunk`] messages (raw bytes, at most `chunk_bytes` each, tagged
 //! with an attempt id and offset) and then a JSON result whose
 //! [`DownloadReport::attempt`] names the attempt whose chunks make the
-//! file. With [`Delivery::Shared`] the worker writes the file into its
-//! `--shared-dir` (temporary name, then rename) and the report carries the
-//! relative path.
+//! file. With [`Delivery::Shared`] the worker writes the file into the
+//! temporary area of its `--shared-dir` and the report carries its relative
+//! path; the producer verifies it and moves it under its final name.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -263,8 +263,9 @@ pub struct DownloadReport {
     pub content_type: Option<String>,
     /// [`Delivery::Broker`]: the attempt whose body chunks form the file.
     pub attempt: Option<String>,
-    /// [`Delivery::Shared`]: the relative path written in the shared
-    /// directory.
+    /// [`Delivery::Shared`]: the complete file's path relative to the
+    /// shared directory, `.warren-tmp/<job>-<task>-<tag>` (the tag letters
+    /// and digits); the producer moves it under its final name.
     pub path: Option<String>,
     /// Why it failed, when it did.
     pub error: Option<DownloadError>,
