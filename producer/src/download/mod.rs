@@ -468,6 +468,9 @@ impl DownloadCollector<'_> {
                     ));
                     return self.finish(slot, record);
                 };
+                // The bytes came in through the workers all the same: they
+                // count for the throughput shown.
+                self.received += report.bytes;
                 let out_dir = self.out_dir.clone();
                 let name = entry.name.clone();
                 let bytes = report.bytes;
@@ -585,5 +588,72 @@ impl Collector for DownloadCollector<'_> {
     fn progress_message(&self, elapsed: Duration) -> String {
         let rate = self.received as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6;
         format!("{rate:.1} MB/s, {} failed", self.failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use warren::filename::{RelativePath, TEMP_DIR};
+    use warren::protocol::DownloadReport;
+
+    #[tokio::test]
+    async fn a_shared_download_is_placed_and_counts_for_the_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::parse("j").unwrap();
+        let named = [NamedEntry {
+            entry: urls::UrlEntry {
+                origin: "argument 1".into(),
+                url: url::Url::parse("https://h/f.bin").unwrap(),
+                name: None,
+                sha256: None,
+            },
+            name: RelativePath::parse("f.bin").unwrap(),
+        }];
+        let data = vec![7u8; 2_000_000];
+        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
+        std::fs::write(dir.path().join(TEMP_DIR).join("j-0-1"), &data).unwrap();
+        let mut records = vec![None];
+        let mut manifest = ManifestWriter::create(None).unwrap();
+        let mut collector = DownloadCollector {
+            job: job.clone(),
+            delivery: Delivery::Shared,
+            overwrite: false,
+            assembler: Assembler::new(dir.path(), job, 1 << 30, false),
+            out_dir: dir.path().to_owned(),
+            named: &named,
+            to_fetch: &[0],
+            records: &mut records,
+            manifest: &mut manifest,
+            finishing: tokio::task::JoinSet::new(),
+            finishing_slots: std::collections::HashSet::new(),
+            received: 0,
+            failures: 0,
+            workers: BTreeSet::new(),
+        };
+        let report = DownloadReport {
+            url: "https://h/f.bin".into(),
+            status: DownloadStatus::Ok,
+            http_status: Some(200),
+            attempts: 1,
+            bytes: data.len() as u64,
+            sha256: Some(hex::encode(Sha256::digest(&data))),
+            content_type: None,
+            attempt: None,
+            path: Some(format!("{TEMP_DIR}/j-0-1")),
+            error: None,
+        };
+        let accepted = collector.finish_download(0, 0, report).await.unwrap();
+        assert_eq!(accepted, Accepted::Other, "answered once placed");
+        assert_eq!(
+            collector.progress_message(Duration::from_secs(1)),
+            "2.0 MB/s, 0 failed"
+        );
+        assert!(collector.has_pending());
+        assert_eq!(collector.completion().await.unwrap(), Accepted::Answered(1));
+        assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), data);
+        assert!(!dir.path().join(TEMP_DIR).join("j-0-1").exists());
+        assert_eq!(records[0].as_ref().unwrap().status, ItemStatus::Ok);
     }
 }
