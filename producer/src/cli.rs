@@ -141,7 +141,8 @@ pub struct DownloadArgs {
     pub shared: bool,
 
     /// Write one JSON line per URL here: url, path, status, bytes, sha256,
-    /// http_status, attempts, error
+    /// http_status, attempts, error (and last_ok on failures); a re-run
+    /// with the same manifest skips the files it verifies
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
 

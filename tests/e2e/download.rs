@@ -443,71 +443,91 @@ fn a_worker_killed_mid_download_leaves_no_partial_file_and_the_file_arrives() {
 fn a_rerun_fetches_only_what_is_missing_or_failed() {
     let mut d = Downloads::new("dl_rerun");
     let _workers = d.workers(2);
-    let mut lines: Vec<String> = (0..20)
-        .map(|i| d.http.url(&format!("/files/r{i}.bin?size={}", 1000 + i)))
-        .collect();
-    lines.push(format!(
-        "{} flaky.bin",
-        d.http.url("/flaky/r?fail=1&status=500&size=50")
-    ));
-    let list = d.list("urls.txt", &lines);
-    let manifest_path = d.s.path("manifest.jsonl");
-    let manifest_arg = manifest_path.to_str().unwrap();
+    for mode in [Mode::Broker, Mode::Shared] {
+        let m = mode.name();
+        let mut lines: Vec<String> = (0..20)
+            .map(|i| {
+                d.http
+                    .url(&format!("/files/{m}/r{i}.bin?size={}", 1000 + i))
+            })
+            .collect();
+        lines.push(format!(
+            "{} flaky.bin",
+            d.http.url(&format!("/flaky/{m}?fail=1&status=500&size=50"))
+        ));
+        let list = d.list(&format!("{m}.txt"), &lines);
+        let manifest_path = d.s.path(&format!("{m}.jsonl"));
+        let manifest_arg = manifest_path.to_str().unwrap();
+        let rerun = |extra: &[&str]| {
+            let mut args = vec!["--manifest", manifest_arg];
+            args.extend_from_slice(extra);
+            d.download(&list, mode, &args).run()
+        };
 
-    let run = d
-        .download(
-            &list,
-            Mode::Broker,
-            &["--attempts", "1", "--manifest", manifest_arg],
-        )
-        .run();
-    run.expect_code(1);
-    assert_eq!(run.json()["succeeded"], 20);
-    assert_eq!(failed_urls(&run).len(), 1);
+        let run = rerun(&["--attempts", "1"]);
+        run.expect_code(1);
+        assert_eq!(run.json()["succeeded"], 20, "{mode:?}: {run}");
+        assert_eq!(failed_urls(&run).len(), 1);
 
-    let run = d
-        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
-        .run();
-    run.expect_success();
-    let json = run.json();
-    assert_eq!(json["skipped"], 20, "{run}");
-    assert_eq!(json["succeeded"], 1);
-    for i in 0..20 {
+        let run = rerun(&[]);
+        run.expect_success();
+        let json = run.json();
+        assert_eq!(json["skipped"], 20, "{mode:?}: {run}");
+        assert_eq!(json["succeeded"], 1);
+        for i in 0..20 {
+            assert_eq!(
+                d.http.hits(&format!("/files/{m}/r{i}.bin")).len(),
+                1,
+                "r{i}.bin was fetched again"
+            );
+        }
+        let records = manifest(&manifest_path);
         assert_eq!(
-            d.http.hits(&format!("/files/r{i}.bin")).len(),
-            1,
-            "r{i}.bin was fetched again"
+            records.iter().filter(|r| r["status"] == "skipped").count(),
+            20
         );
-    }
-    let records = manifest(&manifest_path);
-    assert_eq!(
-        records.iter().filter(|r| r["status"] == "skipped").count(),
-        20
-    );
-    assert_eq!(records.iter().filter(|r| r["status"] == "ok").count(), 1);
+        assert_eq!(records.iter().filter(|r| r["status"] == "ok").count(), 1);
 
-    // A file changed since: never overwritten without --overwrite.
-    std::fs::write(d.file("r3.bin"), b"edited").unwrap();
-    let run = d
-        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
-        .run();
-    run.expect_code(1);
-    let failed = failed_urls(&run);
-    assert_eq!(failed.len(), 1, "{run}");
-    assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
-    assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
-    let run = d
-        .download(
-            &list,
-            Mode::Broker,
-            &["--manifest", manifest_arg, "--overwrite"],
-        )
-        .run();
-    run.expect_success();
-    assert_eq!(
-        std::fs::read(d.file("r3.bin")).unwrap(),
-        content("/files/r3.bin", 1003)
-    );
+        // A file changed since: never overwritten without --overwrite, and
+        // refused again by every later run (regression: the second re-run
+        // found no good record and skipped it).
+        std::fs::write(d.file("r3.bin"), b"edited").unwrap();
+        for _ in 0..2 {
+            let run = rerun(&[]);
+            run.expect_code(1);
+            let failed = failed_urls(&run);
+            assert_eq!(failed.len(), 1, "{mode:?}: {run}");
+            assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+            assert_eq!(run.json()["skipped"], 20, "{run}");
+            assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
+            assert_eq!(d.http.hits(&format!("/files/{m}/r3.bin")).len(), 1);
+        }
+        let run = rerun(&["--overwrite"]);
+        run.expect_success();
+        assert_eq!(
+            std::fs::read(d.file("r3.bin")).unwrap(),
+            content(&format!("/files/{m}/r3.bin"), 1003)
+        );
+
+        // Without a manifest nothing vouches for the files: they are
+        // fetched again and kept only where identical.
+        std::fs::write(d.file("r5.bin"), b"edited").unwrap();
+        let run = d.download(&list, mode, &[]).run();
+        run.expect_code(1);
+        let json = run.json();
+        assert_eq!(json["succeeded"], 20, "{mode:?}: {run}");
+        assert_eq!(json["skipped"], 0);
+        let failed = failed_urls(&run);
+        assert_eq!(failed.len(), 1, "{run}");
+        assert!(failed[0].0.contains("/r5.bin"), "{failed:?}");
+        assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+        assert_eq!(std::fs::read(d.file("r5.bin")).unwrap(), b"edited");
+        assert_no_partials(&d.out);
+
+        // Empty again for the other mode (workers share this directory).
+        std::fs::remove_dir_all(&d.out).unwrap();
+        std::fs::create_dir(&d.out).unwrap();
+    }
     d.s.assert_clean();
 }
 

@@ -38,7 +38,7 @@ use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, exp
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use files::{Assembler, ChunkOutcome, Completion};
-use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
+use manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use plan::Decision;
 use urls::NamedEntry;
 
@@ -165,10 +165,12 @@ pub(crate) async fn run(
     let mut manifest = ManifestWriter::create(config.manifest.as_deref())?;
     let mut records: Vec<Option<ManifestRecord>> = vec![None; named.len()];
     let mut to_fetch = Vec::new();
+    let mut last_ok = vec![None; named.len()];
     for (slot, (entry, decision)) in named.iter().zip(decisions).enumerate() {
         let record = match decision {
-            Decision::Fetch => {
+            Decision::Fetch { last_ok: known } => {
                 to_fetch.push(slot);
+                last_ok[slot] = known;
                 continue;
             }
             Decision::Skip { bytes, sha256 } => ManifestRecord {
@@ -177,9 +179,10 @@ pub(crate) async fn run(
                 sha256: Some(sha256),
                 ..record_for(entry)
             },
-            Decision::Refuse(reason) => ManifestRecord {
+            Decision::Refuse { reason, last_ok } => ManifestRecord {
                 status: ItemStatus::Failed,
                 error: Some(reason),
+                last_ok,
                 ..record_for(entry)
             },
         };
@@ -211,6 +214,7 @@ pub(crate) async fn run(
             out_dir,
             named: &named,
             to_fetch: &to_fetch,
+            last_ok: &last_ok,
             records: &mut records,
             manifest: &mut manifest,
             finishing: tokio::task::JoinSet::new(),
@@ -277,6 +281,7 @@ fn record_for(entry: &NamedEntry) -> ManifestRecord {
         http_status: None,
         attempts: 0,
         error: None,
+        last_ok: None,
     }
 }
 
@@ -360,6 +365,9 @@ struct DownloadCollector<'a> {
     /// Slots in `named` of the entries being fetched; task `i` is
     /// `named[to_fetch[i]]`.
     to_fetch: &'a [usize],
+    /// By slot: what warren last verified at the name, carried forward in
+    /// a failed record (see `manifest`).
+    last_ok: &'a [Option<Verified>],
     records: &'a mut [Option<ManifestRecord>],
     manifest: &'a mut ManifestWriter,
     /// Files being placed or checked on blocking threads: their slot, their
@@ -382,10 +390,13 @@ impl DownloadCollector<'_> {
         (self.records[slot].is_none() && !self.finishing_slots.contains(&slot)).then_some(slot)
     }
 
-    fn finish(&mut self, slot: usize, record: ManifestRecord) -> Result<Accepted> {
+    fn finish(&mut self, slot: usize, mut record: ManifestRecord) -> Result<Accepted> {
         self.finishing_slots.remove(&slot);
         if record.status == ItemStatus::Failed {
             self.failures += 1;
+            // The file at the name is as it was: the next run must still
+            // know what it should hold.
+            record.last_ok = self.last_ok[slot].clone();
         }
         self.manifest.record(&record)?;
         self.records[slot] = Some(record);
@@ -596,53 +607,87 @@ mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
     use warren::filename::{RelativePath, TEMP_DIR};
-    use warren::protocol::DownloadReport;
+    use warren::protocol::{DownloadError, DownloadErrorKind, DownloadReport};
 
-    #[tokio::test]
-    async fn a_shared_download_is_placed_and_counts_for_the_throughput() {
-        let dir = tempfile::tempdir().unwrap();
-        let job = JobId::parse("j").unwrap();
-        let named = [NamedEntry {
-            entry: urls::UrlEntry {
-                origin: "argument 1".into(),
-                url: url::Url::parse("https://h/f.bin").unwrap(),
-                name: None,
-                sha256: None,
-            },
-            name: RelativePath::parse("f.bin").unwrap(),
-        }];
-        let data = vec![7u8; 2_000_000];
-        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
-        std::fs::write(dir.path().join(TEMP_DIR).join("j-0-1"), &data).unwrap();
-        let mut records = vec![None];
-        let mut manifest = ManifestWriter::create(None).unwrap();
-        let mut collector = DownloadCollector {
-            job: job.clone(),
-            delivery: Delivery::Shared,
-            overwrite: false,
-            assembler: Assembler::new(dir.path(), job, 1 << 30, false),
-            out_dir: dir.path().to_owned(),
-            named: &named,
-            to_fetch: &[0],
-            records: &mut records,
-            manifest: &mut manifest,
-            finishing: tokio::task::JoinSet::new(),
-            finishing_slots: std::collections::HashSet::new(),
-            received: 0,
-            failures: 0,
-            workers: BTreeSet::new(),
-        };
-        let report = DownloadReport {
+    /// What a collector borrows, for one URL `https://h/f.bin` saved as
+    /// `f.bin`.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        named: Vec<NamedEntry>,
+        records: Vec<Option<ManifestRecord>>,
+        manifest: ManifestWriter,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                named: vec![NamedEntry {
+                    entry: urls::UrlEntry {
+                        origin: "argument 1".into(),
+                        url: url::Url::parse("https://h/f.bin").unwrap(),
+                        name: None,
+                        sha256: None,
+                    },
+                    name: RelativePath::parse("f.bin").unwrap(),
+                }],
+                records: vec![None],
+                manifest: ManifestWriter::create(None).unwrap(),
+            }
+        }
+
+        fn collector<'a>(
+            &'a mut self,
+            delivery: Delivery,
+            last_ok: &'a [Option<Verified>],
+        ) -> DownloadCollector<'a> {
+            let job = JobId::parse("j").unwrap();
+            DownloadCollector {
+                job: job.clone(),
+                delivery,
+                overwrite: false,
+                assembler: Assembler::new(self.dir.path(), job, 1 << 30, false),
+                out_dir: self.dir.path().to_owned(),
+                named: &self.named,
+                to_fetch: &[0],
+                last_ok,
+                records: &mut self.records,
+                manifest: &mut self.manifest,
+                finishing: tokio::task::JoinSet::new(),
+                finishing_slots: std::collections::HashSet::new(),
+                received: 0,
+                failures: 0,
+                workers: BTreeSet::new(),
+            }
+        }
+    }
+
+    fn report(status: DownloadStatus, data: &[u8]) -> DownloadReport {
+        DownloadReport {
             url: "https://h/f.bin".into(),
-            status: DownloadStatus::Ok,
+            status,
             http_status: Some(200),
             attempts: 1,
             bytes: data.len() as u64,
-            sha256: Some(hex::encode(Sha256::digest(&data))),
+            sha256: Some(hex::encode(Sha256::digest(data))),
             content_type: None,
             attempt: None,
-            path: Some(format!("{TEMP_DIR}/j-0-1")),
+            path: None,
             error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_download_is_placed_and_counts_for_the_throughput() {
+        let mut fixture = Fixture::new();
+        let dir = fixture.dir.path().to_owned();
+        let data = vec![7u8; 2_000_000];
+        std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
+        std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
+        let mut collector = fixture.collector(Delivery::Shared, &[None]);
+        let report = DownloadReport {
+            path: Some(format!("{TEMP_DIR}/j-0-1")),
+            ..report(DownloadStatus::Ok, &data)
         };
         let accepted = collector.finish_download(0, 0, report).await.unwrap();
         assert_eq!(accepted, Accepted::Other, "answered once placed");
@@ -652,8 +697,33 @@ mod tests {
         );
         assert!(collector.has_pending());
         assert_eq!(collector.completion().await.unwrap(), Accepted::Answered(1));
-        assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), data);
-        assert!(!dir.path().join(TEMP_DIR).join("j-0-1").exists());
-        assert_eq!(records[0].as_ref().unwrap().status, ItemStatus::Ok);
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
+        assert!(!dir.join(TEMP_DIR).join("j-0-1").exists());
+        assert_eq!(fixture.records[0].as_ref().unwrap().status, ItemStatus::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_keeps_what_the_file_should_be() {
+        let mut fixture = Fixture::new();
+        let good = Verified {
+            bytes: 3,
+            sha256: "ab".into(),
+        };
+        let last_ok = [Some(good.clone())];
+        let mut collector = fixture.collector(Delivery::Broker, &last_ok);
+        let failed = DownloadReport {
+            error: Some(DownloadError {
+                kind: DownloadErrorKind::HttpStatus,
+                message: "HTTP 500".into(),
+            }),
+            sha256: None,
+            ..report(DownloadStatus::Failed, b"")
+        };
+        let accepted = collector.finish_download(0, 0, failed).await.unwrap();
+        assert_eq!(accepted, Accepted::Answered(1));
+        let record = fixture.records[0].clone().unwrap();
+        assert_eq!(record.status, ItemStatus::Failed);
+        assert_eq!(record.last_ok, Some(good.clone()));
+        assert_eq!(record.verified(), Some(good));
     }
 }
