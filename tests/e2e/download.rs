@@ -587,3 +587,57 @@ fn a_worker_without_shared_dir_says_so_and_how_to_fix_it() {
     );
     d.s.assert_clean();
 }
+
+#[test]
+fn a_job_that_times_out_still_records_every_url_in_the_manifest() {
+    let mut d = Downloads::new("dl_timeout");
+    let mut lines: Vec<String> = (0..3)
+        .map(|i| d.http.url(&format!("/files/t{i}.bin?size=10")))
+        .collect();
+    lines.push(lines[1].clone());
+    let list = d.list("urls.txt", &lines);
+    let manifest_path = d.s.path("manifest.jsonl");
+    // No worker: nothing can finish.
+    let run = d
+        .download(
+            &list,
+            Mode::Broker,
+            &[
+                "--manifest",
+                manifest_path.to_str().unwrap(),
+                "--timeout",
+                "2s",
+            ],
+        )
+        .run();
+    run.expect_code(2);
+    assert!(run.stderr.contains("timed out after 2s"), "{run}");
+    let records = manifest(&manifest_path);
+    assert_eq!(records.len(), 4, "{records:?}");
+    for line in &lines[..3] {
+        let record = records
+            .iter()
+            .find(|r| r["url"] == line.as_str() && r["status"] == "failed")
+            .unwrap_or_else(|| panic!("no failed line for {line}: {records:?}"));
+        let error = record["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("the job ended before it finished: timed out after 2s"),
+            "{error}"
+        );
+    }
+    let repeat = records
+        .iter()
+        .find(|r| r["status"] == "skipped")
+        .unwrap_or_else(|| panic!("no line for the repeat: {records:?}"));
+    assert_eq!(repeat["url"], lines[1].as_str());
+    assert!(
+        repeat["error"].as_str().unwrap().contains("urls.txt:2"),
+        "{repeat}"
+    );
+    // The abandoned tasks wait in the queue until a worker comes and
+    // drops them.
+    let _workers = d.workers(1);
+    d.s.assert_clean();
+    assert_eq!(d.http.total_hits(), 0, "a task of the ended job was run");
+    assert_no_partials(&d.out);
+}

@@ -82,7 +82,7 @@ pub struct DownloadConfig {
 pub struct DownloadSummary {
     /// The job's id; `None` when nothing needed downloading.
     pub job_id: Option<JobId>,
-    /// One record per URL, in list order.
+    /// One record per URL: in list order, then exact repeats.
     pub records: Vec<ManifestRecord>,
     /// The output directory.
     pub out_dir: PathBuf,
@@ -189,6 +189,22 @@ pub(crate) async fn run(
         manifest.record(&record)?;
         records[slot] = Some(record);
     }
+    // An exact repeat gets its own line too, saying which entry it repeats.
+    let repeated: Vec<ManifestRecord> = repeats
+        .iter()
+        .map(|repeat| ManifestRecord {
+            url: repeat.entry.url.to_string(),
+            status: ItemStatus::Skipped,
+            error: Some(format!(
+                "repeats {}: fetched once",
+                named[repeat.of].entry.origin
+            )),
+            ..record_for(&named[repeat.of])
+        })
+        .collect();
+    for record in &repeated {
+        manifest.record(record)?;
+    }
 
     let mut summary = DownloadSummary {
         job_id: None,
@@ -233,6 +249,14 @@ pub(crate) async fn run(
             started,
         )
         .await;
+        if let Err(e) = &outcome {
+            // Every URL still gets its manifest line: files being placed
+            // finish first (their threads would run on anyway), the rest
+            // fail with the reason the job ended.
+            if let Err(write) = collector.end_early(e).await {
+                tracing::warn!("{}", warren::display_chain(&write));
+            }
+        }
         collector.assembler.clean_up();
         summary.workers = std::mem::take(&mut collector.workers);
         outcome?;
@@ -247,6 +271,7 @@ pub(crate) async fn run(
                 ..record_for(entry)
             })
         })
+        .chain(repeated)
         .collect();
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -401,6 +426,36 @@ impl DownloadCollector<'_> {
         self.manifest.record(&record)?;
         self.records[slot] = Some(record);
         Ok(Accepted::Answered(1))
+    }
+
+    /// After the job ended early (`--timeout`, Ctrl-C, a broker or local
+    /// failure): waits for the files being placed or checked and records
+    /// them, then records every URL without an outcome as failed, with the
+    /// reason.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the manifest cannot be written.
+    async fn end_early(&mut self, ended: &Error) -> Result<()> {
+        while self.has_pending() {
+            if let Err(e) = self.completion().await {
+                // The local failure that stopped this file is its reason.
+                tracing::debug!(error = %e, "placing a file failed as the job ended");
+            }
+        }
+        let reason = format!(
+            "the job ended before it finished: {}",
+            warren::display_chain(ended)
+        );
+        for &slot in self.to_fetch {
+            if self.records[slot].is_none() {
+                let record = ManifestRecord {
+                    error: Some(reason.clone()),
+                    ..record_for(&self.named[slot])
+                };
+                self.finish(slot, record)?;
+            }
+        }
+        Ok(())
     }
 
     async fn finish_download(
