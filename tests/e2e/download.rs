@@ -154,6 +154,15 @@ fn hundreds_of_files_arrive_complete_in_both_modes() {
         let json = run.json();
         assert_eq!(json["succeeded"], 300, "{run}");
         assert_eq!(json["skipped"], 0);
+        let job_id = json["job_id"].as_str().unwrap_or_else(|| panic!("{run}"));
+        assert!(
+            job_id.len() == 32 && job_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{job_id}"
+        );
+        let elapsed = json["elapsed_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{run}"));
+        assert!(elapsed > 0.0 && elapsed < 120.0, "{elapsed}");
         assert_eq!(json["failed"].as_array().unwrap().len(), 0);
         let total: usize = files.iter().map(|(_, size)| size).sum();
         assert_eq!(json["bytes"], total as u64);
@@ -640,4 +649,55 @@ fn a_job_that_times_out_still_records_every_url_in_the_manifest() {
     d.s.assert_clean();
     assert_eq!(d.http.total_hits(), 0, "a task of the ended job was run");
     assert_no_partials(&d.out);
+}
+
+#[test]
+fn a_download_slower_than_its_total_timeout_fails_and_leaves_nothing() {
+    let mut d = Downloads::new("dl_total_timeout");
+    let _workers = d.workers(1);
+    for mode in [Mode::Broker, Mode::Shared] {
+        // 200 kB in 4 kB pieces every 50 ms: about 2.5 s, with no pause
+        // long enough for the idle timeout.
+        let path = format!("/trickle/{}", mode.name());
+        let list = d.list(
+            &format!("{}.txt", mode.name()),
+            &[format!(
+                "{} slow.bin",
+                d.http
+                    .url(&format!("{path}?size=200000&chunk=4000&delay_ms=50"))
+            )],
+        );
+        let manifest_path = d.s.path(&format!("{}.jsonl", mode.name()));
+        let run = d
+            .download(
+                &list,
+                mode,
+                &[
+                    "--download-timeout",
+                    "1s",
+                    "--attempts",
+                    "1",
+                    "--manifest",
+                    manifest_path.to_str().unwrap(),
+                ],
+            )
+            .run_within(Duration::from_secs(30));
+        run.expect_code(1);
+        let failed = failed_urls(&run);
+        assert_eq!(failed.len(), 1, "{run}");
+        assert!(
+            failed[0]
+                .1
+                .contains("not complete within the total timeout of 1s"),
+            "{failed:?}"
+        );
+        let sent = d.http.bytes_sent(&path);
+        assert!(sent > 0 && sent < 200_000, "{sent} bytes were sent");
+        assert!(!d.file("slow.bin").exists(), "{mode:?}: a partial file");
+        assert_no_partials(&d.out);
+        let records = manifest(&manifest_path);
+        assert_eq!(records[0]["status"], "failed");
+        assert_eq!(records[0]["attempts"], 1);
+    }
+    d.s.assert_clean();
 }
