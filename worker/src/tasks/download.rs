@@ -233,6 +233,17 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
     }
 }
 
+/// Removes the file a download stored in the shared directory's temporary
+/// area, once its report can no longer reach the producer.
+pub(crate) fn discard_stored(context: &TaskContext, outcome: &Outcome) {
+    if let (Outcome::Download(report), Some(shared)) = (outcome, &context.shared_dir)
+        && let Some(path) = &report.path
+    {
+        // Our own path, `.warren-tmp/<job>-<attempt>`, made by FileSink.
+        let _ = std::fs::remove_file(shared.join(path));
+    }
+}
+
 /// Exponential backoff with jitter in [d/2, d); a `Retry-After` from the
 /// server replaces it.
 fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
