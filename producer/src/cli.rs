@@ -123,7 +123,7 @@ Exit status:
 /// Flags of `producer download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// URL list files (- for stdin), or URLs
+    /// URL list files (- for stdin), or URLs (any argument with :// in it)
     #[arg(value_name = "URLS_FILE|URL", required = true)]
     pub inputs: Vec<String>,
 
@@ -138,7 +138,8 @@ pub struct DownloadArgs {
     pub shared: bool,
 
     /// Write one JSON line per URL here: url, path, status, bytes, sha256,
-    /// http_status, attempts, error
+    /// http_status, attempts, error (and last_ok on failures); a re-run
+    /// with the same manifest skips the files it verifies
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
 
@@ -319,12 +320,19 @@ impl Cli {
                     if value.is_zero() {
                         return Err(Error::Usage(format!("{flag} must be longer than 0")));
                     }
+                    // Workers refuse longer ones as malformed: say so now.
+                    if value > DownloadLimits::MAX_TIMEOUT {
+                        return Err(Error::Usage(format!("{flag} must be at most 1 day")));
+                    }
                 }
                 let inputs = args
                     .inputs
                     .iter()
                     .map(|arg| {
-                        if arg.starts_with("http://") || arg.starts_with("https://") {
+                        // Anything that looks like a URL is one, whatever its
+                        // scheme: `ftp://h/x` then gets the scheme error, not
+                        // "cannot open", and `HTTP://h/x` is downloaded.
+                        if arg.contains("://") {
                             UrlInput::Url(arg.clone())
                         } else {
                             UrlInput::List(Source::from_arg(std::path::Path::new(arg)))
@@ -505,11 +513,28 @@ mod tests {
         assert_eq!(config.limits.max_attempts, 2);
         assert_eq!(config.limits.idle_timeout_s, 5.0);
         assert_eq!(config.manifest, Some("m.jsonl".into()));
+        let config = parse(&["download", "HTTP://h/a", "ftp://h/b", "-o", "out"]).unwrap();
+        let JobConfig::Download(config) = config.job else {
+            panic!("not a download job");
+        };
+        assert_eq!(
+            config.inputs,
+            [
+                UrlInput::Url("HTTP://h/a".into()),
+                UrlInput::Url("ftp://h/b".into())
+            ]
+        );
         assert!(
             parse(&["download", "u.txt"])
                 .unwrap_err()
                 .contains("--out-dir")
         );
+        assert!(
+            parse(&["download", "u.txt", "-o", "d", "--download-timeout", "25h"])
+                .unwrap_err()
+                .contains("--download-timeout must be at most 1 day")
+        );
+        assert!(parse(&["download", "u.txt", "-o", "d", "--idle-timeout", "1day"]).is_ok());
         assert!(
             parse(&["download", "u.txt", "-o", "d", "--attempts", "0"])
                 .unwrap_err()

@@ -328,9 +328,11 @@ pub(crate) async fn drive(
     mut publisher: JoinHandle<Result<u64>>,
     drive: Drive<'_>,
 ) -> Result<u64> {
+    // A timeout too far away to be a point in time is no timeout.
     let deadline = drive
         .timeout
-        .map(|t| tokio::time::Instant::from_std(drive.started + t));
+        .and_then(|t| drive.started.checked_add(t))
+        .map(tokio::time::Instant::from_std);
     let mut total: Option<u64> = None;
     let mut answered = 0u64;
     let mut worker_check = tokio::time::interval(WORKER_CHECK_INTERVAL);

@@ -93,3 +93,21 @@ fn a_bad_url_is_refused_without_echoing_the_password() {
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn a_url_with_another_scheme_is_refused_as_a_url() {
+    let out = tempfile::tempdir().unwrap();
+    let output = producer()
+        .args(["download", "ftp://h/x", "-o"])
+        .arg(out.path())
+        // Refused before connecting: no broker is needed.
+        .env("AMQP_URL", "amqp://127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("argument 1: unsupported scheme \"ftp\""),
+        "{stderr}"
+    );
+}

@@ -154,6 +154,15 @@ fn hundreds_of_files_arrive_complete_in_both_modes() {
         let json = run.json();
         assert_eq!(json["succeeded"], 300, "{run}");
         assert_eq!(json["skipped"], 0);
+        let job_id = json["job_id"].as_str().unwrap_or_else(|| panic!("{run}"));
+        assert!(
+            job_id.len() == 32 && job_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{job_id}"
+        );
+        let elapsed = json["elapsed_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{run}"));
+        assert!(elapsed > 0.0 && elapsed < 120.0, "{elapsed}");
         assert_eq!(json["failed"].as_array().unwrap().len(), 0);
         let total: usize = files.iter().map(|(_, size)| size).sum();
         assert_eq!(json["bytes"], total as u64);
@@ -321,35 +330,41 @@ fn names_that_try_to_escape_stay_inside_the_output_directory() {
         format!("{} nested/dir/given.bin", d.http.url("/d/whatever?size=14")),
     ];
     let list = d.list("names.txt", &lines);
-    let run = d.download(&list, Mode::Broker, &[]).run();
-    run.expect_success();
-    assert_eq!(run.json()["succeeded"], 5, "{run}");
-    let mut names: Vec<String> = walk(&d.out)
-        .into_iter()
-        .map(|p| p.strip_prefix(&d.out).unwrap().to_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 5, "{names:?}");
-    assert!(names.contains(&".._.._escape.txt".to_owned()), "{names:?}");
-    assert!(names.contains(&"ctl__name".to_owned()), "{names:?}");
-    assert!(
-        names.contains(&"nested/dir/given.bin".to_owned()),
-        "{names:?}"
-    );
-    // The first keeps its name; the one that collides with it (on a
-    // case-insensitive filesystem too) gets its URL's tag.
-    assert!(names.contains(&"img.jpg".to_owned()), "{names:?}");
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("IMG-") && n.ends_with(".jpg")),
-        "{names:?}"
-    );
-    assert!(!d.s.dir.path().join("escape.txt").exists());
-    assert_eq!(
-        std::fs::read(d.file("nested/dir/given.bin")).unwrap(),
-        content("/d/whatever", 14)
-    );
+    for mode in [Mode::Broker, Mode::Shared] {
+        let run = d.download(&list, mode, &[]).run();
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 5, "{mode:?}: {run}");
+        let mut names: Vec<String> = walk(&d.out)
+            .into_iter()
+            .map(|p| p.strip_prefix(&d.out).unwrap().to_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 5, "{mode:?}: {names:?}");
+        assert!(names.contains(&".._.._escape.txt".to_owned()), "{names:?}");
+        assert!(names.contains(&"ctl__name".to_owned()), "{names:?}");
+        assert!(
+            names.contains(&"nested/dir/given.bin".to_owned()),
+            "{names:?}"
+        );
+        // The first keeps its name; the one that collides with it (on a
+        // case-insensitive filesystem too) gets its URL's tag.
+        assert!(names.contains(&"img.jpg".to_owned()), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("IMG-") && n.ends_with(".jpg")),
+            "{names:?}"
+        );
+        assert!(!d.s.dir.path().join("escape.txt").exists());
+        assert_eq!(
+            std::fs::read(d.file("nested/dir/given.bin")).unwrap(),
+            content("/d/whatever", 14)
+        );
+        assert!(!d.out.join(".warren-tmp").exists(), "{mode:?}: left over");
+        // Empty again for the other mode (workers share this directory).
+        std::fs::remove_dir_all(&d.out).unwrap();
+        std::fs::create_dir(&d.out).unwrap();
+    }
 
     // A given name that escapes is refused before anything is published.
     let bad = Scenario::new("dl_bad_name");
@@ -437,71 +452,91 @@ fn a_worker_killed_mid_download_leaves_no_partial_file_and_the_file_arrives() {
 fn a_rerun_fetches_only_what_is_missing_or_failed() {
     let mut d = Downloads::new("dl_rerun");
     let _workers = d.workers(2);
-    let mut lines: Vec<String> = (0..20)
-        .map(|i| d.http.url(&format!("/files/r{i}.bin?size={}", 1000 + i)))
-        .collect();
-    lines.push(format!(
-        "{} flaky.bin",
-        d.http.url("/flaky/r?fail=1&status=500&size=50")
-    ));
-    let list = d.list("urls.txt", &lines);
-    let manifest_path = d.s.path("manifest.jsonl");
-    let manifest_arg = manifest_path.to_str().unwrap();
+    for mode in [Mode::Broker, Mode::Shared] {
+        let m = mode.name();
+        let mut lines: Vec<String> = (0..20)
+            .map(|i| {
+                d.http
+                    .url(&format!("/files/{m}/r{i}.bin?size={}", 1000 + i))
+            })
+            .collect();
+        lines.push(format!(
+            "{} flaky.bin",
+            d.http.url(&format!("/flaky/{m}?fail=1&status=500&size=50"))
+        ));
+        let list = d.list(&format!("{m}.txt"), &lines);
+        let manifest_path = d.s.path(&format!("{m}.jsonl"));
+        let manifest_arg = manifest_path.to_str().unwrap();
+        let rerun = |extra: &[&str]| {
+            let mut args = vec!["--manifest", manifest_arg];
+            args.extend_from_slice(extra);
+            d.download(&list, mode, &args).run()
+        };
 
-    let run = d
-        .download(
-            &list,
-            Mode::Broker,
-            &["--attempts", "1", "--manifest", manifest_arg],
-        )
-        .run();
-    run.expect_code(1);
-    assert_eq!(run.json()["succeeded"], 20);
-    assert_eq!(failed_urls(&run).len(), 1);
+        let run = rerun(&["--attempts", "1"]);
+        run.expect_code(1);
+        assert_eq!(run.json()["succeeded"], 20, "{mode:?}: {run}");
+        assert_eq!(failed_urls(&run).len(), 1);
 
-    let run = d
-        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
-        .run();
-    run.expect_success();
-    let json = run.json();
-    assert_eq!(json["skipped"], 20, "{run}");
-    assert_eq!(json["succeeded"], 1);
-    for i in 0..20 {
+        let run = rerun(&[]);
+        run.expect_success();
+        let json = run.json();
+        assert_eq!(json["skipped"], 20, "{mode:?}: {run}");
+        assert_eq!(json["succeeded"], 1);
+        for i in 0..20 {
+            assert_eq!(
+                d.http.hits(&format!("/files/{m}/r{i}.bin")).len(),
+                1,
+                "r{i}.bin was fetched again"
+            );
+        }
+        let records = manifest(&manifest_path);
         assert_eq!(
-            d.http.hits(&format!("/files/r{i}.bin")).len(),
-            1,
-            "r{i}.bin was fetched again"
+            records.iter().filter(|r| r["status"] == "skipped").count(),
+            20
         );
-    }
-    let records = manifest(&manifest_path);
-    assert_eq!(
-        records.iter().filter(|r| r["status"] == "skipped").count(),
-        20
-    );
-    assert_eq!(records.iter().filter(|r| r["status"] == "ok").count(), 1);
+        assert_eq!(records.iter().filter(|r| r["status"] == "ok").count(), 1);
 
-    // A file changed since: never overwritten without --overwrite.
-    std::fs::write(d.file("r3.bin"), b"edited").unwrap();
-    let run = d
-        .download(&list, Mode::Broker, &["--manifest", manifest_arg])
-        .run();
-    run.expect_code(1);
-    let failed = failed_urls(&run);
-    assert_eq!(failed.len(), 1, "{run}");
-    assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
-    assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
-    let run = d
-        .download(
-            &list,
-            Mode::Broker,
-            &["--manifest", manifest_arg, "--overwrite"],
-        )
-        .run();
-    run.expect_success();
-    assert_eq!(
-        std::fs::read(d.file("r3.bin")).unwrap(),
-        content("/files/r3.bin", 1003)
-    );
+        // A file changed since: never overwritten without --overwrite, and
+        // refused again by every later run (regression: the second re-run
+        // found no good record and skipped it).
+        std::fs::write(d.file("r3.bin"), b"edited").unwrap();
+        for _ in 0..2 {
+            let run = rerun(&[]);
+            run.expect_code(1);
+            let failed = failed_urls(&run);
+            assert_eq!(failed.len(), 1, "{mode:?}: {run}");
+            assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+            assert_eq!(run.json()["skipped"], 20, "{run}");
+            assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
+            assert_eq!(d.http.hits(&format!("/files/{m}/r3.bin")).len(), 1);
+        }
+        let run = rerun(&["--overwrite"]);
+        run.expect_success();
+        assert_eq!(
+            std::fs::read(d.file("r3.bin")).unwrap(),
+            content(&format!("/files/{m}/r3.bin"), 1003)
+        );
+
+        // Without a manifest nothing vouches for the files: they are
+        // fetched again and kept only where identical.
+        std::fs::write(d.file("r5.bin"), b"edited").unwrap();
+        let run = d.download(&list, mode, &[]).run();
+        run.expect_code(1);
+        let json = run.json();
+        assert_eq!(json["succeeded"], 20, "{mode:?}: {run}");
+        assert_eq!(json["skipped"], 0);
+        let failed = failed_urls(&run);
+        assert_eq!(failed.len(), 1, "{run}");
+        assert!(failed[0].0.contains("/r5.bin"), "{failed:?}");
+        assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+        assert_eq!(std::fs::read(d.file("r5.bin")).unwrap(), b"edited");
+        assert_no_partials(&d.out);
+
+        // Empty again for the other mode (workers share this directory).
+        std::fs::remove_dir_all(&d.out).unwrap();
+        std::fs::create_dir(&d.out).unwrap();
+    }
     d.s.assert_clean();
 }
 
@@ -535,5 +570,134 @@ fn urls_on_the_command_line_and_lists_on_stdin() {
         std::fs::read(d.file("three")).unwrap(),
         content("/files/three", 7)
     );
+    d.s.assert_clean();
+}
+
+#[test]
+fn a_worker_without_shared_dir_says_so_and_how_to_fix_it() {
+    let mut d = Downloads::new("dl_no_shared_dir");
+    let _worker = d.s.start_worker("plain", &[]);
+    d.s.broker.wait_for_consumers(1);
+    let list = d.list("urls.txt", &[d.http.url("/files/a.bin?size=10")]);
+    let run = d.download(&list, Mode::Shared, &[]).run();
+    run.expect_code(1);
+    let failed = failed_urls(&run);
+    assert_eq!(failed.len(), 1, "{run}");
+    for needle in ["worker plain has no --shared-dir", "start every worker"] {
+        assert!(
+            failed[0].1.contains(needle),
+            "{:?} lacks {needle}",
+            failed[0].1
+        );
+    }
+    assert!(
+        d.http.hits("/files/a.bin").is_empty(),
+        "nothing was fetched"
+    );
+    d.s.assert_clean();
+}
+
+#[test]
+fn a_job_that_times_out_still_records_every_url_in_the_manifest() {
+    let mut d = Downloads::new("dl_timeout");
+    let mut lines: Vec<String> = (0..3)
+        .map(|i| d.http.url(&format!("/files/t{i}.bin?size=10")))
+        .collect();
+    lines.push(lines[1].clone());
+    let list = d.list("urls.txt", &lines);
+    let manifest_path = d.s.path("manifest.jsonl");
+    // No worker: nothing can finish.
+    let run = d
+        .download(
+            &list,
+            Mode::Broker,
+            &[
+                "--manifest",
+                manifest_path.to_str().unwrap(),
+                "--timeout",
+                "2s",
+            ],
+        )
+        .run();
+    run.expect_code(2);
+    assert!(run.stderr.contains("timed out after 2s"), "{run}");
+    let records = manifest(&manifest_path);
+    assert_eq!(records.len(), 4, "{records:?}");
+    for line in &lines[..3] {
+        let record = records
+            .iter()
+            .find(|r| r["url"] == line.as_str() && r["status"] == "failed")
+            .unwrap_or_else(|| panic!("no failed line for {line}: {records:?}"));
+        let error = record["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("the job ended before it finished: timed out after 2s"),
+            "{error}"
+        );
+    }
+    let repeat = records
+        .iter()
+        .find(|r| r["status"] == "skipped")
+        .unwrap_or_else(|| panic!("no line for the repeat: {records:?}"));
+    assert_eq!(repeat["url"], lines[1].as_str());
+    assert!(
+        repeat["error"].as_str().unwrap().contains("urls.txt:2"),
+        "{repeat}"
+    );
+    // The abandoned tasks wait in the queue until a worker comes and
+    // drops them.
+    let _workers = d.workers(1);
+    d.s.assert_clean();
+    assert_eq!(d.http.total_hits(), 0, "a task of the ended job was run");
+    assert_no_partials(&d.out);
+}
+
+#[test]
+fn a_download_slower_than_its_total_timeout_fails_and_leaves_nothing() {
+    let mut d = Downloads::new("dl_total_timeout");
+    let _workers = d.workers(1);
+    for mode in [Mode::Broker, Mode::Shared] {
+        // 200 kB in 4 kB pieces every 50 ms: about 2.5 s, with no pause
+        // long enough for the idle timeout.
+        let path = format!("/trickle/{}", mode.name());
+        let list = d.list(
+            &format!("{}.txt", mode.name()),
+            &[format!(
+                "{} slow.bin",
+                d.http
+                    .url(&format!("{path}?size=200000&chunk=4000&delay_ms=50"))
+            )],
+        );
+        let manifest_path = d.s.path(&format!("{}.jsonl", mode.name()));
+        let run = d
+            .download(
+                &list,
+                mode,
+                &[
+                    "--download-timeout",
+                    "1s",
+                    "--attempts",
+                    "1",
+                    "--manifest",
+                    manifest_path.to_str().unwrap(),
+                ],
+            )
+            .run_within(Duration::from_secs(30));
+        run.expect_code(1);
+        let failed = failed_urls(&run);
+        assert_eq!(failed.len(), 1, "{run}");
+        assert!(
+            failed[0]
+                .1
+                .contains("not complete within the total timeout of 1s"),
+            "{failed:?}"
+        );
+        let sent = d.http.bytes_sent(&path);
+        assert!(sent > 0 && sent < 200_000, "{sent} bytes were sent");
+        assert!(!d.file("slow.bin").exists(), "{mode:?}: a partial file");
+        assert_no_partials(&d.out);
+        let records = manifest(&manifest_path);
+        assert_eq!(records[0]["status"], "failed");
+        assert_eq!(records[0]["attempts"], 1);
+    }
     d.s.assert_clean();
 }

@@ -354,6 +354,9 @@ async fn run_task(
         }
         Ok(Routed::Returned) => {
             tracing::debug!("job ended while the task ran; dropping its result");
+            // Nobody will move a stored file now, nor clean it up: the
+            // producer removed the job's temporary files when it ended.
+            tasks::discard_stored(context, &result.outcome);
             context.liveness.mark_gone(&job);
             ack(delivery).await;
             metrics.task(kind, TaskOutcome::Dropped, None);

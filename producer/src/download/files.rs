@@ -5,7 +5,7 @@
 //! A file appears under its final name only complete and verified: chunks
 //! go to a temporary file in `OUT/.warren-tmp/`, which is checked (size and
 //! SHA-256 against the worker's report and the expected checksum), synced
-//! and only then renamed into place.
+//! and only then [placed](super::placement).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -17,6 +17,7 @@ use warren::JobId;
 use warren::filename::{RelativePath, TEMP_DIR};
 use warren::protocol::BodyChunk;
 
+use super::placement;
 use crate::error::{Error, Result};
 
 /// SHA-256 and size of a file, read in 1 MiB blocks.
@@ -58,41 +59,68 @@ pub(crate) struct Saved {
 pub(crate) struct ReadyFile {
     temp: PathBuf,
     file: BufWriter<File>,
-    target: PathBuf,
+    out_dir: PathBuf,
+    name: RelativePath,
+    overwrite: bool,
     saved: Saved,
 }
 
 impl ReadyFile {
     /// Flushes and syncs the file (so a crash cannot leave a short file
-    /// under the final name), then renames it into place. Blocking.
+    /// under the final name), then [places](placement::place) it.
+    /// Blocking.
+    ///
+    /// `Ok(Err(reason))` fails the download (its name is taken).
     ///
     /// # Errors
     /// [`Error::Write`] for a local I/O failure.
-    pub(crate) fn place(self) -> Result<Saved> {
+    pub(crate) fn place(self) -> Result<std::result::Result<Saved, String>> {
         let ReadyFile {
             temp,
             file,
-            target,
+            out_dir,
+            name,
+            overwrite,
             saved,
         } = self;
-        let placed = file
+        let synced = file
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| match target.parent() {
-                Some(parent) => std::fs::create_dir_all(parent),
-                None => Ok(()),
-            })
-            .and_then(|()| std::fs::rename(&temp, &target));
-        if let Err(e) = placed {
+            .and_then(|file| file.sync_all());
+        if let Err(e) = synced {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::Write {
-                output: target.display().to_string(),
+                output: temp.display().to_string(),
                 source: e,
             });
         }
-        Ok(saved)
+        placement::place(&out_dir, &temp, &name, saved, overwrite)
     }
+}
+
+/// What became of one body chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChunkOutcome {
+    /// Written; this many bytes.
+    Written(u64),
+    /// Not written: a replaced attempt's, out of order, or after a gap.
+    Ignored,
+    /// The attempt sent more than the size limit: the download fails now,
+    /// for this reason (a worker enforces the limit itself, so only a
+    /// faulty one gets here; the producer does not rely on it).
+    TooLarge(String),
+}
+
+/// What a worker's success report makes of a file.
+pub(crate) enum Completion {
+    /// Complete and verified; still to be [placed](ReadyFile::place).
+    Ready(ReadyFile),
+    /// The download fails, for this reason.
+    Failed(String),
+    /// The report is from an attempt that a newer one replaced (the task
+    /// was redelivered while its first worker was still at it): ignored,
+    /// the newer attempt's report decides.
+    Stale,
 }
 
 /// Puts files together from body chunks.
@@ -100,6 +128,10 @@ pub(crate) struct Assembler {
     out_dir: PathBuf,
     temp_dir: PathBuf,
     job: JobId,
+    /// Largest file accepted (`--max-size`).
+    max_bytes: u64,
+    /// Whether finished files may replace existing ones (`--overwrite`).
+    overwrite: bool,
     incoming: HashMap<u64, Incoming>,
     /// Attempts that were replaced by a newer one, per task: their late
     /// chunks are ignored.
@@ -116,50 +148,80 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    pub(crate) fn new(out_dir: &Path, job: JobId) -> Self {
+    pub(crate) fn new(out_dir: &Path, job: JobId, max_bytes: u64, overwrite: bool) -> Self {
         Assembler {
             out_dir: out_dir.to_owned(),
             temp_dir: out_dir.join(TEMP_DIR),
             job,
+            max_bytes,
+            overwrite,
             incoming: HashMap::new(),
             retired: HashMap::new(),
         }
     }
 
+    /// Whether `attempt` of `task` was replaced by a newer attempt: its
+    /// chunks and reports, success or failure, no longer count.
+    pub(crate) fn is_retired(&self, task: u64, attempt: &str) -> bool {
+        self.retired
+            .get(&task)
+            .is_some_and(|retired| retired.contains(attempt))
+    }
+
+    /// Starts `task` over with a new attempt, retiring the current one.
+    fn replace(&mut self, task: u64, attempt: &str) -> Result<()> {
+        if let Some(old) = self.incoming.remove(&task) {
+            self.retired
+                .entry(task)
+                .or_default()
+                .insert(old.attempt.clone());
+            discard(old);
+        }
+        let incoming = self.start(task, attempt)?;
+        self.incoming.insert(task, incoming);
+        Ok(())
+    }
+
     /// Takes one chunk. A chunk at offset 0 of an attempt not seen before
     /// starts the file over (the worker retried, or the task was
-    /// redelivered); chunks of replaced attempts are ignored. Returns the
-    /// bytes accepted.
-    pub(crate) fn chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<u64> {
+    /// redelivered); chunks of replaced attempts are ignored.
+    ///
+    /// # Errors
+    /// [`Error::Write`] for a local I/O failure, which ends the job.
+    pub(crate) fn chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<ChunkOutcome> {
         let current = self
             .incoming
             .get(&chunk.task)
             .is_some_and(|incoming| incoming.attempt == chunk.attempt);
         if !current {
-            let retired = self.retired.entry(chunk.task).or_default();
-            if chunk.offset != 0 || retired.contains(&chunk.attempt) {
-                return Ok(0);
+            if chunk.offset != 0 || self.is_retired(chunk.task, &chunk.attempt) {
+                return Ok(ChunkOutcome::Ignored);
             }
-            if let Some(old) = self.incoming.remove(&chunk.task) {
-                retired.insert(old.attempt.clone());
-                discard(old);
-            }
-            let incoming = self.start(chunk)?;
-            self.incoming.insert(chunk.task, incoming);
+            self.replace(chunk.task, &chunk.attempt)?;
         }
         let incoming = self
             .incoming
             .get_mut(&chunk.task)
             .expect("the current attempt was just found or inserted"); // invariant: see above
         if incoming.broken.is_some() {
-            return Ok(0);
+            return Ok(ChunkOutcome::Ignored);
         }
         if chunk.offset != incoming.written {
             incoming.broken = Some(format!(
-                "a chunk at offset {} arrived when {} bytes were written",
+                "the file arrived damaged: a chunk at offset {} arrived when {} bytes were written",
                 chunk.offset, incoming.written
             ));
-            return Ok(0);
+            return Ok(ChunkOutcome::Ignored);
+        }
+        // Bounded here too, not only by the worker: the disk this writes
+        // to is the producer's.
+        if incoming.written.saturating_add(data.len() as u64) > self.max_bytes {
+            let reason = format!(
+                "more than the limit of {} bytes arrived for it (--max-size)",
+                self.max_bytes
+            );
+            self.forget(chunk.task);
+            return Ok(ChunkOutcome::TooLarge(reason));
         }
         incoming.file.write_all(data).map_err(|e| Error::Write {
             output: incoming.temp.display().to_string(),
@@ -167,15 +229,15 @@ impl Assembler {
         })?;
         incoming.hasher.update(data);
         incoming.written += data.len() as u64;
-        Ok(data.len() as u64)
+        Ok(ChunkOutcome::Written(data.len() as u64))
     }
 
-    fn start(&self, chunk: &BodyChunk) -> Result<Incoming> {
+    fn start(&self, task: u64, attempt: &str) -> Result<Incoming> {
         std::fs::create_dir_all(&self.temp_dir).map_err(|e| Error::Write {
             output: self.temp_dir.display().to_string(),
             source: e,
         })?;
-        let temp = self.temp_dir.join(format!("{}-{}", self.job, chunk.task));
+        let temp = self.temp_dir.join(format!("{}-{task}", self.job));
         let file = File::create(&temp)
             .or_else(|_| {
                 // Another job sharing the directory may have just removed it.
@@ -187,7 +249,7 @@ impl Assembler {
                 source: e,
             })?;
         Ok(Incoming {
-            attempt: chunk.attempt.clone(),
+            attempt: attempt.to_owned(),
             temp,
             file: BufWriter::with_capacity(1 << 20, file),
             written: 0,
@@ -198,11 +260,11 @@ impl Assembler {
 
     /// Finishes a task whose worker reported success: checks that the
     /// reported attempt's bytes all arrived and match the reported (and
-    /// expected) size and SHA-256. The returned [`ReadyFile`] still has to
-    /// be [placed](ReadyFile::place), on a blocking thread.
+    /// expected) size and SHA-256. A [`Completion::Ready`] file still has
+    /// to be [placed](ReadyFile::place), on a blocking thread.
     ///
-    /// `Ok(Err(reason))` means the download must count as failed;
-    /// `Err(_)` is a local I/O failure that ends the job.
+    /// # Errors
+    /// [`Error::Write`] for a local I/O failure, which ends the job.
     pub(crate) fn complete(
         &mut self,
         task: u64,
@@ -211,28 +273,32 @@ impl Assembler {
         bytes: u64,
         sha256: &str,
         expected_sha256: Option<&str>,
-    ) -> Result<std::result::Result<ReadyFile, String>> {
-        let incoming = match self.incoming.remove(&task) {
-            Some(incoming) if incoming.attempt == attempt => incoming,
-            Some(other) => {
-                discard(other);
-                return Ok(Err(
-                    "the file's data did not arrive (another attempt's did)".into(),
-                ));
+    ) -> Result<Completion> {
+        if self.is_retired(task, attempt) {
+            return Ok(Completion::Stale);
+        }
+        let current = self
+            .incoming
+            .get(&task)
+            .is_some_and(|incoming| incoming.attempt == attempt);
+        if !current {
+            // Every chunk of an attempt is confirmed before its report is
+            // sent, so a new attempt with a body has made itself current
+            // by now. One that did not sent an empty body (no chunk at
+            // all): it starts the file over like any new attempt.
+            if bytes != 0 {
+                self.forget(task);
+                return Ok(Completion::Failed("the file's data did not arrive".into()));
             }
-            // An empty body sends no chunk.
-            None if bytes == 0 => self.start(&BodyChunk {
-                job: self.job.clone(),
-                task,
-                attempt: attempt.to_owned(),
-                offset: 0,
-            })?,
-            None => return Ok(Err("the file's data did not arrive".into())),
-        };
-        if let Some(reason) = &incoming.broken {
-            let reason = format!("the file arrived damaged: {reason}");
+            self.replace(task, attempt)?;
+        }
+        let incoming = self
+            .incoming
+            .remove(&task)
+            .expect("the attempt is current or was just started"); // invariant: see above
+        if let Some(reason) = incoming.broken.clone() {
             discard(incoming);
-            return Ok(Err(reason));
+            return Ok(Completion::Failed(reason));
         }
         let got = hex::encode(incoming.hasher.clone().finalize());
         if incoming.written != bytes || got != sha256 {
@@ -242,21 +308,23 @@ impl Assembler {
                 incoming.written
             );
             discard(incoming);
-            return Ok(Err(reason));
+            return Ok(Completion::Failed(reason));
         }
         if let Some(expected) = expected_sha256
             && expected != got
         {
             discard(incoming);
-            return Ok(Err(format!(
+            return Ok(Completion::Failed(format!(
                 "checksum mismatch: expected sha256 {expected}, got {got}"
             )));
         }
         let Incoming { temp, file, .. } = incoming;
-        Ok(Ok(ReadyFile {
+        Ok(Completion::Ready(ReadyFile {
             temp,
             file,
-            target: name.under(&self.out_dir),
+            out_dir: self.out_dir.clone(),
+            name: name.clone(),
+            overwrite: self.overwrite,
             saved: Saved { bytes, sha256: got },
         }))
     }
@@ -293,27 +361,76 @@ fn discard(incoming: Incoming) {
     let _ = std::fs::remove_file(temp);
 }
 
-/// Checks a file a worker stored in the shared directory, as the producer
-/// sees it under `out_dir`.
-pub(crate) fn verify_stored(
+/// The temporary file a worker reports it stored for `task` of `job`, if
+/// `path` names one: `.warren-tmp/<job>-<task>-<tag>`, the tag letters and
+/// digits. Nothing else is accepted, so a faulty worker cannot have the
+/// producer move any other file of the directory.
+pub(crate) fn stored_temp(job: &JobId, task: u64, path: &str) -> Option<PathBuf> {
+    let file = path.strip_prefix(TEMP_DIR)?.strip_prefix('/')?;
+    let tag = file.strip_prefix(&format!("{job}-{task}-"))?;
+    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| Path::new(TEMP_DIR).join(file))
+}
+
+/// Finishes a file a worker stored in the shared directory: verifies the
+/// temporary file `temp` (relative to `out_dir`, from [`stored_temp`])
+/// against the worker's report and the expected checksum, then
+/// [places](placement::place) it under `name`. The temporary file is gone
+/// afterwards, whatever the outcome. Blocking.
+///
+/// `Ok(Err(reason))` fails the download.
+///
+/// # Errors
+/// [`Error::Write`] for a local I/O failure while placing.
+pub(crate) fn finish_stored(
     out_dir: &Path,
+    temp: &Path,
     name: &RelativePath,
-    bytes: u64,
-    sha256: &str,
+    report: (u64, &str),
+    expected_sha256: Option<&str>,
+    overwrite: bool,
+) -> Result<std::result::Result<Saved, String>> {
+    let temp = out_dir.join(temp);
+    match verify_stored(out_dir, &temp, report, expected_sha256) {
+        Ok(saved) => placement::place(out_dir, &temp, name, saved, overwrite),
+        Err(reason) => {
+            let _ = std::fs::remove_file(&temp);
+            Ok(Err(reason))
+        }
+    }
+}
+
+/// Checks a file a worker stored, as the producer sees it.
+fn verify_stored(
+    out_dir: &Path,
+    temp: &Path,
+    (bytes, sha256): (u64, &str),
     expected_sha256: Option<&str>,
 ) -> std::result::Result<Saved, String> {
-    let path = name.under(out_dir);
-    let (size, got) = hash_file(&path).map_err(|e| {
-        format!(
-            "the worker stored the file but {} cannot be read here ({e}): do --out-dir and the \
+    // Only a real directory and a regular file: a link could make the
+    // producer read, and then move, a file from elsewhere.
+    let temp_dir = out_dir.join(TEMP_DIR);
+    let real = |path: &Path, dir: bool| {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|meta| if dir { meta.is_dir() } else { meta.is_file() })
+    };
+    if !real(&temp_dir, true) || !real(temp, false) {
+        return Err(format!(
+            "the worker stored the file but {} is not a file here: do --out-dir and the \
              workers' --shared-dir point at the same storage?",
-            path.display()
+            temp.display()
+        ));
+    }
+    let (size, got) = hash_file(temp).map_err(|e| {
+        format!(
+            "the worker stored the file but {} cannot be read here ({e})",
+            temp.display()
         )
     })?;
     if size != bytes || got != sha256 {
         return Err(format!(
-            "{} has {size} bytes with sha256 {got}, but the worker stored {bytes} bytes with sha256 {sha256}",
-            path.display()
+            "the stored file has {size} bytes with sha256 {got}, but the worker stored {bytes} \
+             bytes with sha256 {sha256}"
         ));
     }
     if let Some(expected) = expected_sha256
@@ -343,29 +460,53 @@ mod tests {
         hex::encode(Sha256::digest(data))
     }
 
+    fn assembler(dir: &Path) -> Assembler {
+        Assembler::new(dir, JobId::parse("j").unwrap(), 1 << 20, false)
+    }
+
+    fn ready(completion: Completion) -> ReadyFile {
+        match completion {
+            Completion::Ready(ready) => ready,
+            Completion::Failed(reason) => panic!("failed: {reason}"),
+            Completion::Stale => panic!("stale"),
+        }
+    }
+
+    fn failure(completion: Completion) -> String {
+        match completion {
+            Completion::Failed(reason) => reason,
+            Completion::Ready(_) => panic!("ready"),
+            Completion::Stale => panic!("stale"),
+        }
+    }
+
     #[test]
     fn a_new_attempt_starts_over_and_late_chunks_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let name = RelativePath::parse("sub/f.bin").unwrap();
-        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
+        let mut assembler = assembler(dir.path());
         assembler.chunk(&chunk(0, "a", 0), b"hello ").unwrap();
         // The worker died; the task was redelivered: attempt b starts over.
         assembler.chunk(&chunk(0, "b", 0), b"good").unwrap();
-        assert_eq!(assembler.chunk(&chunk(0, "a", 6), b"stale").unwrap(), 0);
+        assert_eq!(
+            assembler.chunk(&chunk(0, "a", 6), b"stale").unwrap(),
+            ChunkOutcome::Ignored
+        );
         assembler.chunk(&chunk(0, "b", 4), b"bye").unwrap();
         assert!(
             !name.under(dir.path()).exists(),
             "nothing under the final name before completion"
         );
-        let ready = assembler
-            .complete(0, &name, "b", 7, &sha(b"goodbye"), Some(&sha(b"goodbye")))
-            .unwrap()
-            .unwrap();
+        let ready = ready(
+            assembler
+                .complete(0, &name, "b", 7, &sha(b"goodbye"), Some(&sha(b"goodbye")))
+                .unwrap(),
+        );
         assert!(
             !name.under(dir.path()).exists(),
             "nothing under the final name before placing"
         );
-        let saved = ready.place().unwrap();
+        let saved = ready.place().unwrap().unwrap();
         assert_eq!(saved.bytes, 7);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
@@ -373,26 +514,103 @@ mod tests {
     }
 
     #[test]
+    fn a_report_of_a_replaced_attempt_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("f").unwrap();
+        let mut assembler = assembler(dir.path());
+        assembler.chunk(&chunk(0, "a", 0), b"old").unwrap();
+        // The task was redelivered while its first worker was still at it.
+        assembler.chunk(&chunk(0, "b", 0), b"new").unwrap();
+        assert!(assembler.is_retired(0, "a"));
+        assert!(!assembler.is_retired(0, "b"));
+        assert!(matches!(
+            assembler
+                .complete(0, &name, "a", 3, &sha(b"old"), None)
+                .unwrap(),
+            Completion::Stale
+        ));
+        assembler.chunk(&chunk(0, "b", 3), b"er").unwrap();
+        let saved = ready(
+            assembler
+                .complete(0, &name, "b", 5, &sha(b"newer"), None)
+                .unwrap(),
+        )
+        .place()
+        .unwrap()
+        .unwrap();
+        assert_eq!(saved.sha256, sha(b"newer"));
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"newer");
+    }
+
+    #[test]
+    fn an_empty_body_after_a_partial_attempt_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("f").unwrap();
+        let mut assembler = assembler(dir.path());
+        assembler.chunk(&chunk(0, "a", 0), b"partial").unwrap();
+        // Attempt a broke off; attempt b got an empty body: no chunk.
+        let saved = ready(
+            assembler
+                .complete(0, &name, "b", 0, &sha(b""), None)
+                .unwrap(),
+        )
+        .place()
+        .unwrap()
+        .unwrap();
+        assert_eq!(saved.bytes, 0);
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
+        // A report with a body whose chunks never came still fails.
+        assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
+        let reason = failure(
+            assembler
+                .complete(1, &name, "c", 3, &sha(b"abc"), None)
+                .unwrap(),
+        );
+        assert!(reason.contains("did not arrive"), "{reason}");
+        assembler.clean_up();
+        assert!(!dir.path().join(TEMP_DIR).exists());
+    }
+
+    #[test]
+    fn more_than_the_size_limit_fails_the_download_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap(), 5, false);
+        assert_eq!(
+            assembler.chunk(&chunk(0, "a", 0), b"abc").unwrap(),
+            ChunkOutcome::Written(3)
+        );
+        let outcome = assembler.chunk(&chunk(0, "a", 3), b"def").unwrap();
+        assert!(
+            matches!(&outcome, ChunkOutcome::TooLarge(r) if r.contains("limit of 5 bytes")),
+            "{outcome:?}"
+        );
+        let temp = dir.path().join(TEMP_DIR);
+        assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0, "nothing kept");
+        assembler.clean_up();
+        assert!(!temp.exists());
+    }
+
+    #[test]
     fn mismatches_and_gaps_fail_the_download_and_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let name = RelativePath::parse("f").unwrap();
-        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
+        let mut assembler = assembler(dir.path());
         assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
         let failed = assembler
             .complete(1, &name, "a", 3, &sha(b"xyz"), None)
             .unwrap();
-        assert!(failed.err().unwrap().contains("incomplete or corrupted"));
+        assert!(failure(failed).contains("incomplete or corrupted"));
         assembler.chunk(&chunk(2, "a", 0), b"abc").unwrap();
         assembler.chunk(&chunk(2, "a", 10), b"def").unwrap();
         let failed = assembler
             .complete(2, &name, "a", 13, &sha(b"abcdef"), None)
             .unwrap();
-        assert!(failed.err().unwrap().contains("damaged"));
+        assert!(failure(failed).contains("damaged"));
         assembler.chunk(&chunk(3, "a", 0), b"abc").unwrap();
         let failed = assembler
             .complete(3, &name, "a", 3, &sha(b"abc"), Some(&sha(b"other")))
             .unwrap();
-        assert!(failed.err().unwrap().contains("checksum mismatch"));
+        assert!(failure(failed).contains("checksum mismatch"));
         assert!(!name.under(dir.path()).exists());
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
@@ -402,28 +620,83 @@ mod tests {
     fn empty_bodies_make_empty_files() {
         let dir = tempfile::tempdir().unwrap();
         let name = RelativePath::parse("empty").unwrap();
-        let mut assembler = Assembler::new(dir.path(), JobId::parse("j").unwrap());
-        assembler
-            .complete(0, &name, "a", 0, &sha(b""), None)
-            .unwrap()
-            .unwrap()
-            .place()
-            .unwrap();
+        let mut assembler = assembler(dir.path());
+        ready(
+            assembler
+                .complete(0, &name, "a", 0, &sha(b""), None)
+                .unwrap(),
+        )
+        .place()
+        .unwrap()
+        .unwrap();
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
     }
 
     #[test]
-    fn stored_files_are_verified() {
-        let dir = tempfile::tempdir().unwrap();
-        let name = RelativePath::parse("s.bin").unwrap();
-        std::fs::write(name.under(dir.path()), b"data").unwrap();
-        assert!(verify_stored(dir.path(), &name, 4, &sha(b"data"), None).is_ok());
-        assert!(verify_stored(dir.path(), &name, 5, &sha(b"data"), None).is_err());
-        let missing = RelativePath::parse("missing").unwrap();
-        assert!(
-            verify_stored(dir.path(), &missing, 4, &sha(b"data"), None)
-                .unwrap_err()
-                .contains("same storage")
+    fn only_temporary_files_of_the_task_are_taken_from_workers() {
+        let job = JobId::parse("j1").unwrap();
+        assert_eq!(
+            stored_temp(&job, 3, ".warren-tmp/j1-3-123abc"),
+            Some(PathBuf::from(".warren-tmp/j1-3-123abc"))
         );
+        for bad in [
+            "a.jpg",
+            ".warren-tmp/j1-3-",
+            ".warren-tmp/j1-4-1",
+            ".warren-tmp/j2-3-1",
+            ".warren-tmp/j1-3-1/../../x",
+            ".warren-tmp/j1-3-1/x",
+            ".warren-tmpx/j1-3-1",
+            "/.warren-tmp/j1-3-1",
+        ] {
+            assert_eq!(stored_temp(&job, 3, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_files_are_verified_before_taking_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("sub/s.bin").unwrap();
+        let temp = Path::new(TEMP_DIR).join("j-0-1");
+        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
+        let store = |data: &[u8]| std::fs::write(dir.path().join(&temp), data).unwrap();
+        let finish = |report: (u64, &str), expected: Option<&str>| {
+            finish_stored(dir.path(), &temp, &name, report, expected, false).unwrap()
+        };
+
+        store(b"data");
+        let reason = finish((5, &sha(b"data")), None).unwrap_err();
+        assert!(reason.contains("has 4 bytes"), "{reason}");
+        store(b"data");
+        let reason = finish((4, &sha(b"data")), Some(&sha(b"other"))).unwrap_err();
+        assert!(reason.contains("checksum mismatch"), "{reason}");
+        assert!(
+            !name.under(dir.path()).exists(),
+            "nothing under the final name"
+        );
+        assert!(
+            !dir.path().join(&temp).exists(),
+            "the rejected file is removed"
+        );
+
+        let reason = finish((4, &sha(b"data")), None).unwrap_err();
+        assert!(reason.contains("same storage"), "{reason}");
+
+        store(b"data");
+        let saved = finish((4, &sha(b"data")), Some(&sha(b"data"))).unwrap();
+        assert_eq!(saved.bytes, 4);
+        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"data");
+        assert!(!dir.path().join(&temp).exists());
+
+        // A link in place of the file is not followed.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"data").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(&temp)).unwrap();
+        let other = RelativePath::parse("other.bin").unwrap();
+        let reason = finish_stored(dir.path(), &temp, &other, (4, &sha(b"data")), None, false)
+            .unwrap()
+            .unwrap_err();
+        assert!(reason.contains("not a file"), "{reason}");
+        assert!(!other.under(dir.path()).exists());
     }
 }

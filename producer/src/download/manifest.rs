@@ -3,7 +3,10 @@
 //! Lines are written as items finish, so a manifest is useful even after a
 //! crash. The previous run's manifest (same path) is read first: it tells
 //! whether a file already in the output directory is the one warren
-//! downloaded, byte for byte.
+//! downloaded, byte for byte. A `failed` line carries forward, in
+//! `last_ok`, what warren last verified at its path, so that knowledge
+//! survives runs that fail or refuse the file (the manifest is rewritten
+//! by every run).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -45,27 +48,58 @@ pub struct ManifestRecord {
     pub attempts: u32,
     /// Why it failed.
     pub error: Option<String>,
+    /// On a `failed` line: size and SHA-256 of the file warren last
+    /// verified at `path` for this URL (in this run or an earlier one),
+    /// when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok: Option<Verified>,
 }
 
-/// Reads a previous manifest: the last good record (`ok` or `skipped`) of
-/// each URL. A missing file is an empty manifest; unreadable lines are
-/// skipped.
-pub(crate) fn read_previous(path: &Path) -> HashMap<String, ManifestRecord> {
+/// A file's content as warren verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// Size.
+    pub bytes: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+impl ManifestRecord {
+    /// What this line says warren verified at `path`: the file itself for
+    /// `ok` and `skipped`, the carried-forward `last_ok` for `failed`.
+    pub fn verified(&self) -> Option<Verified> {
+        match self.status {
+            ItemStatus::Ok | ItemStatus::Skipped => self.sha256.as_ref().map(|sha256| Verified {
+                bytes: self.bytes,
+                sha256: sha256.clone(),
+            }),
+            ItemStatus::Failed => self.last_ok.clone(),
+        }
+    }
+}
+
+/// What a previous manifest knows, by URL and path.
+pub(crate) type Previous = HashMap<(String, String), Verified>;
+
+/// Reads a previous manifest: what warren last verified for each URL and
+/// path. A missing file is an empty manifest; unreadable lines, and lines
+/// that verified nothing, are skipped.
+pub(crate) fn read_previous(path: &Path) -> Previous {
     let Ok(file) = File::open(path) else {
         return HashMap::new();
     };
-    let mut records = HashMap::new();
+    let mut known = HashMap::new();
     for line in BufReader::new(file)
         .lines()
         .map_while(std::result::Result::ok)
     {
         if let Ok(record) = serde_json::from_str::<ManifestRecord>(&line)
-            && record.status != ItemStatus::Failed
+            && let Some(verified) = record.verified()
         {
-            records.insert(record.url.clone(), record);
+            known.insert((record.url, record.path), verified);
         }
     }
-    records
+    known
 }
 
 /// Appends records to the manifest as items finish.
@@ -130,6 +164,7 @@ mod tests {
             http_status: Some(200),
             attempts: 1,
             error: None,
+            last_ok: None,
         }
     }
 
@@ -154,9 +189,40 @@ mod tests {
         assert_eq!(
             previous.len(),
             1,
-            "failed records and bad lines are not kept"
+            "failed records without last_ok and bad lines are not kept"
         );
-        assert_eq!(previous["https://h/a"].bytes, 3);
+        assert_eq!(previous[&("https://h/a".into(), "a.jpg".into())].bytes, 3);
         assert!(read_previous(&dir.path().join("none")).is_empty());
+    }
+
+    #[test]
+    fn a_failed_line_carries_the_last_verified_file_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.jsonl");
+        let mut writer = ManifestWriter::create(Some(&path)).unwrap();
+        let refused = ManifestRecord {
+            bytes: 0,
+            sha256: None,
+            error: Some("differs".into()),
+            last_ok: Some(Verified {
+                bytes: 3,
+                sha256: "ab".into(),
+            }),
+            ..record("https://h/a", ItemStatus::Failed)
+        };
+        writer.record(&refused).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim_end(),
+            r#"{"url":"https://h/a","path":"a.jpg","status":"failed","bytes":0,"sha256":null,"http_status":200,"attempts":1,"error":"differs","last_ok":{"bytes":3,"sha256":"ab"}}"#
+        );
+        // The next run reads it back, and so on for every later run.
+        let previous = read_previous(&path);
+        assert_eq!(
+            previous[&("https://h/a".into(), "a.jpg".into())],
+            Verified {
+                bytes: 3,
+                sha256: "ab".into()
+            }
+        );
     }
 }

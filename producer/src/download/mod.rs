@@ -7,12 +7,14 @@
 //! what is missing or failed. Then one task per URL goes out through the
 //! shared pipeline (`job.rs`). With the default delivery, each file comes
 //! back through the broker as body chunks and is put together here
-//! ([`files`]); with `--shared`, workers store it in the shared directory
-//! and the producer verifies it there. Every URL ends as one [`manifest`]
-//! line: ok, failed (with the reason) or skipped.
+//! ([`files`]); with `--shared`, workers store it in the shared directory's
+//! temporary area and the producer verifies it there. Either way only the
+//! producer moves files under their final names ([`placement`]). Every URL
+//! ends as one [`manifest`] line: ok, failed (with the reason) or skipped.
 
 pub mod files;
 pub mod manifest;
+pub mod placement;
 pub mod plan;
 pub mod urls;
 
@@ -35,8 +37,8 @@ use crate::input::Source;
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
-use files::Assembler;
-use manifest::{ItemStatus, ManifestRecord, ManifestWriter};
+use files::{Assembler, ChunkOutcome, Completion};
+use manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use plan::Decision;
 use urls::NamedEntry;
 
@@ -80,7 +82,7 @@ pub struct DownloadConfig {
 pub struct DownloadSummary {
     /// The job's id; `None` when nothing needed downloading.
     pub job_id: Option<JobId>,
-    /// One record per URL, in list order.
+    /// One record per URL: in list order, then exact repeats.
     pub records: Vec<ManifestRecord>,
     /// The output directory.
     pub out_dir: PathBuf,
@@ -127,8 +129,8 @@ pub(crate) async fn run(
     let (named, repeats) = urls::assign_names(entries)?;
     for repeat in &repeats {
         progress.warn(&format!(
-            "{} repeats {} and is fetched only once",
-            repeat.origin, repeat.url
+            "{} repeats {} ({}) and is fetched only once",
+            repeat.entry.origin, named[repeat.of].entry.origin, repeat.entry.url
         ));
     }
     std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::Write {
@@ -163,10 +165,12 @@ pub(crate) async fn run(
     let mut manifest = ManifestWriter::create(config.manifest.as_deref())?;
     let mut records: Vec<Option<ManifestRecord>> = vec![None; named.len()];
     let mut to_fetch = Vec::new();
+    let mut last_ok = vec![None; named.len()];
     for (slot, (entry, decision)) in named.iter().zip(decisions).enumerate() {
         let record = match decision {
-            Decision::Fetch => {
+            Decision::Fetch { last_ok: known } => {
                 to_fetch.push(slot);
+                last_ok[slot] = known;
                 continue;
             }
             Decision::Skip { bytes, sha256 } => ManifestRecord {
@@ -175,14 +179,31 @@ pub(crate) async fn run(
                 sha256: Some(sha256),
                 ..record_for(entry)
             },
-            Decision::Refuse(reason) => ManifestRecord {
+            Decision::Refuse { reason, last_ok } => ManifestRecord {
                 status: ItemStatus::Failed,
                 error: Some(reason),
+                last_ok,
                 ..record_for(entry)
             },
         };
         manifest.record(&record)?;
         records[slot] = Some(record);
+    }
+    // An exact repeat gets its own line too, saying which entry it repeats.
+    let repeated: Vec<ManifestRecord> = repeats
+        .iter()
+        .map(|repeat| ManifestRecord {
+            url: repeat.entry.url.to_string(),
+            status: ItemStatus::Skipped,
+            error: Some(format!(
+                "repeats {}: fetched once",
+                named[repeat.of].entry.origin
+            )),
+            ..record_for(&named[repeat.of])
+        })
+        .collect();
+    for record in &repeated {
+        manifest.record(record)?;
     }
 
     let mut summary = DownloadSummary {
@@ -199,10 +220,17 @@ pub(crate) async fn run(
         let mut collector = DownloadCollector {
             job: job.clone(),
             delivery: config.delivery,
-            assembler: Assembler::new(&out_dir, job.clone()),
+            overwrite: config.overwrite,
+            assembler: Assembler::new(
+                &out_dir,
+                job.clone(),
+                config.limits.max_bytes,
+                config.overwrite,
+            ),
             out_dir,
             named: &named,
             to_fetch: &to_fetch,
+            last_ok: &last_ok,
             records: &mut records,
             manifest: &mut manifest,
             finishing: tokio::task::JoinSet::new(),
@@ -221,6 +249,14 @@ pub(crate) async fn run(
             started,
         )
         .await;
+        if let Err(e) = &outcome {
+            // Every URL still gets its manifest line: files being placed
+            // finish first (their threads would run on anyway), the rest
+            // fail with the reason the job ended.
+            if let Err(write) = collector.end_early(e).await {
+                tracing::warn!("{}", warren::display_chain(&write));
+            }
+        }
         collector.assembler.clean_up();
         summary.workers = std::mem::take(&mut collector.workers);
         outcome?;
@@ -235,6 +271,7 @@ pub(crate) async fn run(
                 ..record_for(entry)
             })
         })
+        .chain(repeated)
         .collect();
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -269,6 +306,7 @@ fn record_for(entry: &NamedEntry) -> ManifestRecord {
         http_status: None,
         attempts: 0,
         error: None,
+        last_ok: None,
     }
 }
 
@@ -344,12 +382,17 @@ type Finished = (
 struct DownloadCollector<'a> {
     job: JobId,
     delivery: Delivery,
+    /// `--overwrite`: finished files may replace existing ones.
+    overwrite: bool,
     assembler: Assembler,
     out_dir: PathBuf,
     named: &'a [NamedEntry],
     /// Slots in `named` of the entries being fetched; task `i` is
     /// `named[to_fetch[i]]`.
     to_fetch: &'a [usize],
+    /// By slot: what warren last verified at the name, carried forward in
+    /// a failed record (see `manifest`).
+    last_ok: &'a [Option<Verified>],
     records: &'a mut [Option<ManifestRecord>],
     manifest: &'a mut ManifestWriter,
     /// Files being placed or checked on blocking threads: their slot, their
@@ -372,14 +415,47 @@ impl DownloadCollector<'_> {
         (self.records[slot].is_none() && !self.finishing_slots.contains(&slot)).then_some(slot)
     }
 
-    fn finish(&mut self, slot: usize, record: ManifestRecord) -> Result<Accepted> {
+    fn finish(&mut self, slot: usize, mut record: ManifestRecord) -> Result<Accepted> {
         self.finishing_slots.remove(&slot);
         if record.status == ItemStatus::Failed {
             self.failures += 1;
+            // The file at the name is as it was: the next run must still
+            // know what it should hold.
+            record.last_ok = self.last_ok[slot].clone();
         }
         self.manifest.record(&record)?;
         self.records[slot] = Some(record);
         Ok(Accepted::Answered(1))
+    }
+
+    /// After the job ended early (`--timeout`, Ctrl-C, a broker or local
+    /// failure): waits for the files being placed or checked and records
+    /// them, then records every URL without an outcome as failed, with the
+    /// reason.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the manifest cannot be written.
+    async fn end_early(&mut self, ended: &Error) -> Result<()> {
+        while self.has_pending() {
+            if let Err(e) = self.completion().await {
+                // The local failure that stopped this file is its reason.
+                tracing::debug!(error = %e, "placing a file failed as the job ended");
+            }
+        }
+        let reason = format!(
+            "the job ended before it finished: {}",
+            warren::display_chain(ended)
+        );
+        for &slot in self.to_fetch {
+            if self.records[slot].is_none() {
+                let record = ManifestRecord {
+                    error: Some(reason.clone()),
+                    ..record_for(&self.named[slot])
+                };
+                self.finish(slot, record)?;
+            }
+        }
+        Ok(())
     }
 
     async fn finish_download(
@@ -397,6 +473,15 @@ impl DownloadCollector<'_> {
             ..record_for(entry)
         };
         if report.status == DownloadStatus::Failed {
+            // A replaced attempt's failure (its worker lost the task to a
+            // redelivery, then failed) says nothing about the newer one.
+            if self.delivery == Delivery::Broker
+                && let Some(attempt) = &report.attempt
+                && self.assembler.is_retired(index, attempt)
+            {
+                tracing::debug!(task = index, "a replaced attempt's failure ignored");
+                return Ok(Accepted::Other);
+            }
             self.assembler.forget(index);
             record.error = Some(
                 report
@@ -407,9 +492,9 @@ impl DownloadCollector<'_> {
         }
         let expected = entry.entry.sha256.clone();
         let sha256 = report.sha256.clone().unwrap_or_default();
-        // Placing a file (sync, rename) or checking a stored one (read,
-        // hash) runs on a blocking thread while replies keep flowing; its
-        // outcome comes back through `completion`.
+        // Placing a file (sync, link) and checking a stored one first
+        // (read, hash) run on a blocking thread while replies keep flowing;
+        // the outcome comes back through `completion`.
         match self.delivery {
             Delivery::Broker => {
                 let attempt = report.attempt.clone().unwrap_or_default();
@@ -422,26 +507,51 @@ impl DownloadCollector<'_> {
                     expected.as_deref(),
                 )?;
                 match ready {
-                    Ok(ready) => {
+                    Completion::Ready(ready) => {
                         self.finishing_slots.insert(slot);
                         self.finishing
-                            .spawn_blocking(move || (slot, record, ready.place().map(Ok)));
+                            .spawn_blocking(move || (slot, record, ready.place()));
                     }
-                    Err(reason) => {
+                    Completion::Failed(reason) => {
                         record.error = Some(reason);
                         return self.finish(slot, record);
+                    }
+                    Completion::Stale => {
+                        tracing::debug!(task = index, "a replaced attempt's report ignored");
+                        return Ok(Accepted::Other);
                     }
                 }
             }
             Delivery::Shared => {
+                let Some(temp) = report
+                    .path
+                    .as_deref()
+                    .and_then(|path| files::stored_temp(&self.job, index, path))
+                else {
+                    record.error = Some(format!(
+                        "the worker reported an unusable path for the file it stored: {:?}",
+                        report.path
+                    ));
+                    return self.finish(slot, record);
+                };
+                // The bytes came in through the workers all the same: they
+                // count for the throughput shown.
+                self.received += report.bytes;
                 let out_dir = self.out_dir.clone();
                 let name = entry.name.clone();
                 let bytes = report.bytes;
+                let overwrite = self.overwrite;
                 self.finishing_slots.insert(slot);
                 self.finishing.spawn_blocking(move || {
-                    let verified =
-                        files::verify_stored(&out_dir, &name, bytes, &sha256, expected.as_deref());
-                    (slot, record, Ok(verified))
+                    let finished = files::finish_stored(
+                        &out_dir,
+                        &temp,
+                        &name,
+                        (bytes, &sha256),
+                        expected.as_deref(),
+                        overwrite,
+                    );
+                    (slot, record, finished)
                 });
             }
         }
@@ -471,8 +581,22 @@ impl Collector for DownloadCollector<'_> {
         }
         if let Some(chunk) = BodyChunk::of(&delivery.properties) {
             let chunk = chunk?;
-            if chunk.job == self.job && self.open_task(chunk.task).is_some() {
-                self.received += self.assembler.chunk(&chunk, &delivery.data)?;
+            if chunk.job != self.job {
+                return Ok(Accepted::Other);
+            }
+            let Some(slot) = self.open_task(chunk.task) else {
+                return Ok(Accepted::Other);
+            };
+            match self.assembler.chunk(&chunk, &delivery.data)? {
+                ChunkOutcome::Written(bytes) => self.received += bytes,
+                ChunkOutcome::Ignored => {}
+                ChunkOutcome::TooLarge(reason) => {
+                    let record = ManifestRecord {
+                        error: Some(reason),
+                        ..record_for(&self.named[slot])
+                    };
+                    return self.finish(slot, record);
+                }
             }
             return Ok(Accepted::Other);
         }
@@ -530,5 +654,131 @@ impl Collector for DownloadCollector<'_> {
     fn progress_message(&self, elapsed: Duration) -> String {
         let rate = self.received as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6;
         format!("{rate:.1} MB/s, {} failed", self.failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use warren::filename::{RelativePath, TEMP_DIR};
+    use warren::protocol::{DownloadError, DownloadErrorKind, DownloadReport};
+
+    /// What a collector borrows, for one URL `https://h/f.bin` saved as
+    /// `f.bin`.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        named: Vec<NamedEntry>,
+        records: Vec<Option<ManifestRecord>>,
+        manifest: ManifestWriter,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                named: vec![NamedEntry {
+                    entry: urls::UrlEntry {
+                        origin: "argument 1".into(),
+                        url: url::Url::parse("https://h/f.bin").unwrap(),
+                        name: None,
+                        sha256: None,
+                    },
+                    name: RelativePath::parse("f.bin").unwrap(),
+                }],
+                records: vec![None],
+                manifest: ManifestWriter::create(None).unwrap(),
+            }
+        }
+
+        fn collector<'a>(
+            &'a mut self,
+            delivery: Delivery,
+            last_ok: &'a [Option<Verified>],
+        ) -> DownloadCollector<'a> {
+            let job = JobId::parse("j").unwrap();
+            DownloadCollector {
+                job: job.clone(),
+                delivery,
+                overwrite: false,
+                assembler: Assembler::new(self.dir.path(), job, 1 << 30, false),
+                out_dir: self.dir.path().to_owned(),
+                named: &self.named,
+                to_fetch: &[0],
+                last_ok,
+                records: &mut self.records,
+                manifest: &mut self.manifest,
+                finishing: tokio::task::JoinSet::new(),
+                finishing_slots: std::collections::HashSet::new(),
+                received: 0,
+                failures: 0,
+                workers: BTreeSet::new(),
+            }
+        }
+    }
+
+    fn report(status: DownloadStatus, data: &[u8]) -> DownloadReport {
+        DownloadReport {
+            url: "https://h/f.bin".into(),
+            status,
+            http_status: Some(200),
+            attempts: 1,
+            bytes: data.len() as u64,
+            sha256: Some(hex::encode(Sha256::digest(data))),
+            content_type: None,
+            attempt: None,
+            path: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_download_is_placed_and_counts_for_the_throughput() {
+        let mut fixture = Fixture::new();
+        let dir = fixture.dir.path().to_owned();
+        let data = vec![7u8; 2_000_000];
+        std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
+        std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
+        let mut collector = fixture.collector(Delivery::Shared, &[None]);
+        let report = DownloadReport {
+            path: Some(format!("{TEMP_DIR}/j-0-1")),
+            ..report(DownloadStatus::Ok, &data)
+        };
+        let accepted = collector.finish_download(0, 0, report).await.unwrap();
+        assert_eq!(accepted, Accepted::Other, "answered once placed");
+        assert_eq!(
+            collector.progress_message(Duration::from_secs(1)),
+            "2.0 MB/s, 0 failed"
+        );
+        assert!(collector.has_pending());
+        assert_eq!(collector.completion().await.unwrap(), Accepted::Answered(1));
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
+        assert!(!dir.join(TEMP_DIR).join("j-0-1").exists());
+        assert_eq!(fixture.records[0].as_ref().unwrap().status, ItemStatus::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_keeps_what_the_file_should_be() {
+        let mut fixture = Fixture::new();
+        let good = Verified {
+            bytes: 3,
+            sha256: "ab".into(),
+        };
+        let last_ok = [Some(good.clone())];
+        let mut collector = fixture.collector(Delivery::Broker, &last_ok);
+        let failed = DownloadReport {
+            error: Some(DownloadError {
+                kind: DownloadErrorKind::HttpStatus,
+                message: "HTTP 500".into(),
+            }),
+            sha256: None,
+            ..report(DownloadStatus::Failed, b"")
+        };
+        let accepted = collector.finish_download(0, 0, failed).await.unwrap();
+        assert_eq!(accepted, Accepted::Answered(1));
+        let record = fixture.records[0].clone().unwrap();
+        assert_eq!(record.status, ItemStatus::Failed);
+        assert_eq!(record.last_ok, Some(good.clone()));
+        assert_eq!(record.verified(), Some(good));
     }
 }

@@ -1,26 +1,30 @@
 //! What to do about files already in the output directory, decided before
 //! anything is published.
 //!
-//! A file that exists is skipped when it matches: its SHA-256 equals the
-//! expected one when the list gives it, or else its size and SHA-256 equal
-//! what the previous run's manifest recorded for that URL. With neither,
-//! an existing file is taken as complete (warren only ever puts complete,
-//! verified files under final names). A file that is known not to match is
-//! never overwritten unless `--overwrite`. Symbolic links are never written
-//! through.
+//! A file that exists is skipped only when it is verified to match: its
+//! SHA-256 equals the expected one when the list gives it, or else its
+//! size and SHA-256 equal what warren last verified there for that URL (as
+//! the previous run's manifest says, carried forward through runs that
+//! failed or refused it). A file known not to match is never overwritten
+//! unless `--overwrite`. A file warren knows nothing about is fetched
+//! again, and kept only if the download turns out identical (see
+//! `placement`). Symbolic links are never written through.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use super::files::hash_file;
-use super::manifest::ManifestRecord;
+use super::manifest::{Previous, Verified};
 use super::urls::NamedEntry;
 
 /// What to do with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
     /// Download it.
-    Fetch,
+    Fetch {
+        /// What warren last verified at its name, to carry forward should
+        /// the download fail (the file there may be edited meanwhile).
+        last_ok: Option<Verified>,
+    },
     /// It is there already.
     Skip {
         /// Size of the existing file.
@@ -29,17 +33,32 @@ pub(crate) enum Decision {
         sha256: String,
     },
     /// Neither download nor skip: the reason goes in the report.
-    Refuse(String),
+    Refuse {
+        /// Why.
+        reason: String,
+        /// As for [`Decision::Fetch`].
+        last_ok: Option<Verified>,
+    },
 }
 
 /// Decides for one entry.
 pub(crate) fn decide(
     out_dir: &Path,
     named: &NamedEntry,
-    previous: &HashMap<String, ManifestRecord>,
+    previous: &Previous,
     overwrite: bool,
 ) -> Decision {
     let target = named.name.under(out_dir);
+    let known = previous
+        .get(&(
+            named.entry.url.as_str().to_owned(),
+            named.name.as_str().to_owned(),
+        ))
+        .cloned();
+    let refuse = |reason: String| Decision::Refuse {
+        reason,
+        last_ok: known.clone(),
+    };
     // No component on the way may be a symbolic link: it could point
     // outside the output directory.
     let mut on_the_way = out_dir.to_path_buf();
@@ -48,10 +67,10 @@ pub(crate) fn decide(
         on_the_way.push(component);
         match std::fs::symlink_metadata(&on_the_way) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                return Decision::Refuse(format!("{} is a symbolic link", on_the_way.display()));
+                return refuse(format!("{} is a symbolic link", on_the_way.display()));
             }
             Ok(meta) if !meta.is_dir() => {
-                return Decision::Refuse(format!(
+                return refuse(format!(
                     "{} exists and is not a directory",
                     on_the_way.display()
                 ));
@@ -61,24 +80,26 @@ pub(crate) fn decide(
     }
     let meta = match std::fs::symlink_metadata(&target) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Decision::Fetch,
-        Err(e) => return Decision::Refuse(format!("cannot inspect {}: {e}", target.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Decision::Fetch { last_ok: None };
+        }
+        Err(e) => return refuse(format!("cannot inspect {}: {e}", target.display())),
     };
     if !meta.is_file() {
-        return Decision::Refuse(format!(
+        return refuse(format!(
             "{} exists and is not a regular file",
             target.display()
         ));
     }
     if overwrite {
-        return Decision::Fetch;
+        return Decision::Fetch { last_ok: known };
     }
     let (bytes, sha256) = match hash_file(&target) {
         Ok(found) => found,
-        Err(e) => return Decision::Refuse(format!("cannot read {}: {e}", target.display())),
+        Err(e) => return refuse(format!("cannot read {}: {e}", target.display())),
     };
     let differs = |what: String| {
-        Decision::Refuse(format!(
+        refuse(format!(
             "{} exists with other content ({what}); pass --overwrite to replace it",
             target.display()
         ))
@@ -90,24 +111,27 @@ pub(crate) fn decide(
             differs(format!("sha256 {sha256}, expected {expected}"))
         };
     }
-    if let Some(record) = previous.get(named.entry.url.as_str())
-        && record.path == named.name.as_str()
-        && (record.bytes != bytes || record.sha256.as_deref() != Some(sha256.as_str()))
-    {
-        return differs(format!(
-            "{bytes} bytes, but the manifest recorded {} bytes for {}",
-            record.bytes, record.url
-        ));
+    match &known {
+        Some(verified) if verified.bytes == bytes && verified.sha256 == sha256 => {
+            Decision::Skip { bytes, sha256 }
+        }
+        Some(verified) => differs(format!(
+            "{bytes} bytes with sha256 {sha256}, but warren downloaded {} bytes with sha256 {} \
+             from {}",
+            verified.bytes, verified.sha256, named.entry.url
+        )),
+        // Nothing says what the file should hold: fetch, and keep it only
+        // if identical.
+        None => Decision::Fetch { last_ok: None },
     }
-    Decision::Skip { bytes, sha256 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::download::manifest::ItemStatus;
     use crate::download::urls::UrlEntry;
     use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
     use warren::filename::RelativePath;
 
     fn entry(name: &str, sha256: Option<String>) -> NamedEntry {
@@ -126,29 +150,58 @@ mod tests {
         hex::encode(Sha256::digest(data))
     }
 
+    fn verified(data: &[u8]) -> Verified {
+        Verified {
+            bytes: data.len() as u64,
+            sha256: sha(data),
+        }
+    }
+
+    fn knowing(name: &str, data: &[u8]) -> Previous {
+        HashMap::from([(("https://h/f".to_owned(), name.to_owned()), verified(data))])
+    }
+
     #[test]
-    fn missing_files_are_fetched_and_matching_ones_skipped() {
+    fn missing_files_are_fetched_and_verified_ones_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let none = HashMap::new();
         assert_eq!(
             decide(dir.path(), &entry("a", None), &none, false),
-            Decision::Fetch
+            Decision::Fetch { last_ok: None }
         );
         std::fs::write(dir.path().join("a"), b"abc").unwrap();
+        let skip = Decision::Skip {
+            bytes: 3,
+            sha256: sha(b"abc"),
+        };
         assert_eq!(
-            decide(dir.path(), &entry("a", None), &none, false),
-            Decision::Skip {
-                bytes: 3,
-                sha256: sha(b"abc")
+            decide(dir.path(), &entry("a", None), &knowing("a", b"abc"), false),
+            skip
+        );
+        assert_eq!(
+            decide(dir.path(), &entry("a", Some(sha(b"abc"))), &none, false),
+            skip
+        );
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &knowing("a", b"abc"), true),
+            Decision::Fetch {
+                last_ok: Some(verified(b"abc"))
             }
         );
-        assert!(matches!(
-            decide(dir.path(), &entry("a", Some(sha(b"abc"))), &none, false),
-            Decision::Skip { .. }
-        ));
+    }
+
+    #[test]
+    fn a_file_nothing_vouches_for_is_fetched_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"abc").unwrap();
         assert_eq!(
-            decide(dir.path(), &entry("a", None), &none, true),
-            Decision::Fetch
+            decide(dir.path(), &entry("a", None), &HashMap::new(), false),
+            Decision::Fetch { last_ok: None }
+        );
+        // What was verified for another name says nothing about this one.
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &knowing("b", b"abc"), false),
+            Decision::Fetch { last_ok: None }
         );
     }
 
@@ -163,31 +216,22 @@ mod tests {
             false,
         );
         assert!(
-            matches!(&refused, Decision::Refuse(r) if r.contains("--overwrite")),
+            matches!(&refused, Decision::Refuse { reason, .. } if reason.contains("--overwrite")),
             "{refused:?}"
         );
-        let mut previous = HashMap::new();
-        previous.insert(
-            "https://h/f".to_owned(),
-            ManifestRecord {
-                url: "https://h/f".into(),
-                path: "a".into(),
-                status: ItemStatus::Ok,
-                bytes: 5,
-                sha256: Some(sha(b"hello")),
-                http_status: Some(200),
-                attempts: 1,
-                error: None,
-            },
-        );
+        let previous = knowing("a", b"hello");
         let refused = decide(dir.path(), &entry("a", None), &previous, false);
-        assert!(
-            matches!(&refused, Decision::Refuse(r) if r.contains("manifest recorded 5 bytes")),
-            "{refused:?}"
-        );
+        let Decision::Refuse { reason, last_ok } = &refused else {
+            panic!("{refused:?}");
+        };
+        assert!(reason.contains("but warren downloaded 5 bytes"), "{reason}");
+        // The refusal keeps what the file should be, for the next run.
+        assert_eq!(last_ok, &Some(verified(b"hello")));
         assert_eq!(
             decide(dir.path(), &entry("a", Some(sha(b"xyz"))), &previous, true),
-            Decision::Fetch
+            Decision::Fetch {
+                last_ok: Some(verified(b"hello"))
+            }
         );
     }
 
@@ -200,7 +244,7 @@ mod tests {
         for name in ["link", "link/x", "d"] {
             let decision = decide(dir.path(), &entry(name, None), &none, true);
             assert!(
-                matches!(decision, Decision::Refuse(_)),
+                matches!(decision, Decision::Refuse { .. }),
                 "{name}: {decision:?}"
             );
         }

@@ -9,10 +9,12 @@
 //! directory) or from the URL's last path segment (sanitized). Two entries
 //! that would land on the same name, compared case-insensitively, are told
 //! apart deterministically: given names win, and a later derived name gets
-//! `-` and 8 hex digits of its URL's SHA-256 before the extension.
+//! `-` and 8 hex digits of its URL's SHA-256 before the extension (and a
+//! counter after them in the rare case that name is taken too). Only exact
+//! repeats (same URL, same name) are fetched once.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use sha2::{Digest, Sha256};
 use warren::filename::RelativePath;
@@ -20,6 +22,10 @@ use warren::protocol::{check_sha256, check_url};
 
 use crate::error::{Error, Result};
 use crate::input::Source;
+
+/// Longest line accepted in a URL list, in bytes: far beyond any real URL
+/// (browsers stop near 64 KiB too), and it bounds what one line can cost.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
 
 /// One URL to fetch, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +54,9 @@ pub struct NamedEntry {
 ///
 /// # Errors
 /// [`Error::Open`]/[`Error::Read`] for I/O, [`Error::BadInput`] for the
-/// first bad line.
+/// first bad line (including one over [`MAX_LINE_BYTES`] or not UTF-8).
 pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
-    let (reader, label): (Box<dyn BufRead>, String) = match source {
+    let (mut reader, label): (Box<dyn BufRead>, String) = match source {
         Source::Stdin => (Box::new(std::io::stdin().lock()), "stdin".into()),
         Source::File(path) => {
             let file = std::fs::File::open(path).map_err(|e| Error::Open {
@@ -61,22 +67,45 @@ pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
         }
     };
     let mut entries = Vec::new();
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::Read {
+    let mut buffer = Vec::new();
+    for line_number in 1.. {
+        let bad_line = |reason: String| Error::BadInput {
             input: label.clone(),
-            source: e,
-        })?;
-        let line_number = number + 1;
-        let content = strip_comment(&line).trim();
+            reason: format!("line {line_number}: {reason}"),
+        };
+        buffer.clear();
+        // Read at most a line ending past the limit: a list with no
+        // newline in it (a binary file given by mistake) must not fill the
+        // memory.
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_until(b'\n', &mut buffer)
+            .map_err(|e| Error::Read {
+                input: label.clone(),
+                source: e,
+            })?;
+        if read == 0 {
+            break;
+        }
+        if buffer.last() == Some(&b'\n') {
+            buffer.pop();
+            if buffer.last() == Some(&b'\r') {
+                buffer.pop();
+            }
+        }
+        if buffer.len() > MAX_LINE_BYTES {
+            return Err(bad_line(format!(
+                "the line is longer than {} KiB",
+                MAX_LINE_BYTES >> 10
+            )));
+        }
+        let line = std::str::from_utf8(&buffer)
+            .map_err(|_| bad_line("the line is not valid UTF-8".into()))?;
+        let content = strip_comment(line).trim();
         if content.is_empty() {
             continue;
         }
-        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(|reason| {
-            Error::BadInput {
-                input: label.clone(),
-                reason: format!("line {line_number}: {reason}"),
-            }
-        })?;
+        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(bad_line)?;
         entries.push(entry);
     }
     Ok(entries)
@@ -140,12 +169,21 @@ fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, St
     })
 }
 
-/// Gives every entry its file name, dropping exact repeats of the same URL
-/// (which would only fetch the same file twice).
+/// An entry that repeats an earlier one exactly: same URL, same name (or
+/// both without one). It would only fetch the same file twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeat {
+    /// The repeating entry.
+    pub entry: UrlEntry,
+    /// Index, among the named entries, of the entry it repeats.
+    pub of: usize,
+}
+
+/// Gives every entry its file name, setting exact repeats aside.
 ///
 /// # Errors
 /// [`Error::Usage`] when two given names collide: only the user can decide.
-pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlEntry>)> {
+pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repeat>)> {
     let mut taken = Taken::default();
     let mut given_by: HashMap<String, String> = HashMap::new();
     // Given names first, so that they win over derived ones.
@@ -167,28 +205,20 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlE
             taken.insert(name);
         }
     }
-    let mut seen_urls = HashSet::new();
+    let mut seen: HashMap<(url::Url, Option<RelativePath>), usize> = HashMap::new();
     let mut named = Vec::with_capacity(entries.len());
     let mut repeats = Vec::new();
     for entry in entries {
-        if !seen_urls.insert((entry.url.clone(), entry.name.clone())) {
-            repeats.push(entry);
+        let key = (entry.url.clone(), entry.name.clone());
+        if let Some(&of) = seen.get(&key) {
+            repeats.push(Repeat { entry, of });
             continue;
         }
+        seen.insert(key, named.len());
         let name = match &entry.name {
             Some(name) => name.clone(),
             None => {
-                let derived = RelativePath::from_url(&entry.url);
-                let name = if taken.conflicts(&derived) {
-                    derived.with_tag(&url_tag(&entry.url))
-                } else {
-                    derived
-                };
-                if taken.conflicts(&name) {
-                    // Only an identical URL can collide with its own tag.
-                    repeats.push(entry);
-                    continue;
-                }
+                let name = free_name(&taken, &entry.url);
                 taken.insert(&name);
                 name
             }
@@ -196,6 +226,26 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<UrlE
         named.push(NamedEntry { entry, name });
     }
     Ok((named, repeats))
+}
+
+/// The name a URL suggests, or, when that is taken, the same name tagged
+/// with the URL's hash; should that be taken too (another URL's name may
+/// happen to look like it), the tag gets a counter until the name is
+/// free. Deterministic for a given list.
+fn free_name(taken: &Taken, url: &url::Url) -> RelativePath {
+    let derived = RelativePath::from_url(url);
+    if !taken.conflicts(&derived) {
+        return derived;
+    }
+    let tag = url_tag(url);
+    let mut name = derived.with_tag(&tag);
+    // Ends: each round tries a new name and only finitely many are taken.
+    let mut counter = 2u64;
+    while taken.conflicts(&name) {
+        name = derived.with_tag(&format!("{tag}-{counter}"));
+        counter += 1;
+    }
+    name
 }
 
 /// 8 hex digits of the URL's SHA-256: stable across runs and orders.
@@ -292,6 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn overlong_lines_are_refused_with_their_line_number() {
+        let at_limit = format!("https://h/{}", "a".repeat(MAX_LINE_BYTES - 10));
+        assert_eq!(at_limit.len(), MAX_LINE_BYTES);
+        assert_eq!(list(&format!("{at_limit}\r\n")).unwrap().len(), 1);
+        assert_eq!(list(&at_limit).unwrap().len(), 1, "no final newline");
+        let err = list(&format!("https://h/a\n{at_limit}a\nhttps://h/b\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2: the line is longer than 64 KiB"),
+            "{err}"
+        );
+        let err = list(&"x".repeat(10 * MAX_LINE_BYTES))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1: the line is longer"), "{err}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"https://h/a\nhttps://h/\xff\n").unwrap();
+        let err = read_list(&Source::File(file.path().to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: the line is not valid UTF-8"), "{err}");
+    }
+
+    #[test]
     fn colliding_names_are_told_apart_deterministically() {
         let got = names("https://a/x/img.jpg\nhttps://b/y/IMG.jpg\nhttps://c/img.jpg img.jpg\n");
         // The given name wins; both derived ones get their URL's tag.
@@ -313,15 +388,39 @@ mod tests {
 
     #[test]
     fn repeated_urls_are_fetched_once_and_given_names_must_not_collide() {
-        let (named, repeats) =
-            assign_names(list("https://h/a.jpg\nhttps://h/a.jpg\n").unwrap()).unwrap();
-        assert_eq!(named.len(), 1);
+        let (named, repeats) = assign_names(
+            list("https://h/a.jpg\nhttps://h/a.jpg\nhttps://h/a.jpg b.jpg\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(named.len(), 2, "the same URL under another name is fetched");
         assert_eq!(repeats.len(), 1);
+        assert_eq!(repeats[0].of, 0);
+        assert!(repeats[0].entry.origin.ends_with(":2"));
         let err =
             assign_names(list("https://h/1 x.jpg\nhttps://h/2 X.JPG\n").unwrap()).unwrap_err();
         assert!(err.to_string().contains("both name the file"), "{err}");
         let err = assign_names(list("https://h/1 a\nhttps://h/2 a/b\n").unwrap()).unwrap_err();
         assert!(err.to_string().contains("clashes"), "{err}");
+    }
+
+    #[test]
+    fn a_taken_tagged_name_gets_a_counter_and_no_url_is_dropped() {
+        let b = url::Url::parse("https://h/b/x.jpg").unwrap();
+        let tagged = format!("x-{}.jpg", url_tag(&b));
+        let text = format!(
+            "https://h/a/x.jpg\nhttps://h/c/{tagged}\n{b}\nhttps://h/d/x.jpg {tagged}-given\n\
+             https://h/e/{tagged}\n"
+        );
+        let (named, repeats) = assign_names(list(&text).unwrap()).unwrap();
+        assert!(repeats.is_empty(), "{repeats:?}");
+        let got: Vec<String> = named.iter().map(|n| n.name.to_string()).collect();
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], "x.jpg");
+        assert_eq!(got[1], tagged);
+        assert_eq!(got[2], format!("x-{}-2.jpg", url_tag(&b)), "{got:?}");
+        let unique: HashSet<String> = got.iter().map(|n| n.to_lowercase()).collect();
+        assert_eq!(unique.len(), 5, "{got:?}");
+        assert_eq!(names(&text), got, "deterministic");
     }
 
     #[test]
@@ -334,6 +433,12 @@ mod tests {
     #[test]
     fn arguments_are_checked_too() {
         assert!(from_arguments(&["https://h/a".into()]).is_ok());
+        let upper = from_arguments(&["HTTP://h/A".into()]).unwrap();
+        assert_eq!(
+            upper[0].url.as_str(),
+            "http://h/A",
+            "schemes are not case-sensitive"
+        );
         let err = from_arguments(&["https://h/a".into(), "gopher://h".into()]).unwrap_err();
         assert!(
             err.to_string()

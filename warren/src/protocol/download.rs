@@ -6,9 +6,9 @@
 //! as [`BodyChunk`] messages (raw bytes, at most `chunk_bytes` each, tagged
 //! with an attempt id and offset) and then a JSON result whose
 //! [`DownloadReport::attempt`] names the attempt whose chunks make the
-//! file. With [`Delivery::Shared`] the worker writes the file into its
-//! `--shared-dir` (temporary name, then rename) and the report carries the
-//! relative path.
+//! file. With [`Delivery::Shared`] the worker writes the file into the
+//! temporary area of its `--shared-dir` and the report carries its relative
+//! path; the producer verifies it and moves it under its final name.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -53,15 +53,24 @@ impl DownloadLimits {
     pub const CHUNK_BYTES_RANGE: std::ops::RangeInclusive<u32> = 4096..=(64 << 20);
     /// At most this many attempts.
     pub const MAX_ATTEMPTS: u32 = 20;
+    /// Longest timeout accepted: no download should need more, and a bound
+    /// keeps every deadline a worker computes far from overflowing.
+    pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
     fn check(&self) -> std::result::Result<(), String> {
         let timeouts = [
-            self.connect_timeout_s,
-            self.idle_timeout_s,
-            self.total_timeout_s,
+            ("connect_timeout_s", self.connect_timeout_s),
+            ("idle_timeout_s", self.idle_timeout_s),
+            ("total_timeout_s", self.total_timeout_s),
         ];
-        if timeouts.iter().any(|t| !t.is_finite() || *t <= 0.0) {
-            return Err("timeouts must be positive numbers of seconds".into());
+        let max = Self::MAX_TIMEOUT.as_secs_f64();
+        for (key, seconds) in timeouts {
+            // Written so that NaN fails too.
+            if !(seconds > 0.0 && seconds <= max) {
+                return Err(format!(
+                    "{key} must be more than 0 and at most {max} seconds (1 day), not {seconds}"
+                ));
+            }
         }
         if !(1..=Self::MAX_ATTEMPTS).contains(&self.max_attempts) {
             return Err(format!("max_attempts must be 1 to {}", Self::MAX_ATTEMPTS));
@@ -254,8 +263,9 @@ pub struct DownloadReport {
     pub content_type: Option<String>,
     /// [`Delivery::Broker`]: the attempt whose body chunks form the file.
     pub attempt: Option<String>,
-    /// [`Delivery::Shared`]: the relative path written in the shared
-    /// directory.
+    /// [`Delivery::Shared`]: the complete file's path relative to the
+    /// shared directory, `.warren-tmp/<job>-<task>-<tag>` (the tag letters
+    /// and digits); the producer moves it under its final name.
     pub path: Option<String>,
     /// Why it failed, when it did.
     pub error: Option<DownloadError>,
@@ -380,6 +390,36 @@ mod tests {
                     ..spec()
                 },
                 "not a SHA-256",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        total_timeout_s: 1e300,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "total_timeout_s must be more than 0 and at most 86400 seconds",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        connect_timeout_s: 86400.5,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "connect_timeout_s must be",
+            ),
+            (
+                DownloadSpec {
+                    limits: DownloadLimits {
+                        idle_timeout_s: 0.0,
+                        ..DownloadLimits::default()
+                    },
+                    ..spec()
+                },
+                "idle_timeout_s must be",
             ),
             (
                 DownloadSpec {

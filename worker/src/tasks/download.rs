@@ -3,9 +3,10 @@
 //!
 //! Each attempt streams into a fresh sink: back through the broker as body
 //! chunks (a new attempt id tells the producer to start the file over), or
-//! into a temporary file in the shared directory that is renamed into place
-//! only when complete and verified. Memory stays bounded by one chunk plus
-//! the confirm window, whatever the file size.
+//! into a temporary file in the shared directory, left there complete and
+//! synced for the producer to verify and move under its final name. Memory
+//! stays bounded by one chunk plus the confirm window, whatever the file
+//! size.
 //!
 //! Transient failures (connection errors, timeouts, 408, 429, 5xx) are
 //! retried with exponential backoff and jitter, honouring `Retry-After`;
@@ -49,8 +50,8 @@ pub(crate) struct HttpClients {
 
 impl HttpClients {
     fn client(&self, limits: &DownloadLimits) -> Result<reqwest::Client, String> {
-        let connect = Duration::from_secs_f64(limits.connect_timeout_s);
-        let idle = Duration::from_secs_f64(limits.idle_timeout_s);
+        let connect = seconds(limits.connect_timeout_s)?;
+        let idle = seconds(limits.idle_timeout_s)?;
         let key = (connect.as_millis() as u64, idle.as_millis() as u64);
         // A poisoned lock still holds a consistent map; ignore the poison.
         let mut clients = self
@@ -70,6 +71,16 @@ impl HttpClients {
         clients.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// A timeout from a task as a `Duration`. Decoding already bounds them
+/// (`DownloadLimits::MAX_TIMEOUT`); this refuses instead of panicking
+/// should an unchecked value ever get here.
+fn seconds(value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| *d <= DownloadLimits::MAX_TIMEOUT)
+        .ok_or_else(|| format!("unusable timeout of {value} seconds"))
 }
 
 /// At most [`MAX_REDIRECTS`] redirects, no loops, http and https only.
@@ -159,6 +170,11 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
     loop {
         report.attempts += 1;
         let attempt_id = format!("{}-{}", task.index, fastrand::u64(..));
+        // Named on failures too: the producer ignores the failure of an
+        // attempt that a newer one (a redelivery) replaced.
+        if task.spec.delivery == Delivery::Broker {
+            report.attempt = Some(attempt_id.clone());
+        }
         let mut sink = match Sink::open(context, task, &attempt_id).await {
             Ok(sink) => sink,
             Err(failure) => return failed(report, failure),
@@ -184,7 +200,7 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
                 report.http_status = Some(fetched.http_status);
                 report.bytes = fetched.bytes;
                 report.content_type = fetched.content_type;
-                match sink.finish(task).await {
+                match sink.finish().await {
                     Ok(Finished::Relayed) => report.attempt = Some(attempt_id),
                     Ok(Finished::Stored(path)) => report.path = Some(path),
                     Err(failure) => return failed(report, failure),
@@ -217,6 +233,17 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
     }
 }
 
+/// Removes the file a download stored in the shared directory's temporary
+/// area, once its report can no longer reach the producer.
+pub(crate) fn discard_stored(context: &TaskContext, outcome: &Outcome) {
+    if let (Outcome::Download(report), Some(shared)) = (outcome, &context.shared_dir)
+        && let Some(path) = &report.path
+    {
+        // Our own path, `.warren-tmp/<job>-<attempt>`, made by FileSink.
+        let _ = std::fs::remove_file(shared.join(path));
+    }
+}
+
 /// Exponential backoff with jitter in [d/2, d); a `Retry-After` from the
 /// server replaces it.
 fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
@@ -236,8 +263,15 @@ async fn fetch(
     limits: &DownloadLimits,
     sink: &mut Sink<'_>,
 ) -> Result<Fetched, Failure> {
-    let total = Duration::from_secs_f64(limits.total_timeout_s);
-    let deadline = Instant::now() + total;
+    let deadline = seconds(limits.total_timeout_s)
+        .ok()
+        .and_then(|total| Instant::now().checked_add(total))
+        .ok_or_else(|| {
+            Failure::permanent(
+                DownloadErrorKind::Timeout,
+                format!("unusable total timeout of {}s", limits.total_timeout_s),
+            )
+        })?;
     let total_timeout = || Failure {
         transient: true,
         ..Failure::permanent(
@@ -383,7 +417,8 @@ enum Sink<'a> {
 
 enum Finished {
     Relayed,
-    /// The relative path written in the shared directory.
+    /// The complete file's path relative to the shared directory (in its
+    /// temporary area).
     Stored(String),
 }
 
@@ -408,11 +443,16 @@ impl<'a> Sink<'a> {
                 pending: VecDeque::with_capacity(CONFIRM_WINDOW),
             })),
             Delivery::Shared => {
+                // Permanent, not requeued: requeuing would bounce the task
+                // between workers (and back to this one) until the delivery
+                // limit dead-letters it, and the fix is in the deployment.
                 let Some(shared) = &context.shared_dir else {
                     return Err(Failure::permanent(
                         DownloadErrorKind::Storage,
                         format!(
-                            "worker {} has no --shared-dir, so it cannot store files for a shared-directory job",
+                            "worker {} has no --shared-dir, so it cannot store files for a --shared \
+                             job: start every worker of the queue with --shared-dir on the storage \
+                             of the producer's --out-dir, or download without --shared",
                             context.worker
                         ),
                     ));
@@ -431,10 +471,10 @@ impl<'a> Sink<'a> {
         }
     }
 
-    async fn finish(self, task: &DownloadTask) -> Result<Finished, Failure> {
+    async fn finish(self) -> Result<Finished, Failure> {
         match self {
             Sink::Relay(relay) => relay.finish().await.map(|()| Finished::Relayed),
-            Sink::File(file) => file.finish(task).await.map(Finished::Stored),
+            Sink::File(file) => file.finish().await.map(Finished::Stored),
         }
     }
 
@@ -526,8 +566,11 @@ fn relay_failure(error: warren::Error) -> Failure {
     }
 }
 
-/// Writes the body to a temporary file in the shared directory, renamed to
-/// its final name only when complete.
+/// Writes the body to a temporary file in the shared directory's
+/// temporary area, where it stays, complete and synced, for the producer:
+/// the producer verifies it and moves it under its final name, so nothing
+/// a worker writes ever sits under a final name unverified, and workers
+/// never create directories (or follow links) among the final names.
 ///
 /// The writing happens on a blocking thread fed through a small bounded
 /// channel: a slow disk (or a network filesystem under a shared volume)
@@ -535,13 +578,31 @@ fn relay_failure(error: warren::Error) -> Failure {
 /// that all the worker's tasks share.
 struct FileSink {
     temp: PathBuf,
-    shared: PathBuf,
+    /// `temp` relative to the shared directory, as reported.
+    relative: String,
+    /// Set once the file is complete: it is the producer's from then on.
+    keep: bool,
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// Body pieces queued for the writer thread of one download.
 const WRITE_QUEUE: usize = 16;
+
+/// Creates the temporary area if needed and checks that it is a real
+/// directory: through a symbolic link, files would land elsewhere.
+fn make_temp_dir(temp_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(temp_dir)?;
+    let meta = std::fs::symlink_metadata(temp_dir)?;
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{} is not a directory (a symbolic link?)",
+            temp_dir.display()
+        )))
+    }
+}
 
 impl FileSink {
     async fn create(
@@ -550,21 +611,31 @@ impl FileSink {
         attempt: &str,
     ) -> Result<FileSink, Failure> {
         let temp_dir = shared.join(TEMP_DIR);
-        let temp = temp_dir.join(format!("{}-{attempt}", task.job));
+        // Unique per attempt (the attempt id starts with the task index),
+        // so two workers holding the same task never share a file.
+        let file_name = format!("{}-{attempt}", task.job);
+        let temp = temp_dir.join(&file_name);
         let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
         let path = temp.clone();
         let writer = tokio::task::spawn_blocking(move || {
+            // create_new: never opens (or follows) something already there.
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+            };
             let create = || {
-                std::fs::create_dir_all(&temp_dir)?;
-                std::fs::File::create(&path).or_else(|e| {
+                make_temp_dir(&temp_dir)?;
+                open().or_else(|e| {
                     // A producer finishing another job may have just
                     // removed the (empty) temporary directory.
                     if e.kind() != std::io::ErrorKind::NotFound {
                         return Err(e);
                     }
-                    std::fs::create_dir_all(&temp_dir)?;
-                    std::fs::File::create(&path)
+                    make_temp_dir(&temp_dir)?;
+                    open()
                 })
             };
             let file = match create() {
@@ -584,14 +655,15 @@ impl FileSink {
             let file = out
                 .into_inner()
                 .map_err(std::io::IntoInnerError::into_error)?;
-            // Synced before the rename, so a crash cannot leave a short
-            // file under the final name.
+            // Synced before it is reported, so a crash cannot leave the
+            // producer a short file to move under the final name.
             file.sync_all()
         });
         match opened.await {
             Ok(Ok(())) => Ok(FileSink {
                 temp,
-                shared: shared.to_owned(),
+                relative: format!("{TEMP_DIR}/{file_name}"),
+                keep: false,
                 chunks: Some(chunks),
                 writer: Some(writer),
             }),
@@ -634,61 +706,40 @@ impl FileSink {
         )
     }
 
-    /// Waits for the writer (flush and sync), then renames into place.
-    async fn finish(mut self, task: &DownloadTask) -> Result<String, Failure> {
+    /// Waits for the writer (flush and sync) and hands the file over:
+    /// returns its path relative to the shared directory.
+    async fn finish(mut self) -> Result<String, Failure> {
         self.chunks = None;
         let written = match self.writer.take() {
             Some(writer) => writer.await,
             None => Ok(Ok(())),
         };
         match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(storage_failure(
-                    &format!("cannot write {}", self.temp.display()),
-                    &e,
-                ));
+            Ok(Ok(())) => {
+                self.keep = true;
+                Ok(std::mem::take(&mut self.relative))
             }
-            Err(e) => {
-                return Err(Failure::permanent(
-                    DownloadErrorKind::Storage,
-                    format!("the file writer thread failed: {e}"),
-                ));
-            }
-        }
-        let target = task.name.under(&self.shared);
-        let temp = self.temp.clone();
-        let placed = tokio::task::spawn_blocking({
-            let target = target.clone();
-            move || {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::rename(&temp, &target)
-            }
-        })
-        .await;
-        match placed {
-            Ok(Ok(())) => Ok(task.name.as_str().to_owned()),
             Ok(Err(e)) => Err(storage_failure(
-                &format!("cannot store {}", target.display()),
+                &format!("cannot write {}", self.temp.display()),
                 &e,
             )),
             Err(e) => Err(Failure::permanent(
                 DownloadErrorKind::Storage,
-                format!("storing {} failed: {e}", target.display()),
+                format!("the file writer thread failed: {e}"),
             )),
         }
     }
 }
 
 impl Drop for FileSink {
-    /// An attempt that failed or was abandoned leaves no temporary file;
-    /// after a successful rename there is nothing left to remove. (A writer
-    /// still running sees its channel close and stops by itself.)
+    /// An attempt that failed or was abandoned leaves no temporary file; a
+    /// finished one is left for the producer. (A writer still running sees
+    /// its channel close and stops by itself.)
     fn drop(&mut self) {
         self.chunks = None;
-        let _ = std::fs::remove_file(&self.temp);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 
@@ -729,6 +780,14 @@ mod tests {
             Duration::from_secs(2)
         );
         assert_eq!(backoff(1, Some(Duration::from_secs(9999))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn timeouts_out_of_range_are_refused_not_panicked_on() {
+        assert_eq!(seconds(1.5), Ok(Duration::from_millis(1500)));
+        for bad in [1e300, f64::INFINITY, f64::NAN, -1.0, 86_401.0] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

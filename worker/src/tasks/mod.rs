@@ -14,7 +14,7 @@ use warren::Topology;
 use warren::broker::Publisher;
 use warren::protocol::{Outcome, Task};
 
-pub(crate) use download::HttpClients;
+pub(crate) use download::{HttpClients, discard_stored};
 
 use crate::liveness::JobLiveness;
 use crate::metrics::Metrics;
