@@ -30,6 +30,8 @@ use crate::progress::Progress;
 
 /// How often the producer checks that some worker consumes the task queue.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// When the first check for workers happens.
+const WORKER_CHECK_GRACE: Duration = Duration::from_secs(1);
 
 /// Bound on broker calls made inside the collector loop, so that it keeps
 /// answering Ctrl-C and `--timeout` whatever the broker does.
@@ -335,7 +337,12 @@ pub(crate) async fn drive(
         .map(tokio::time::Instant::from_std);
     let mut total: Option<u64> = None;
     let mut answered = 0u64;
-    let mut worker_check = tokio::time::interval(WORKER_CHECK_INTERVAL);
+    // The first check waits a moment: workers starting with the job (local
+    // ones, or a fleet coming up) are not "missing".
+    let mut worker_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + WORKER_CHECK_GRACE,
+        WORKER_CHECK_INTERVAL,
+    );
     let result = loop {
         if total == Some(answered) {
             tracing::debug!(tasks = answered, "every task answered");

@@ -1,6 +1,7 @@
 //! `producer`: parse flags, install logging and signal handling, run the
 //! job, and turn its outcome into an exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,8 +40,16 @@ fn main() -> ExitCode {
             for note in report.notes(config.quiet) {
                 eprintln!("{note}");
             }
-            println!("{}", report.stdout(config.json));
-            ExitCode::from(report.exit_code())
+            let answer = report.stdout(config.json);
+            match writeln!(std::io::stdout().lock(), "{answer}") {
+                // A reader that stopped reading (`| head -c0`) wanted
+                // nothing more: the job itself went fine.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: cannot write the answer to stdout: {e}");
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::from(report.exit_code()),
+            }
         }
         Err(e) if e.is_cancelled() => {
             eprintln!("cancelled: the job's queued tasks will be dropped by the workers");

@@ -535,3 +535,28 @@ fn a_worker_reconnects_after_its_connection_is_closed() {
     );
     s.assert_clean();
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let s = Scenario::new("closed_stdout");
+    let mut child = std::process::Command::new(crate::support::process::binary("producer"))
+        .args(["--queue-prefix", &s.prefix])
+        .args(["sum", "--random", "1000", "--workers", "1"])
+        .env("AMQP_URL", crate::support::broker::amqp_url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `producer sum ... | head -c0`: nobody reads the answer.
+    drop(child.stdout.take());
+    let status = crate::support::process::wait_with_deadline(
+        &mut child,
+        Duration::from_secs(60),
+        "the producer",
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

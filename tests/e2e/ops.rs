@@ -254,6 +254,8 @@ fn local_workers_run_a_job_without_any_other_worker() {
         !workers.is_empty() && workers.iter().all(|w| w.contains("/local-")),
         "{workers:?}"
     );
+    // Workers that start with the job are not reported missing.
+    assert!(!run.stderr.contains("no worker"), "{run}");
     // They are gone with the job.
     s.broker.wait_for_consumers(0);
     s.assert_clean();
