@@ -1,14 +1,15 @@
 //! What to do about files already in the output directory, decided before
 //! anything is published.
 //!
-//! A file that exists is skipped only when it is verified to match: its
-//! SHA-256 equals the expected one when the list gives it, or else its
+//! A file that exists is skipped when it matches what is known about it:
+//! its SHA-256 equals the expected one when the list gives it, or else its
 //! size and SHA-256 equal what warren last verified there for that URL (as
 //! the previous run's manifest says, carried forward through runs that
-//! failed or refused it). A file known not to match is never overwritten
-//! unless `--overwrite`. A file warren knows nothing about is fetched
-//! again, and kept only if the download turns out identical (see
-//! `placement`). Symbolic links are never written through.
+//! failed or refused it). With neither, an existing file is taken as
+//! complete: warren only ever puts complete, verified files under final
+//! names, and re-running the same command must not fetch everything again.
+//! A file known not to match is never overwritten unless `--overwrite`.
+//! Symbolic links are never written through.
 
 use std::path::Path;
 
@@ -120,9 +121,9 @@ pub(crate) fn decide(
              from {}",
             verified.bytes, verified.sha256, named.entry.url
         )),
-        // Nothing says what the file should hold: fetch, and keep it only
-        // if identical.
-        None => Decision::Fetch { last_ok: None },
+        // Nothing says what the file should hold: it was put there
+        // complete (by warren, or by the user), so it stays.
+        None => Decision::Skip { bytes, sha256 },
     }
 }
 
@@ -191,17 +192,21 @@ mod tests {
     }
 
     #[test]
-    fn a_file_nothing_vouches_for_is_fetched_not_skipped() {
+    fn a_file_nothing_is_known_about_is_taken_as_complete() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"abc").unwrap();
+        let skip = Decision::Skip {
+            bytes: 3,
+            sha256: sha(b"abc"),
+        };
         assert_eq!(
             decide(dir.path(), &entry("a", None), &HashMap::new(), false),
-            Decision::Fetch { last_ok: None }
+            skip
         );
         // What was verified for another name says nothing about this one.
         assert_eq!(
-            decide(dir.path(), &entry("a", None), &knowing("b", b"abc"), false),
-            Decision::Fetch { last_ok: None }
+            decide(dir.path(), &entry("a", None), &knowing("b", b"xyz"), false),
+            skip
         );
     }
 
