@@ -1,13 +1,16 @@
 //! Downloads: many small files and a few large ones from a local HTTP
 //! server (axum, in this process), fetched by two workers in both delivery
 //! modes, beside the same files fetched by a plain concurrent reqwest loop
-//! in one process (the no-broker ceiling).
+//! in one process (the no-broker ceiling). A second loop also syncs each
+//! file to disk, as warren does before a file takes its final name, to show
+//! what that durability costs by itself.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+use tokio::io::AsyncWriteExt;
 use warren_testkit::HttpFixture;
 
 use crate::Scale;
@@ -47,24 +50,32 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
         let list = list.to_str().context("scratch paths are UTF-8")?.to_owned();
         let megabytes = (files * size) as f64 / 1e6;
 
-        // The reference, which also fills the server's cache.
+        // The references; the first run also fills the server's cache. Like
+        // warren's runs, each starts with an empty directory: creating files
+        // costs more than overwriting them.
         let target_dir = cluster.path("ceiling");
-        fetch_all(&urls, &target_dir).await?;
-        let mut ceiling = Vec::new();
-        for _ in 0..scale.runs.min(3) {
-            let started = Instant::now();
-            fetch_all(&urls, &target_dir).await?;
-            ceiling.push(megabytes / started.elapsed().as_secs_f64());
+        fetch_all(&urls, &target_dir, Sync::No).await?;
+        let mut references = Vec::new();
+        for (scenario, sync) in [
+            ("downloads: plain reqwest loop (no broker)", Sync::No),
+            (
+                "downloads: reqwest loop syncing each file (no broker)",
+                Sync::EachFile,
+            ),
+        ] {
+            let mut rates = Vec::new();
+            for _ in 0..scale.runs.min(3) {
+                empty(&target_dir)?;
+                let started = Instant::now();
+                fetch_all(&urls, &target_dir, sync).await?;
+                rates.push(megabytes / started.elapsed().as_secs_f64());
+            }
+            let sample = Sample::of(&rates);
+            references.push(sample.median);
+            rows.push(Row::new(scenario, label, sample, "MB/s"));
         }
         std::fs::remove_dir_all(&target_dir)?;
-        let ceiling = Sample::of(&ceiling);
-        let reference = ceiling.median;
-        rows.push(Row::new(
-            "downloads: plain reqwest loop (no broker)",
-            label,
-            ceiling,
-            "MB/s",
-        ));
+        let reference = references[0];
 
         for (mode, out, extra, target) in [
             (
@@ -119,8 +130,15 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
     cluster.stop(workers).await
 }
 
+/// Whether the reference loop syncs each file to disk.
+#[derive(Debug, Clone, Copy)]
+enum Sync {
+    No,
+    EachFile,
+}
+
 /// Fetches every URL, `CEILING_CONCURRENCY` at a time, into files.
-async fn fetch_all(urls: &[String], dir: &Path) -> Result<()> {
+async fn fetch_all(urls: &[String], dir: &Path, sync: Sync) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let permits = Arc::new(tokio::sync::Semaphore::new(CEILING_CONCURRENCY));
@@ -139,7 +157,12 @@ async fn fetch_all(urls: &[String], dir: &Path) -> Result<()> {
                 .error_for_status()?
                 .bytes()
                 .await?;
-            tokio::fs::write(&path, &body).await?;
+            let mut file = tokio::fs::File::create(&path).await?;
+            file.write_all(&body).await?;
+            match sync {
+                Sync::No => file.flush().await?,
+                Sync::EachFile => file.sync_all().await?,
+            }
             anyhow::Ok(())
         });
     }
