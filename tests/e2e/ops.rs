@@ -53,6 +53,29 @@ fn wait_for_status(port: u16, path: &str, status: u16) -> String {
     }
 }
 
+/// Polls `/metrics` until each of `lines` is a line of it, or fails after
+/// 20 s showing the page. (A worker counts a task just after acking it, so
+/// the producer may have its answer a moment before the counters move.)
+fn wait_for_metrics(port: u16, lines: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        let missing: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|wanted| !page.lines().any(|line| line == *wanted))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics lacks {missing:?}:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_worker_serves_metrics_health_and_readiness() {
     let mut s = Scenario::new("metrics");
@@ -77,23 +100,54 @@ fn a_worker_serves_metrics_health_and_readiness() {
         run.expect_success().answer(),
         reference(&["numpy-random-sum", "300000", "4"])
     );
-    let metrics = wait_for_status(port, "/metrics", 200);
-    for needle in [
-        r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
-        "warren_worker_summed_bytes_total 2400000",
-        r#"warren_worker_task_duration_seconds_count{kind="sum"} 3"#,
-        "warren_worker_tasks_in_flight 0",
-        "warren_worker_ready 1",
-        "warren_worker_reconnects_total 0",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "/metrics lacks {needle}:\n{metrics}"
-        );
-    }
+    wait_for_metrics(
+        port,
+        &[
+            r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
+            "warren_worker_summed_bytes_total 2400000",
+            r#"warren_worker_task_duration_seconds_count{kind="sum"} 3"#,
+            "warren_worker_tasks_in_flight 0",
+            "warren_worker_ready 1",
+            "warren_worker_reconnects_total 0",
+        ],
+    );
+
+    // Downloads: the bytes fetched, and each task under its outcome (a 404
+    // is not retried, so it fails at once).
+    let http = warren_testkit::HttpFixture::start();
+    let run = s
+        .producer(&[
+            "download",
+            &http.url("/files/a?size=1000"),
+            &http.url("/files/b?size=2345"),
+            &http.url("/status/404"),
+            "--out-dir",
+            &s.path_str("fetched"),
+            "--json",
+        ])
+        .run();
+    run.expect_code(1);
+    let json = run.json();
+    assert_eq!(json["succeeded"], 2, "{run}");
+    assert_eq!(json["failed"].as_array().map(Vec::len), Some(1), "{run}");
+    assert_eq!(std::fs::read(s.path("fetched/a")).unwrap().len(), 1000);
+    assert_eq!(std::fs::read(s.path("fetched/b")).unwrap().len(), 2345);
+    wait_for_metrics(
+        port,
+        &[
+            "warren_worker_downloaded_bytes_total 3345",
+            r#"warren_worker_tasks_total{kind="download",outcome="ok"} 2"#,
+            r#"warren_worker_tasks_total{kind="download",outcome="failed"} 1"#,
+            r#"warren_worker_task_duration_seconds_count{kind="download"} 3"#,
+            // The sums are still counted as they were.
+            r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
+            "warren_worker_summed_bytes_total 2400000",
+            "warren_worker_tasks_in_flight 0",
+        ],
+    );
+
     // Draining after SIGTERM: alive, no longer ready, and the task in hand
     // still finishes.
-    let http = warren_testkit::HttpFixture::start();
     let download = s
         .producer(&[
             "download",
