@@ -434,6 +434,66 @@ fn malformed_tasks_are_dead_lettered_and_reported_to_their_job() {
 }
 
 #[test]
+fn a_task_of_unknown_kind_is_dead_lettered_and_fails_its_job_at_once() {
+    let mut s = Scenario::new("unknown_kind");
+    let worker = s.workers(1);
+    // 100,000 tasks, two in flight at a time (over a minute of work): the
+    // job is far from done when the worker comes to the task the test adds.
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1e8",
+            "--seed",
+            "3",
+            "--chunk-size",
+            "1000",
+            "--max-in-flight",
+            "2",
+        ])
+        .spawn();
+    let (reply_queue, job) = s.running_job();
+    let task_queue = s.broker.topology.task_queue();
+    s.broker.publish(
+        &task_queue,
+        &[0u8; 8],
+        BasicProperties::default()
+            .with_reply_to(reply_queue.as_str().into())
+            .with_headers(header_table(&[
+                ("warren-version", AMQPValue::LongLongInt(1)),
+                ("warren-kind", text("paint")),
+                ("warren-job", text(job.as_str())),
+                ("warren-task", AMQPValue::LongLongInt(7)),
+                ("warren-dtype", text("float64")),
+                ("warren-count", AMQPValue::LongLongInt(1)),
+            ])),
+    );
+    // The worker tells the job before it dead-letters the task, so the
+    // producer fails with the worker's reason, not the broker's.
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "error: task 7 failed on worker w0: malformed task: unknown task kind \"paint\""
+        ),
+        "{run}"
+    );
+    let dead_queue = s.broker.topology.dead_letter_queue();
+    s.broker
+        .wait_until(Duration::from_secs(10), "1 dead letter", |b| {
+            b.ready(&dead_queue) == 1
+        });
+    assert!(
+        worker[0].log().contains("dead-lettering a task"),
+        "{}",
+        worker[0].log()
+    );
+    // The job's other tasks are dropped; only the dead letter was left.
+    assert_eq!(s.broker.purge(&dead_queue), 1);
+    s.assert_clean();
+}
+
+#[test]
 fn sigterm_lets_a_worker_finish_and_exit_zero() {
     let mut s = Scenario::new("sigterm");
     let expected = reference(&["numpy-random-sum", "10000000", "5"]);
