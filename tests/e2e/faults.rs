@@ -7,8 +7,10 @@ use warren::exact::sum_chunk;
 use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
 
-use crate::support::Scenario;
+use crate::support::broker::queues_with_prefix;
+use crate::support::proxy::{AmqpProxy, BASIC_QOS};
 use crate::support::python::reference;
+use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 
 /// Counts the tasks a worker has finished, from its debug log.
 fn finished_tasks(log: &str) -> usize {
@@ -282,6 +284,42 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
     run.expect_code(130);
     assert!(run.stderr.contains("cancelled"), "{run}");
     assert!(run.stdout.is_empty());
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
+fn ctrl_c_while_the_job_opens_leaves_no_reply_queue() {
+    let mut s = Scenario::new("ctrl_c_opening");
+    // Stop the producer between declaring its reply queue and consuming it.
+    // A queue that never had a consumer is not auto-deleted: dropped here,
+    // it would stay until it expires.
+    let mut proxy = AmqpProxy::hold_at(BASIC_QOS);
+    let producer = s
+        .producer(&["sum", "--random", "1000", "--seed", "1"])
+        .env("AMQP_URL", &proxy.url())
+        .env("RUST_LOG", "info")
+        .spawn();
+    proxy.wait_until_held(Duration::from_secs(30));
+    let (reply_queue, _) = s.running_job();
+    producer.signal(Signal::SIGINT);
+    // Only once the producer has cancelled may the broker answer. It logs
+    // the signal just after cancelling; had it given up opening at once,
+    // it would already be saying so on its way out.
+    s.broker
+        .wait_until(Duration::from_secs(10), "the producer saw SIGINT", |_| {
+            let stderr = producer.stderr();
+            stderr.contains("signal received") || stderr.contains("cancelled")
+        });
+    proxy.release();
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(130);
+    assert!(run.stderr.contains("cancelled"), "{run}");
+    let queues = queues_with_prefix(&s.prefix).expect(RABBITMQCTL_NEEDED);
+    assert!(
+        !queues.iter().any(|(name, _)| *name == reply_queue),
+        "the reply queue was left behind: {queues:?}\n{run}"
+    );
     let _worker = s.workers(1);
     s.assert_clean();
 }
