@@ -37,6 +37,10 @@ const WORKER_CHECK_GRACE: Duration = Duration::from_secs(1);
 /// answering Ctrl-C and `--timeout` whatever the broker does.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a job being opened when Ctrl-C comes may still take to finish
+/// declaring and consuming its reply queue, so that it can be deleted.
+const DECLARE_AFTER_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Publishes whose confirms may be outstanding at once.
 const CONFIRM_WINDOW: usize = 16;
 
@@ -74,33 +78,57 @@ impl std::fmt::Debug for JobSession {
 impl JobSession {
     /// Connects, declares the shared topology and the job's reply queue,
     /// starts consuming it, and starts the local workers, before any task is
-    /// published. Gives up with [`Error::Cancelled`] when `shutdown` fires.
+    /// published. Gives up with [`Error::Cancelled`] when `shutdown` fires;
+    /// once connected, only after cleaning up what it declared.
     pub(crate) async fn open(
         broker: &BrokerConfig,
         job: JobId,
         local: &LocalPlan,
         shutdown: &CancellationToken,
     ) -> Result<Self> {
-        tokio::select! {
-            session = Self::connect(broker, job) => {
-                let mut session = session?;
-                match local.start(shutdown) {
-                    Ok(workers) => session.local_workers = workers,
-                    Err(e) => {
-                        session.close().await;
-                        return Err(e);
+        let name = format!("warren-producer {job}");
+        let connection = tokio::select! {
+            connection = broker::connect(broker, &name) => connection?,
+            // Nothing is declared yet: abandoning the attempt leaves nothing.
+            () = shutdown.cancelled() => return Err(Error::Cancelled),
+        };
+        tracing::debug!("connected");
+        let declaring = Self::declare(broker, connection, job);
+        tokio::pin!(declaring);
+        let mut session = tokio::select! {
+            session = &mut declaring => session?,
+            () = shutdown.cancelled() => {
+                // Dropping `declaring` could leave the reply queue declared
+                // and never consumed, and RabbitMQ auto-deletes a queue only
+                // when its last consumer goes: it would stay until it
+                // expires. Finish, then delete it.
+                match tokio::time::timeout(DECLARE_AFTER_CANCEL_TIMEOUT, declaring).await {
+                    Ok(Ok(session)) => session.close().await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "opening the job failed after a cancel");
                     }
+                    Err(_) => tracing::warn!(
+                        "opening the job did not finish after a cancel; \
+                         its reply queue may stay until it expires"
+                    ),
                 }
-                Ok(session)
+                return Err(Error::Cancelled);
             }
-            () = shutdown.cancelled() => Err(Error::Cancelled),
+        };
+        match local.start(shutdown) {
+            Ok(workers) => session.local_workers = workers,
+            Err(e) => {
+                session.close().await;
+                return Err(e);
+            }
         }
+        Ok(session)
     }
 
-    async fn connect(broker: &BrokerConfig, job: JobId) -> Result<Self> {
+    /// Declares the shared topology and the job's reply queue on a new
+    /// connection, and starts consuming the reply queue.
+    async fn declare(broker: &BrokerConfig, connection: Connection, job: JobId) -> Result<Self> {
         let topology = Topology::new(broker.prefix.clone());
-        let connection = broker::connect(broker, &format!("warren-producer {job}")).await?;
-        tracing::debug!("connected");
         let publisher = Publisher::open(&connection).await?;
         topology.declare_shared(publisher.channel()).await?;
         tracing::debug!("shared topology declared");

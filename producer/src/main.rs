@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(warren::shutdown::cancel_on_signals(
             shutdown.clone(),
-            None,
+            Some("signal received: cancelling the job (again to exit without cleanup)"),
             "interrupted again: exiting without cleanup",
         ));
         producer::run(&config, shutdown).await

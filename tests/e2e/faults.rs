@@ -7,8 +7,10 @@ use warren::exact::sum_chunk;
 use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
 
-use crate::support::Scenario;
+use crate::support::broker::queues_with_prefix;
+use crate::support::proxy::{AmqpProxy, BASIC_QOS};
 use crate::support::python::reference;
+use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 
 /// Counts the tasks a worker has finished, from its debug log.
 fn finished_tasks(log: &str) -> usize {
@@ -287,6 +289,42 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
 }
 
 #[test]
+fn ctrl_c_while_the_job_opens_leaves_no_reply_queue() {
+    let mut s = Scenario::new("ctrl_c_opening");
+    // Stop the producer between declaring its reply queue and consuming it.
+    // A queue that never had a consumer is not auto-deleted: dropped here,
+    // it would stay until it expires.
+    let mut proxy = AmqpProxy::hold_at(BASIC_QOS);
+    let producer = s
+        .producer(&["sum", "--random", "1000", "--seed", "1"])
+        .env("AMQP_URL", &proxy.url())
+        .env("RUST_LOG", "info")
+        .spawn();
+    proxy.wait_until_held(Duration::from_secs(30));
+    let (reply_queue, _) = s.running_job();
+    producer.signal(Signal::SIGINT);
+    // Only once the producer has cancelled may the broker answer. It logs
+    // the signal just after cancelling; had it given up opening at once,
+    // it would already be saying so on its way out.
+    s.broker
+        .wait_until(Duration::from_secs(10), "the producer saw SIGINT", |_| {
+            let stderr = producer.stderr();
+            stderr.contains("signal received") || stderr.contains("cancelled")
+        });
+    proxy.release();
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(130);
+    assert!(run.stderr.contains("cancelled"), "{run}");
+    let queues = queues_with_prefix(&s.prefix).expect(RABBITMQCTL_NEEDED);
+    assert!(
+        !queues.iter().any(|(name, _)| *name == reply_queue),
+        "the reply queue was left behind: {queues:?}\n{run}"
+    );
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
 fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     let s = Scenario::new("broker_down");
     let url = "amqp://guest:sekrit@127.0.0.1:1/%2f";
@@ -431,6 +469,66 @@ fn malformed_tasks_are_dead_lettered_and_reported_to_their_job() {
         run.expect_success().answer(),
         reference(&["numpy-random-sum", "1000", "2"])
     );
+}
+
+#[test]
+fn a_task_of_unknown_kind_is_dead_lettered_and_fails_its_job_at_once() {
+    let mut s = Scenario::new("unknown_kind");
+    let worker = s.workers(1);
+    // 100,000 tasks, two in flight at a time (over a minute of work): the
+    // job is far from done when the worker comes to the task the test adds.
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1e8",
+            "--seed",
+            "3",
+            "--chunk-size",
+            "1000",
+            "--max-in-flight",
+            "2",
+        ])
+        .spawn();
+    let (reply_queue, job) = s.running_job();
+    let task_queue = s.broker.topology.task_queue();
+    s.broker.publish(
+        &task_queue,
+        &[0u8; 8],
+        BasicProperties::default()
+            .with_reply_to(reply_queue.as_str().into())
+            .with_headers(header_table(&[
+                ("warren-version", AMQPValue::LongLongInt(1)),
+                ("warren-kind", text("paint")),
+                ("warren-job", text(job.as_str())),
+                ("warren-task", AMQPValue::LongLongInt(7)),
+                ("warren-dtype", text("float64")),
+                ("warren-count", AMQPValue::LongLongInt(1)),
+            ])),
+    );
+    // The worker tells the job before it dead-letters the task, so the
+    // producer fails with the worker's reason, not the broker's.
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "error: task 7 failed on worker w0: malformed task: unknown task kind \"paint\""
+        ),
+        "{run}"
+    );
+    let dead_queue = s.broker.topology.dead_letter_queue();
+    s.broker
+        .wait_until(Duration::from_secs(10), "1 dead letter", |b| {
+            b.ready(&dead_queue) == 1
+        });
+    assert!(
+        worker[0].log().contains("dead-lettering a task"),
+        "{}",
+        worker[0].log()
+    );
+    // The job's other tasks are dropped; only the dead letter was left.
+    assert_eq!(s.broker.purge(&dead_queue), 1);
+    s.assert_clean();
 }
 
 #[test]

@@ -53,6 +53,29 @@ fn wait_for_status(port: u16, path: &str, status: u16) -> String {
     }
 }
 
+/// Polls `/metrics` until each of `lines` is a line of it, or fails after
+/// 20 s showing the page. (A worker counts a task just after acking it, so
+/// the producer may have its answer a moment before the counters move.)
+fn wait_for_metrics(port: u16, lines: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        let missing: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|wanted| !page.lines().any(|line| line == *wanted))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics lacks {missing:?}:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_worker_serves_metrics_health_and_readiness() {
     let mut s = Scenario::new("metrics");
@@ -77,23 +100,54 @@ fn a_worker_serves_metrics_health_and_readiness() {
         run.expect_success().answer(),
         reference(&["numpy-random-sum", "300000", "4"])
     );
-    let metrics = wait_for_status(port, "/metrics", 200);
-    for needle in [
-        r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
-        "warren_worker_summed_bytes_total 2400000",
-        r#"warren_worker_task_duration_seconds_count{kind="sum"} 3"#,
-        "warren_worker_tasks_in_flight 0",
-        "warren_worker_ready 1",
-        "warren_worker_reconnects_total 0",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "/metrics lacks {needle}:\n{metrics}"
-        );
-    }
+    wait_for_metrics(
+        port,
+        &[
+            r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
+            "warren_worker_summed_bytes_total 2400000",
+            r#"warren_worker_task_duration_seconds_count{kind="sum"} 3"#,
+            "warren_worker_tasks_in_flight 0",
+            "warren_worker_ready 1",
+            "warren_worker_reconnects_total 0",
+        ],
+    );
+
+    // Downloads: the bytes fetched, and each task under its outcome (a 404
+    // is not retried, so it fails at once).
+    let http = warren_testkit::HttpFixture::start();
+    let run = s
+        .producer(&[
+            "download",
+            &http.url("/files/a?size=1000"),
+            &http.url("/files/b?size=2345"),
+            &http.url("/status/404"),
+            "--out-dir",
+            &s.path_str("fetched"),
+            "--json",
+        ])
+        .run();
+    run.expect_code(1);
+    let json = run.json();
+    assert_eq!(json["succeeded"], 2, "{run}");
+    assert_eq!(json["failed"].as_array().map(Vec::len), Some(1), "{run}");
+    assert_eq!(std::fs::read(s.path("fetched/a")).unwrap().len(), 1000);
+    assert_eq!(std::fs::read(s.path("fetched/b")).unwrap().len(), 2345);
+    wait_for_metrics(
+        port,
+        &[
+            "warren_worker_downloaded_bytes_total 3345",
+            r#"warren_worker_tasks_total{kind="download",outcome="ok"} 2"#,
+            r#"warren_worker_tasks_total{kind="download",outcome="failed"} 1"#,
+            r#"warren_worker_task_duration_seconds_count{kind="download"} 3"#,
+            // The sums are still counted as they were.
+            r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#,
+            "warren_worker_summed_bytes_total 2400000",
+            "warren_worker_tasks_in_flight 0",
+        ],
+    );
+
     // Draining after SIGTERM: alive, no longer ready, and the task in hand
     // still finishes.
-    let http = warren_testkit::HttpFixture::start();
     let download = s
         .producer(&[
             "download",
@@ -174,25 +228,12 @@ fn status_shows_queues_work_in_hand_and_running_jobs() {
         .wait_until(Duration::from_secs(20), "10 tasks are queued", |b| {
             b.ready(&task_queue) == 10
         });
-    // The management API lists queues at once; its counts lag a few seconds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let run = s.producer(&["status", "--json"]).run();
-        run.expect_success();
-        let status = run.json();
-        if status["jobs"]
+    let status = wait_for_status_json(&s, "the running job", |status| {
+        status["jobs"]
             .as_array()
             .is_some_and(|jobs| jobs.len() == 1)
             && status["jobs"][0]["producer_connected"] == true
-        {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the running job never showed (is the rabbitmq_management plugin enabled?):\n{run}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    });
     assert_eq!(status["prefix"], s.prefix.as_str());
     let tasks = &status["queues"][0];
     assert_eq!(tasks["name"], task_queue.as_str());
@@ -220,6 +261,83 @@ fn status_shows_queues_work_in_hand_and_running_jobs() {
     run.expect_success();
     assert!(run.stdout.contains("rabbitmq_management"), "{run}");
     let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+/// The queue of a `status --json` answer with this role.
+fn queue_with_role<'a>(status: &'a serde_json::Value, role: &str) -> &'a serde_json::Value {
+    status["queues"]
+        .as_array()
+        .and_then(|queues| queues.iter().find(|q| q["role"] == role))
+        .unwrap_or_else(|| panic!("no {role} queue in {status}"))
+}
+
+/// Runs `producer status --json` until `condition` holds of its answer,
+/// or fails after 30 s: the management API's counts lag a few seconds.
+fn wait_for_status_json(
+    s: &Scenario,
+    what: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = s.producer(&["status", "--json"]).run();
+        run.expect_success();
+        let status = run.json();
+        if condition(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what} (is the rabbitmq_management plugin enabled?):\n{run}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn status_counts_tasks_in_work_and_dead_letters() {
+    let mut s = Scenario::new("status_in_work");
+    let _worker = s.start_worker("w0", &["--concurrency", "2"]);
+    s.broker.wait_for_consumers(1);
+    // A task nobody can read is dead-lettered by the worker.
+    let task_queue = s.broker.topology.task_queue();
+    let dead_queue = s.broker.topology.dead_letter_queue();
+    s.broker
+        .publish(&task_queue, b"garbage", BasicProperties::default());
+    s.broker
+        .wait_until(Duration::from_secs(20), "the task is dead-lettered", |b| {
+            b.ready(&dead_queue) == 1
+        });
+    // Six 10-second downloads, two at a time: two tasks stay in work (taken,
+    // not yet acknowledged) for half a minute.
+    let http = warren_testkit::HttpFixture::start();
+    let urls: Vec<String> = (0..6)
+        .map(|i| http.url(&format!("/slow/s{i}?delay_ms=10000&size=100")))
+        .collect();
+    let out = s.path_str("out");
+    let mut args = vec!["download", "--out-dir", &out];
+    args.extend(urls.iter().map(String::as_str));
+    let producer = s.producer(&args).spawn();
+
+    let status = wait_for_status_json(&s, "two tasks in work", |status| {
+        queue_with_role(status, "tasks")["unacked"] == 2
+    });
+    let tasks = queue_with_role(&status, "tasks");
+    assert_eq!(tasks["name"], task_queue.as_str(), "{status}");
+    assert_eq!(tasks["consumers"], 1, "{status}");
+    let dead = queue_with_role(&status, "dead");
+    assert_eq!(dead["name"], dead_queue.as_str(), "{status}");
+    assert_eq!(dead["ready"], 1, "{status}");
+    assert_eq!(dead["consumers"], 0, "{status}");
+    assert_eq!(status["jobs"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(status["jobs"][0]["producer_connected"], true, "{status}");
+
+    // The worker finishes the two in hand and drops the rest of the
+    // cancelled job; the dead letter was put there on purpose.
+    producer.signal(Signal::SIGINT);
+    producer.wait(Duration::from_secs(20)).expect_code(130);
+    assert_eq!(s.broker.purge(&dead_queue), 1);
     s.assert_clean();
 }
 

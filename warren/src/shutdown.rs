@@ -4,19 +4,20 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `shutdown` on the first signal (logging `first_note` at info
-/// level, if given) and exits the process with status 130 on the second
-/// (after printing `second_note` to stderr). Runs until then; spawn it.
+/// Cancels `shutdown` on the first signal (then logs `first_note` at info
+/// level, if given: a reader of the log knows cancelling has begun) and
+/// exits the process with status 130 on the second (after printing
+/// `second_note` to stderr). Runs until then; spawn it.
 pub async fn cancel_on_signals(
     shutdown: CancellationToken,
     first_note: Option<&'static str>,
     second_note: &'static str,
 ) {
     wait_for_signal().await;
+    shutdown.cancel();
     if let Some(note) = first_note {
         tracing::info!("{note}");
     }
-    shutdown.cancel();
     wait_for_signal().await;
     eprintln!("{second_note}");
     std::process::exit(130);

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueuePurgeOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use warren::broker::{self, QueueProbe, QueueStats};
@@ -159,6 +161,18 @@ impl Broker {
                 .await
                 .unwrap();
         });
+    }
+
+    /// Drops every ready message of a queue (dead letters a test made on
+    /// purpose, before [`super::Scenario::assert_clean`]); returns how many.
+    pub fn purge(&mut self, queue: &str) -> u32 {
+        self.runtime.block_on(async {
+            let channel = broker::open_channel(&self.connection).await.unwrap();
+            channel
+                .queue_purge(queue.into(), QueuePurgeOptions::default())
+                .await
+                .unwrap()
+        })
     }
 
     /// Deletes the prefix's shared queues and exchange.

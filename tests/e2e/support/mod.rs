@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod process;
+pub mod proxy;
 pub mod python;
 pub mod tls;
 

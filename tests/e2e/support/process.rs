@@ -266,6 +266,11 @@ impl RunningProducer {
         signal(self.child.as_ref().expect("the producer is running"), sig);
     }
 
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// Waits for the end (at most `timeout`).
     pub fn wait(mut self, timeout: Duration) -> Run {
         let mut child = self.child.take().expect("the producer is running");
