@@ -208,7 +208,7 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
-fn status_shows_queues_work_in_hand_and_running_jobs() {
+fn status_shows_queues_and_running_jobs() {
     let mut s = Scenario::new("status");
     let producer = s
         .producer(&[
@@ -320,8 +320,12 @@ fn status_counts_tasks_in_work_and_dead_letters() {
     args.extend(urls.iter().map(String::as_str));
     let producer = s.producer(&args).spawn();
 
+    // The management API's counts lag and are refreshed one by one: wait
+    // for all of them.
     let status = wait_for_status_json(&s, "two tasks in work", |status| {
         queue_with_role(status, "tasks")["unacked"] == 2
+            && queue_with_role(status, "dead")["ready"] == 1
+            && status["jobs"][0]["producer_connected"] == true
     });
     let tasks = queue_with_role(&status, "tasks");
     assert_eq!(tasks["name"], task_queue.as_str(), "{status}");

@@ -271,6 +271,9 @@ pub struct QueueStats {
     pub consumers: u32,
 }
 
+/// Bound on one [`QueueProbe::inspect`].
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Looks a queue up without creating it, on a channel of its own: a
 /// passive declare of a missing queue makes the broker close the channel,
 /// so the probe reopens it when needed.
@@ -290,6 +293,32 @@ impl QueueProbe {
     /// # Errors
     /// [`Error::Broker`] for failures other than "not found".
     pub async fn inspect(
+        &mut self,
+        connection: &Connection,
+        queue: &str,
+    ) -> Result<Option<QueueStats>> {
+        // Bounded: a request caught by a connection as it closes may never
+        // be answered, and callers (a worker's tasks, the producer's loop)
+        // must not wait on it forever.
+        match tokio::time::timeout(PROBE_TIMEOUT, self.declare_passive(connection, queue)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.channel = None;
+                Err(Error::broker(
+                    format!("look up queue {queue}"),
+                    lapin::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer within {}",
+                            humantime::format_duration(PROBE_TIMEOUT)
+                        ),
+                    )),
+                ))
+            }
+        }
+    }
+
+    async fn declare_passive(
         &mut self,
         connection: &Connection,
         queue: &str,

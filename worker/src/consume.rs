@@ -130,6 +130,10 @@ pub(crate) async fn run(
     }
 }
 
+/// How long tasks of a lost connection get to notice before the worker
+/// reconnects without them.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How this worker shows in `rabbitmqctl list_connections`: its name and
 /// the prefix it serves.
 pub(crate) fn connection_name(config: &Config) -> String {
@@ -215,7 +219,19 @@ impl Session {
         context.metrics.set_ready(false);
         if let Some(reason) = lost {
             abandon.cancel();
-            tracker.wait().await;
+            // Without a connection the handlers' broker calls fail and they
+            // end at once; still, a call that never returns must not keep
+            // the worker from reconnecting. The broker requeues whatever
+            // the old connection held.
+            if tokio::time::timeout(ABANDON_TIMEOUT, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_hand = tracker.len(),
+                    "tasks of the lost connection are still stuck; reconnecting anyway"
+                );
+            }
             broker::close_quietly(&self.connection).await;
             return Served::ConnectionLost(reason);
         }
