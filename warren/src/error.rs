@@ -229,6 +229,14 @@ impl Error {
                 "a queue or exchange of that name exists with other settings; \
                  use another --queue-prefix or delete it",
             )
+        } else if matches!(self, Error::Connect { url, .. } if url.is_tls()) {
+            // A broker that wants a client certificate may hang up before
+            // its alert is read: the failure is then a plain reset.
+            Some(
+                "is RabbitMQ listening for TLS there? If it asks for client certificates, \
+                 pass one with --tls-cert-file and --tls-key-file; a private CA goes in \
+                 --tls-ca-file",
+            )
         } else if self.is_unreachable() {
             Some(
                 "is RabbitMQ running there? Start one with `rabbitmq-server -detached` or \
