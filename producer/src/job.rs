@@ -234,6 +234,25 @@ impl JobSession {
     }
 }
 
+/// Runs `work` (reading input, which may block on stdin or a slow disk)
+/// on a blocking thread, unless `shutdown` fires first.
+///
+/// # Errors
+/// What `work` returns, or [`Error::Cancelled`].
+pub(crate) async fn read_blocking<T: Send + 'static>(
+    shutdown: &CancellationToken,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let reading = tokio::task::spawn_blocking(work);
+    tokio::select! {
+        read = reading => match read {
+            Ok(outcome) => outcome,
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+        },
+        () = shutdown.cancelled() => Err(Error::Cancelled),
+    }
+}
+
 /// One message ready to publish, carrying `tasks` tasks (batched sum
 /// messages carry several).
 #[derive(Debug)]
@@ -249,7 +268,7 @@ pub(crate) struct OutgoingTask {
 /// of tasks once the source is exhausted and every publish is confirmed.
 pub(crate) fn spawn_publisher(
     session: &JobSession,
-    mut tasks: mpsc::Receiver<Result<OutgoingTask>>,
+    mut tasks: mpsc::Receiver<OutgoingTask>,
     window: Arc<Semaphore>,
     published: Arc<AtomicU64>,
 ) -> JoinHandle<Result<u64>> {
@@ -262,7 +281,6 @@ pub(crate) fn spawn_publisher(
             let Some(task) = tasks.recv().await else {
                 break;
             };
-            let task = task?;
             window
                 .acquire_many(task.tasks)
                 .await

@@ -149,16 +149,13 @@ pub(crate) async fn run(
     // message before any broker work, so that input that is bad from the
     // start leaves no trace on the broker.
     let settings = config.clone();
-    let opening = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (input, batch, max_in_flight, first) = job::read_blocking(&shutdown, move || {
         let mut input = input::open(&settings.input)?;
         let (batch, max_in_flight) = settings.batching(input.dtype())?;
         let first = input.next_chunk(batch.max_elements())?;
         Ok((input, batch, max_in_flight, first))
-    });
-    let (input, batch, max_in_flight, first) = tokio::select! {
-        opened = opening => opened.expect("opening the input does not panic")?, // invariant: the closure returns errors
-        () = shutdown.cancelled() => return Err(Error::Cancelled),
-    };
+    })
+    .await?;
     let dtype = input.dtype();
     let total_elements = input.total_elements();
 
@@ -295,7 +292,7 @@ impl TaskReader<'_> {
         &self,
         first: Option<input::Chunk>,
         mut input: Box<dyn input::ChunkReader>,
-        tasks: &mpsc::Sender<Result<OutgoingTask>>,
+        tasks: &mpsc::Sender<OutgoingTask>,
     ) -> Result<()> {
         let dtype = input.dtype();
         let mut next_index = 0u64;
@@ -320,7 +317,7 @@ impl TaskReader<'_> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(message.index, message);
-            if tasks.blocking_send(Ok(task)).is_err() {
+            if tasks.blocking_send(task).is_err() {
                 break;
             }
             next = input.next_chunk(self.batch.max_elements())?;
@@ -379,13 +376,11 @@ impl SumCollector {
     /// the job rather than leaving tasks unanswered.
     fn add(&mut self, first: u64, partials: &[PartialSum], worker: &str) -> Result<u64> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
-        let message = self
+        let mut outstanding = self
             .outstanding
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&first)
-            .cloned();
-        let Some(message) = message else {
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(message) = outstanding.get(&first) else {
             if self.answered.contains(&first) {
                 self.duplicates += 1;
                 tracing::debug!(task = first, worker, "duplicate result ignored");
@@ -410,15 +405,13 @@ impl SumCollector {
                 )));
             }
         }
+        let tasks = message.tasks;
         for partial in partials {
             self.total.add(partial)?;
         }
-        self.outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&first);
-        self.answered.insert(first..first + message.tasks);
-        Ok(message.tasks)
+        outstanding.remove(&first);
+        self.answered.insert(first..first + tasks);
+        Ok(tasks)
     }
 }
 

@@ -126,19 +126,7 @@ fn a_result_that_does_not_answer_a_whole_message_fails_its_job() {
     for (task, partials, expected) in cases {
         // Five messages of two tasks of 100 values; no worker, so only the
         // test answers.
-        let producer = s
-            .producer(&[
-                "sum",
-                "--random",
-                "1000",
-                "--seed",
-                "1",
-                "--chunk-size",
-                "100",
-                "--tasks-per-message",
-                "2",
-            ])
-            .spawn();
+        let producer = s.spawn_small_job("2");
         let (reply_queue, job) = s.running_job();
         let partial = sum_chunk(Dtype::Float64, &[0u8; 800]).unwrap();
         let result = TaskResult {
@@ -173,19 +161,7 @@ fn a_failed_or_dead_lettered_task_fails_its_job_at_once() {
     ] {
         // No worker: the job would wait forever if the producer did not
         // act on what arrives.
-        let producer = s
-            .producer(&[
-                "sum",
-                "--random",
-                "1000",
-                "--seed",
-                "1",
-                "--chunk-size",
-                "100",
-                "--tasks-per-message",
-                "1",
-            ])
-            .spawn();
+        let producer = s.spawn_small_job("1");
         let (reply_queue, job) = s.running_job();
         if injected == "error" {
             let result = TaskResult {

@@ -210,19 +210,7 @@ fn json_logs_are_one_object_per_line() {
 #[test]
 fn status_shows_queues_and_running_jobs() {
     let mut s = Scenario::new("status");
-    let producer = s
-        .producer(&[
-            "sum",
-            "--random",
-            "1000",
-            "--seed",
-            "1",
-            "--chunk-size",
-            "100",
-            "--tasks-per-message",
-            "1",
-        ])
-        .spawn();
+    let producer = s.spawn_small_job("1");
     let task_queue = s.broker.topology.task_queue();
     s.broker
         .wait_until(Duration::from_secs(20), "10 tasks are queued", |b| {

@@ -4,9 +4,19 @@
 
 use std::process::Command;
 
-use crate::support::Scenario;
 use crate::support::python::reference;
 use crate::support::tls::{Certificates, ClientAuth, TlsListener};
+use crate::support::{Run, Scenario};
+
+/// The run succeeded and printed the sum of numpy's seeded stream.
+fn expect_random_sum(run: &Run, count: &str, seed: &str) {
+    run.expect_success();
+    assert_eq!(
+        run.answer(),
+        reference(&["numpy-random-sum", count, seed]),
+        "{run}"
+    );
+}
 
 #[test]
 fn amqps_verifies_the_broker_certificate_against_the_given_ca() {
@@ -105,12 +115,7 @@ fn client_certificates_are_presented_when_the_broker_asks() {
             &key,
         ])
         .run();
-    run.expect_success();
-    assert_eq!(
-        run.answer(),
-        reference(&["numpy-random-sum", "1000", "2"]),
-        "{run}"
-    );
+    expect_random_sum(&run, "1000", "2");
 
     // Without a client certificate the broker hangs up during the handshake.
     let run = s
@@ -178,12 +183,7 @@ fn the_broker_url_can_come_from_a_file_and_stays_secret() {
         .env_remove("AMQP_URL")
         .env("AMQP_URL_FILE", &url_file)
         .run();
-    run.expect_success();
-    assert_eq!(
-        run.answer(),
-        reference(&["numpy-random-sum", "1000", "4"]),
-        "{run}"
-    );
+    expect_random_sum(&run, "1000", "4");
     let run = s
         .producer(&[
             "sum",
@@ -197,12 +197,7 @@ fn the_broker_url_can_come_from_a_file_and_stays_secret() {
             &url_file,
         ])
         .run();
-    run.expect_success();
-    assert_eq!(
-        run.answer(),
-        reference(&["numpy-random-sum", "1000", "4"]),
-        "{run}"
-    );
+    expect_random_sum(&run, "1000", "4");
 
     // A wrong password in the file: refused, with a hint, and never shown.
     let wrong = s.path("wrong-url");
@@ -278,12 +273,7 @@ fn a_vhost_per_tenant_keeps_its_queues_apart() {
             &url,
         ])
         .run();
-    run.expect_success();
-    assert_eq!(
-        run.answer(),
-        reference(&["numpy-random-sum", "1000", "6"]),
-        "{run}"
-    );
+    expect_random_sum(&run, "1000", "6");
     let list = |vhost: &str| {
         let output = Command::new("rabbitmqctl")
             .args([

@@ -35,17 +35,7 @@ pub async fn run(
         .await?;
     let worker_peak = workers.iter().map(|w| w.peak_rss()).max().unwrap_or(0);
     cluster.stop(workers).await?;
-    let producer = run.peak_rss as f64 / MB;
-    rows.push(
-        Row::new("peak RSS, producer", label, Sample::of(&[producer]), "MB")
-            .target("< 150 MB", producer < 150.0),
-    );
-    rows.push(Row::new(
-        "peak RSS, worker (largest of 2)",
-        label,
-        Sample::of(&[worker_peak as f64 / MB]),
-        "MB",
-    ));
+    push_rows(rows, label, run.peak_rss, worker_peak);
 
     let size: u64 = if scale.quick { 256 << 20 } else { 1 << 30 };
     let label = if scale.quick {
@@ -75,7 +65,13 @@ pub async fn run(
     let worker_peak = workers.iter().map(|w| w.peak_rss()).max().unwrap_or(0);
     cluster.stop(workers).await?;
     std::fs::remove_dir_all(&out)?;
-    let producer = run.peak_rss as f64 / MB;
+    push_rows(rows, label, run.peak_rss, worker_peak);
+    Ok(())
+}
+
+/// The producer's peak (with its target) and the largest worker's.
+fn push_rows(rows: &mut Vec<Row>, label: &str, producer_peak: u64, worker_peak: u64) {
+    let producer = producer_peak as f64 / MB;
     rows.push(
         Row::new("peak RSS, producer", label, Sample::of(&[producer]), "MB")
             .target("< 150 MB", producer < 150.0),
@@ -86,5 +82,4 @@ pub async fn run(
         Sample::of(&[worker_peak as f64 / MB]),
         "MB",
     ));
-    Ok(())
 }

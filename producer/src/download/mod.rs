@@ -121,11 +121,7 @@ pub(crate) async fn run(
 ) -> Result<DownloadSummary> {
     let started = Instant::now();
     let inputs = config.inputs.clone();
-    let reading = tokio::task::spawn_blocking(move || read_inputs(&inputs));
-    let entries = tokio::select! {
-        read = reading => read.expect("reading the URL lists does not panic")?, // invariant: read_inputs returns errors
-        () = shutdown.cancelled() => return Err(Error::Cancelled),
-    };
+    let entries = job::read_blocking(&shutdown, move || read_inputs(&inputs)).await?;
     let (named, repeats) = urls::assign_names(entries)?;
     for repeat in &repeats {
         progress.warn(&format!(
@@ -343,7 +339,7 @@ async fn fetch(
             tasks: 1,
         };
         tasks_tx
-            .try_send(Ok(outgoing))
+            .try_send(outgoing)
             .expect("the channel holds every task"); // invariant: capacity = task count
     }
     drop(tasks_tx);

@@ -77,6 +77,24 @@ impl Scenario {
         Producer::new(&self.prefix, self.dir.path(), args)
     }
 
+    /// A sum of 1000 random floats in tasks of 100, `tasks_per_message` to
+    /// a message, started without waiting: with no worker running it waits
+    /// for whatever answers its tasks.
+    pub fn spawn_small_job(&self, tasks_per_message: &str) -> process::RunningProducer {
+        self.producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--tasks-per-message",
+            tasks_per_message,
+        ])
+        .spawn()
+    }
+
     /// The reply queue and job id of the one job running under this prefix,
     /// once it exists (found through `rabbitmqctl`, as an operator would).
     pub fn running_job(&mut self) -> (String, warren::JobId) {
