@@ -147,15 +147,15 @@ pub(crate) async fn run(
     let (decisions, named) = {
         let out_dir = out_dir.clone();
         let overwrite = config.overwrite;
-        tokio::task::spawn_blocking(move || {
+        // Hashing thousands of existing files takes a while: Ctrl-C stops it.
+        job::read_blocking(&shutdown, move || {
             let decisions: Vec<Decision> = named
                 .iter()
                 .map(|entry| plan::decide(&out_dir, entry, &previous, overwrite))
                 .collect();
-            (decisions, named)
+            Ok((decisions, named))
         })
-        .await
-        .expect("planning does not panic") // invariant: decide returns its failures
+        .await?
     };
 
     let mut manifest = ManifestWriter::create(config.manifest.as_deref())?;
