@@ -64,6 +64,11 @@ impl WorkerProcess {
     pub fn peak_rss(&self) -> u64 {
         self.child.id().and_then(peak_rss).unwrap_or(0)
     }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// The broker, the binaries and the benchmark's queue prefix.

@@ -7,10 +7,12 @@
 //! target from the project's goals as met or not.
 //!
 //! - [`cluster`]: the binaries, workers, producer runs, memory sampling.
+//! - [`cpu`]: CPU time by process, to say where a run's time went.
 //! - [`scenarios`]: one module per scenario.
 //! - [`report`]: samples, rows, and the Markdown table.
 
 pub mod cluster;
+pub mod cpu;
 pub mod report;
 pub mod scenarios;
 

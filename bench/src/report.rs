@@ -53,6 +53,9 @@ pub struct Row {
     /// A target from the issue, e.g. ">= 10000", and whether it is met.
     pub target: Option<String>,
     pub met: Option<bool>,
+    /// Free text for the reference column when there is no ratio, e.g.
+    /// where the time went.
+    pub note: Option<String>,
 }
 
 impl Row {
@@ -66,7 +69,13 @@ impl Row {
             ratio: None,
             target: None,
             met: None,
+            note: None,
         }
+    }
+
+    pub fn note(mut self, note: String) -> Row {
+        self.note = Some(note);
+        self
     }
 
     pub fn against(mut self, reference: String, reference_value: f64) -> Row {
@@ -120,7 +129,7 @@ pub fn markdown(rows: &[Row]) -> String {
         };
         let reference = match (&row.reference, row.ratio) {
             (Some(reference), Some(ratio)) => format!("{:.0}% of {reference}", ratio * 100.0),
-            _ => String::new(),
+            _ => row.note.clone().unwrap_or_default(),
         };
         let target = match (&row.target, row.met) {
             (Some(target), Some(met)) => format!("{target} {}", if met { "✓" } else { "✗" }),

@@ -15,6 +15,7 @@ use warren_testkit::HttpFixture;
 
 use crate::Scale;
 use crate::cluster::Cluster;
+use crate::cpu::CpuTimes;
 use crate::report::{Row, Sample, human};
 
 /// Concurrent fetches of the reqwest loop: what two workers with the
@@ -30,6 +31,7 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
         .context("scratch paths are UTF-8")?
         .to_owned();
     let workers = cluster.workers(2, &["--shared-dir", &shared_arg]).await?;
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.pid()).collect();
     let sets: [(&str, usize, usize); 2] = if scale.quick {
         [
             ("100 × 256 KiB", 100, 256 << 10),
@@ -64,15 +66,19 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
             ),
         ] {
             let mut rates = Vec::new();
+            let mut cpu = CpuTimes::default();
             for _ in 0..scale.runs.min(3) {
                 empty(&target_dir)?;
+                let before = CpuTimes::now(&worker_pids);
                 let started = Instant::now();
                 fetch_all(&urls, &target_dir, sync).await?;
                 rates.push(megabytes / started.elapsed().as_secs_f64());
+                cpu.add(&CpuTimes::now(&worker_pids).since(&before));
             }
             let sample = Sample::of(&rates);
             references.push(sample.median);
             rows.push(Row::new(scenario, label, sample, "MB/s"));
+            rows.push(cpu_row(scenario, label, &cpu, rates.len(), megabytes));
         }
         std::fs::remove_dir_all(&target_dir)?;
         let reference = references[0];
@@ -94,8 +100,10 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
             let out_arg = out.to_str().context("scratch paths are UTF-8")?.to_owned();
             let mut rates = Vec::new();
             let mut file_rates = Vec::new();
+            let mut cpu = CpuTimes::default();
             for _ in 0..scale.runs.min(3) {
                 empty(&out)?;
+                let before = CpuTimes::now(&worker_pids);
                 let mut args = vec![
                     "download",
                     list.as_str(),
@@ -113,6 +121,7 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
                 );
                 rates.push(megabytes / run.wall.as_secs_f64());
                 file_rates.push(files as f64 / run.wall.as_secs_f64());
+                cpu.add(&CpuTimes::now(&worker_pids).since(&before));
             }
             empty(&out)?;
             let row = Row::new(mode, label, Sample::of(&rates), "MB/s").against(
@@ -125,9 +134,22 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
                 met,
             ));
             rows.push(Row::new(mode, label, Sample::of(&file_rates), "files/s"));
+            rows.push(cpu_row(mode, label, &cpu, rates.len(), megabytes));
         }
     }
     cluster.stop(workers).await
+}
+
+/// CPU milliseconds per megabyte, machine-wide, with where they went.
+fn cpu_row(scenario: &str, size: &str, cpu: &CpuTimes, runs: usize, megabytes: f64) -> Row {
+    let per_megabyte = cpu.per(runs as f64 * megabytes);
+    Row::new(
+        scenario,
+        size,
+        Sample::of(&[per_megabyte.machine * 1e3]),
+        "CPU ms/MB",
+    )
+    .note(per_megabyte.to_string())
 }
 
 /// Whether the reference loop syncs each file to disk.
