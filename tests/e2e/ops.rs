@@ -8,6 +8,8 @@ use nix::sys::signal::Signal;
 use warren::JobId;
 use warren::protocol::{DeadLetter, Outcome, TaskResult};
 
+use warren_testkit::content;
+
 use crate::support::Scenario;
 use crate::support::python::reference;
 
@@ -183,6 +185,74 @@ fn a_worker_serves_metrics_health_and_readiness() {
     wait_for_status(port, "/healthz", 200);
     assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503));
     s.assert_clean();
+}
+
+/// The value of the metric line starting with `name ` on `/metrics`.
+fn metric(port: u16, name: &str) -> f64 {
+    let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {name}:\n{page}"))
+}
+
+/// Issue 5: small files travel several to a task message (the broker's
+/// cost is per message), large ones one each (so that no worker hoards
+/// them), and every download is still its own task. The worker's metrics
+/// tell messages (one duration each) from tasks.
+#[test]
+fn small_downloads_share_task_messages_and_large_ones_do_not() {
+    let mut s = Scenario::new("batched-downloads");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _worker = s.start_worker("w0", &["--metrics-addr", &addr]);
+    s.broker.wait_for_consumers(1);
+    let http = warren_testkit::HttpFixture::start();
+    let downloads = |name: &str, files: usize, size: usize| {
+        let urls: Vec<String> = (0..files)
+            .map(|i| http.url(&format!("/files/{name}/{i}.bin?size={size}")))
+            .collect();
+        let list = s.path(&format!("{name}.txt"));
+        std::fs::write(&list, urls.join("\n")).unwrap();
+        let out = s.path_str(name);
+        let run = s
+            .producer(&[
+                "download",
+                list.to_str().unwrap(),
+                "--out-dir",
+                &out,
+                "--json",
+            ])
+            .run();
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], files, "{run}");
+        for i in 0..files {
+            let got = std::fs::read(s.path(&format!("{name}/{i}.bin"))).unwrap();
+            assert!(
+                got == content(&format!("/files/{name}/{i}.bin"), size),
+                "{name}/{i}.bin differs from what was served"
+            );
+        }
+    };
+    let tasks = r#"warren_worker_tasks_total{kind="download",outcome="ok"}"#;
+    let messages = r#"warren_worker_task_duration_seconds_count{kind="download"}"#;
+
+    downloads("small", 300, 2000);
+    wait_for_metrics(port, &[&format!("{tasks} 300")]);
+    let small_messages = metric(port, messages);
+    // Up to the first window (64) goes one per message, before any size
+    // is known; the rest share messages, up to 8 each.
+    assert!(
+        (300.0 / 8.0..=150.0).contains(&small_messages),
+        "300 small files took {small_messages} messages"
+    );
+
+    downloads("large", 10, 3 << 20);
+    wait_for_metrics(port, &[&format!("{tasks} 310")]);
+    assert_eq!(
+        metric(port, messages) - small_messages,
+        10.0,
+        "files over 2 MiB go one per message"
+    );
 }
 
 #[test]

@@ -40,8 +40,9 @@ pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Tasks in hand at once (also the prefetch count): downloads run this
-    /// many at a time; sums use at most one core each
+    /// Task messages in hand at once (the prefetch count); at most this
+    /// many URLs are fetched at a time, however many a message carries;
+    /// sums use at most one core each
     #[arg(long, short = 'c', env = "WARREN_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY, value_name = "N")]
     pub concurrency: u16,
 

@@ -68,6 +68,7 @@ pub(crate) async fn run(
     let cpu = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
+    let downloads = Arc::new(Semaphore::new(usize::from(config.concurrency)));
     let mut delay = MIN_BACKOFF;
     let mut sessions = 0u64;
     loop {
@@ -113,6 +114,7 @@ pub(crate) async fn run(
             shared_dir: config.shared_dir.clone(),
             http: Arc::clone(&http),
             cpu: Arc::clone(&cpu),
+            downloads: Arc::clone(&downloads),
             session_broken: CancellationToken::new(),
             metrics: Arc::clone(&metrics),
             max_task_size: config.max_task_size,
@@ -317,6 +319,7 @@ async fn run_task(
         Task::Sum(_) => Kind::Sum,
         Task::Download(_) => Kind::Download,
     };
+    let tasks = task.tasks();
     let metrics = &context.metrics;
     let reply_to = context.topology.reply_queue(&job);
     if !context
@@ -326,7 +329,7 @@ async fn run_task(
     {
         tracing::debug!("job is gone; dropping its task");
         ack(delivery).await;
-        metrics.task(kind, TaskOutcome::Dropped, None);
+        metrics.tasks(kind, TaskOutcome::Dropped, tasks);
         return;
     }
 
@@ -335,16 +338,20 @@ async fn run_task(
         outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {
             requeue(delivery).await;
-            metrics.task(kind, TaskOutcome::Requeued, None);
+            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
             return;
         }
     };
-    let (carried_out, summed, downloaded) = match &outcome {
-        Outcome::Sum(_) => (TaskOutcome::Ok, body_len, 0),
-        Outcome::Download(report) if report.status == DownloadStatus::Ok => {
-            (TaskOutcome::Ok, 0, report.bytes)
+    // (tasks ok, tasks failed, bytes summed, bytes downloaded)
+    let (ok, failed, summed, downloaded) = match &outcome {
+        Outcome::Sum(_) => (tasks, 0, body_len, 0),
+        Outcome::Download(reports) => {
+            let fetched = reports.iter().filter(|r| r.status == DownloadStatus::Ok);
+            let ok = fetched.clone().count() as u64;
+            let bytes = fetched.map(|r| r.bytes).sum();
+            (ok, tasks.saturating_sub(ok), 0, bytes)
         }
-        Outcome::Download(_) | Outcome::Error(_) => (TaskOutcome::Failed, 0, 0),
+        Outcome::Error(_) => (0, tasks, 0, 0),
     };
     let result = TaskResult {
         version: PROTOCOL_VERSION,
@@ -364,7 +371,9 @@ async fn run_task(
         Ok(Routed::Queued) => {
             tracing::debug!(elapsed_s = result.elapsed_s, "done");
             ack(delivery).await;
-            metrics.task(kind, carried_out, Some(started.elapsed()));
+            metrics.tasks(kind, TaskOutcome::Ok, ok);
+            metrics.tasks(kind, TaskOutcome::Failed, failed);
+            metrics.took(kind, started.elapsed());
             metrics.summed(summed);
             metrics.downloaded(downloaded);
         }
@@ -375,7 +384,7 @@ async fn run_task(
             tasks::discard_stored(context, &result.outcome);
             context.liveness.mark_gone(&job);
             ack(delivery).await;
-            metrics.task(kind, TaskOutcome::Dropped, None);
+            metrics.tasks(kind, TaskOutcome::Dropped, tasks);
         }
         Err(e) if e.is_transient() => {
             // The channel or connection is gone. Return the task (if the
@@ -386,7 +395,7 @@ async fn run_task(
                 warren::display_chain(&e)
             );
             requeue(delivery).await;
-            metrics.task(kind, TaskOutcome::Requeued, None);
+            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
             context.session_broken.cancel();
         }
         Err(e) => {
@@ -395,7 +404,7 @@ async fn run_task(
                 warren::display_chain(&e)
             );
             requeue(delivery).await;
-            metrics.task(kind, TaskOutcome::Requeued, None);
+            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
         }
     }
 }
@@ -412,7 +421,7 @@ async fn reject_poison(
     tracing::warn!(message_id = ?delivery.properties.message_id(), "dead-lettering a task: {message}");
     context
         .metrics
-        .task(Kind::Unknown, TaskOutcome::Malformed, None);
+        .tasks(Kind::Unknown, TaskOutcome::Malformed, 1);
     if let Some(origin) = TaskOrigin::of(&delivery.properties)
         && origin.reply_to == context.topology.reply_queue(&origin.job)
     {

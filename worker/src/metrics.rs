@@ -150,18 +150,24 @@ impl Metrics {
     }
 
     /// Counts a finished task.
-    pub(crate) fn task(&self, kind: Kind, outcome: TaskOutcome, took: Option<Duration>) {
+    /// Counts `count` tasks (a message may carry several) that ended so.
+    pub(crate) fn tasks(&self, kind: Kind, outcome: TaskOutcome, count: u64) {
+        if count == 0 {
+            return;
+        }
         self.tasks
             .get_or_create(&TaskLabels {
                 kind: kind.label(),
                 outcome: outcome.label(),
             })
-            .inc();
-        if let Some(took) = took {
-            self.durations
-                .get_or_create(&KindLabels { kind: kind.label() })
-                .observe(took.as_secs_f64());
-        }
+            .inc_by(count);
+    }
+
+    /// Records how long a task message took from delivery to result.
+    pub(crate) fn took(&self, kind: Kind, took: Duration) {
+        self.durations
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .observe(took.as_secs_f64());
     }
 
     pub(crate) fn summed(&self, bytes: u64) {
@@ -267,7 +273,8 @@ mod tests {
     #[test]
     fn metrics_encode_with_their_labels() {
         let metrics = Arc::new(Metrics::new());
-        metrics.task(Kind::Sum, TaskOutcome::Ok, Some(Duration::from_millis(3)));
+        metrics.tasks(Kind::Sum, TaskOutcome::Ok, 3);
+        metrics.took(Kind::Sum, Duration::from_millis(3));
         metrics.summed(800);
         {
             let _task = metrics.in_hand();
@@ -275,7 +282,7 @@ mod tests {
         }
         let text = metrics.encode();
         assert!(
-            text.contains(r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 1"#),
+            text.contains(r#"warren_worker_tasks_total{kind="sum",outcome="ok"} 3"#),
             "{text}"
         );
         assert!(

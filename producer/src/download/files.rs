@@ -22,18 +22,25 @@ use crate::error::{Error, Result};
 
 /// SHA-256 and size of a file, read in 1 MiB blocks.
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    thread_local! {
+        /// The read buffer, kept per (blocking) thread: zeroing a fresh
+        /// 1 MiB for every file cost more than reading a small file.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
+    }
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
+    BUFFER.with_borrow_mut(|buffer| {
+        loop {
+            let n = file.read(buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            size += n as u64;
         }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
+        Ok::<_, std::io::Error>(())
+    })?;
     Ok((size, hex::encode(hasher.finalize())))
 }
 

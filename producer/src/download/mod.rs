@@ -5,13 +5,15 @@
 //! published: every line of the list ([`urls`]), every file name, and what
 //! is already in the output directory ([`plan`]), so a re-run fetches only
 //! what is missing or failed. Then one task per URL goes out through the
-//! shared pipeline (`job.rs`). With the default delivery, each file comes
+//! shared pipeline (`job.rs`), several to a message when files prove small
+//! ([`batching`]). With the default delivery, each file comes
 //! back through the broker as body chunks and is put together here
 //! ([`files`]); with `--shared`, workers store it in the shared directory's
 //! temporary area and the producer verifies it there. Either way only the
 //! producer moves files under their final names ([`placement`]). Every URL
 //! ends as one [`manifest`] line: ok, failed (with the reason) or skipped.
 
+mod batching;
 pub mod files;
 pub mod manifest;
 pub mod placement;
@@ -27,8 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use warren::protocol::{
-    BodyChunk, DeadLetter, Delivery, DownloadLimits, DownloadSpec, DownloadStatus, DownloadTask,
-    Outcome, TaskResult,
+    BodyChunk, DeadLetter, Delivery, DownloadBatch, DownloadLimits, DownloadSpec, DownloadStatus,
+    DownloadTask, Outcome, TaskResult,
 };
 use warren::{BrokerConfig, JobId};
 
@@ -37,6 +39,7 @@ use crate::input::Source;
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
+use batching::Batching;
 use files::{Assembler, ChunkOutcome, Completion};
 use manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use plan::Decision;
@@ -231,6 +234,7 @@ pub(crate) async fn run(
             manifest: &mut manifest,
             finishing: tokio::task::JoinSet::new(),
             finishing_slots: std::collections::HashSet::new(),
+            batching: Batching::new(config.max_in_flight),
             received: 0,
             failures: 0,
             workers: BTreeSet::new(),
@@ -321,8 +325,9 @@ async fn fetch(
     tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
     progress.start("files", Some(collector.to_fetch.len() as u64));
 
-    // The tasks are small: build them all, the window paces publishing.
-    let (tasks_tx, tasks_rx) = mpsc::channel(collector.to_fetch.len());
+    // The tasks are small: build them all now; messages are made of them as
+    // the window lets them go, as many to a message as `batching` says then.
+    let mut tasks = Vec::with_capacity(collector.to_fetch.len());
     for (index, &slot) in collector.to_fetch.iter().enumerate() {
         let entry = &collector.named[slot];
         let spec = DownloadSpec {
@@ -332,17 +337,17 @@ async fn fetch(
             delivery: config.delivery,
             limits: config.limits,
         };
-        let task = DownloadTask::new(job.clone(), index as u64, spec)?;
-        let outgoing = OutgoingTask {
-            body: task.body(),
-            properties: task.properties(&session.reply_queue),
-            tasks: 1,
-        };
-        tasks_tx
-            .try_send(outgoing)
-            .expect("the channel holds every task"); // invariant: capacity = task count
+        tasks.push(DownloadTask::new(job.clone(), index as u64, spec)?);
     }
-    drop(tasks_tx);
+    // One message waits here while the publisher holds the next: each is
+    // made with the latest estimate of the file sizes.
+    let (tasks_tx, tasks_rx) = mpsc::channel(1);
+    let messages = tokio::spawn(make_messages(
+        tasks,
+        collector.batching.clone(),
+        session.reply_queue.clone(),
+        tasks_tx,
+    ));
     let window = Arc::new(Semaphore::new(config.max_in_flight));
     let published = Arc::new(AtomicU64::new(0));
     let publisher = job::spawn_publisher(
@@ -360,9 +365,36 @@ async fn fetch(
         started,
     };
     let outcome = job::drive(&mut session, collector, publisher, drive).await;
+    messages.abort();
     session.close().await;
     progress.finish();
     outcome.map(drop)
+}
+
+/// Groups `tasks` into messages for the publisher, in order, each with as
+/// many tasks as `batching` says when it is made.
+async fn make_messages(
+    tasks: Vec<DownloadTask>,
+    batching: Batching,
+    reply_queue: String,
+    messages: mpsc::Sender<OutgoingTask>,
+) {
+    let mut tasks = tasks.into_iter().peekable();
+    while tasks.peek().is_some() {
+        let take = usize::try_from(batching.per_message()).unwrap_or(1);
+        let batch = DownloadBatch::new(tasks.by_ref().take(take).collect())
+            .expect("consecutive tasks of one job make a message"); // invariant: indices 0, 1, 2, ... of one job
+        let carried = batch.tasks().len() as u64;
+        batching.sent(batch.index(), carried);
+        let outgoing = OutgoingTask {
+            body: batch.body(),
+            properties: batch.properties(&reply_queue),
+            tasks: carried as u32,
+        };
+        if messages.send(outgoing).await.is_err() {
+            return; // the publisher stopped: the job is ending
+        }
+    }
 }
 
 /// A file finished in the background: its slot, its record so far, and
@@ -397,6 +429,8 @@ struct DownloadCollector<'a> {
     finishing: tokio::task::JoinSet<Finished>,
     /// Slots whose file is in `finishing`.
     finishing_slots: std::collections::HashSet<usize>,
+    /// Downloads per message, and the messages sent.
+    batching: Batching,
     /// Body bytes received, for the throughput display.
     received: u64,
     failures: u64,
@@ -452,6 +486,74 @@ impl DownloadCollector<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Takes the reports answering the message whose first task is `first`:
+    /// one per task, each finishing its download unless it was done already
+    /// (a redelivered message). A result that matches no message sent, or
+    /// not all of it, is malformed and ends the job rather than leave tasks
+    /// unanswered.
+    async fn answer(
+        &mut self,
+        first: u64,
+        worker: String,
+        reports: Vec<warren::protocol::DownloadReport>,
+    ) -> Result<Accepted> {
+        let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
+        let Some(tasks) = self.batching.message(first) else {
+            return Err(malformed(format!(
+                "worker {worker} answered task {first}, which no message starts with"
+            )));
+        };
+        if reports.len() as u64 != tasks.end - tasks.start {
+            return Err(malformed(format!(
+                "worker {worker} answered the {} task(s) from {first} with {} report(s)",
+                tasks.end - tasks.start,
+                reports.len()
+            )));
+        }
+        self.workers.insert(worker);
+        let mut answered = 0;
+        for (index, report) in tasks.zip(reports) {
+            let Some(slot) = self.open_task(index) else {
+                tracing::debug!(task = index, "duplicate download report ignored");
+                continue;
+            };
+            if let Accepted::Answered(n) = self.finish_download(index, slot, report).await? {
+                answered += n;
+            }
+        }
+        Ok(if answered > 0 {
+            Accepted::Answered(answered)
+        } else {
+            Accepted::Other
+        })
+    }
+
+    /// Fails every task still open of the message that starts with task
+    /// `first` (a worker refused the message, or the broker dead-lettered
+    /// it), for `reason`.
+    fn fail_message(&mut self, first: u64, reason: &str) -> Result<Accepted> {
+        let tasks = self.batching.message(first).unwrap_or(first..first + 1);
+        let mut answered = 0;
+        for index in tasks {
+            let Some(slot) = self.open_task(index) else {
+                continue;
+            };
+            self.assembler.forget(index);
+            let record = ManifestRecord {
+                error: Some(reason.to_owned()),
+                ..record_for(&self.named[slot])
+            };
+            if let Accepted::Answered(n) = self.finish(slot, record)? {
+                answered += n;
+            }
+        }
+        Ok(if answered > 0 {
+            Accepted::Answered(answered)
+        } else {
+            Accepted::Other
+        })
     }
 
     async fn finish_download(
@@ -560,20 +662,14 @@ impl Collector for DownloadCollector<'_> {
     /// dead-lettered task fails its URL, not the job.
     async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
         if let Some(dead) = DeadLetter::of(&delivery.properties) {
-            let Some(slot) = dead.task.and_then(|t| self.open_task(t)) else {
+            let Some(first) = dead.task else {
                 return Ok(Accepted::Other);
             };
-            if let Some(task) = dead.task {
-                self.assembler.forget(task);
-            }
-            let record = ManifestRecord {
-                error: Some(format!(
-                    "the broker gave up on it: {}",
-                    explain_dead_letter(&dead.reason)
-                )),
-                ..record_for(&self.named[slot])
-            };
-            return self.finish(slot, record);
+            let reason = format!(
+                "the broker gave up on it: {}",
+                explain_dead_letter(&dead.reason)
+            );
+            return self.fail_message(first, &reason);
         }
         if let Some(chunk) = BodyChunk::of(&delivery.properties) {
             let chunk = chunk?;
@@ -600,26 +696,18 @@ impl Collector for DownloadCollector<'_> {
         if result.job_id != self.job {
             return Ok(Accepted::Other);
         }
-        let Some(index) = result.task else {
+        let Some(first) = result.task else {
             return Err(warren::Error::malformed(
                 "result",
                 "a download result without a task index",
             )
             .into());
         };
-        let Some(slot) = self.open_task(index) else {
-            tracing::debug!(task = index, "duplicate or unknown download result ignored");
-            return Ok(Accepted::Other);
-        };
-        self.workers.insert(result.worker.clone());
         match result.outcome {
-            Outcome::Download(report) => self.finish_download(index, slot, report).await,
+            Outcome::Download(reports) => self.answer(first, result.worker, reports).await,
             Outcome::Error(failure) => {
-                let record = ManifestRecord {
-                    error: Some(failure.message),
-                    ..record_for(&self.named[slot])
-                };
-                self.finish(slot, record)
+                self.workers.insert(result.worker);
+                self.fail_message(first, &failure.message)
             }
             Outcome::Sum(_) => {
                 Err(warren::Error::malformed("result", "a sum result for a download job").into())
@@ -638,6 +726,7 @@ impl Collector for DownloadCollector<'_> {
         let (slot, mut record, outcome) = joined.expect("placing and verifying do not panic"); // invariant: both return their failures
         match outcome? {
             Ok(saved) => {
+                self.batching.observe(saved.bytes);
                 record.status = ItemStatus::Ok;
                 record.bytes = saved.bytes;
                 record.sha256 = Some(saved.sha256);
@@ -671,18 +760,33 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
+            Self::with_files(1)
+        }
+
+        /// `n` URLs, `https://h/f.bin` then `https://h/f1.bin`, ...
+        fn with_files(n: usize) -> Fixture {
+            let named = (0..n)
+                .map(|i| {
+                    let file = if i == 0 {
+                        "f.bin".to_owned()
+                    } else {
+                        format!("f{i}.bin")
+                    };
+                    NamedEntry {
+                        entry: urls::UrlEntry {
+                            origin: format!("argument {}", i + 1),
+                            url: url::Url::parse(&format!("https://h/{file}")).unwrap(),
+                            name: None,
+                            sha256: None,
+                        },
+                        name: RelativePath::parse(&file).unwrap(),
+                    }
+                })
+                .collect();
             Fixture {
                 dir: tempfile::tempdir().unwrap(),
-                named: vec![NamedEntry {
-                    entry: urls::UrlEntry {
-                        origin: "argument 1".into(),
-                        url: url::Url::parse("https://h/f.bin").unwrap(),
-                        name: None,
-                        sha256: None,
-                    },
-                    name: RelativePath::parse("f.bin").unwrap(),
-                }],
-                records: vec![None],
+                named,
+                records: vec![None; n],
                 manifest: ManifestWriter::create(None).unwrap(),
             }
         }
@@ -700,12 +804,13 @@ mod tests {
                 assembler: Assembler::new(self.dir.path(), job, 1 << 30, false),
                 out_dir: self.dir.path().to_owned(),
                 named: &self.named,
-                to_fetch: &[0],
+                to_fetch: &[0, 1, 2, 3][..self.named.len()],
                 last_ok,
                 records: &mut self.records,
                 manifest: &mut self.manifest,
                 finishing: tokio::task::JoinSet::new(),
                 finishing_slots: std::collections::HashSet::new(),
+                batching: Batching::new(64),
                 received: 0,
                 failures: 0,
                 workers: BTreeSet::new(),
@@ -751,6 +856,68 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
         assert!(!dir.join(TEMP_DIR).join("j-0-1").exists());
         assert_eq!(fixture.records[0].as_ref().unwrap().status, ItemStatus::Ok);
+    }
+
+    fn failed(url: &str) -> DownloadReport {
+        DownloadReport {
+            url: url.into(),
+            error: Some(DownloadError {
+                kind: DownloadErrorKind::HttpStatus,
+                message: "HTTP 404 Not Found".into(),
+            }),
+            sha256: None,
+            ..report(DownloadStatus::Failed, b"")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_answers_its_whole_message_and_only_that() {
+        let mut fixture = Fixture::with_files(4);
+        let mut collector = fixture.collector(Delivery::Broker, &[None, None, None, None]);
+        collector.batching.sent(0, 1);
+        collector.batching.sent(1, 3);
+        let err = collector
+            .answer(1, "w".into(), vec![failed("a"), failed("b")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("answered the 3 task(s) from 1 with 2 report(s)"),
+            "{err}"
+        );
+        let err = collector
+            .answer(2, "w".into(), vec![failed("a")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("which no message starts with"),
+            "{err}"
+        );
+        let three = vec![failed("a"), failed("b"), failed("c")];
+        let accepted = collector.answer(1, "w".into(), three.clone()).await;
+        assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        // A redelivered message's second result counts nothing.
+        let again = collector.answer(1, "w".into(), three).await;
+        assert_eq!(again.unwrap(), Accepted::Other);
+        assert!(fixture.records[0].is_none(), "task 0 is another message");
+        assert!(fixture.records[1..].iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn a_refused_or_dead_lettered_message_fails_every_task_it_carried() {
+        let mut fixture = Fixture::with_files(4);
+        let mut collector = fixture.collector(Delivery::Shared, &[None, None, None, None]);
+        collector.batching.sent(0, 1);
+        collector.batching.sent(1, 3);
+        let accepted = collector.fail_message(1, "the broker gave up on it");
+        assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        assert_eq!(collector.fail_message(1, "again").unwrap(), Accepted::Other);
+        assert!(fixture.records[0].is_none());
+        for record in &fixture.records[1..] {
+            let record = record.as_ref().unwrap();
+            assert_eq!(record.status, ItemStatus::Failed);
+            assert_eq!(record.error.as_deref(), Some("the broker gave up on it"));
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Download tasks, their reports, and the body chunks that carry a file
 //! back through the broker.
 //!
-//! A download task's body is a JSON [`DownloadSpec`]. With
+//! A download message's body is a JSON [`DownloadSpec`], or, when it carries
+//! several consecutive tasks (a [`DownloadBatch`] with `warren-tasks`), a
+//! JSON array of them; its result holds one [`DownloadReport`] per task. With
 //! [`Delivery::Broker`] the worker sends the file to the job's reply queue
 //! as [`BodyChunk`] messages (raw bytes, at most `chunk_bytes` each, tagged
 //! with an attempt id and offset) and then a JSON result whose
@@ -15,8 +17,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, JobId, PROTOCOL_VERSION, TRANSIENT, TaskKind, header,
-    int_header, long_string, non_negative, string_header, task_properties,
+    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, JobId, MAX_TASKS_PER_MESSAGE, PROTOCOL_VERSION,
+    TRANSIENT, TaskKind, header, int_header, long_string, non_negative, string_header,
+    task_properties,
 };
 use crate::error::{Error, Result};
 use crate::filename::RelativePath;
@@ -181,27 +184,138 @@ impl DownloadTask {
         })
     }
 
-    pub(super) fn decode(job: JobId, index: u64, body: &[u8]) -> Result<Self> {
-        let spec: DownloadSpec = serde_json::from_slice(body)
-            .map_err(|e| Error::malformed("task", format!("invalid download spec: {e}")))?;
-        Self::new(job, index, spec)
-    }
-
-    /// The JSON body.
+    /// The JSON body of a message carrying this task alone.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&self.spec).expect("a DownloadSpec always serializes") // invariant: plain data
     }
+}
 
-    /// The AMQP properties of this task, replying to `reply_to`.
+/// A download message: one task, or several consecutive ones (with
+/// `warren-tasks` above 1) whose specs travel as a JSON array, so that the
+/// broker moves one
+/// message, and one result, for many small files. Each task is still its
+/// own download with its own index and its own report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadBatch {
+    /// The tasks, in index order: task `i` has index `tasks[0].index + i`.
+    tasks: Vec<DownloadTask>,
+}
+
+impl DownloadBatch {
+    /// A message of consecutive tasks of one job.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] when `tasks` is empty, too long, or not
+    /// consecutive tasks of one job.
+    pub fn new(tasks: Vec<DownloadTask>) -> Result<Self> {
+        let bad = |reason: &str| Error::malformed("task", reason.to_owned());
+        let Some(first) = tasks.first() else {
+            return Err(bad("a download message carries at least one task"));
+        };
+        if tasks.len() as u64 > MAX_TASKS_PER_MESSAGE {
+            return Err(bad("a download message carries at most 65536 tasks"));
+        }
+        let consecutive = tasks.iter().enumerate().all(|(i, task)| {
+            task.job == first.job && first.index.checked_add(i as u64) == Some(task.index)
+        });
+        if !consecutive {
+            return Err(bad(
+                "a download message carries consecutive tasks of one job",
+            ));
+        }
+        Ok(DownloadBatch { tasks })
+    }
+
+    /// The job.
+    pub fn job(&self) -> &JobId {
+        &self.tasks[0].job // invariant: never empty (see `new`)
+    }
+
+    /// Index of the first task.
+    pub fn index(&self) -> u64 {
+        self.tasks[0].index // invariant: never empty (see `new`)
+    }
+
+    /// The tasks, in index order.
+    pub fn tasks(&self) -> &[DownloadTask] {
+        &self.tasks
+    }
+
+    /// The JSON body: one spec, or an array of them for several tasks.
+    pub fn body(&self) -> Vec<u8> {
+        match self.tasks.as_slice() {
+            [task] => task.body(),
+            tasks => {
+                let specs: Vec<&DownloadSpec> = tasks.iter().map(|t| &t.spec).collect();
+                serde_json::to_vec(&specs).expect("DownloadSpecs always serialize") // invariant: plain data
+            }
+        }
+    }
+
+    /// The AMQP properties of this message, replying to `reply_to`.
     pub fn properties(&self, reply_to: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if self.tasks.len() > 1 {
+            headers.insert(
+                header::TASKS.into(),
+                AMQPValue::LongLongInt(self.tasks.len() as i64),
+            );
+        }
         task_properties(
-            &self.job,
-            self.index,
+            self.job(),
+            self.index(),
             TaskKind::Download,
             CONTENT_TYPE_JSON,
             reply_to,
-            FieldTable::default(),
+            headers,
         )
+    }
+
+    pub(super) fn decode(
+        job: JobId,
+        index: u64,
+        headers: &FieldTable,
+        body: &[u8],
+    ) -> Result<Self> {
+        let count = match headers.inner().get(header::TASKS) {
+            None => 1,
+            Some(_) => non_negative(int_header(headers, header::TASKS)?, header::TASKS)?,
+        };
+        if !(1..=MAX_TASKS_PER_MESSAGE).contains(&count) {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "header {} must be 1 to {MAX_TASKS_PER_MESSAGE}",
+                    header::TASKS
+                ),
+            ));
+        }
+        if index.checked_add(count).is_none() {
+            return Err(Error::malformed("task", "task indices overflow"));
+        }
+        let invalid =
+            |e: serde_json::Error| Error::malformed("task", format!("invalid download spec: {e}"));
+        let specs: Vec<DownloadSpec> = if count == 1 {
+            vec![serde_json::from_slice(body).map_err(invalid)?]
+        } else {
+            serde_json::from_slice(body).map_err(invalid)?
+        };
+        if specs.len() as u64 != count {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "header {} says {count} tasks but the body has {} download specs",
+                    header::TASKS,
+                    specs.len()
+                ),
+            ));
+        }
+        let tasks = specs
+            .into_iter()
+            .zip(index..)
+            .map(|(spec, index)| DownloadTask::new(job.clone(), index, spec))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(tasks)
     }
 }
 
@@ -344,20 +458,76 @@ mod tests {
         }
     }
 
+    const SPEC_JSON: &str = r#"{"url":"https://example.com/cat.jpg","name":"cats/cat.jpg","delivery":"broker","limits":{"max_bytes":2147483648,"connect_timeout_s":10.0,"idle_timeout_s":30.0,"total_timeout_s":600.0,"max_attempts":4,"chunk_bytes":1048576}}"#;
+
+    fn batch(first: u64, count: u64) -> DownloadBatch {
+        let job = JobId::parse("j1").unwrap();
+        let tasks = (first..first + count)
+            .map(|index| DownloadTask::new(job.clone(), index, spec()).unwrap())
+            .collect();
+        DownloadBatch::new(tasks).unwrap()
+    }
+
+    fn tasks_header(props: &BasicProperties) -> Option<&AMQPValue> {
+        props.headers().as_ref()?.inner().get(header::TASKS)
+    }
+
     #[test]
     fn download_task_round_trips_and_its_json_is_pinned() {
-        let task = DownloadTask::new(JobId::parse("j1").unwrap(), 4, spec()).unwrap();
-        assert_eq!(
-            String::from_utf8(task.body()).unwrap(),
-            r#"{"url":"https://example.com/cat.jpg","name":"cats/cat.jpg","delivery":"broker","limits":{"max_bytes":2147483648,"connect_timeout_s":10.0,"idle_timeout_s":30.0,"total_timeout_s":600.0,"max_attempts":4,"chunk_bytes":1048576}}"#
-        );
-        let props = task.properties("q");
+        let single = batch(4, 1);
+        assert_eq!(String::from_utf8(single.body()).unwrap(), SPEC_JSON);
+        let props = single.properties("q");
         assert_eq!(
             props.content_type().as_ref().unwrap().as_str(),
             "application/json"
         );
-        let decoded = Task::decode(&props, &task.body()).unwrap();
-        assert_eq!(decoded, Task::Download(Box::new(task)));
+        assert_eq!(tasks_header(&props), None, "one task: no warren-tasks");
+        let decoded = Task::decode(&props, &single.body()).unwrap();
+        assert_eq!(decoded, Task::Download(Box::new(single)));
+    }
+
+    #[test]
+    fn batched_download_tasks_travel_as_an_array() {
+        let three = batch(7, 3);
+        assert_eq!(
+            String::from_utf8(three.body()).unwrap(),
+            format!("[{SPEC_JSON},{SPEC_JSON},{SPEC_JSON}]")
+        );
+        let props = three.properties("q");
+        assert_eq!(tasks_header(&props), Some(&AMQPValue::LongLongInt(3)));
+        let Task::Download(decoded) = Task::decode(&props, &three.body()).unwrap() else {
+            panic!("a download message");
+        };
+        assert_eq!(decoded.index(), 7);
+        let indices: Vec<u64> = decoded.tasks().iter().map(|t| t.index).collect();
+        assert_eq!(indices, [7, 8, 9]);
+        assert_eq!(*decoded, three);
+    }
+
+    #[test]
+    fn a_batch_whose_header_and_body_disagree_is_malformed() {
+        let three = batch(0, 3);
+        let mut props = three.properties("q");
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(header::TASKS.into(), AMQPValue::LongLongInt(2));
+        props = props.with_headers(headers);
+        let err = Task::decode(&props, &three.body()).unwrap_err();
+        assert!(err.is_poison());
+        assert!(
+            err.to_string().contains("says 2 tasks but the body has 3"),
+            "{err}"
+        );
+        // One task announced, an array sent.
+        let err = Task::decode(&batch(0, 1).properties("q"), &three.body()).unwrap_err();
+        assert!(err.to_string().contains("invalid download spec"), "{err}");
+        // Batches are non-empty runs of consecutive tasks of one job.
+        assert!(DownloadBatch::new(Vec::new()).is_err());
+        let job = JobId::parse("j1").unwrap();
+        let gap = vec![
+            DownloadTask::new(job.clone(), 0, spec()).unwrap(),
+            DownloadTask::new(job, 2, spec()).unwrap(),
+        ];
+        assert!(DownloadBatch::new(gap).is_err());
     }
 
     #[test]
@@ -432,13 +602,16 @@ mod tests {
                 "max_attempts",
             ),
         ];
+        let decode = |body: &[u8]| {
+            DownloadBatch::decode(JobId::parse("j").unwrap(), 0, &FieldTable::default(), body)
+        };
         for (spec, expected) in cases {
             let body = serde_json::to_vec(&spec).unwrap();
-            let err = DownloadTask::decode(JobId::parse("j").unwrap(), 0, &body).unwrap_err();
+            let err = decode(&body).unwrap_err();
             assert!(err.is_poison());
             assert!(err.to_string().contains(expected), "{err} lacks {expected}");
         }
-        let err = DownloadTask::decode(JobId::parse("j").unwrap(), 0, b"{").unwrap_err();
+        let err = decode(b"{").unwrap_err();
         assert!(err.to_string().contains("invalid download spec"));
     }
 
@@ -450,7 +623,7 @@ mod tests {
             task: Some(2),
             worker: "w".into(),
             elapsed_s: 1.5,
-            outcome: Outcome::Download(DownloadReport {
+            outcome: Outcome::Download(vec![DownloadReport {
                 url: "http://h/x".into(),
                 status: DownloadStatus::Failed,
                 http_status: Some(404),
@@ -464,12 +637,12 @@ mod tests {
                     kind: DownloadErrorKind::HttpStatus,
                     message: "HTTP 404 Not Found".into(),
                 }),
-            }),
+            }]),
         };
         let json = String::from_utf8(result.to_json()).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"job_id":"j1","task":2,"worker":"w","elapsed_s":1.5,"download":{"url":"http://h/x","status":"failed","http_status":404,"attempts":1,"bytes":0,"sha256":null,"content_type":null,"attempt":null,"path":null,"error":{"kind":"http_status","message":"HTTP 404 Not Found"}}}"#
+            r#"{"version":1,"job_id":"j1","task":2,"worker":"w","elapsed_s":1.5,"download":[{"url":"http://h/x","status":"failed","http_status":404,"attempts":1,"bytes":0,"sha256":null,"content_type":null,"attempt":null,"path":null,"error":{"kind":"http_status","message":"HTTP 404 Not Found"}}]}"#
         );
         assert_eq!(TaskResult::decode(json.as_bytes()).unwrap(), result);
     }

@@ -24,8 +24,8 @@ use crate::exact::PartialSum;
 mod download;
 
 pub use download::{
-    BodyChunk, Delivery, DownloadError, DownloadErrorKind, DownloadLimits, DownloadReport,
-    DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
+    BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
+    DownloadReport, DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
 };
 
 /// The protocol version this build speaks, sent in every task and result.
@@ -45,7 +45,7 @@ pub mod header {
     pub const DTYPE: &str = "warren-dtype";
     /// Number of elements in a sum message (integer).
     pub const COUNT: &str = "warren-count";
-    /// Tasks in a sum message, when more than one (integer).
+    /// Tasks in a sum or download message, when more than one (integer).
     pub const TASKS: &str = "warren-tasks";
     /// Elements of each task but the last in a batched sum message
     /// (integer).
@@ -193,7 +193,7 @@ impl TaskOrigin {
     }
 }
 
-/// Most tasks one sum message may carry.
+/// Most tasks one message (sum or download) may carry.
 pub const MAX_TASKS_PER_MESSAGE: u64 = 65_536;
 
 /// The metadata of a sum message; the elements themselves are the body.
@@ -373,8 +373,8 @@ pub(crate) fn task_properties(
 pub enum Task {
     /// Sum the body.
     Sum(SumTask),
-    /// Download a URL.
-    Download(Box<DownloadTask>),
+    /// Download one URL per task.
+    Download(Box<DownloadBatch>),
 }
 
 impl Task {
@@ -382,15 +382,23 @@ impl Task {
     pub fn job(&self) -> &JobId {
         match self {
             Task::Sum(task) => &task.job,
-            Task::Download(task) => &task.job,
+            Task::Download(batch) => batch.job(),
         }
     }
 
-    /// The task's index within its job.
+    /// The (first) task's index within its job.
     pub fn index(&self) -> u64 {
         match self {
             Task::Sum(task) => task.index,
-            Task::Download(task) => task.index,
+            Task::Download(batch) => batch.index(),
+        }
+    }
+
+    /// How many tasks the message carries.
+    pub fn tasks(&self) -> u64 {
+        match self {
+            Task::Sum(task) => task.tasks,
+            Task::Download(batch) => batch.tasks().len() as u64,
         }
     }
 
@@ -422,8 +430,8 @@ impl Task {
         let index = non_negative(int_header(headers, header::TASK)?, header::TASK)?;
         match TaskKind::parse(&string_header(headers, header::KIND)?)? {
             TaskKind::Sum => Ok(Task::Sum(SumTask::decode(job, index, headers, body)?)),
-            TaskKind::Download => Ok(Task::Download(Box::new(DownloadTask::decode(
-                job, index, body,
+            TaskKind::Download => Ok(Task::Download(Box::new(DownloadBatch::decode(
+                job, index, headers, body,
             )?))),
         }
     }
@@ -456,8 +464,9 @@ pub enum FailureKind {
 pub enum Outcome {
     /// A sum message's exact partial sums, one per task, in task order.
     Sum(Vec<PartialSum>),
-    /// A download task's report (success or failure of the download).
-    Download(DownloadReport),
+    /// A download message's reports (success or failure of each download),
+    /// one per task, in task order.
+    Download(Vec<DownloadReport>),
     /// The task could not be carried out.
     Error(TaskFailure),
 }

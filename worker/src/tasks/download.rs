@@ -1,5 +1,11 @@
-//! Download tasks: fetch one URL with retries, stream the body to its
-//! destination, and report what happened.
+//! Download tasks: fetch each URL of a message with retries, stream the
+//! body to its destination, and report what happened to each.
+//!
+//! The downloads of one message run concurrently, and every download of
+//! the worker shares `--concurrency` fetch slots. A slot is held only while
+//! fetching: not while backing off before a retry, and not while a file is
+//! synced to disk or its last chunks confirmed, so a slow disk delays its
+//! own file without idling the network.
 //!
 //! Each attempt streams into a fresh sink: back through the broker as body
 //! chunks (a new attempt id tells the producer to start the file over), or
@@ -25,8 +31,8 @@ use tokio::time::Instant;
 use warren::broker::{PendingConfirm, Routed};
 use warren::filename::TEMP_DIR;
 use warren::protocol::{
-    BodyChunk, Delivery, DownloadError, DownloadErrorKind, DownloadLimits, DownloadReport,
-    DownloadStatus, DownloadTask, Outcome,
+    BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
+    DownloadReport, DownloadStatus, DownloadTask, Outcome,
 };
 
 use super::TaskContext;
@@ -101,9 +107,10 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// Runs a download task to its report.
-pub(crate) async fn run(context: &TaskContext, task: &DownloadTask) -> Outcome {
-    Outcome::Download(download(context, task).await)
+/// Runs every download of a message to its report, concurrently.
+pub(crate) async fn run(context: &TaskContext, batch: &DownloadBatch) -> Outcome {
+    let downloads = batch.tasks().iter().map(|task| download(context, task));
+    Outcome::Download(futures_util::future::join_all(downloads).await)
 }
 
 /// What one failed attempt tells the retry loop.
@@ -175,6 +182,11 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
         if task.spec.delivery == Delivery::Broker {
             report.attempt = Some(attempt_id.clone());
         }
+        let slot = context
+            .downloads
+            .acquire()
+            .await
+            .expect("the download semaphore is never closed"); // invariant: nobody calls close()
         let mut sink = match Sink::open(context, task, &attempt_id).await {
             Ok(sink) => sink,
             Err(failure) => return failed(report, failure),
@@ -195,6 +207,7 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
             },
             Err(failure) => Err(failure),
         };
+        drop(slot);
         match outcome {
             Ok(fetched) => {
                 report.http_status = Some(fetched.http_status);
@@ -233,12 +246,14 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
     }
 }
 
-/// Removes the file a download stored in the shared directory's temporary
-/// area, once its report can no longer reach the producer.
+/// Removes the files a message's downloads stored in the shared
+/// directory's temporary area, once their reports can no longer reach the
+/// producer.
 pub(crate) fn discard_stored(context: &TaskContext, outcome: &Outcome) {
-    if let (Outcome::Download(report), Some(shared)) = (outcome, &context.shared_dir)
-        && let Some(path) = &report.path
-    {
+    let (Outcome::Download(reports), Some(shared)) = (outcome, &context.shared_dir) else {
+        return;
+    };
+    for path in reports.iter().filter_map(|report| report.path.as_ref()) {
         // Our own path, `.warren-tmp/<job>-<attempt>`, made by FileSink.
         let _ = std::fs::remove_file(shared.join(path));
     }

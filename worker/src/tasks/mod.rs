@@ -35,6 +35,10 @@ pub(crate) struct TaskContext {
     /// One permit per core: CPU-bound work never oversubscribes the
     /// machine, however many tasks are in hand.
     pub(crate) cpu: Arc<Semaphore>,
+    /// One permit per download fetching at once (`--concurrency`): a
+    /// message may carry several downloads, and the messages in hand
+    /// together many more.
+    pub(crate) downloads: Arc<Semaphore>,
     /// Cancelled by a task that found the session unusable (its publishing
     /// channel failed): the worker then reconnects instead of taking more
     /// tasks it cannot answer.
@@ -48,6 +52,6 @@ pub(crate) struct TaskContext {
 pub(crate) async fn run(context: &TaskContext, task: &Task, body: Vec<u8>) -> Outcome {
     match task {
         Task::Sum(sum) => sum::run(context, sum, body).await,
-        Task::Download(download) => download::run(context, download).await,
+        Task::Download(batch) => download::run(context, batch).await,
     }
 }

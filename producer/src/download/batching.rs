@@ -1,0 +1,111 @@
+//! How many downloads go in one task message, and which messages were
+//! sent.
+//!
+//! Every message costs the broker the same whatever it carries: a write to
+//! the quorum queue's log, a delivery, an ack and a result. For small files
+//! that cost is most of the broker's work, so several downloads share a
+//! message; for large files one slow message would keep a worker busy while
+//! others idle, so each gets its own. File sizes are not known before the
+//! first downloads finish: messages start with one download each, and the
+//! collector's [`Batching::observe`] of finished files sets how many the
+//! next messages carry, aiming at [`TARGET_MESSAGE_BYTES`] of files per
+//! message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// About this many bytes of files per message.
+pub(crate) const TARGET_MESSAGE_BYTES: u64 = 2 << 20;
+
+/// Downloads per message and the layout of the messages sent, shared by the
+/// publishing side and the collector.
+#[derive(Debug, Clone)]
+pub(crate) struct Batching {
+    /// Downloads the next message carries.
+    per_message: Arc<AtomicU64>,
+    /// At most this many per message: an eighth of the in-flight window,
+    /// so that messages in flight still spread over several workers.
+    max: u64,
+    /// Bytes and count of the files finished so far.
+    seen: Arc<Mutex<(u64, u64)>>,
+    /// The messages sent: first task index → tasks carried. Written before
+    /// a message is published, so every result finds its message here.
+    messages: Arc<Mutex<BTreeMap<u64, u64>>>,
+}
+
+impl Batching {
+    /// With a window of `max_in_flight` downloads.
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        Batching {
+            per_message: Arc::new(AtomicU64::new(1)),
+            max: (max_in_flight as u64 / 8).max(1),
+            seen: Arc::default(),
+            messages: Arc::default(),
+        }
+    }
+
+    /// How many downloads the next message carries.
+    pub(crate) fn per_message(&self) -> u64 {
+        self.per_message.load(Ordering::Relaxed)
+    }
+
+    /// Takes note of a finished file of `bytes`.
+    pub(crate) fn observe(&self, bytes: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.0 = seen.0.saturating_add(bytes);
+        seen.1 += 1;
+        let mean = (seen.0 / seen.1).max(1);
+        let per_message = (TARGET_MESSAGE_BYTES / mean).clamp(1, self.max);
+        self.per_message.store(per_message, Ordering::Relaxed);
+    }
+
+    /// Records a message about to be sent.
+    pub(crate) fn sent(&self, first: u64, tasks: u64) {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(first, tasks);
+    }
+
+    /// The tasks carried by the message whose first task is `first`, if
+    /// one was sent.
+    pub(crate) fn message(&self, first: u64) -> Option<std::ops::Range<u64>> {
+        let messages = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
+        messages.get(&first).map(|&tasks| first..first + tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_files_share_messages_and_large_ones_do_not() {
+        let batching = Batching::new(64);
+        assert_eq!(batching.per_message(), 1, "before any file is known");
+        batching.observe(256 << 10);
+        assert_eq!(batching.per_message(), 8, "2 MiB of 256 KiB files");
+        for _ in 0..10 {
+            batching.observe(8 << 20);
+        }
+        assert_eq!(batching.per_message(), 1, "large files go one by one");
+
+        let tiny = Batching::new(64);
+        tiny.observe(0);
+        assert_eq!(tiny.per_message(), 8, "capped at an eighth of the window");
+        let narrow = Batching::new(4);
+        narrow.observe(1);
+        assert_eq!(narrow.per_message(), 1, "never zero");
+    }
+
+    #[test]
+    fn messages_are_remembered_by_their_first_task() {
+        let batching = Batching::new(64);
+        batching.sent(0, 1);
+        batching.sent(1, 8);
+        assert_eq!(batching.message(1), Some(1..9));
+        assert_eq!(batching.message(0), Some(0..1));
+        assert_eq!(batching.message(2), None);
+    }
+}
