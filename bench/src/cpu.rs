@@ -153,6 +153,19 @@ fn machine_busy_ticks() -> Option<f64> {
     Some(total - idle)
 }
 
+/// CPU seconds the hypervisor gave to other machines while this one had
+/// work (steal time, all cores), since boot; 0 where not reported. On a
+/// shared VM this is what makes runs of different hours disagree.
+pub fn stolen_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    stat.lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|line| line.split_whitespace().nth(8)?.parse::<f64>().ok())
+        .map_or(0.0, |ticks| ticks / TICKS_PER_SECOND)
+}
+
 /// The RabbitMQ node's process: the one `beam.smp` on this machine.
 fn broker_pid() -> Option<u32> {
     std::fs::read_dir("/proc")

@@ -92,6 +92,7 @@ pub fn run(options: &Options) -> Result<()> {
 
 async fn run_async(options: &Options) -> Result<()> {
     let started = Instant::now();
+    let stolen_before = cpu::stolen_seconds();
     let scale = Scale {
         quick: options.quick,
         runs: if options.quick { 3 } else { 5 },
@@ -134,14 +135,22 @@ async fn run_async(options: &Options) -> Result<()> {
     .await;
     cluster.clean_up().await;
     outcome?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Of the machine's capacity during the run, the share the hypervisor
+    // gave elsewhere: figures from runs with much steal are not comparable.
+    let stolen = (cpu::stolen_seconds() - stolen_before) / (elapsed * cores);
     if options.json {
         println!(
             "{}",
-            serde_json::json!({"machine": machine(), "rows": rows})
+            serde_json::json!({"machine": machine(), "stolen": stolen, "rows": rows})
         );
     } else {
         println!("{}", report::markdown(&rows));
-        println!("({:.0} s in all)", started.elapsed().as_secs_f64());
+        println!(
+            "({elapsed:.0} s in all; {:.1}% of the CPU time was stolen by the hypervisor)",
+            stolen * 100.0
+        );
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -48,7 +48,10 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
 struct Incoming {
     attempt: String,
     temp: PathBuf,
-    file: BufWriter<File>,
+    /// Unbuffered: chunks arrive as whole messages (up to `chunk_bytes`,
+    /// 1 MiB by default), so each is one write, and no buffer is allocated
+    /// (and faulted in) per file.
+    file: File,
     written: u64,
     hasher: Sha256,
     /// Set when a chunk did not follow on from the previous one.
@@ -65,7 +68,7 @@ pub(crate) struct Saved {
 /// A received and verified file, not yet under its final name.
 pub(crate) struct ReadyFile {
     temp: PathBuf,
-    file: BufWriter<File>,
+    file: File,
     out_dir: PathBuf,
     name: RelativePath,
     overwrite: bool,
@@ -73,7 +76,7 @@ pub(crate) struct ReadyFile {
 }
 
 impl ReadyFile {
-    /// Flushes and syncs the file (so a crash cannot leave a short file
+    /// Syncs the file (so a crash cannot leave a short file
     /// under the final name), then [places](placement::place) it.
     /// Blocking.
     ///
@@ -90,10 +93,7 @@ impl ReadyFile {
             overwrite,
             saved,
         } = self;
-        let synced = file
-            .into_inner()
-            .map_err(std::io::IntoInnerError::into_error)
-            .and_then(|file| file.sync_all());
+        let synced = file.sync_all();
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::Write {
@@ -258,7 +258,7 @@ impl Assembler {
         Ok(Incoming {
             attempt: attempt.to_owned(),
             temp,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             written: 0,
             hasher: Sha256::new(),
             broken: None,
