@@ -330,6 +330,25 @@ pub(crate) enum Accepted {
     Other,
 }
 
+impl Accepted {
+    /// `tasks` tasks answered: [`Accepted::Other`] when none.
+    pub(crate) fn answered(tasks: u64) -> Accepted {
+        if tasks == 0 {
+            Accepted::Other
+        } else {
+            Accepted::Answered(tasks)
+        }
+    }
+
+    /// How many tasks this answered.
+    pub(crate) fn tasks(self) -> u64 {
+        match self {
+            Accepted::Answered(tasks) => tasks,
+            Accepted::Other => 0,
+        }
+    }
+}
+
 /// The job-specific side of gathering replies.
 pub(crate) trait Collector {
     /// Takes one message from the reply queue.

@@ -68,19 +68,19 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
             ),
         ] {
             let mut rates = Vec::new();
-            let mut cpu = CpuTimes::default();
+            let mut cpu = Vec::new();
             for _ in 0..scale.runs.min(3) {
                 empty(&target_dir)?;
                 let before = CpuTimes::now(&worker_pids);
                 let started = Instant::now();
                 fetch_all(&urls, &target_dir, sync).await?;
                 rates.push(megabytes / started.elapsed().as_secs_f64());
-                cpu.add(&CpuTimes::now(&worker_pids).since(&before));
+                cpu.push(CpuTimes::now(&worker_pids).since(&before));
             }
             let sample = Sample::of(&rates);
             references.push(sample.median);
             rows.push(Row::new(scenario, label, sample, "MB/s"));
-            rows.push(cpu_row(scenario, label, &cpu, rates.len(), megabytes));
+            rows.push(cpu_row(scenario, label, &cpu, megabytes));
         }
         std::fs::remove_dir_all(&target_dir)?;
         let reference = references[0];
@@ -103,7 +103,7 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
             let out_arg = out.to_str().context("scratch paths are UTF-8")?.to_owned();
             let mut rates = Vec::new();
             let mut file_rates = Vec::new();
-            let mut cpu = CpuTimes::default();
+            let mut cpu = Vec::new();
             for _ in 0..scale.runs.min(3) {
                 empty(&out)?;
                 let before = CpuTimes::now(&worker_pids);
@@ -124,7 +124,7 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
                 );
                 rates.push(megabytes / run.wall.as_secs_f64());
                 file_rates.push(files as f64 / run.wall.as_secs_f64());
-                cpu.add(&CpuTimes::now(&worker_pids).since(&before));
+                cpu.push(CpuTimes::now(&worker_pids).since(&before));
             }
             empty(&out)?;
             let row = Row::new(mode, label, Sample::of(&rates), "MB/s").against(
@@ -144,22 +144,22 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
                 durable,
             ));
             rows.push(Row::new(mode, label, Sample::of(&file_rates), "files/s"));
-            rows.push(cpu_row(mode, label, &cpu, rates.len(), megabytes));
+            rows.push(cpu_row(mode, label, &cpu, megabytes));
         }
     }
     cluster.stop(workers).await
 }
 
-/// CPU milliseconds per megabyte, machine-wide, with where they went.
-fn cpu_row(scenario: &str, size: &str, cpu: &CpuTimes, runs: usize, megabytes: f64) -> Row {
-    let per_megabyte = cpu.per(runs as f64 * megabytes);
-    Row::new(
-        scenario,
-        size,
-        Sample::of(&[per_megabyte.machine * 1e3]),
-        "CPU ms/MB",
-    )
-    .note(per_megabyte.to_string())
+/// CPU milliseconds per megabyte, machine-wide, over `runs`, with where
+/// they went (the mean of the runs).
+fn cpu_row(scenario: &str, size: &str, runs: &[CpuTimes], megabytes: f64) -> Row {
+    let per_run: Vec<f64> = runs.iter().map(|r| r.machine * 1e3 / megabytes).collect();
+    let mut total = CpuTimes::default();
+    for run in runs {
+        total.add(run);
+    }
+    let mean = total.per(runs.len() as f64 * megabytes);
+    Row::new(scenario, size, Sample::of(&per_run), "CPU ms/MB").note(mean.to_string())
 }
 
 /// Whether the reference loop only writes each file, or also does what

@@ -519,15 +519,9 @@ impl DownloadCollector<'_> {
                 tracing::debug!(task = index, "duplicate download report ignored");
                 continue;
             };
-            if let Accepted::Answered(n) = self.finish_download(index, slot, report).await? {
-                answered += n;
-            }
+            answered += self.finish_download(index, slot, report).await?.tasks();
         }
-        Ok(if answered > 0 {
-            Accepted::Answered(answered)
-        } else {
-            Accepted::Other
-        })
+        Ok(Accepted::answered(answered))
     }
 
     /// Fails every task still open of the message that starts with task
@@ -545,15 +539,9 @@ impl DownloadCollector<'_> {
                 error: Some(reason.to_owned()),
                 ..record_for(&self.named[slot])
             };
-            if let Accepted::Answered(n) = self.finish(slot, record)? {
-                answered += n;
-            }
+            answered += self.finish(slot, record)?.tasks();
         }
-        Ok(if answered > 0 {
-            Accepted::Answered(answered)
-        } else {
-            Accepted::Other
-        })
+        Ok(Accepted::answered(answered))
     }
 
     async fn finish_download(
