@@ -71,6 +71,8 @@ pub enum Scenario {
     Download,
     /// Peak memory of producer and worker on big inputs
     Memory,
+    /// Sums by reference: shared path, HTTP, scaling over capped links
+    Reference,
 }
 
 /// How big and how often, by mode.
@@ -126,6 +128,9 @@ async fn run_async(options: &Options) -> Result<()> {
         }
         if selected(Scenario::Download) {
             scenarios::downloads::run(&mut cluster, scale, &mut rows).await?;
+        }
+        if selected(Scenario::Reference) {
+            scenarios::reference::run(&mut cluster, scale, &options.data_dir, &mut rows).await?;
         }
         if selected(Scenario::Memory) {
             scenarios::memory::run(&mut cluster, scale, &options.data_dir, &mut rows).await?;

@@ -6,4 +6,5 @@ pub mod downloads;
 pub mod kernel;
 pub mod latency;
 pub mod memory;
+pub mod reference;
 pub mod small;
