@@ -62,7 +62,7 @@ pub struct Cli {
     #[command(flatten)]
     pub broker: BrokerArgs,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Log options")]
     pub log: LogArgs,
 
     #[command(subcommand)]
@@ -216,13 +216,14 @@ pub struct SumArgs {
     #[arg(long, value_enum, value_name = "ORDER")]
     pub byte_order: Option<ByteOrderArg>,
 
-    /// Input format
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    /// Input format (--random generates its own input and takes none)
+    // A default counts as not given, so only an explicit --format conflicts.
+    #[arg(long, value_enum, default_value_t = Format::Auto, conflicts_with = "random")]
     pub format: Format,
 
-    /// Element type for raw and text input: float64, float32, int64, int32,
-    /// int16, int8, uint64, uint32, uint16, uint8 [default for text: float64]
-    #[arg(long, value_name = "DTYPE")]
+    /// Element type for raw and text input, as numpy names it [default for
+    /// text: float64]
+    #[arg(long, value_enum, value_name = "DTYPE")]
     pub dtype: Option<Dtype>,
 
     /// Sum N uniform [0, 1) doubles generated on the fly, numpy's
@@ -375,17 +376,9 @@ impl Cli {
                 let inputs = args
                     .inputs
                     .iter()
-                    .map(|arg| {
-                        // Anything that looks like a URL is one, whatever its
-                        // scheme: `ftp://h/x` then gets the scheme error, not
-                        // "cannot open", and `HTTP://h/x` is downloaded.
-                        if arg.contains("://") {
-                            UrlInput::Url(arg.clone())
-                        } else {
-                            UrlInput::List(Source::from_arg(std::path::Path::new(arg)))
-                        }
-                    })
-                    .collect();
+                    .enumerate()
+                    .map(|(i, arg)| download_input(i + 1, arg))
+                    .collect::<Result<_>>()?;
                 Ok(Config {
                     broker,
                     job: JobConfig::Download(DownloadConfig {
@@ -522,6 +515,50 @@ fn sum_input(args: &SumArgs, path: PathBuf) -> Result<InputSpec> {
     }))
 }
 
+/// One argument of `producer download`: a URL, or a URL list file.
+///
+/// # Errors
+/// [`Error::Usage`] for a missing file that reads as a URL without its
+/// scheme (`127.0.0.1:8765/f.bin`): "cannot open" would not say what to fix.
+fn download_input(position: usize, arg: &str) -> Result<UrlInput> {
+    // Anything that looks like a URL is one, whatever its scheme:
+    // `ftp://h/x` then gets the scheme error, not "cannot open", and
+    // `HTTP://h/x` is downloaded.
+    if arg.contains("://") {
+        return Ok(UrlInput::Url(arg.to_owned()));
+    }
+    let path = std::path::Path::new(arg);
+    if arg != "-" && !path.exists() && lacks_only_a_scheme(arg) {
+        return Err(Error::Usage(format!(
+            "argument {position}: there is no file {arg}; a URL needs its scheme, \
+             as in http://{arg}"
+        )));
+    }
+    Ok(UrlInput::List(Source::from_arg(path)))
+}
+
+/// True for `host:port/...`, `host:port` and `name.domain/...`: text that
+/// is a URL once `http://` is put in front.
+fn lacks_only_a_scheme(arg: &str) -> bool {
+    let (authority, path) = arg.split_once('/').unwrap_or((arg, ""));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let has_port = match port {
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => true,
+        Some(_) => return false,
+        None => false,
+    };
+    let is_host_name = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && !host.starts_with(['.', '-'])
+        && !host.ends_with('.');
+    is_host_name && (has_port || (host.contains('.') && !path.is_empty()))
+}
+
 fn check_max_in_flight(n: usize) -> Result<()> {
     if (1..=MAX_IN_FLIGHT).contains(&n) {
         Ok(())
@@ -636,6 +673,28 @@ mod tests {
     }
 
     #[test]
+    fn a_download_argument_without_a_scheme_gets_a_hint() {
+        for arg in [
+            "127.0.0.1:8765/f.bin",
+            "localhost:8080",
+            "example.com/a.jpg",
+        ] {
+            let err = parse(&["download", arg, "-o", "out"]).unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "argument 1: there is no file {arg}; a URL needs its scheme, as in http://{arg}"
+                )
+            );
+        }
+        // Plain missing files keep the "cannot open" error, when opened.
+        for arg in ["urls.txt", "lists/urls.txt", "./a.b/urls", "-", "C:/x"] {
+            assert!(!lacks_only_a_scheme(arg), "{arg}");
+        }
+        assert!(parse(&["download", "no-such-urls.txt", "-o", "out"]).is_ok());
+    }
+
+    #[test]
     fn random_with_seed() {
         let config = parse(&["sum", "--random", "1e3", "--seed", "7"]).unwrap();
         let JobConfig::Sum { config, seed } = config.job else {
@@ -701,7 +760,7 @@ mod tests {
             "--format",
             "raw",
             "--dtype",
-            "f4",
+            "float32",
             "--timeout",
             "3s",
         ])
@@ -718,10 +777,19 @@ mod tests {
                 dtype: Some(Dtype::Float32)
             }
         );
+        for other in ["complex", "float", "int", "f4"] {
+            let err = parse(&["sum", "x", "--dtype", other]).unwrap_err();
+            assert!(err.contains("possible values: float64, float32"), "{err}");
+        }
+    }
+
+    #[test]
+    fn random_refuses_an_explicit_format() {
+        let err = parse(&["sum", "--random", "10", "--format", "raw"]).unwrap_err();
         assert!(
-            parse(&["sum", "x", "--dtype", "complex"])
-                .unwrap_err()
-                .contains("unsupported dtype")
+            err.contains("the argument '--random <N>' cannot be used with '--format <FORMAT>'"),
+            "{err}"
         );
+        assert!(parse(&["sum", "--random", "10", "--dtype", "float64"]).is_ok());
     }
 }

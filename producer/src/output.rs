@@ -1,6 +1,8 @@
 //! The answer on stdout (bare, or one JSON object with `--json`), notes on
 //! stderr, and the exit status that goes with them.
 
+use std::collections::HashMap;
+
 use serde_json::json;
 use warren::exact::NonFinite;
 
@@ -8,6 +10,10 @@ use crate::download::DownloadSummary;
 use crate::download::manifest::ItemStatus;
 use crate::status::StatusReport;
 use crate::sum::SumReport;
+
+/// URLs shown under a failure reason that several share; `--json` and the
+/// manifest list them all.
+const URLS_SHOWN_PER_REASON: usize = 5;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -103,14 +109,12 @@ impl Report {
                     summary.out_dir.display(),
                     summary.elapsed.as_secs_f64()
                 )];
-                for record in summary.with_status(ItemStatus::Failed) {
-                    lines.push(format!(
-                        "failed: {} -> {}: {}",
-                        record.url,
-                        record.path,
-                        record.error.as_deref().unwrap_or("unknown error")
-                    ));
-                }
+                lines.extend(failure_lines(summary.with_status(ItemStatus::Failed).map(
+                    |r| {
+                        let reason = r.error.as_deref().unwrap_or("unknown error");
+                        (r.url.as_str(), r.path.as_str(), reason)
+                    },
+                )));
                 lines.join("\n")
             }
         }
@@ -157,5 +161,76 @@ impl Report {
             Report::Download(_) | Report::Status(_) => {}
         }
         notes
+    }
+}
+
+/// The text lines for failed downloads, given as (url, path, reason): one
+/// line per reason, in order of first appearance, with its count and at
+/// most [`URLS_SHOWN_PER_REASON`] of its URLs below it. Twenty downloads
+/// that fail the same way are one problem, and read as one.
+fn failure_lines<'a>(failures: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<String> {
+    let mut groups: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    for (url, path, reason) in failures {
+        let index = *group_of.entry(reason).or_insert_with(|| {
+            groups.push((reason, Vec::new()));
+            groups.len() - 1
+        });
+        groups[index].1.push((url, path));
+    }
+    let mut lines = Vec::new();
+    for (reason, items) in groups {
+        if let [(url, path)] = items[..] {
+            lines.push(format!("failed: {url} -> {path}: {reason}"));
+            continue;
+        }
+        lines.push(format!("failed: {} URLs: {reason}", items.len()));
+        for (url, path) in items.iter().take(URLS_SHOWN_PER_REASON) {
+            lines.push(format!("  {url} -> {path}"));
+        }
+        if items.len() > URLS_SHOWN_PER_REASON {
+            lines.push(format!(
+                "  and {} more (--json or --manifest lists every one)",
+                items.len() - URLS_SHOWN_PER_REASON
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_with_one_reason_are_one_line_with_a_count_and_a_few_urls() {
+        let urls: Vec<(String, String)> = (0..20)
+            .map(|i| (format!("http://h/{i}.bin"), format!("{i}.bin")))
+            .collect();
+        let mut failures: Vec<(&str, &str, &str)> = urls
+            .iter()
+            .map(|(url, path)| (url.as_str(), path.as_str(), "HTTP 404 Not Found"))
+            .collect();
+        failures.insert(3, ("http://h/x", "x", "no response within 30s"));
+        let lines = failure_lines(failures.into_iter());
+        assert_eq!(
+            lines,
+            [
+                "failed: 20 URLs: HTTP 404 Not Found",
+                "  http://h/0.bin -> 0.bin",
+                "  http://h/1.bin -> 1.bin",
+                "  http://h/2.bin -> 2.bin",
+                "  http://h/3.bin -> 3.bin",
+                "  http://h/4.bin -> 4.bin",
+                "  and 15 more (--json or --manifest lists every one)",
+                "failed: http://h/x -> x: no response within 30s",
+            ]
+        );
+        let two = [("u1", "p1", "r"), ("u2", "p2", "r")];
+        assert_eq!(
+            failure_lines(two.into_iter()),
+            ["failed: 2 URLs: r", "  u1 -> p1", "  u2 -> p2"]
+        );
+        assert!(failure_lines(std::iter::empty()).is_empty());
     }
 }

@@ -38,11 +38,15 @@ pub enum Role {
     Reply,
 }
 
-/// One queue's counters; `None` where the source cannot tell.
+/// One queue's counters; `None` where the source cannot tell, or the
+/// queue does not exist.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
     pub name: String,
     pub role: Role,
+    /// Whether the broker has this queue: a worker or producer declares it
+    /// on start, so a missing one most often means a mistyped prefix.
+    pub exists: bool,
     /// Messages waiting for a consumer.
     pub ready: Option<u64>,
     /// Messages delivered and not yet acknowledged (tasks in work).
@@ -98,9 +102,10 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
         queues.push(QueueStatus {
             name,
             role,
-            ready: Some(stats.map_or(0, |s| u64::from(s.ready))),
+            exists: stats.is_some(),
+            ready: stats.map(|s| u64::from(s.ready)),
             unacked: None,
-            consumers: Some(stats.map_or(0, |s| u64::from(s.consumers))),
+            consumers: stats.map(|s| u64::from(s.consumers)),
         });
     }
     broker::close_quietly(&connection).await;
@@ -131,9 +136,8 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
         Err(reason) => (
             None,
             format!(
-                "the management API at {} is not available ({reason}): in-work counts and the \
-                 job list need the rabbitmq_management plugin \
-                 (rabbitmq-plugins enable rabbitmq_management) or --management-url",
+                "no management API at {} ({reason}): for in-work counts and jobs, \
+                 rabbitmq-plugins enable rabbitmq_management or pass --management-url",
                 api.base()
             ),
         ),
@@ -171,7 +175,7 @@ async fn managed_queues(
         .basic_auth(user, Some(password))
         .send()
         .await
-        .map_err(|e| warren::display_chain(&e))?;
+        .map_err(|e| short_reason(&e))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
@@ -180,9 +184,39 @@ async fn managed_queues(
     serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
+/// The gist of a failed request, for one short line: "connection refused"
+/// rather than the whole chain from the HTTP client down to the socket.
+fn short_reason(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return format!("no answer within {}s", MANAGEMENT_TIMEOUT.as_secs());
+    }
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    if let Some(io) = innermost.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        return "connection refused".to_owned();
+    }
+    innermost.to_string()
+}
+
 impl StatusReport {
+    /// True when none of the prefix's queues exists.
+    pub fn has_no_queues(&self) -> bool {
+        self.queues.iter().all(|q| !q.exists)
+    }
+
     /// The human table.
     pub fn table(&self) -> String {
+        if self.has_no_queues() {
+            return format!(
+                "no queues exist under the prefix {:?}: workers and producers declare them \
+                 when they start; check --queue-prefix or WARREN_QUEUE_PREFIX",
+                self.prefix
+            );
+        }
         let show = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
         let width = self
             .queues
@@ -196,6 +230,10 @@ impl StatusReport {
             "queue", "ready", "in work", "consumers"
         );
         for queue in &self.queues {
+            if !queue.exists {
+                out.push_str(&format!("{:width$}  does not exist\n", queue.name));
+                continue;
+            }
             out.push_str(&format!(
                 "{:width$}  {:>9}  {:>9}  {:>9}\n",
                 queue.name,

@@ -708,3 +708,83 @@ fn a_download_slower_than_its_total_timeout_fails_and_leaves_nothing() {
     }
     d.s.assert_clean();
 }
+
+/// Issue 16: twelve downloads failing the same way read as one failure
+/// with a count and a few of the URLs, and the worker logs each failed
+/// download once, with its task and reason.
+#[test]
+fn failures_with_one_reason_are_grouped_and_logged_by_the_worker_issue_16() {
+    let mut d = Downloads::new("dl_grouped_failures");
+    let workers = d.workers(1);
+    let mut lines: Vec<String> = (0..12)
+        .map(|i| format!("{} missing{i}", d.http.url(&format!("/status/404?{i}"))))
+        .collect();
+    lines.push(format!("{} gone", d.http.url("/status/410")));
+    let list = d.list("urls.txt", &lines);
+    let run =
+        d.s.producer(&[
+            "download",
+            &list,
+            "--out-dir",
+            d.out.to_str().unwrap(),
+            "--attempts",
+            "1",
+        ])
+        .run();
+    run.expect_code(1);
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{run}");
+    assert!(
+        failed[0].starts_with("failed: 12 URLs: ") && failed[0].contains("404"),
+        "{run}"
+    );
+    assert!(
+        failed[1].starts_with(&format!("failed: {} -> gone: ", d.http.url("/status/410"))),
+        "{run}"
+    );
+    let listed = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("/status/404?"))
+        .count();
+    assert_eq!(listed, 5, "five of the twelve URLs are shown:\n{run}");
+    assert!(
+        run.stdout
+            .contains("  and 7 more (--json or --manifest lists every one)"),
+        "{run}"
+    );
+    // Colour codes, if the log has them, split "reason" from its "=".
+    let log = strip_colour(&workers[0].log());
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("download failed"))
+        .collect();
+    assert_eq!(logged.len(), 13, "{log}");
+    assert!(
+        logged
+            .iter()
+            .all(|line| line.contains(" WARN ") && line.contains("reason=")),
+        "{log}"
+    );
+    d.s.assert_clean();
+}
+
+/// `text` without ANSI colour sequences (ESC [ ... m).
+fn strip_colour(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('\u{1b}') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = match rest.find('m') {
+            Some(end) => &rest[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}

@@ -502,3 +502,37 @@ fn oversized_tasks_are_dead_lettered_before_any_work() {
         worker.log()
     );
 }
+
+/// Issue 16: a prefix without queues (a typo, say) is reported as such,
+/// not as empty queues; a missing management API is one short line.
+#[test]
+fn status_says_when_no_queue_exists_under_the_prefix_issue_16() {
+    let s = Scenario::new("status_no_queues");
+    let no_api = ["--management-url", "http://127.0.0.1:1"];
+    let run = s.producer(&[&["status"][..], &no_api].concat()).run();
+    run.expect_success();
+    assert_eq!(
+        run.stdout.trim_end(),
+        format!(
+            "no queues exist under the prefix {:?}: workers and producers declare them when \
+             they start; check --queue-prefix or WARREN_QUEUE_PREFIX",
+            s.prefix
+        ),
+        "{run}"
+    );
+    let run = s
+        .producer(&[&["status", "--json"][..], &no_api].concat())
+        .run();
+    run.expect_success();
+    let status = run.json();
+    for queue in status["queues"].as_array().unwrap() {
+        assert_eq!(queue["exists"], false, "{run}");
+        assert!(queue["ready"].is_null(), "{run}");
+    }
+    let management = status["management"].as_str().unwrap();
+    assert_eq!(
+        management,
+        "no management API at http://127.0.0.1:1 (connection refused): for in-work counts \
+         and jobs, rabbitmq-plugins enable rabbitmq_management or pass --management-url"
+    );
+}

@@ -214,7 +214,7 @@ fn raw_binary_with_a_dtype() {
             "--format",
             "raw",
             "--dtype",
-            "f4",
+            "float32",
             "--chunk-size",
             "777",
         ])

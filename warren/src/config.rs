@@ -30,7 +30,11 @@ use crate::{DEFAULT_AMQP_URL, DEFAULT_QUEUE_PREFIX};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Broker flags common to `producer` and `worker`.
+// Under their own heading, so that each command's own flags come first in
+// its `--help` and these follow together. The heading stays set for flags
+// declared after a flatten: flatten this last, or set the next heading.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Broker options")]
 pub struct BrokerArgs {
     /// AMQP URL of the RabbitMQ broker; env AMQP_URL
     /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
@@ -366,6 +370,13 @@ impl RedactedUrl {
                     .to_owned(),
             ));
         }
+        // Without it, `127.0.0.1:5672` is "a relative URL" and `localhost:5672`
+        // has the scheme "localhost": neither says what to write.
+        if !self.raw.contains("://") {
+            return Err(invalid(
+                "it has no scheme: write amqp://HOST:PORT/%2f (amqps:// for TLS)".to_owned(),
+            ));
+        }
         let parsed = url::Url::parse(&self.raw).map_err(|e| invalid(e.to_string()))?;
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err(invalid(format!(
@@ -378,6 +389,15 @@ impl RedactedUrl {
             _ => return Err(invalid("the URL names no host".to_owned())),
         };
         let mut uri = AMQPUri::from_str(&self.raw).map_err(invalid)?;
+        // A path of just '/' names the virtual host "", which RabbitMQ never
+        // has: the broker would answer only "vhost  not found".
+        if uri.vhost.is_empty() {
+            return Err(invalid(
+                "the virtual host is empty (the URL ends in '/'): end it in /%2f for the \
+                 default virtual host \"/\", or leave the path out"
+                    .to_owned(),
+            ));
+        }
         uri.authority.host = host.to_owned();
         Ok(uri)
     }
@@ -508,6 +528,38 @@ mod tests {
         // Encoded, they are fine.
         let url = RedactedUrl::parse("amqp://alice:ab%23cd%2F@host/%2f").unwrap();
         assert_eq!(url.to_string(), "amqp://alice:***@host/%2f");
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_gets_a_hint() {
+        for raw in [
+            "127.0.0.1:5672",
+            "localhost:5672",
+            "guest:s3cret@broker:5672/%2f",
+        ] {
+            let err = RedactedUrl::parse(raw).unwrap_err().to_string();
+            assert!(
+                err.contains("it has no scheme: write amqp://HOST:PORT/%2f"),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_trailing_slash_is_an_empty_vhost_and_gets_a_hint() {
+        let err = RedactedUrl::parse("amqp://u:pw@broker:5672/")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid AMQP URL amqp://u:***@broker:5672/: the virtual host is empty (the URL \
+             ends in '/'): end it in /%2f for the default virtual host \"/\", or leave the \
+             path out"
+        );
+        let default = RedactedUrl::parse("amqp://broker:5672").unwrap();
+        assert_eq!(default.to_uri().unwrap().vhost, "/");
+        assert!(RedactedUrl::parse("amqp://broker:5672/%2f").is_ok());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! them. On the wire every element is little-endian.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -103,37 +102,37 @@ impl fmt::Display for Dtype {
     }
 }
 
-impl FromStr for Dtype {
-    type Err = String;
-
-    /// Accepts the numpy names (`float64`), the short numpy codes (`f8`,
-    /// `<f8`), and the Rust names (`f64`).
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let lower = text.trim().to_ascii_lowercase();
-        let code = lower.trim_start_matches(['<', '|', '=']);
-        let found = Dtype::ALL
+impl Dtype {
+    /// The dtype of a wire name, exactly as docs/PROTOCOL.md lists them
+    /// (`float64`, ..., `uint8`): no other spelling, case or padding.
+    ///
+    /// # Errors
+    /// A message naming the value and the accepted names.
+    pub fn from_wire(name: &str) -> Result<Self, String> {
+        Dtype::ALL
             .into_iter()
-            .find(|d| d.name() == code)
-            .or(match code {
-                "f8" | "f64" | "double" | "float" => Some(Dtype::Float64),
-                "f4" | "f32" | "single" => Some(Dtype::Float32),
-                "i8" | "i64" => Some(Dtype::Int64),
-                "i4" | "i32" => Some(Dtype::Int32),
-                "i2" | "i16" => Some(Dtype::Int16),
-                "i1" => Some(Dtype::Int8),
-                "u8" | "u64" => Some(Dtype::Uint64),
-                "u4" | "u32" => Some(Dtype::Uint32),
-                "u2" | "u16" => Some(Dtype::Uint16),
-                "u1" => Some(Dtype::Uint8),
-                _ => None,
-            });
-        found.ok_or_else(|| {
-            let names: Vec<&str> = Dtype::ALL.iter().map(|d| d.name()).collect();
-            format!(
-                "unsupported dtype {text:?} (expected one of {})",
-                names.join(", ")
-            )
-        })
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Dtype::ALL.iter().map(|d| d.name()).collect();
+                format!(
+                    "unsupported dtype {name:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+// The command line's parser, separate from the wire's so that it could
+// grow aliases without loosening the protocol. Today both accept exactly
+// the ten numpy names; clap lists them in `--help` and suggests the nearest
+// one for a typo.
+impl clap::ValueEnum for Dtype {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Dtype::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -144,19 +143,30 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for dtype in Dtype::ALL {
-            assert_eq!(dtype.name().parse::<Dtype>(), Ok(dtype));
+            assert_eq!(Dtype::from_wire(dtype.name()), Ok(dtype));
             let json = serde_json::to_string(&dtype).unwrap();
             assert_eq!(json, format!("\"{}\"", dtype.name()));
         }
     }
 
     #[test]
-    fn numpy_codes_and_aliases_parse() {
-        assert_eq!("<f8".parse::<Dtype>(), Ok(Dtype::Float64));
-        assert_eq!("f4".parse::<Dtype>(), Ok(Dtype::Float32));
-        assert_eq!("I64".parse::<Dtype>(), Ok(Dtype::Int64));
-        assert_eq!("|u1".parse::<Dtype>(), Ok(Dtype::Uint8));
-        let err = "complex128".parse::<Dtype>().unwrap_err();
-        assert!(err.contains("float64, float32"), "{err}");
+    fn the_wire_takes_exactly_the_documented_names() {
+        for other in [
+            "<f8", "f8", "f4", "float", "double", "int", "Float64", "float64 ", "",
+        ] {
+            let err = Dtype::from_wire(other).unwrap_err();
+            assert!(err.contains("float64, float32"), "{other:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_takes_exactly_the_documented_names() {
+        use clap::ValueEnum;
+        for dtype in Dtype::ALL {
+            assert_eq!(Dtype::from_str(dtype.name(), false), Ok(dtype));
+        }
+        for other in ["f4", "float", "int", "double", "Float64"] {
+            assert!(Dtype::from_str(other, false).is_err(), "{other}");
+        }
     }
 }

@@ -34,12 +34,6 @@ pub const DEFAULT_CONCURRENCY: u16 = 8;
 #[derive(Debug, Parser)]
 #[command(name = "worker", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    pub log: LogArgs,
-
     /// Task messages in hand at once (the prefetch count); at most this
     /// many URLs are fetched at a time, however many a message carries;
     /// sums use at most one core each
@@ -69,6 +63,14 @@ pub struct Cli {
     /// to the queue
     #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+
+    // Last: the broker and log flags set their own help headings, which
+    // would otherwise carry over to the flags after them.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten, next_help_heading = "Log options")]
+    pub log: LogArgs,
 }
 
 /// Validated worker settings.

@@ -348,6 +348,7 @@ async fn run_task(
             return;
         }
     };
+    log_failures(&task, &outcome);
     // (tasks ok, tasks failed, bytes summed, bytes downloaded)
     let (ok, failed, summed, downloaded) = match &outcome {
         Outcome::Sum(_) => (tasks, 0, sum_bytes, 0),
@@ -412,6 +413,26 @@ async fn run_task(
             requeue(delivery).await;
             metrics.tasks(kind, TaskOutcome::Requeued, tasks);
         }
+    }
+}
+
+/// One warning per failed task with its reason, so that an operator sees
+/// failures without debug logs; the task's span adds the job and task ids.
+/// Never the body, nor a URL: either may carry data or credentials.
+fn log_failures(task: &Task, outcome: &Outcome) {
+    match (task, outcome) {
+        (_, Outcome::Error(failure)) => {
+            tracing::warn!(reason = %failure.message, "task failed");
+        }
+        (Task::Download(batch), Outcome::Download(reports)) => {
+            // A message may carry several downloads: name the failed one.
+            for (spec, report) in batch.tasks().iter().zip(reports) {
+                if let Some(error) = &report.error {
+                    tracing::warn!(task = spec.index, reason = %error.message, "download failed");
+                }
+            }
+        }
+        (Task::Sum(_) | Task::SumRange(_), _) | (Task::Download(_), Outcome::Sum(_)) => {}
     }
 }
 

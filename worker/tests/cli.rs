@@ -35,3 +35,23 @@ fn a_bad_flag_exits_2() {
     let output = worker().args(["--concurrency", "0"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn help_lists_the_workers_own_flags_before_the_broker_and_log_flags_issue_16() {
+    let output = worker().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let at = |needle: &str| {
+        help.find(needle)
+            .unwrap_or_else(|| panic!("--help lacks {needle}:\n{help}"))
+    };
+    let broker = at("\nBroker options:\n");
+    let log = at("\nLog options:\n");
+    for own in ["--concurrency", "--shared-dir", "--shutdown-timeout"] {
+        assert!(at(own) < broker, "{own}:\n{help}");
+    }
+    for global in ["--amqp-url", "--tls-ca-file", "--queue-prefix"] {
+        assert!(broker < at(global) && at(global) < log, "{global}:\n{help}");
+    }
+    assert!(log < at("--log-format"), "{help}");
+}

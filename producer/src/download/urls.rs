@@ -6,12 +6,13 @@
 //! skipped. A bad line is an error naming its line number.
 //!
 //! Names come from the user (checked: they may not escape the output
-//! directory) or from the URL's last path segment (sanitized). Two entries
-//! that would land on the same name, compared case-insensitively, are told
-//! apart deterministically: given names win, and a later derived name gets
-//! `-` and 8 hex digits of its URL's SHA-256 before the extension (and a
-//! counter after them in the rare case that name is taken too). Only exact
-//! repeats (same URL, same name) are fetched once.
+//! directory) or from the URL's last path segment (sanitized). Two given
+//! names that collide, compared case-insensitively, are an error: only the
+//! user knows which file is which. Otherwise entries that would land on the
+//! same name are told apart deterministically: given names win, and a later
+//! derived name gets `-` and 8 hex digits of its URL's SHA-256 before the
+//! extension (and a counter after them in the rare case that name is taken
+//! too). Only exact repeats (same URL, same name) are fetched once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read};
@@ -190,8 +191,12 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repe
     for entry in &entries {
         if let Some(name) = &entry.name {
             if let Some(other) = given_by.get(&name.collision_key()) {
+                // An error rather than a renaming: a name the user wrote is
+                // a promise of where the file lands, and two different URLs
+                // under one name is a mistake in the list.
                 return Err(Error::Usage(format!(
-                    "{} and {} both name the file {name}",
+                    "{} and {} both name the file {name}: give one of them another name \
+                     (names you give are never changed)",
                     other, entry.origin
                 )));
             }

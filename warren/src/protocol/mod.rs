@@ -294,9 +294,8 @@ impl SumTask {
     }
 
     fn decode(job: JobId, index: u64, headers: &FieldTable, body: &[u8]) -> Result<SumTask> {
-        let dtype: Dtype = string_header(headers, header::DTYPE)?
-            .parse()
-            .map_err(|e: String| Error::malformed("task", e))?;
+        let dtype = Dtype::from_wire(&string_header(headers, header::DTYPE)?)
+            .map_err(|e| Error::malformed("task", e))?;
         let count = non_negative(int_header(headers, header::COUNT)?, header::COUNT)?;
         let expected = count.checked_mul(dtype.itemsize() as u64);
         if expected != Some(body.len() as u64) {

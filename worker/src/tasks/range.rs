@@ -56,7 +56,6 @@ pub(crate) async fn run(context: &TaskContext, task: &RangeTask) -> Outcome {
                 if matches!(e, warren::Error::SourceRead { .. }) {
                     message.push_str(&format!(" (after {attempt} attempts)"));
                 }
-                tracing::warn!("sum by reference failed: {message}");
                 return Outcome::Error(TaskFailure {
                     kind: FailureKind::Failed,
                     message,
