@@ -29,6 +29,9 @@ pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause between attempts: a broker that comes up is found within
 /// this long.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// The shortest bound on an attempt made while waiting, so that the last
+/// one, at the end of `--broker-wait`, still has time to connect.
+const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a wait for the broker says it is still waiting.
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(10);
 
@@ -97,9 +100,8 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
             }
             Err(error) => error,
         };
-        let delay = backoff.next_delay();
         let elapsed = started.elapsed();
-        let remaining = config.broker_wait.saturating_sub(elapsed + delay);
+        let remaining = config.broker_wait.saturating_sub(elapsed);
         if remaining.is_zero() {
             return Err(match error {
                 Error::Connect { url, source, .. } if noted.is_some() => Error::Connect {
@@ -110,12 +112,16 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
                 error => error,
             });
         }
+        // The last pause ends at the bound, for one last attempt there.
+        let delay = backoff.next_delay().min(remaining);
         if noted.is_none_or(|at| at.elapsed() >= WAITING_NOTE_EVERY) {
             note_waiting(config, &error, elapsed, delay, noted.is_some());
             noted = Some(Instant::now());
         }
-        // The last attempts must not run past the wait either.
-        attempt_timeout = config.connect_timeout.min(remaining);
+        // Attempts must not run far past the bound either.
+        attempt_timeout = config
+            .connect_timeout
+            .min((remaining - delay).max(LAST_ATTEMPT_TIMEOUT));
         tokio::time::sleep(delay).await;
     }
 }

@@ -23,8 +23,9 @@ Examples:
 Stops gracefully on SIGINT or SIGTERM: takes no new task, finishes the tasks in
 hand (up to --shutdown-timeout, then returns them to the queue) and exits 0. A
 second signal exits at once with status 130; unfinished tasks then return to the
-queue when the connection closes. A broker that is down is retried with backoff;
-refused credentials exit with status 2.";
+queue when the connection closes. A broker that cannot be reached is retried with
+backoff for up to --broker-wait, then the worker exits with status 2; refused
+credentials exit with status 2 at once.";
 
 /// Tasks in hand at once unless `--concurrency` says otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 8;
