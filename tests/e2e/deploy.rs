@@ -501,7 +501,7 @@ fn dockerfile_text_describes_a_slim_non_root_stripped_image_with_a_cached_depend
     let position = |found: &dyn Fn(&(String, String)) -> bool| {
         instructions
             .iter()
-            .position(|i| found(i))
+            .position(found)
             .expect("instruction present")
     };
     let lockfile = position(&|(k, rest)| k == "COPY" && rest.contains("Cargo.lock"));
