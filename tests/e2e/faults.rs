@@ -8,7 +8,7 @@ use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
 
 use crate::support::broker::queues_with_prefix;
-use crate::support::proxy::{AmqpProxy, BASIC_QOS};
+use crate::support::proxy::{AmqpProxy, BASIC_QOS, Forwarder, broker_url_at, unused_local_addr};
 use crate::support::python::reference;
 use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 
@@ -307,6 +307,7 @@ fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     let run = s
         .producer(&["sum", "--random", "10"])
         .env("AMQP_URL", url)
+        .env("WARREN_BROKER_WAIT", "1s")
         .run_within(Duration::from_secs(30));
     run.expect_code(2);
     assert!(
@@ -341,6 +342,91 @@ fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     assert!(status.success(), "{status}");
     assert!(worker.log().contains("amqp://guest:***@127.0.0.1:1/%2f"));
     assert!(!worker.log().contains("sekrit"));
+}
+
+/// Issue 16: `docker compose up -d` then `docker compose run producer`
+/// failed with "connection refused" while RabbitMQ was still starting.
+/// The producer now waits for a broker that is not listening yet, says so,
+/// and finishes the job once the broker answers.
+#[test]
+fn producer_waits_for_a_broker_that_starts_late_and_says_so() {
+    let mut s = Scenario::new("broker_late");
+    let expected = reference(&["numpy-random-sum", "100000", "5"]);
+    let _workers = s.workers(1);
+    let addr = unused_local_addr();
+    let producer = s
+        .producer(&["sum", "--random", "1e5", "--seed", "5"])
+        .env("AMQP_URL", &broker_url_at(addr))
+        .env("WARREN_BROKER_WAIT", "60s")
+        .spawn();
+    // Nothing listens there yet: the producer must be waiting, not failing.
+    s.broker.wait_until(
+        Duration::from_secs(20),
+        "the producer says it waits",
+        |_| producer.stderr().contains("waiting for the broker at"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let _broker_starts = Forwarder::start_on(addr);
+    let run = producer.wait(Duration::from_secs(90));
+    run.expect_success();
+    assert_eq!(run.answer(), expected, "{run}");
+    let redacted = format!("waiting for the broker at amqp://guest:***@{addr}/%2f");
+    assert!(run.stderr.contains(&redacted), "{run}");
+    assert!(run.stderr.contains("--broker-wait"), "{run}");
+    s.assert_clean();
+}
+
+/// Issue 16: the wait for a broker has a bound. With nothing ever
+/// listening, the producer and a worker give up after `--broker-wait` with
+/// a clear error and status 2; refused credentials are not waited for.
+#[test]
+fn the_wait_for_a_broker_is_bounded_and_skips_refused_credentials() {
+    let s = Scenario::new("broker_never");
+    let addr = unused_local_addr();
+    let url = format!("amqp://guest:sekrit@{addr}/%2f");
+    let started = std::time::Instant::now();
+    let run = s
+        .producer(&["sum", "--random", "10"])
+        .env("AMQP_URL", &url)
+        .env("WARREN_BROKER_WAIT", "3s")
+        .run_within(Duration::from_secs(30));
+    let took = started.elapsed();
+    run.expect_code(2);
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(10),
+        "gave up after {took:?}:\n{run}"
+    );
+    assert!(run.stderr.contains("waiting for the broker at"), "{run}");
+    let error = format!(
+        "error: cannot connect to the broker at amqp://guest:***@{addr}/%2f (kept trying for "
+    );
+    assert!(run.stderr.contains(&error), "{run}");
+    assert!(!run.stderr.contains("sekrit"), "{run}");
+
+    let mut worker = s.start_worker("w0", &["--amqp-url", &url, "--broker-wait", "3s"]);
+    let status = worker.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(2), "{}", worker.log());
+    assert!(
+        worker.log().contains("(kept trying for "),
+        "{}",
+        worker.log()
+    );
+
+    // A wrong password needs other settings: no wait, however long the
+    // bound.
+    let started = std::time::Instant::now();
+    let run = s
+        .producer(&["sum", "--random", "10"])
+        .env("AMQP_URL", "amqp://guest:wrong@127.0.0.1:5672/%2f")
+        .env("WARREN_BROKER_WAIT", "60s")
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(started.elapsed() < Duration::from_secs(15), "{run}");
+    assert!(!run.stderr.contains("waiting for the broker"), "{run}");
+    assert!(
+        run.stderr.contains("hint: check the user name, password"),
+        "{run}"
+    );
 }
 
 #[test]

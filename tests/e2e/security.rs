@@ -292,3 +292,83 @@ fn a_vhost_per_tenant_keeps_its_queues_apart() {
     assert!(list(&vhost.0).contains(&tasks), "{}", list(&vhost.0));
     assert!(!list("/").contains(&tasks), "the default vhost was used");
 }
+
+/// A broker user made for one test, deleted on drop.
+struct User(String);
+
+impl User {
+    fn create(name: &str, password: &str) -> User {
+        let ctl = |args: &[&str]| {
+            let output = Command::new("rabbitmqctl").args(args).output().unwrap();
+            assert!(
+                output.status.success(),
+                "rabbitmqctl {}: {}",
+                args[0],
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        ctl(&["add_user", name, password]);
+        let user = User(name.to_owned());
+        ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        user
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+/// The test broker's URL with other user-info.
+fn url_as(userinfo: &str) -> String {
+    let url = crate::support::broker::amqp_url();
+    let (scheme, rest) = url.split_once("://").expect("the broker URL has a scheme");
+    let host_and_path = rest.rsplit_once('@').map_or(rest, |(_, tail)| tail);
+    format!("{scheme}://{userinfo}@{host_and_path}")
+}
+
+/// Issue 16: a password holding URL characters (and a `%` that looks like
+/// an escape) works against the real broker, whether given apart from the
+/// URL, as it is (`AMQP_PASSWORD`, `--amqp-password-file`: what the compose
+/// file does), or percent-encoded inside the URL.
+#[test]
+fn a_password_with_url_characters_works_apart_from_the_url_or_encoded_in_it() {
+    const PASSWORD: &str = "p@ss:w/rd%41#?x&y=z é";
+    let mut s = Scenario::new("password_chars");
+    let user = User::create(&format!("{}-user", s.prefix), PASSWORD);
+    let plain_url = url_as(&user.0);
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(PASSWORD, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let encoded_url = url_as(&format!("{}:{encoded}", user.0));
+
+    let password_file = s.path("broker-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let _worker = s.start_worker(
+        "w0",
+        &[
+            "--amqp-url",
+            &plain_url,
+            "--amqp-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    s.broker.wait_for_consumers(1);
+
+    let run = s
+        .producer(&["sum", "--random", "1000", "--seed", "8"])
+        .env("AMQP_URL", &encoded_url)
+        .run();
+    expect_random_sum(&run, "1000", "8");
+    let run = s
+        .producer(&["sum", "--random", "1000", "--seed", "8"])
+        .env("AMQP_URL", &plain_url)
+        .env("AMQP_PASSWORD", PASSWORD)
+        .run();
+    expect_random_sum(&run, "1000", "8");
+    assert!(!run.stderr.contains("p@ss"), "{run}");
+    s.assert_clean();
+}

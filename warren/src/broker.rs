@@ -8,7 +8,7 @@
 //! confirmed into a queue, reported as unroutable, or an error; prefetch is
 //! set per consumer, never globally (quorum queues reject global QoS).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -23,15 +23,147 @@ use lapin::{
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
 
-/// Opens a named connection, bounded by the configured connect timeout.
+/// First pause between attempts to reach the broker; it doubles up to
+/// [`MAX_RETRY_DELAY`].
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Longest pause between attempts: a broker that comes up is found within
+/// this long.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// The shortest bound on an attempt made while waiting, so that the last
+/// one, at the end of `--broker-wait`, still has time to connect.
+const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a wait for the broker says it is still waiting.
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// Capped exponential backoff with jitter: each delay is drawn from
+/// [d/2, d) and d doubles up to a cap, so clients that lost the same broker
+/// do not all come back at the same instant.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Delays from `min`, doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The next delay (jittered), and doubles the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Starts again from the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Opens a named connection. A broker that cannot be reached yet (nothing
+/// listens, the handshake times out, the host does not resolve yet) is
+/// tried again with backoff for up to `config.broker_wait`, saying so on
+/// stderr (`waiting for the broker at ...`) so that a wait is never silent.
+/// Failures that other settings must fix (credentials, vhost, TLS) return
+/// at once.
 ///
 /// # Errors
-/// [`Error::Connect`] naming the redacted URL.
+/// [`Error::Connect`] naming the redacted URL; after retries it also says
+/// how long we kept trying.
 pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Connection> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(MIN_RETRY_DELAY, MAX_RETRY_DELAY);
+    let mut noted: Option<Instant> = None;
+    let mut attempt_timeout = config.connect_timeout;
+    loop {
+        let error = match connect_once(config, connection_name, attempt_timeout).await {
+            Ok(connection) => {
+                if noted.is_some() {
+                    tracing::info!(
+                        "connected to the broker at {} after {:.1}s",
+                        config.url,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(connection);
+            }
+            Err(error) if !error.is_unreachable() || error.needs_other_settings() => {
+                return Err(error);
+            }
+            Err(error) => error,
+        };
+        let elapsed = started.elapsed();
+        let remaining = config.broker_wait.saturating_sub(elapsed);
+        if remaining.is_zero() {
+            return Err(match error {
+                Error::Connect { url, source, .. } if noted.is_some() => Error::Connect {
+                    url,
+                    waited: Some(elapsed),
+                    source,
+                },
+                error => error,
+            });
+        }
+        // The last pause ends at the bound, for one last attempt there.
+        let delay = backoff.next_delay().min(remaining);
+        if noted.is_none_or(|at| at.elapsed() >= WAITING_NOTE_EVERY) {
+            note_waiting(config, &error, elapsed, delay, noted.is_some());
+            noted = Some(Instant::now());
+        }
+        // Attempts must not run far past the bound either.
+        attempt_timeout = config
+            .connect_timeout
+            .min((remaining - delay).max(LAST_ATTEMPT_TIMEOUT));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Says on stderr that we are waiting for the broker, and why.
+fn note_waiting(
+    config: &BrokerConfig,
+    error: &Error,
+    elapsed: Duration,
+    delay: Duration,
+    again: bool,
+) {
+    let cause = std::error::Error::source(error)
+        .map_or_else(|| error.to_string(), crate::error::display_chain);
+    let bound = humantime::format_duration(config.broker_wait);
+    if again {
+        tracing::warn!(
+            "still waiting for the broker at {} after {:.0}s ({cause}); retrying in {:.1}s, for up to {bound} in all",
+            config.url,
+            elapsed.as_secs_f64(),
+            delay.as_secs_f64()
+        );
+    } else {
+        tracing::warn!(
+            "waiting for the broker at {} ({cause}); retrying in {:.1}s, for up to {bound} (--broker-wait)",
+            config.url,
+            delay.as_secs_f64()
+        );
+    }
+}
+
+/// One connection attempt, bounded by `timeout`.
+async fn connect_once(
+    config: &BrokerConfig,
+    connection_name: &str,
+    timeout: Duration,
+) -> Result<Connection> {
     let uri = config.url.to_uri()?;
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connect_error = |source| Error::Connect {
         url: config.url.clone(),
+        waited: None,
         source: Box::new(source),
     };
     // With amqps://, lapin verifies the broker's certificate against the
@@ -42,23 +174,13 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
         .with_uri(uri)
         .with_properties(properties)
         .with_tls_config(config.tls.to_lapin());
-    let attempt = builder.connect();
-    match tokio::time::timeout(config.connect_timeout, attempt).await {
+    match tokio::time::timeout(timeout, builder.connect()).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(Error::Connect {
-            url: config.url.clone(),
-            source: Box::new(source),
-        }),
-        Err(_) => Err(Error::Connect {
-            url: config.url.clone(),
-            source: Box::new(lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(config.connect_timeout)
-                ),
-            ))),
-        }),
+        Ok(Err(source)) => Err(connect_error(source)),
+        Err(_) => Err(connect_error(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        )))),
     }
 }
 
@@ -359,5 +481,27 @@ impl QueueProbe {
 impl Default for QueueProbe {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap_and_resets() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(5));
+        let mut backoff = Backoff::new(min, max);
+        let mut ceiling = min;
+        for _ in 0..12 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= ceiling / 2 && delay < ceiling,
+                "{delay:?} vs {ceiling:?}"
+            );
+            ceiling = (ceiling * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() < min);
     }
 }

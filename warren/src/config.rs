@@ -29,6 +29,10 @@ use crate::{DEFAULT_AMQP_URL, DEFAULT_QUEUE_PREFIX};
 /// How long a connection attempt may take before it counts as failed.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long both binaries keep trying a broker that does not accept
+/// connections yet (one that is starting, say) before giving up.
+pub const DEFAULT_BROKER_WAIT: Duration = Duration::from_secs(60);
+
 /// Broker flags common to `producer` and `worker`.
 // Under their own heading, so that each command's own flags come first in
 // its `--help` and these follow together. The heading stays set for flags
@@ -96,6 +100,28 @@ pub struct BrokerArgs {
         value_name = "DURATION"
     )]
     pub connect_timeout: Duration,
+
+    /// Keep trying a broker that does not accept connections yet (one that
+    /// is starting or restarting) for this long before giving up; 0 tries
+    /// once. Refused credentials, vhost or TLS fail at once
+    #[arg(
+        long,
+        env = "WARREN_BROKER_WAIT",
+        default_value = "60s",
+        value_parser = parse_duration,
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub broker_wait: Duration,
+
+    /// Read the broker password from this file, as it is (any character,
+    /// no percent-encoding; one final newline is dropped): it replaces the
+    /// URL's password. env AMQP_PASSWORD_FILE; AMQP_PASSWORD gives the
+    /// password itself
+    // Read by `to_config`, as the URL variables are, so that the flag beats
+    // both variables and two variables together are an error.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub amqp_password_file: Option<PathBuf>,
 }
 
 impl BrokerArgs {
@@ -116,7 +142,10 @@ impl BrokerArgs {
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<BrokerConfig> {
-        let url = self.resolve_url(env)?;
+        let mut url = self.resolve_url(&env)?;
+        if let Some(password) = self.resolve_password(&env)? {
+            url = url.with_password(&password)?;
+        }
         let tls = TlsFiles::load(
             self.tls_ca_file.as_deref(),
             self.tls_cert_file.as_deref(),
@@ -134,6 +163,7 @@ impl BrokerArgs {
             url,
             prefix: QueuePrefix::new(&self.queue_prefix)?,
             connect_timeout: self.connect_timeout,
+            broker_wait: self.broker_wait,
             tls,
         })
     }
@@ -163,6 +193,59 @@ impl BrokerArgs {
             },
         }
     }
+}
+
+impl BrokerArgs {
+    /// A password given apart from the URL, raw: `--amqp-password-file`,
+    /// else `AMQP_PASSWORD` or `AMQP_PASSWORD_FILE` (both is an error).
+    /// A URL cannot carry every password as it is (`/`, `#`, `%` and the
+    /// like need percent-encoding), while the broker's own setting
+    /// (`RABBITMQ_DEFAULT_PASS`) takes it raw: this way one value serves
+    /// both.
+    fn resolve_password(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Option<String>> {
+        let env = |name: &str| env(name).filter(|value| !value.is_empty());
+        if let Some(path) = &self.amqp_password_file {
+            return read_password(path).map(Some);
+        }
+        match (env("AMQP_PASSWORD"), env("AMQP_PASSWORD_FILE")) {
+            (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+                first: "AMQP_PASSWORD",
+                second: "AMQP_PASSWORD_FILE",
+            }),
+            (Some(password), None) => {
+                password
+                    .into_string()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidPassword {
+                        source_name: "AMQP_PASSWORD".to_owned(),
+                        reason: "it is not UTF-8",
+                    })
+            }
+            (None, Some(path)) => read_password(Path::new(&path)).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Reads a password file: its text as it is, less one final line ending.
+fn read_password(path: &Path) -> Result<String> {
+    let bytes = read_file("AMQP password file", path)?;
+    let invalid = |reason| Error::InvalidPassword {
+        source_name: path.display().to_string(),
+        reason,
+    };
+    let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8"))?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(invalid("the file is empty"));
+    }
+    Ok(password.to_owned())
 }
 
 /// The TLS material for `amqps://` connections, read from the files named
@@ -273,6 +356,8 @@ pub struct BrokerConfig {
     pub prefix: QueuePrefix,
     /// The bound on one connection attempt.
     pub connect_timeout: Duration,
+    /// How long to keep trying a broker that cannot be reached yet.
+    pub broker_wait: Duration,
     /// Extra roots and client identity for `amqps://` (empty for none).
     pub tls: TlsFiles,
 }
@@ -288,6 +373,8 @@ impl BrokerConfig {
             url: RedactedUrl::parse(url)?,
             prefix: QueuePrefix::new(prefix)?,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            // Tests and benchmarks want a missing broker reported at once.
+            broker_wait: Duration::ZERO,
             tls: TlsFiles::default(),
         })
     }
@@ -311,6 +398,9 @@ pub struct RedactedUrl {
     raw: String,
     /// The same URL with the password replaced by `***`.
     redacted: String,
+    /// A password given apart from the URL, raw (not percent-encoded); it
+    /// replaces the URL's own.
+    password: Option<String>,
 }
 
 impl RedactedUrl {
@@ -322,6 +412,7 @@ impl RedactedUrl {
         let url = RedactedUrl {
             raw: raw.trim().to_owned(),
             redacted: redact(raw.trim()),
+            password: None,
         };
         url.to_uri()?;
         Ok(url)
@@ -345,6 +436,31 @@ impl RedactedUrl {
             });
         }
         Self::parse(&text)
+    }
+
+    /// The same URL with `password` in place of its own. The password is
+    /// taken as it is: no character needs percent-encoding.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPassword`] for an empty password.
+    pub fn with_password(mut self, password: &str) -> Result<Self> {
+        if password.is_empty() {
+            return Err(Error::InvalidPassword {
+                source_name: "the password".to_owned(),
+                reason: "it is empty",
+            });
+        }
+        // `parse` checked the URL, so this parse succeeds; the redacted
+        // form shows where the password goes.
+        let mut parsed = url::Url::parse(&self.raw).map_err(|e| Error::InvalidUrl {
+            url: self.redacted.clone(),
+            reason: e.to_string(),
+        })?;
+        // The URL's own password must not reach the redacted form either.
+        let _ = parsed.set_password(Some("***"));
+        self.redacted = redact(parsed.as_str());
+        self.password = Some(password.to_owned());
+        Ok(self)
     }
 
     /// The parsed URI handed to the client library.
@@ -388,6 +504,8 @@ impl RedactedUrl {
             Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
             _ => return Err(invalid("the URL names no host".to_owned())),
         };
+        // lapin's parser percent-decodes the user name and password, so an
+        // encoded password in the URL reaches the broker decoded.
         let mut uri = AMQPUri::from_str(&self.raw).map_err(invalid)?;
         // A path of just '/' names the virtual host "", which RabbitMQ never
         // has: the broker would answer only "vhost  not found".
@@ -399,6 +517,9 @@ impl RedactedUrl {
             ));
         }
         uri.authority.host = host.to_owned();
+        if let Some(password) = &self.password {
+            uri.authority.userinfo.password.clone_from(password);
+        }
         Ok(uri)
     }
 
@@ -599,6 +720,8 @@ mod tests {
             tls_key_file: None,
             queue_prefix: "warren".into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            broker_wait: DEFAULT_BROKER_WAIT,
+            amqp_password_file: None,
         }
     }
 
@@ -685,6 +808,101 @@ mod tests {
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every character a URL treats specially, and a `%` that looks like
+    /// an escape.
+    const AWKWARD_PASSWORD: &str = "p@ss:w/rd%41#?x&y=z [é]";
+
+    #[test]
+    fn an_encoded_password_in_the_url_reaches_the_broker_decoded() {
+        let encoded: String = percent_encoding::utf8_percent_encode(
+            AWKWARD_PASSWORD,
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        let url = RedactedUrl::parse(&format!("amqp://u:{encoded}@h:5672/%2f")).unwrap();
+        let uri = url.to_uri().unwrap();
+        assert_eq!(uri.authority.userinfo.password, AWKWARD_PASSWORD);
+        assert_eq!(uri.authority.userinfo.username, "u");
+        assert_eq!(url.to_string(), "amqp://u:***@h:5672/%2f");
+    }
+
+    #[test]
+    fn a_password_given_apart_is_taken_as_it_is() {
+        let with_password = |vars: &[(&str, &str)], file: Option<&Path>| {
+            let mut args = args(Some("amqp://warren@rabbitmq:5672/%2f"), None);
+            args.amqp_password_file = file.map(Path::to_owned);
+            args.to_config_with_env(env(vars))
+                .map_err(|e| e.to_string())
+        };
+        let config = with_password(&[("AMQP_PASSWORD", AWKWARD_PASSWORD)], None).unwrap();
+        let uri = config.url.to_uri().unwrap();
+        assert_eq!(uri.authority.userinfo.password, AWKWARD_PASSWORD);
+        assert_eq!(uri.authority.userinfo.username, "warren");
+        assert_eq!(uri.authority.host, "rabbitmq");
+        assert_eq!(
+            config.url.to_string(),
+            "amqp://warren:***@rabbitmq:5672/%2f"
+        );
+        assert!(!format!("{:?}", config.url).contains("p@ss"));
+
+        // It replaces a password the URL holds, which then shows nowhere.
+        let mut args = args(Some("amqp://warren:old-secret@rabbitmq/%2f"), None);
+        args.amqp_password_file = None;
+        let config = args
+            .to_config_with_env(env(&[("AMQP_PASSWORD", "new")]))
+            .unwrap();
+        assert_eq!(
+            config.url.to_uri().unwrap().authority.userinfo.password,
+            "new"
+        );
+        assert_eq!(config.url.to_string(), "amqp://warren:***@rabbitmq/%2f");
+
+        // From a file (a container secret): as it is, less one final newline.
+        let dir = tempfile_dir("password");
+        let file = dir.join("password");
+        std::fs::write(&file, format!("{AWKWARD_PASSWORD}\n")).unwrap();
+        let file_env = file.to_str().unwrap();
+        for config in [
+            with_password(&[("AMQP_PASSWORD_FILE", file_env)], None).unwrap(),
+            // The flag beats both variables.
+            with_password(&[("AMQP_PASSWORD", "other")], Some(&file)).unwrap(),
+        ] {
+            let uri = config.url.to_uri().unwrap();
+            assert_eq!(uri.authority.userinfo.password, AWKWARD_PASSWORD);
+        }
+        // A password that ends in spaces keeps them.
+        std::fs::write(&file, " pw \n").unwrap();
+        let config = with_password(&[], Some(&file)).unwrap();
+        assert_eq!(
+            config.url.to_uri().unwrap().authority.userinfo.password,
+            " pw "
+        );
+
+        assert_eq!(
+            with_password(
+                &[("AMQP_PASSWORD", "a"), ("AMQP_PASSWORD_FILE", file_env)],
+                None
+            )
+            .unwrap_err(),
+            "both AMQP_PASSWORD and AMQP_PASSWORD_FILE are set: keep one"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let error = with_password(&[], Some(&file)).unwrap_err();
+        assert!(error.contains("the file is empty"), "{error}");
+        let error = with_password(&[], Some(&dir.join("missing"))).unwrap_err();
+        assert!(
+            error.starts_with("cannot read the AMQP password file"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("warren-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -33,14 +33,23 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The broker URL is given twice, at the same level (two flags, or two
-    /// environment variables).
+    /// The broker URL or password is given twice, at the same level (two
+    /// flags, or two environment variables).
     #[error("both {first} and {second} are set: keep one")]
     ConflictingUrls {
         /// The first source, e.g. "--amqp-url".
         first: &'static str,
         /// The second source, e.g. "--amqp-url-file".
         second: &'static str,
+    },
+
+    /// A password given apart from the URL is unusable.
+    #[error("invalid AMQP password from {source_name}: {reason}")]
+    InvalidPassword {
+        /// Where it came from: a variable or a file's path.
+        source_name: String,
+        /// What is wrong with it (never the password itself).
+        reason: &'static str,
     },
 
     /// A file named by a flag could not be read.
@@ -63,10 +72,13 @@ pub enum Error {
     },
 
     /// The TCP or AMQP connection to the broker could not be opened.
-    #[error("cannot connect to the broker at {url}")]
+    #[error("cannot connect to the broker at {url}{}", waited_note(.waited))]
     Connect {
         /// The broker URL, password hidden.
         url: RedactedUrl,
+        /// How long we kept trying before giving up (`--broker-wait`), if
+        /// we retried at all.
+        waited: Option<std::time::Duration>,
         /// What the client library reported.
         #[source]
         source: Box<lapin::Error>,
@@ -306,6 +318,17 @@ impl Error {
     }
 }
 
+/// " (kept trying for 1m)" for a connection failure after retries.
+fn waited_note(waited: &Option<std::time::Duration>) -> String {
+    match *waited {
+        Some(waited) => format!(
+            " (kept trying for {})",
+            humantime::format_duration(std::time::Duration::from_secs(waited.as_secs()))
+        ),
+        None => String::new(),
+    }
+}
+
 /// Formats an error and its chain of causes on one line, joined with ": ".
 /// A cause whose text the previous message already contains is skipped
 /// (some libraries repeat their source in their own message).
@@ -376,6 +399,7 @@ mod tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let error = Error::Connect {
             url: RedactedUrl::parse("amqp://u:secret@127.0.0.1:1/%2f").unwrap(),
+            waited: None,
             source: Box::new(lapin::Error::from(io)),
         };
         assert_eq!(

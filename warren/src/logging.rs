@@ -1,6 +1,10 @@
 //! Logging set-up shared by both binaries: structured `tracing` logs on
 //! stderr, human-readable by default or one JSON object per line with
-//! `--log-format json`, the level from `RUST_LOG`.
+//! `--log-format json`, the level from `RUST_LOG`. Colour only when stderr
+//! is a terminal and `NO_COLOR` is unset (<https://no-color.org>): logs
+//! that go to a file, a pipe or `docker compose logs` carry no escape codes.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -36,8 +40,13 @@ pub fn install(format: LogFormat, default_level: &str) {
     let default_filter = format!("{default_level},lapin=off");
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colour = wants_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second installation (tests, local workers in the producer) keeps the
     // first one; nothing to report.
@@ -45,4 +54,27 @@ pub fn install(format: LogFormat, default_level: &str) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Whether human log lines get colour: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (the no-color.org
+/// rule).
+pub fn wants_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(wants_colour(true, None));
+        assert!(!wants_colour(false, None), "files and pipes get plain text");
+        assert!(!wants_colour(true, Some(OsStr::new("1"))));
+        assert!(!wants_colour(false, Some(OsStr::new("1"))));
+        // An empty NO_COLOR counts as unset.
+        assert!(wants_colour(true, Some(OsStr::new(""))));
+    }
 }

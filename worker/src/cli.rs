@@ -23,8 +23,9 @@ Examples:
 Stops gracefully on SIGINT or SIGTERM: takes no new task, finishes the tasks in
 hand (up to --shutdown-timeout, then returns them to the queue) and exits 0. A
 second signal exits at once with status 130; unfinished tasks then return to the
-queue when the connection closes. A broker that is down is retried with backoff;
-refused credentials exit with status 2.";
+queue when the connection closes. A broker that cannot be reached is retried with
+backoff for up to --broker-wait, then the worker exits with status 2; refused
+credentials exit with status 2 at once.";
 
 /// Tasks in hand at once unless `--concurrency` says otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 8;
@@ -45,7 +46,9 @@ pub struct Cli {
     #[arg(long, env = "WARREN_SHARED_DIR", value_name = "DIR")]
     pub shared_dir: Option<PathBuf>,
 
-    /// Name in results, logs and the broker's connection list [default: HOST:PID]
+    /// Name in results, logs and the broker's connection list [default:
+    /// HOST:PID-XXXX, XXXX random: unique per start, even in a restarted
+    /// container, whose host name and PID stay the same]
     #[arg(long, env = "WARREN_WORKER_NAME", value_name = "NAME")]
     pub name: Option<String>,
 
@@ -120,11 +123,7 @@ impl Cli {
                 return Err(Error::Usage("--name must not be empty".into()));
             }
             Some(name) => name,
-            None => format!(
-                "{}:{}",
-                gethostname::gethostname().to_string_lossy(),
-                std::process::id()
-            ),
+            None => default_name(),
         };
         Ok(Config {
             broker: self.broker.to_config()?,
@@ -136,6 +135,18 @@ impl Cli {
             max_task_size: self.max_task_size,
         })
     }
+}
+
+/// `HOST:PID-XXXX`. The random part tells starts apart where host name and
+/// PID repeat: a restarted container keeps its host name and runs as PID 1,
+/// and results counted per worker name would merge the two lives.
+fn default_name() -> String {
+    format!(
+        "{}:{}-{:04x}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id(),
+        fastrand::u16(..)
+    )
 }
 
 #[cfg(test)]
@@ -154,6 +165,10 @@ mod tests {
         assert_eq!(config.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(config.shared_dir, None);
         assert!(config.name.contains(':'));
+        // Two starts in the same host and process (as a restarted container
+        // would be) get different names, mostly: 1 in 65536 repeats.
+        let names: std::collections::HashSet<String> = (0..8).map(|_| default_name()).collect();
+        assert!(names.len() > 1, "{names:?}");
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.broker.prefix.as_str(), "warren");
     }

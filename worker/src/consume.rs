@@ -15,7 +15,8 @@
 //!
 //! Prefetch equals `--concurrency`, and each delivery gets its own task, so
 //! at most that many tasks are in hand. After a lost connection the worker
-//! reconnects with capped, jittered backoff and declares the topology again;
+//! reconnects (waiting up to `--broker-wait` for a broker that does not
+//! answer, see `warren::broker::connect`) and declares the topology again;
 //! deliveries of the old connection are abandoned (the broker requeues
 //! them). See <https://www.rabbitmq.com/docs/confirms>.
 
@@ -42,9 +43,6 @@ use crate::liveness::JobLiveness;
 use crate::metrics::{Kind, Metrics, TaskOutcome};
 use crate::tasks::{self, HttpClients, TaskContext};
 
-/// First delay before reconnecting; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// After the shutdown timeout, how long abandoned tasks get to return their
 /// deliveries to the queue.
 const ABANDON_GRACE: Duration = Duration::from_secs(5);
@@ -56,7 +54,7 @@ const CONSUMER_TAG: &str = "warren-worker";
 /// Only failures that retrying with the same settings cannot fix (see
 /// [`warren::Error::needs_other_settings`]): refused credentials or vhost,
 /// a TLS certificate problem, or a topology that conflicts with existing
-/// queues.
+/// queues; and a broker that stayed unreachable for `--broker-wait`.
 pub(crate) async fn run(
     config: &Config,
     metrics: Arc<Metrics>,
@@ -70,7 +68,7 @@ pub(crate) async fn run(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
     let downloads = Arc::new(Semaphore::new(usize::from(config.concurrency)));
-    let mut delay = MIN_BACKOFF;
+    let mut backoff = broker::Backoff::new(broker::MIN_RETRY_DELAY, broker::MAX_RETRY_DELAY);
     let mut sessions = 0u64;
     loop {
         let session = tokio::select! {
@@ -79,23 +77,25 @@ pub(crate) async fn run(
         };
         let session = match session {
             Ok(session) => session,
-            Err(e) if e.needs_other_settings() => return Err(e.into()),
+            // `broker::connect` has already waited `--broker-wait` for an
+            // unreachable broker: exit, and let a supervisor (compose's
+            // restart policy, systemd) take over.
+            Err(e) if e.needs_other_settings() || e.is_unreachable() => return Err(e.into()),
             Err(e) => {
-                let wait = jitter(delay);
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     hint = e.hint().unwrap_or_default(),
                     "{}; retrying in {}",
                     warren::display_chain(&e),
                     humantime_ms(wait)
                 );
-                delay = (delay * 2).min(MAX_BACKOFF);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => continue,
                     () = shutdown.cancelled() => return Ok(()),
                 }
             }
         };
-        delay = MIN_BACKOFF;
+        backoff.reset();
         sessions += 1;
         if sessions > 1 {
             metrics.reconnected();
@@ -142,12 +142,6 @@ const ABANDON_TIMEOUT: Duration = Duration::from_secs(5);
 /// the prefix it serves.
 pub(crate) fn connection_name(config: &Config) -> String {
     format!("warren-worker {} ({})", config.name, config.broker.prefix)
-}
-
-/// Full jitter in [d/2, d): workers that lost the same broker do not all
-/// come back at the same instant.
-fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 fn humantime_ms(duration: Duration) -> String {

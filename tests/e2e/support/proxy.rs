@@ -70,14 +70,7 @@ impl AmqpProxy {
 
     /// The test broker's URL with the proxy in its place.
     pub fn url(&self) -> String {
-        let url = amqp_url();
-        let (scheme, rest) = url.split_once("://").expect("the broker URL has a scheme");
-        assert_eq!(scheme, "amqp", "the proxy speaks plain amqp:// only");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let userinfo = authority
-            .rsplit_once('@')
-            .map_or(String::new(), |(u, _)| format!("{u}@"));
-        format!("amqp://{userinfo}{}/{path}", self.addr)
+        broker_url_at(self.addr)
     }
 
     /// Waits until the client has sent the held method, or fails the test.
@@ -93,6 +86,18 @@ impl AmqpProxy {
             let _ = release.send(());
         }
     }
+}
+
+/// The test broker's URL with `addr` in place of its host and port.
+pub fn broker_url_at(addr: SocketAddr) -> String {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").expect("the broker URL has a scheme");
+    assert_eq!(scheme, "amqp", "the proxies speak plain amqp:// only");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let userinfo = authority
+        .rsplit_once('@')
+        .map_or(String::new(), |(u, _)| format!("{u}@"));
+    format!("amqp://{userinfo}{addr}/{path}")
 }
 
 /// The test broker's address.
@@ -195,8 +200,73 @@ fn forward_client(
     let _ = server.shutdown(Shutdown::Write);
 }
 
-/// Broker to client, unchanged.
+/// One direction, unchanged (broker to client, or either way for
+/// [`Forwarder`]): copies until the end, then closes the write side.
 fn forward_server(mut server: TcpStream, mut client: TcpStream) {
     let _ = std::io::copy(&mut server, &mut client);
     let _ = client.shutdown(Shutdown::Write);
+}
+
+/// A plain TCP forwarder to the test broker on a given local address, for
+/// as many connections as come: a broker that "starts" when the test says
+/// so. It stops accepting when dropped.
+pub struct Forwarder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a forwarder serves at most if the test never drops it.
+const FORWARD_AT_MOST: Duration = Duration::from_secs(180);
+
+impl Forwarder {
+    /// Listens on `addr` (a port the test chose) and forwards each
+    /// connection to the test broker.
+    pub fn start_on(addr: SocketAddr) -> Forwarder {
+        let upstream = upstream_addr();
+        let listener = TcpListener::bind(addr).expect("the chosen port is still free");
+        listener
+            .set_nonblocking(true)
+            .expect("listeners can be non-blocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + FORWARD_AT_MOST;
+            while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        let (Ok(client_in), Ok(server_out)) =
+                            (client.try_clone(), server.try_clone())
+                        else {
+                            continue;
+                        };
+                        std::thread::spawn(move || forward_server(client_in, server_out));
+                        std::thread::spawn(move || forward_server(server, client));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Forwarder { stop }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (free when asked; the test
+/// binds it again later, so another process could take it meanwhile, which
+/// on a test machine's loopback does not happen in practice).
+pub fn unused_local_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a local port is free")
 }
