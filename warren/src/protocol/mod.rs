@@ -26,6 +26,7 @@ mod download;
 pub use download::{
     BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
     DownloadReport, DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
+    marker_name,
 };
 
 /// The protocol version this build speaks, sent in every task and result.
