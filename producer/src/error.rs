@@ -67,6 +67,18 @@ pub enum Error {
         message: String,
     },
 
+    /// In shared mode, a worker does not see the job's marker file: its
+    /// `--shared-dir` is not the storage of `--out-dir`.
+    #[error(
+        "the workers do not store files where the producer looks (--out-dir {out_dir}): {reason}"
+    )]
+    SharedDirMismatch {
+        /// The producer's output directory.
+        out_dir: String,
+        /// The worker's report.
+        reason: String,
+    },
+
     /// RabbitMQ gave up on a task and dead-lettered it.
     #[error("task {task} was dead-lettered by the broker ({reason}); it is kept in {queue}")]
     DeadLettered {
