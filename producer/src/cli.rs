@@ -505,11 +505,13 @@ mod tests {
             "--shared",
             "--manifest",
             "m.jsonl",
+            "--fsync",
         ])
         .unwrap();
         let JobConfig::Download(config) = config.job else {
             panic!("not a download job");
         };
+        assert!(config.fsync);
         assert_eq!(
             config.inputs,
             [
@@ -526,6 +528,7 @@ mod tests {
         let JobConfig::Download(config) = config.job else {
             panic!("not a download job");
         };
+        assert!(!config.fsync, "one sync per job by default");
         assert_eq!(
             config.inputs,
             [

@@ -127,6 +127,12 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Warren(e) => e.hint().map(str::to_owned),
+            Error::SharedDirMismatch { .. } => Some(
+                "start every worker of the queue with --shared-dir on the same storage as \
+                 --out-dir (the same volume, mounted where the producer's --out-dir is), or \
+                 download without --shared"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }

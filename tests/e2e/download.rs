@@ -856,7 +856,7 @@ fn a_shared_dir_that_is_not_the_out_dir_is_detected_before_downloading() {
     let list = d.list("urls.txt", &lines);
     let run = d.download(&list, Mode::Shared, &[]).run();
     run.expect_code(2);
-    let said = run.stderr.matches("marker file").count();
+    let said = run.stderr.matches("cannot see this job's marker").count();
     assert_eq!(said, 1, "said once:\n{run}");
     for needle in ["--shared-dir", "--out-dir", "nothing was downloaded"] {
         assert!(run.stderr.contains(needle), "lacks {needle}:\n{run}");

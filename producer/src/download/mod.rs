@@ -12,6 +12,9 @@
 //! temporary area and the producer verifies it there. Either way only the
 //! producer moves files under their final names ([`placement`]). Every URL
 //! ends as one [`manifest`] line: ok, failed (with the reason) or skipped.
+//! At the end, one `syncfs` makes the job's files durable, and only then
+//! the manifest (group commit; `--fsync` adds a sync per file; see
+//! docs/DOWNLOADS.md).
 
 mod batching;
 pub mod files;

@@ -520,15 +520,15 @@ async fn check_marker(
         Ok(meta) if meta.is_file() => Ok(()),
         found => {
             let why = match found {
-                Ok(_) => "is not a regular file".to_owned(),
-                Err(e) => format!("cannot be found ({e})"),
+                Ok(_) => "not a regular file".to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "not found".to_owned(),
+                Err(e) => e.to_string(),
             };
             Err(Failure::permanent(
                 DownloadErrorKind::SharedDirMismatch,
                 format!(
-                    "worker {} does not see this job's marker file: {} {why}, so its \
-                     --shared-dir {} is not the producer's --out-dir (start the workers with \
-                     --shared-dir on the same storage as --out-dir); nothing was downloaded",
+                    "worker {} cannot see this job's marker {} ({why}): its --shared-dir {} is \
+                     not the storage of the producer's --out-dir; nothing was downloaded",
                     context.worker,
                     path.display(),
                     shared.display()
