@@ -11,11 +11,12 @@ use warren::logging::LogArgs;
 use warren::size::parse_size;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
-use warren::protocol::{Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
+use warren::protocol::{ByteOrder, Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
 
 use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
+use crate::reference::{Location, ReferenceSpec};
 use crate::status::StatusConfig;
 use crate::sum::{DEFAULT_CHUNK_SIZE, SumConfig, check_message_size};
 
@@ -37,7 +38,12 @@ Examples:
   producer sum readings.npy --json          one JSON object: job_id, sum, count, ...
   producer sum --random 1e8 --seed 7        like np.random.seed(7); np.random.rand(10**8)
   producer sum values.txt --dtype int64     numbers separated by spaces, commas or newlines
-  cat data.f32 | producer sum - --format raw --dtype float32";
+  cat data.f32 | producer sum - --format raw --dtype float32
+
+By reference (workers read their own ranges; the broker carries only control):
+  producer sum /data/x.npy --shared --shared-dir /data    workers run with --shared-dir /data
+  producer sum https://host/x.npy                         a server with Range support
+  producer sum s3://bucket/x.npy                          AWS_* variables as for AWS's tools";
 
 const OVERVIEW: &str = "\
 Examples:
@@ -187,13 +193,36 @@ pub struct DownloadArgs {
 /// Flags of `producer sum`.
 #[derive(Debug, Args)]
 pub struct SumArgs {
-    /// Input file (.npy, text, or raw with --format raw); - reads stdin
+    /// Input file (.npy, text, or raw with --format raw); - reads stdin.
+    /// An http(s):// or s3://BUCKET/KEY source, or a file with --shared, is
+    /// read by the workers themselves, in ranges
     #[arg(
         value_name = "INPUT",
         required_unless_present = "random",
         conflicts_with = "random"
     )]
     pub input: Option<PathBuf>,
+
+    /// Workers read the file themselves from their --shared-dir, which must
+    /// be the same storage as the producer's --shared-dir; only its header
+    /// passes through the producer [default: the data goes through the
+    /// broker]
+    #[arg(long, conflicts_with = "random")]
+    pub shared: bool,
+
+    /// The directory shared with the workers (their --shared-dir), for
+    /// --shared
+    #[arg(long, env = "WARREN_SHARED_DIR", value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+
+    /// Bytes of input per task when the workers read it themselves
+    #[arg(long, env = "WARREN_RANGE_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub range_size: u64,
+
+    /// Byte order of raw input read by the workers themselves (.npy files
+    /// name their own)
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub byte_order: Option<ByteOrderArg>,
 
     /// Input format
     #[arg(long, value_enum, default_value_t = Format::Auto)]
@@ -229,6 +258,24 @@ pub struct SumArgs {
 
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--byte-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ByteOrderArg {
+    /// Least significant byte first (x86, ARM; numpy's <)
+    Little,
+    /// Most significant byte first (numpy's >)
+    Big,
+}
+
+impl From<ByteOrderArg> for ByteOrder {
+    fn from(arg: ByteOrderArg) -> ByteOrder {
+        match arg {
+            ByteOrderArg::Little => ByteOrder::Little,
+            ByteOrderArg::Big => ByteOrder::Big,
+        }
+    }
 }
 
 /// Flags every job kind shares.
@@ -390,7 +437,7 @@ impl Cli {
                         "--tasks-per-message must be 1 to {MAX_TASKS_PER_MESSAGE}"
                     )));
                 }
-                let (input, seed) = match (args.random, args.input) {
+                let (input, seed) = match (args.random, args.input.clone()) {
                     (Some(count), _) => {
                         if args.dtype.is_some_and(|d| d != Dtype::Float64) {
                             return Err(Error::Usage("--random generates float64 only".into()));
@@ -398,14 +445,7 @@ impl Cli {
                         let seed = args.seed.unwrap_or_else(random_seed);
                         (InputSpec::Random { count, seed }, Some(seed))
                     }
-                    (None, Some(path)) => (
-                        InputSpec::Read {
-                            source: Source::from_arg(&path),
-                            format: args.format,
-                            dtype: args.dtype,
-                        },
-                        None,
-                    ),
+                    (None, Some(path)) => (sum_input(&args, path)?, None),
                     (None, None) => {
                         return Err(Error::Usage("give an INPUT file or --random N".into()));
                     }
@@ -436,6 +476,59 @@ impl Cli {
             }
         }
     }
+}
+
+/// What `producer sum INPUT` reads: a stream through the broker, or a
+/// source the workers read themselves (a URL, an `s3://` object, or a file
+/// with `--shared`).
+fn sum_input(args: &SumArgs, path: PathBuf) -> Result<InputSpec> {
+    let arg = path.to_string_lossy();
+    let location = match Location::remote(&arg)? {
+        Some(remote) => Some(remote),
+        None if args.shared => {
+            let dir = args.shared_dir.clone().ok_or_else(|| {
+                Error::Usage(
+                    "--shared needs the directory shared with the workers: --shared-dir DIR \
+                     or WARREN_SHARED_DIR"
+                        .into(),
+                )
+            })?;
+            if path == std::path::Path::new("-") {
+                return Err(Error::Usage(
+                    "--shared reads a file the workers can see, not stdin".into(),
+                ));
+            }
+            Some(Location::Shared {
+                path: path.clone(),
+                dir,
+            })
+        }
+        None => None,
+    };
+    let Some(location) = location else {
+        if args.byte_order.is_some() {
+            return Err(Error::Usage(
+                "--byte-order applies to inputs the workers read themselves (--shared, URLs); \
+                 raw input through the broker is little-endian"
+                    .into(),
+            ));
+        }
+        return Ok(InputSpec::Read {
+            source: Source::from_arg(&path),
+            format: args.format,
+            dtype: args.dtype,
+        });
+    };
+    if args.range_size == 0 {
+        return Err(Error::Usage("--range-size must be at least 1 byte".into()));
+    }
+    Ok(InputSpec::Reference(ReferenceSpec {
+        location,
+        format: args.format,
+        dtype: args.dtype,
+        byte_order: args.byte_order.map(ByteOrder::from),
+        range_size: args.range_size,
+    }))
 }
 
 fn check_max_in_flight(n: usize) -> Result<()> {

@@ -26,6 +26,7 @@ mod job;
 mod local;
 pub mod output;
 pub mod progress;
+pub mod reference;
 pub mod status;
 pub mod sum;
 

@@ -14,6 +14,8 @@ use warren::BrokerConfig;
 
 use crate::cli::{Config, JobConfig};
 use crate::error::{Error, Result};
+use crate::input::InputSpec;
+use crate::reference::{Location, ReferenceSpec};
 
 /// How long local workers get to finish their tasks in hand once the job
 /// is over (they are only still busy after a failure or a cancel).
@@ -31,8 +33,10 @@ pub(crate) struct LocalWorkers {
 pub(crate) struct LocalPlan {
     count: u16,
     broker: BrokerConfig,
-    /// A shared-directory download job's output directory: local workers
-    /// store straight into it, which is trivially the same storage.
+    /// The directory shared with the workers: a shared-directory download
+    /// job's output directory, or the shared directory of a sum by
+    /// reference. Local workers use the producer's own, which is trivially
+    /// the same storage.
     shared_dir: Option<std::path::PathBuf>,
 }
 
@@ -45,6 +49,13 @@ impl LocalPlan {
                 JobConfig::Download(download) if download.delivery == Delivery::Shared => {
                     Some(download.out_dir.clone())
                 }
+                JobConfig::Sum { config, .. } => match &config.input {
+                    InputSpec::Reference(ReferenceSpec {
+                        location: Location::Shared { dir, .. },
+                        ..
+                    }) => Some(dir.clone()),
+                    _ => None,
+                },
                 _ => None,
             },
         }

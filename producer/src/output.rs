@@ -63,6 +63,9 @@ impl Report {
                 if let Some(seed) = seed {
                     object["seed"] = json!(seed);
                 }
+                if let Some(source) = &report.source {
+                    object["source"] = json!(source);
+                }
                 object.to_string()
             }
             Report::Status(report) => {

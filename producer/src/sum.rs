@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::exact::{Answer, PartialSum, Total};
-use warren::protocol::{DeadLetter, Outcome, SumTask, TaskResult};
+use warren::protocol::{DeadLetter, Outcome, RangeTask, SumTask, TaskResult};
 use warren::{BrokerConfig, Dtype, JobId};
 
 use crate::error::{Error, Result};
@@ -32,6 +32,7 @@ use crate::input::{self, InputSpec};
 use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
+use crate::reference::{self, DEFAULT_RANGES_IN_FLIGHT, RangePlan};
 
 /// Elements per task unless `--chunk-size` says otherwise: 1 MiB of
 /// float64 per message. See the README's benchmarks for the measurements.
@@ -123,6 +124,9 @@ pub struct SumReport {
     pub duplicates: u64,
     /// Wall time from start to answer.
     pub elapsed: Duration,
+    /// The source a by-reference job read (`shared:PATH`, a URL, or
+    /// `s3://BUCKET/KEY`); `None` when the input went through the broker.
+    pub source: Option<String>,
 }
 
 /// The messages published and not yet answered, by the index of their first
@@ -145,48 +149,28 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<SumReport> {
     let started = Instant::now();
-    // Opening may block (stdin). It checks headers and reads the first
-    // message before any broker work, so that input that is bad from the
-    // start leaves no trace on the broker.
-    let settings = config.clone();
-    let (input, batch, max_in_flight, first) = job::read_blocking(&shutdown, move || {
-        let mut input = input::open(&settings.input)?;
-        let (batch, max_in_flight) = settings.batching(input.dtype())?;
-        let first = input.next_chunk(batch.max_elements())?;
-        Ok((input, batch, max_in_flight, first))
-    })
-    .await?;
-    let dtype = input.dtype();
-    let total_elements = input.total_elements();
+    // Everything that can be checked before the job starts is: bad input
+    // leaves no trace on the broker.
+    let feed = Feed::open(config, &shutdown).await?;
+    let dtype = feed.dtype();
 
     let job = JobId::random();
     let mut session = JobSession::open(broker, job.clone(), local, &shutdown).await?;
     tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
-
-    progress.start(
-        "chunks",
-        total_elements.map(|n| n.div_ceil(batch.chunk_size as u64)),
-    );
+    progress.start("chunks", feed.total_tasks());
 
     let outstanding = Outstanding::default();
     let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
-    let reply_queue = session.reply_queue.clone();
-    let unanswered = Arc::clone(&outstanding);
-    let job_id = job.clone();
     let (failure_tx, failure_rx) = oneshot::channel();
-    let reader_thread = tokio::task::spawn_blocking(move || {
-        let reader = TaskReader {
-            batch,
-            job: &job_id,
-            reply_queue: &reply_queue,
-            outstanding: &unanswered,
-        };
-        if let Err(e) = reader.run(first, input, &tasks_tx) {
-            // Straight to the job: the publisher may be waiting for window
-            // permits that no worker will return (none may be running).
-            let _ = failure_tx.send(e);
-        }
-    });
+    let max_in_flight = feed.max_in_flight();
+    let source = feed.source_name();
+    let feeder = feed.spawn(
+        job.clone(),
+        session.reply_queue.clone(),
+        Arc::clone(&outstanding),
+        tasks_tx,
+        failure_tx,
+    );
     let window = Arc::new(Semaphore::new(max_in_flight));
     let published = Arc::new(AtomicU64::new(0));
     let publisher = job::spawn_publisher(
@@ -216,8 +200,8 @@ pub(crate) async fn run(
         started,
     };
     let outcome = job::drive(&mut session, &mut collector, publisher, drive).await;
-    // Whatever happened, stop reading and end the job on the broker.
-    reader_thread.abort();
+    // Whatever happened, stop feeding and end the job on the broker.
+    feeder.abort();
     session.close().await;
     progress.finish();
 
@@ -229,7 +213,144 @@ pub(crate) async fn run(
         workers: collector.workers,
         duplicates: collector.duplicates,
         elapsed: started.elapsed(),
+        source,
     })
+}
+
+/// Where a job's tasks come from: the input streamed through the producer
+/// in chunks, or ranges of a source the workers read themselves.
+enum Feed {
+    Stream {
+        input: Box<dyn input::ChunkReader>,
+        batch: Batching,
+        max_in_flight: usize,
+        first: Option<input::Chunk>,
+    },
+    Ranges {
+        plan: RangePlan,
+        max_in_flight: usize,
+    },
+}
+
+impl Feed {
+    /// Opens the input and checks what can be checked up front: a stream's
+    /// header and first message, a reference's source, header and version.
+    async fn open(config: &SumConfig, shutdown: &CancellationToken) -> Result<Feed> {
+        if let InputSpec::Reference(spec) = &config.input {
+            let plan = tokio::select! {
+                plan = reference::plan(spec) => plan?,
+                () = shutdown.cancelled() => return Err(Error::Cancelled),
+            };
+            return Ok(Feed::Ranges {
+                plan,
+                max_in_flight: config.max_in_flight.unwrap_or(DEFAULT_RANGES_IN_FLIGHT),
+            });
+        }
+        // Opening may block (stdin).
+        let settings = config.clone();
+        job::read_blocking(shutdown, move || {
+            let mut input = input::open(&settings.input)?;
+            let (batch, max_in_flight) = settings.batching(input.dtype())?;
+            let first = input.next_chunk(batch.max_elements())?;
+            Ok(Feed::Stream {
+                input,
+                batch,
+                max_in_flight,
+                first,
+            })
+        })
+        .await
+    }
+
+    fn dtype(&self) -> Dtype {
+        match self {
+            Feed::Stream { input, .. } => input.dtype(),
+            Feed::Ranges { plan, .. } => plan.dtype,
+        }
+    }
+
+    fn total_tasks(&self) -> Option<u64> {
+        match self {
+            Feed::Stream { input, batch, .. } => input
+                .total_elements()
+                .map(|n| n.div_ceil(batch.chunk_size as u64)),
+            Feed::Ranges { plan, .. } => Some(plan.tasks()),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        match self {
+            Feed::Stream { max_in_flight, .. } | Feed::Ranges { max_in_flight, .. } => {
+                *max_in_flight
+            }
+        }
+    }
+
+    /// The source a by-reference job reads, for the report.
+    fn source_name(&self) -> Option<String> {
+        match self {
+            Feed::Stream { .. } => None,
+            Feed::Ranges { plan, .. } => Some(plan.source.to_string()),
+        }
+    }
+
+    /// Feeds the publisher until the input ends. A stream is read on a
+    /// blocking thread; its read error goes to `failure` (the publisher
+    /// may be waiting for window permits that no worker will return).
+    fn spawn(
+        self,
+        job: JobId,
+        reply_queue: String,
+        outstanding: Outstanding,
+        tasks: mpsc::Sender<OutgoingTask>,
+        failure: oneshot::Sender<Error>,
+    ) -> JoinHandle<()> {
+        match self {
+            Feed::Stream {
+                input,
+                batch,
+                first,
+                ..
+            } => tokio::task::spawn_blocking(move || {
+                let reader = TaskReader {
+                    batch,
+                    job: &job,
+                    reply_queue: &reply_queue,
+                    outstanding: &outstanding,
+                };
+                if let Err(e) = reader.run(first, input, &tasks) {
+                    let _ = failure.send(e);
+                }
+            }),
+            Feed::Ranges { plan, .. } => tokio::spawn(async move {
+                for (index, spec) in plan.ranges() {
+                    let count = spec.count;
+                    let task = RangeTask {
+                        job: job.clone(),
+                        index,
+                        spec,
+                    };
+                    let message = OutgoingTask {
+                        body: task.body(),
+                        properties: task.properties(&reply_queue),
+                        tasks: 1,
+                    };
+                    // Recorded before the message can be published, so no
+                    // result can arrive first.
+                    outstanding
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(
+                            index,
+                            SumTask::single(job.clone(), index, plan.dtype, count),
+                        );
+                    if tasks.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            }),
+        }
+    }
 }
 
 /// How the input is cut into tasks and messages.

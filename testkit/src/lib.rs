@@ -1,4 +1,6 @@
-//! Fixtures shared by warren's end-to-end tests and its benchmarks.
+//! Fixtures shared by warren's end-to-end tests and its benchmarks: the
+//! scripted [`HttpFixture`] below, and [`FileServer`], a static file server
+//! with Range support for sums by reference.
 //!
 //! [`HttpFixture`] is a real HTTP/1.1 server (axum on hyper) on
 //! `127.0.0.1:0`, with scripted behaviours chosen by the request path:
@@ -19,6 +21,10 @@
 //! Content depends only on the path (without the query) and the size, so a
 //! test computes what a download must contain with [`content`]. Every
 //! request is recorded with its time ([`HttpFixture::hits`]).
+
+mod range;
+
+pub use range::FileServer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -14,6 +14,10 @@ mod support;
 /// Sum jobs: exact answers against Python, every input format and dtype.
 mod sum;
 
+/// Sums by reference: workers read their own ranges of a shared file, an
+/// HTTP URL or an S3 object; exact answers, changed and refused sources.
+mod by_reference;
+
 /// Download jobs: files from a local HTTP server, both delivery modes,
 /// retries, limits, unsafe names, re-runs.
 mod download;

@@ -56,6 +56,42 @@ def random_npy(path, n, seed, dtype="float64", byteorder="<"):
     write(path, values, dtype, byteorder)
 
 
+def random_raw(path, n, seed, dtype, byteorder):
+    """Writes N random values of DTYPE as raw binary in BYTEORDER (< or >),
+    floats in [-1, 1) so that they cancel, integers over the whole range,
+    and prints their exact sum."""
+    rs = np.random.RandomState(int(seed))
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        values = (rs.random_sample(int(n)) * 2 - 1).astype(dt)
+    else:
+        info = np.iinfo(dt)
+        values = rs.randint(info.min, info.max, size=int(n), dtype=dt)
+    values.astype(dt.newbyteorder(byteorder)).tofile(path)
+    if dt.kind == "f":
+        return exact_float_sum(values.astype(np.float64))
+    return str(sum(values.tolist()))
+
+
+def s3_put(endpoint, bucket, key, path):
+    """Creates BUCKET (if missing) on the S3-compatible server at ENDPOINT
+    and uploads the file at PATH as KEY."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    s3.upload_file(path, bucket, key)
+
+
 def adversarial_npy(path, kind, seed="1"):
     """Inputs on which naive summation is wrong."""
     rng = random.Random(int(seed))
@@ -159,6 +195,10 @@ def main():
         print(sum_raw(*args))
     elif command == "random-npy":
         random_npy(*args)
+    elif command == "s3-put":
+        s3_put(*args)
+    elif command == "random-raw":
+        print(random_raw(*args))
     elif command == "adversarial-npy":
         adversarial_npy(*args)
     elif command == "int-npy":

@@ -105,6 +105,42 @@ pub enum Error {
         reason: String,
     },
 
+    /// A source of a sum by reference is no longer the version the job
+    /// pinned: summing it would mix two versions of the input.
+    #[error("the input changed while it was being summed: {input} {detail}")]
+    SourceChanged {
+        /// The source, as shown to users.
+        input: String,
+        /// What differs, e.g. "was 800 bytes, now 900".
+        detail: String,
+    },
+
+    /// A source of a sum by reference cannot be used as asked, and
+    /// retrying cannot help: a path outside the shared directory, a server
+    /// without Range support, a worker without a shared directory.
+    #[error("cannot sum {input} by reference: {reason}")]
+    SourceRefused {
+        /// The source, as shown to users.
+        input: String,
+        /// Why, with what to do where there is a fix.
+        reason: String,
+    },
+
+    /// Reading a byte range of a source failed (I/O, HTTP or S3 error, a
+    /// short read); another attempt may succeed.
+    #[error("cannot read bytes {start}..{end} of {input}")]
+    SourceRead {
+        /// The source, as shown to users.
+        input: String,
+        /// First byte of the range.
+        start: u64,
+        /// End of the range (exclusive).
+        end: u64,
+        /// What the storage reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A message carries a protocol version this build does not speak.
     #[error(
         "unsupported protocol version {found} in {what} (this build speaks version {PROTOCOL_VERSION})"

@@ -353,46 +353,141 @@ impl PartialSum {
 /// [`Error::Malformed`] when the byte length is not a multiple of the
 /// element size.
 pub fn sum_chunk(dtype: Dtype, bytes: &[u8]) -> Result<PartialSum> {
-    if !bytes.len().is_multiple_of(dtype.itemsize()) {
-        return Err(Error::malformed(
-            "task",
-            format!(
-                "the body has {} bytes, not a multiple of the {}-byte {dtype}",
-                bytes.len(),
-                dtype.itemsize()
-            ),
-        ));
+    let mut sum = BlockSum::new(dtype);
+    sum.add_le_bytes(bytes)?;
+    Ok(sum.to_partial())
+}
+
+/// The exact running sum of one chunk fed in blocks of little-endian
+/// elements: what a worker keeps while it reads a range piece by piece.
+#[derive(Debug, Clone)]
+pub struct BlockSum {
+    dtype: Dtype,
+    state: BlockState,
+}
+
+#[derive(Debug, Clone)]
+enum BlockState {
+    Float(Box<FloatAccumulator>),
+    /// Each element is below 2^64 in magnitude, so fewer than 2^63
+    /// elements (any chunk: counts are u64 byte ranges) fit an i128.
+    Int {
+        sum: i128,
+        count: u64,
+    },
+}
+
+impl BlockSum {
+    /// An empty sum of `dtype` elements.
+    pub fn new(dtype: Dtype) -> Self {
+        let state = if dtype.is_float() {
+            BlockState::Float(Box::default())
+        } else {
+            BlockState::Int { sum: 0, count: 0 }
+        };
+        BlockSum { dtype, state }
     }
-    fn int_partial<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> i128) -> PartialSum {
-        let (items, _) = bytes.as_chunks::<N>();
-        // Each element is below 2^64 in magnitude, so no chunk of fewer than
-        // 2^63 elements (no message comes close) can overflow an i128.
-        let sum: i128 = items.iter().map(|b| decode(*b)).sum();
-        PartialSum::Int {
-            count: items.len() as u64,
-            sum: BigInt::from(sum),
+
+    /// Adds a block of little-endian elements.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] when the block's length is not a multiple of
+    /// the element size.
+    pub fn add_le_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let dtype = self.dtype;
+        if !bytes.len().is_multiple_of(dtype.itemsize()) {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "the body has {} bytes, not a multiple of the {}-byte {dtype}",
+                    bytes.len(),
+                    dtype.itemsize()
+                ),
+            ));
+        }
+        fn add_ints<const N: usize>(
+            sum: &mut i128,
+            count: &mut u64,
+            bytes: &[u8],
+            decode: impl Fn([u8; N]) -> i128,
+        ) {
+            let (items, _) = bytes.as_chunks::<N>();
+            *sum += items.iter().map(|b| decode(*b)).sum::<i128>();
+            *count += items.len() as u64;
+        }
+        match &mut self.state {
+            BlockState::Float(acc) => match dtype {
+                Dtype::Float32 => acc.add_f32_le(bytes.as_chunks::<4>().0),
+                // Float64: the integer dtypes have the integer state.
+                _ => acc.add_f64_le(bytes.as_chunks::<8>().0),
+            },
+            BlockState::Int { sum, count } => match dtype {
+                Dtype::Int64 => {
+                    add_ints(sum, count, bytes, |b: [u8; 8]| i64::from_le_bytes(b).into())
+                }
+                Dtype::Int32 => {
+                    add_ints(sum, count, bytes, |b: [u8; 4]| i32::from_le_bytes(b).into())
+                }
+                Dtype::Int16 => {
+                    add_ints(sum, count, bytes, |b: [u8; 2]| i16::from_le_bytes(b).into())
+                }
+                Dtype::Int8 => {
+                    add_ints(sum, count, bytes, |b: [u8; 1]| i8::from_le_bytes(b).into())
+                }
+                Dtype::Uint64 => {
+                    add_ints(sum, count, bytes, |b: [u8; 8]| u64::from_le_bytes(b).into())
+                }
+                Dtype::Uint32 => {
+                    add_ints(sum, count, bytes, |b: [u8; 4]| u32::from_le_bytes(b).into())
+                }
+                Dtype::Uint16 => {
+                    add_ints(sum, count, bytes, |b: [u8; 2]| u16::from_le_bytes(b).into())
+                }
+                // Uint8: the float dtypes have the float state.
+                _ => add_ints(sum, count, bytes, |b: [u8; 1]| u8::from_le_bytes(b).into()),
+            },
+        }
+        Ok(())
+    }
+
+    /// Adds a block of big-endian elements, turning them around in place
+    /// first.
+    ///
+    /// # Errors
+    /// As [`BlockSum::add_le_bytes`].
+    pub fn add_be_bytes(&mut self, bytes: &mut [u8]) -> Result<()> {
+        fn swap<const N: usize>(bytes: &mut [u8]) {
+            for element in bytes.as_chunks_mut::<N>().0 {
+                element.reverse();
+            }
+        }
+        match self.dtype.itemsize() {
+            8 => swap::<8>(bytes),
+            4 => swap::<4>(bytes),
+            2 => swap::<2>(bytes),
+            _ => {}
+        }
+        self.add_le_bytes(bytes)
+    }
+
+    /// Elements added so far.
+    pub fn count(&self) -> u64 {
+        match &self.state {
+            BlockState::Float(acc) => acc.count(),
+            BlockState::Int { count, .. } => *count,
         }
     }
-    Ok(match dtype {
-        Dtype::Float64 => {
-            let mut acc = FloatAccumulator::new();
-            acc.add_f64_le(bytes.as_chunks::<8>().0);
-            acc.to_partial()
+
+    /// The partial sum to send to the producer.
+    pub fn to_partial(&self) -> PartialSum {
+        match &self.state {
+            BlockState::Float(acc) => acc.to_partial(),
+            BlockState::Int { sum, count } => PartialSum::Int {
+                count: *count,
+                sum: BigInt::from(*sum),
+            },
         }
-        Dtype::Float32 => {
-            let mut acc = FloatAccumulator::new();
-            acc.add_f32_le(bytes.as_chunks::<4>().0);
-            acc.to_partial()
-        }
-        Dtype::Int64 => int_partial(bytes, |b: [u8; 8]| i64::from_le_bytes(b).into()),
-        Dtype::Int32 => int_partial(bytes, |b: [u8; 4]| i32::from_le_bytes(b).into()),
-        Dtype::Int16 => int_partial(bytes, |b: [u8; 2]| i16::from_le_bytes(b).into()),
-        Dtype::Int8 => int_partial(bytes, |b: [u8; 1]| i8::from_le_bytes(b).into()),
-        Dtype::Uint64 => int_partial(bytes, |b: [u8; 8]| u64::from_le_bytes(b).into()),
-        Dtype::Uint32 => int_partial(bytes, |b: [u8; 4]| u32::from_le_bytes(b).into()),
-        Dtype::Uint16 => int_partial(bytes, |b: [u8; 2]| u16::from_le_bytes(b).into()),
-        Dtype::Uint8 => int_partial(bytes, |b: [u8; 1]| u8::from_le_bytes(b).into()),
-    })
+    }
 }
 
 /// The producer's running total over all chunks of one job.

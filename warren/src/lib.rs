@@ -17,6 +17,8 @@
 //! - [`logging`]: the shared logging flags and subscriber set-up.
 //! - [`management`]: where the broker's management HTTP API is.
 //! - [`size`]: parsing byte sizes such as `2GiB`.
+//! - [`source`]: reading the sources of sums by reference (shared files,
+//!   HTTP ranges, S3 objects) and their version pins.
 //! - [`shutdown`]: what SIGINT and SIGTERM do in both binaries.
 //! - [`error`]: [`Error`] and [`Result`].
 //!
@@ -36,6 +38,7 @@ pub mod management;
 pub mod protocol;
 pub mod shutdown;
 pub mod size;
+pub mod source;
 pub mod topology;
 
 pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl, TlsFiles, parse_duration};

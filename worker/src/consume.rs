@@ -65,6 +65,7 @@ pub(crate) async fn run(
     let topology = Topology::new(config.broker.prefix.clone());
     let liveness = Arc::new(JobLiveness::default());
     let http = Arc::new(HttpClients::default());
+    let stores = Arc::new(warren::source::Stores::default());
     let cpu = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
@@ -113,6 +114,7 @@ pub(crate) async fn run(
             liveness: Arc::clone(&liveness),
             shared_dir: config.shared_dir.clone(),
             http: Arc::clone(&http),
+            stores: Arc::clone(&stores),
             cpu: Arc::clone(&cpu),
             downloads: Arc::clone(&downloads),
             session_broken: CancellationToken::new(),
@@ -316,8 +318,13 @@ async fn run_task(
 ) {
     let job = task.job().clone();
     let kind = match &task {
-        Task::Sum(_) => Kind::Sum,
+        Task::Sum(_) | Task::SumRange(_) => Kind::Sum,
         Task::Download(_) => Kind::Download,
+    };
+    // Bytes a sum covers: its body, or the range it read by reference.
+    let sum_bytes = match &task {
+        Task::SumRange(range) => range.spec.len(),
+        _ => body.len() as u64,
     };
     let tasks = task.tasks();
     let metrics = &context.metrics;
@@ -333,7 +340,6 @@ async fn run_task(
         return;
     }
 
-    let body_len = body.len() as u64;
     let outcome = tokio::select! {
         outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {
@@ -344,7 +350,7 @@ async fn run_task(
     };
     // (tasks ok, tasks failed, bytes summed, bytes downloaded)
     let (ok, failed, summed, downloaded) = match &outcome {
-        Outcome::Sum(_) => (tasks, 0, body_len, 0),
+        Outcome::Sum(_) => (tasks, 0, sum_bytes, 0),
         Outcome::Download(reports) => {
             let fetched = reports.iter().filter(|r| r.status == DownloadStatus::Ok);
             let ok = fetched.clone().count() as u64;

@@ -137,6 +137,9 @@ pub enum InputSpec {
         /// The element type, where the format does not carry one.
         dtype: Option<Dtype>,
     },
+    /// A source the workers read themselves, in ranges: only its header
+    /// passes through the producer (see [`crate::reference`]).
+    Reference(crate::reference::ReferenceSpec),
     /// `count` uniform [0, 1) doubles from numpy's legacy MT19937 stream.
     Random {
         /// How many.
@@ -157,6 +160,9 @@ pub(crate) const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
     match spec {
         InputSpec::Random { count, seed } => Ok(Box::new(random::RandomReader::new(*count, *seed))),
+        InputSpec::Reference(_) => Err(Error::Usage(
+            "an input summed by reference is read by the workers, not streamed".into(),
+        )),
         InputSpec::Read {
             source,
             format,

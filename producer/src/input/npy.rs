@@ -21,6 +21,8 @@ pub struct NpyReader {
     dtype: Dtype,
     /// The file is big-endian: every element is reversed before sending.
     swap: bool,
+    /// Byte offset of the first element: the header's length.
+    data_offset: u64,
     total: u64,
     remaining: u64,
 }
@@ -138,9 +140,22 @@ impl NpyReader {
             reader,
             dtype,
             swap,
+            data_offset: header_len,
             total,
             remaining: total,
         })
+    }
+}
+
+impl NpyReader {
+    /// Byte offset of the first element in the file.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    /// Whether the file stores its elements big-endian.
+    pub fn is_big_endian(&self) -> bool {
+        self.swap
     }
 }
 

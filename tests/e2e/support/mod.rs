@@ -6,6 +6,7 @@ pub mod broker;
 pub mod process;
 pub mod proxy;
 pub mod python;
+pub mod s3;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -61,6 +62,16 @@ impl Scenario {
     /// Starts a worker with `args` (it is not yet consuming on return).
     pub fn start_worker(&self, name: &str, args: &[&str]) -> Worker {
         Worker::start(&self.prefix, name, self.dir.path(), args)
+    }
+
+    /// Starts a worker with `args` and extra environment variables.
+    pub fn start_worker_with_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Worker {
+        Worker::start_with_env(&self.prefix, name, self.dir.path(), args, env)
     }
 
     /// Starts `n` workers and waits until all consume the task queue.

@@ -67,11 +67,23 @@ pub struct Worker {
 impl Worker {
     /// Starts `worker --queue-prefix PREFIX --name NAME` plus `args`.
     pub fn start(prefix: &str, name: &str, dir: &Path, args: &[&str]) -> Worker {
+        Worker::start_with_env(prefix, name, dir, args, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn start_with_env(
+        prefix: &str,
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Worker {
         let log = dir.join(format!("{name}.log"));
         let log_file = File::create(&log).expect("the temp dir is writable");
         let child = Command::new(binary("worker"))
             .args(["--queue-prefix", prefix, "--name", name])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("AMQP_URL", amqp_url())
             .env("RUST_LOG", "info,worker=debug")
             // Test traffic stays on 127.0.0.1, whatever proxy the machine has.

@@ -22,12 +22,14 @@ use crate::error::{Error, Result};
 use crate::exact::PartialSum;
 
 mod download;
+mod range;
 
 pub use download::{
     BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
     DownloadReport, DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
     marker_name,
 };
+pub use range::{ByteOrder, MAX_RANGE_TASK_BYTES, RangeSpec, RangeTask, SourceRef, VersionPin};
 
 /// The protocol version this build speaks, sent in every task and result.
 pub const PROTOCOL_VERSION: i64 = 1;
@@ -133,10 +135,12 @@ impl fmt::Display for JobId {
 
 /// What a task asks a worker to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TaskKind {
     /// Sum a chunk of numbers exactly.
     Sum,
+    /// Sum a byte range of a source the worker reads itself.
+    SumRange,
     /// Download one URL.
     Download,
 }
@@ -146,6 +150,7 @@ impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Sum => "sum",
+            TaskKind::SumRange => "sum-range",
             TaskKind::Download => "download",
         }
     }
@@ -153,6 +158,7 @@ impl TaskKind {
     fn parse(text: &str) -> Result<Self> {
         match text {
             "sum" => Ok(TaskKind::Sum),
+            "sum-range" => Ok(TaskKind::SumRange),
             "download" => Ok(TaskKind::Download),
             other => Err(Error::malformed(
                 "task",
@@ -374,6 +380,8 @@ pub(crate) fn task_properties(
 pub enum Task {
     /// Sum the body.
     Sum(SumTask),
+    /// Sum a range of a source by reference.
+    SumRange(RangeTask),
     /// Download one URL per task.
     Download(Box<DownloadBatch>),
 }
@@ -383,6 +391,7 @@ impl Task {
     pub fn job(&self) -> &JobId {
         match self {
             Task::Sum(task) => &task.job,
+            Task::SumRange(task) => &task.job,
             Task::Download(batch) => batch.job(),
         }
     }
@@ -391,6 +400,7 @@ impl Task {
     pub fn index(&self) -> u64 {
         match self {
             Task::Sum(task) => task.index,
+            Task::SumRange(task) => task.index,
             Task::Download(batch) => batch.index(),
         }
     }
@@ -399,6 +409,7 @@ impl Task {
     pub fn tasks(&self) -> u64 {
         match self {
             Task::Sum(task) => task.tasks,
+            Task::SumRange(_) => 1,
             Task::Download(batch) => batch.tasks().len() as u64,
         }
     }
@@ -431,6 +442,7 @@ impl Task {
         let index = non_negative(int_header(headers, header::TASK)?, header::TASK)?;
         match TaskKind::parse(&string_header(headers, header::KIND)?)? {
             TaskKind::Sum => Ok(Task::Sum(SumTask::decode(job, index, headers, body)?)),
+            TaskKind::SumRange => Ok(Task::SumRange(RangeTask::decode(job, index, body)?)),
             TaskKind::Download => Ok(Task::Download(Box::new(DownloadBatch::decode(
                 job, index, headers, body,
             )?))),

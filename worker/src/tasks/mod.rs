@@ -2,6 +2,7 @@
 //! holds what every task may need and dispatches.
 
 mod download;
+mod range;
 mod sum;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub(crate) struct TaskContext {
     /// Where shared-directory downloads are written, if configured.
     pub(crate) shared_dir: Option<PathBuf>,
     pub(crate) http: Arc<HttpClients>,
+    /// HTTP origins and S3 buckets read by sums by reference.
+    pub(crate) stores: Arc<warren::source::Stores>,
     /// One permit per core: CPU-bound work never oversubscribes the
     /// machine, however many tasks are in hand.
     pub(crate) cpu: Arc<Semaphore>,
@@ -52,6 +55,7 @@ pub(crate) struct TaskContext {
 pub(crate) async fn run(context: &TaskContext, task: &Task, body: Vec<u8>) -> Outcome {
     match task {
         Task::Sum(sum) => sum::run(context, sum, body).await,
+        Task::SumRange(range) => range::run(context, range).await,
         Task::Download(batch) => download::run(context, batch).await,
     }
 }
