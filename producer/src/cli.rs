@@ -149,9 +149,17 @@ pub struct DownloadArgs {
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
 
-    /// Replace existing files whose content differs
+    /// Replace existing files whose content differs from the download
+    /// (files that check out against --manifest or their listed sha256 are
+    /// skipped, as without it)
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Sync each file to disk before it is reported [default: one sync of
+    /// the output file system when the job ends, before the manifest is
+    /// written; see docs/DOWNLOADS.md]
+    #[arg(long)]
+    pub fsync: bool,
 
     /// Largest file accepted; a larger body is cut off and reported
     #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
@@ -391,6 +399,7 @@ impl Cli {
                         },
                         manifest: args.manifest,
                         overwrite: args.overwrite,
+                        fsync: args.fsync,
                         limits: DownloadLimits {
                             max_bytes: args.max_size,
                             connect_timeout_s: args.http_connect_timeout.as_secs_f64(),
@@ -626,11 +635,13 @@ mod tests {
             "--shared",
             "--manifest",
             "m.jsonl",
+            "--fsync",
         ])
         .unwrap();
         let JobConfig::Download(config) = config.job else {
             panic!("not a download job");
         };
+        assert!(config.fsync);
         assert_eq!(
             config.inputs,
             [
@@ -647,6 +658,7 @@ mod tests {
         let JobConfig::Download(config) = config.job else {
             panic!("not a download job");
         };
+        assert!(!config.fsync, "one sync per job by default");
         assert_eq!(
             config.inputs,
             [

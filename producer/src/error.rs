@@ -67,6 +67,18 @@ pub enum Error {
         message: String,
     },
 
+    /// In shared mode, a worker does not see the job's marker file: its
+    /// `--shared-dir` is not the storage of `--out-dir`.
+    #[error(
+        "the workers do not store files where the producer looks (--out-dir {out_dir}): {reason}"
+    )]
+    SharedDirMismatch {
+        /// The producer's output directory.
+        out_dir: String,
+        /// The worker's report.
+        reason: String,
+    },
+
     /// RabbitMQ gave up on a task and dead-lettered it.
     #[error("task {task} was dead-lettered by the broker ({reason}); it is kept in {queue}")]
     DeadLettered {
@@ -115,6 +127,12 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Warren(e) => e.hint().map(str::to_owned),
+            Error::SharedDirMismatch { .. } => Some(
+                "start every worker of the queue with --shared-dir on the same storage as \
+                 --out-dir (the same volume, mounted where the producer's --out-dir is), or \
+                 download without --shared"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }

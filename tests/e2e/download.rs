@@ -510,28 +510,41 @@ fn a_rerun_fetches_only_what_is_missing_or_failed() {
             assert_eq!(std::fs::read(d.file("r3.bin")).unwrap(), b"edited");
             assert_eq!(d.http.hits(&format!("/files/{m}/r3.bin")).len(), 1);
         }
+        // Regression, issue 16 item 10: --overwrite replaces the file that
+        // differs and skips the 20 that check out against the manifest.
+        let hits_before = d.http.hits(&format!("/files/{m}/r5.bin")).len();
         let run = rerun(&["--overwrite"]);
         run.expect_success();
+        assert_eq!(run.json()["succeeded"], 1, "{mode:?}: {run}");
+        assert_eq!(run.json()["skipped"], 20, "{mode:?}: {run}");
         assert_eq!(
             std::fs::read(d.file("r3.bin")).unwrap(),
             content(&format!("/files/{m}/r3.bin"), 1003)
         );
-
-        // Without a manifest, the same command again skips what is there:
-        // warren only puts complete files under final names.
-        let hits_before = d.http.hits(&format!("/files/{m}/r5.bin")).len();
-        let run = d.download(&list, mode, &[]).run();
-        run.expect_success();
-        assert_eq!(run.json()["skipped"], 21, "{mode:?}: {run}");
-        assert_eq!(run.json()["succeeded"], 0, "{mode:?}: {run}");
         assert_eq!(
             d.http.hits(&format!("/files/{m}/r5.bin")).len(),
             hits_before,
-            "nothing is fetched again"
+            "--overwrite fetched a file that checks out"
+        );
+
+        // Without a manifest nothing durable vouches for the files (issue
+        // 13): they are fetched again, found equal and kept.
+        let run = d.download(&list, mode, &[]).run();
+        run.expect_success();
+        assert_eq!(run.json()["skipped"], 0, "{mode:?}: {run}");
+        assert_eq!(run.json()["succeeded"], 21, "{mode:?}: {run}");
+        assert_eq!(
+            d.http.hits(&format!("/files/{m}/r5.bin")).len(),
+            hits_before + 1,
+            "fetched again to check it"
+        );
+        assert_eq!(
+            std::fs::read(d.file("r5.bin")).unwrap(),
+            content(&format!("/files/{m}/r5.bin"), 1005)
         );
         // A missing one is fetched.
         std::fs::remove_file(d.file("r5.bin")).unwrap();
-        let run = d.download(&list, mode, &[]).run();
+        let run = rerun(&[]);
         run.expect_success();
         assert_eq!(run.json()["succeeded"], 1, "{mode:?}: {run}");
         assert_eq!(
@@ -787,4 +800,156 @@ fn strip_colour(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Issue 13: after a power cut, a file can sit under its final name with
+/// the wrong contents (zeros, or cut short) while no durable manifest lists
+/// it. A re-run never trusts it: it fetches it again and repairs it.
+#[test]
+fn a_file_a_power_cut_left_wrong_is_fetched_again_never_trusted() {
+    let mut d = Downloads::new("dl_power_cut");
+    let _workers = d.workers(2);
+    for mode in [Mode::Broker, Mode::Shared] {
+        let m = mode.name();
+        let lines: Vec<String> = (0..10)
+            .map(|i| {
+                d.http
+                    .url(&format!("/files/{m}/p{i}.bin?size={}", 5000 + i))
+            })
+            .collect();
+        let list = d.list(&format!("{m}.txt"), &lines);
+        let manifest_path = d.s.path(&format!("{m}.jsonl"));
+        let partial = d.s.path(&format!("{m}.jsonl.partial"));
+        let with_manifest = |extra: &[&str]| {
+            let mut args = vec!["--manifest", manifest_path.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            d.download(&list, mode, &args).run()
+        };
+        let good = |i: usize| content(&format!("/files/{m}/p{i}.bin"), 5000 + i);
+        with_manifest(&[]).expect_success();
+        assert!(!partial.exists(), "the manifest was committed");
+
+        // The cut came before the job's sync: its manifest never became
+        // durable (only the partial one is left), and two files lost their
+        // data (one zeroed, one cut short).
+        std::fs::rename(&manifest_path, &partial).unwrap();
+        std::fs::write(d.file("p1.bin"), vec![0u8; 5001]).unwrap();
+        std::fs::write(d.file("p2.bin"), &good(2)[..100]).unwrap();
+        let run = with_manifest(&[]);
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 2, "{mode:?}: {run}");
+        assert_eq!(run.json()["skipped"], 8, "{mode:?}: {run}");
+        for i in [1, 2] {
+            assert_eq!(
+                std::fs::read(d.file(&format!("p{i}.bin"))).unwrap(),
+                good(i)
+            );
+            assert_eq!(d.http.hits(&format!("/files/{m}/p{i}.bin")).len(), 2);
+        }
+        assert_eq!(d.http.hits(&format!("/files/{m}/p0.bin")).len(), 1);
+        assert!(
+            !partial.exists() && manifest_path.exists(),
+            "committed again"
+        );
+
+        // The cut lost even the partial manifest: nothing says warren put
+        // the damaged file there, so it is fetched, found different and
+        // neither trusted nor replaced without --overwrite.
+        std::fs::remove_file(&manifest_path).unwrap();
+        std::fs::write(d.file("p3.bin"), vec![0u8; 5003]).unwrap();
+        let run = with_manifest(&[]);
+        run.expect_code(1);
+        let failed = failed_urls(&run);
+        assert_eq!(failed.len(), 1, "{mode:?}: {run}");
+        assert!(failed[0].0.contains("p3.bin"), "{failed:?}");
+        assert!(failed[0].1.contains("pass --overwrite"), "{failed:?}");
+        assert_eq!(run.json()["skipped"], 0, "nothing trusted unchecked: {run}");
+        assert_eq!(run.json()["succeeded"], 9, "{run}");
+        let records = manifest(&manifest_path);
+        let p3 = records
+            .iter()
+            .find(|r| r["path"] == "p3.bin")
+            .unwrap_or_else(|| panic!("{records:?}"));
+        assert_eq!(p3["status"], "failed", "{p3}");
+        let run = with_manifest(&["--overwrite"]);
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 1, "{mode:?}: {run}");
+        assert_eq!(run.json()["skipped"], 9, "{mode:?}: {run}");
+        assert_eq!(std::fs::read(d.file("p3.bin")).unwrap(), good(3));
+        assert_no_partials(&d.out);
+
+        std::fs::remove_dir_all(&d.out).unwrap();
+        std::fs::create_dir(&d.out).unwrap();
+    }
+    d.s.assert_clean();
+}
+
+/// `--fsync` (each file synced before it is reported) travels to the
+/// workers in shared mode; both modes still land every file intact.
+#[test]
+fn downloads_with_fsync_arrive_complete_in_both_modes() {
+    let mut d = Downloads::new("dl_fsync");
+    let _workers = d.workers(1);
+    for mode in [Mode::Broker, Mode::Shared] {
+        let m = mode.name();
+        let lines: Vec<String> = (0..5)
+            .map(|i| {
+                d.http
+                    .url(&format!("/files/{m}-s{i}.bin?size={}", 70_000 + i))
+            })
+            .collect();
+        let list = d.list(&format!("{m}.txt"), &lines);
+        let run = d.download(&list, mode, &["--fsync"]).run();
+        run.expect_success();
+        assert_eq!(run.json()["succeeded"], 5, "{mode:?}: {run}");
+        for i in 0..5 {
+            assert_eq!(
+                std::fs::read(d.file(&format!("{m}-s{i}.bin"))).unwrap(),
+                content(&format!("/files/{m}-s{i}.bin"), 70_000 + i)
+            );
+        }
+        assert_no_partials(&d.out);
+    }
+    d.s.assert_clean();
+}
+
+/// Issue 16 item 11: `--out-dir X --shared` while the workers store into
+/// another `--shared-dir`. The workers find no job marker there and fetch
+/// nothing; the producer says so once and exits 2.
+#[test]
+fn a_shared_dir_that_is_not_the_out_dir_is_detected_before_downloading() {
+    let mut d = Downloads::new("dl_wrong_shared_dir");
+    let elsewhere = d.s.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            d.s.start_worker(
+                &format!("w{i}"),
+                &["--shared-dir", elsewhere.to_str().unwrap()],
+            )
+        })
+        .collect();
+    d.s.broker.wait_for_consumers(2);
+    let lines: Vec<String> = (0..20)
+        .map(|i| d.http.url(&format!("/files/m{i}.bin?size=100000")))
+        .collect();
+    let list = d.list("urls.txt", &lines);
+    let run = d.download(&list, Mode::Shared, &[]).run();
+    run.expect_code(2);
+    let said = run.stderr.matches("cannot see this job's marker").count();
+    assert_eq!(said, 1, "said once:\n{run}");
+    for needle in ["--shared-dir", "--out-dir", "nothing was downloaded"] {
+        assert!(run.stderr.contains(needle), "lacks {needle}:\n{run}");
+    }
+    assert_eq!(d.http.total_hits(), 0, "a worker downloaded: {run}");
+    let stored = walk(&elsewhere)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect::<Vec<_>>();
+    assert!(
+        stored.is_empty(),
+        "files in the workers' directory: {stored:?}"
+    );
+    assert_no_partials(&d.out);
+    d.s.assert_clean();
 }

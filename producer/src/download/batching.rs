@@ -29,8 +29,9 @@ pub(crate) struct Batching {
     max: u64,
     /// Bytes and count of the files finished so far.
     seen: Arc<Mutex<(u64, u64)>>,
-    /// The messages sent: first task index → tasks carried. Written before
-    /// a message is published, so every result finds its message here.
+    /// The messages sent and not yet closed: first task index → tasks
+    /// carried. Written before a message is published, so every result
+    /// finds its message here.
     messages: Arc<Mutex<BTreeMap<u64, u64>>>,
 }
 
@@ -66,6 +67,26 @@ impl Batching {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(first, tasks);
+    }
+
+    /// Forgets the message whose first task is `first`, once every task it
+    /// carried is answered or being finished: a job's memory then does not
+    /// grow with its length (issue 13). A late duplicate of its result is
+    /// told apart by its tasks being done.
+    pub(crate) fn close(&self, first: u64) {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&first);
+    }
+
+    /// Messages sent and not yet closed.
+    #[cfg(test)]
+    pub(crate) fn open_messages(&self) -> usize {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The tasks carried by the message whose first task is `first`, if
@@ -107,5 +128,8 @@ mod tests {
         assert_eq!(batching.message(1), Some(1..9));
         assert_eq!(batching.message(0), Some(0..1));
         assert_eq!(batching.message(2), None);
+        batching.close(1);
+        assert_eq!(batching.message(1), None);
+        assert_eq!(batching.open_messages(), 1);
     }
 }

@@ -3,9 +3,11 @@
 //! directory.
 //!
 //! A file appears under its final name only complete and verified: chunks
-//! go to a temporary file in `OUT/.warren-tmp/`, which is checked (size and
-//! SHA-256 against the worker's report and the expected checksum), synced
-//! and only then [placed](super::placement).
+//! go to a temporary file in `OUT/.warren-tmp/`, hashed as they are
+//! written, which is checked (size and SHA-256 against the worker's report
+//! and the expected checksum), synced under `--fsync`, and only then
+//! [placed](super::placement). Without `--fsync` the job's files are made
+//! durable together at its end (`manifest::sync_file_system`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -71,29 +73,30 @@ pub(crate) struct ReadyFile {
     file: File,
     out_dir: PathBuf,
     name: RelativePath,
-    overwrite: bool,
+    /// `--fsync`: sync the file before placing it.
+    fsync: bool,
     saved: Saved,
 }
 
 impl ReadyFile {
-    /// Syncs the file (so a crash cannot leave a short file
-    /// under the final name), then [places](placement::place) it.
-    /// Blocking.
+    /// Under `--fsync`, syncs the file (so that it is on disk before it
+    /// is reported), then [places](placement::place) it, replacing a file
+    /// with other content at its name only if `replace`. Blocking.
     ///
     /// `Ok(Err(reason))` fails the download (its name is taken).
     ///
     /// # Errors
     /// [`Error::Write`] for a local I/O failure.
-    pub(crate) fn place(self) -> Result<std::result::Result<Saved, String>> {
+    pub(crate) fn place(self, replace: bool) -> Result<std::result::Result<Saved, String>> {
         let ReadyFile {
             temp,
             file,
             out_dir,
             name,
-            overwrite,
+            fsync,
             saved,
         } = self;
-        let synced = file.sync_all();
+        let synced = if fsync { file.sync_all() } else { Ok(()) };
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::Write {
@@ -101,7 +104,7 @@ impl ReadyFile {
                 source: e,
             });
         }
-        placement::place(&out_dir, &temp, &name, saved, overwrite)
+        placement::place(&out_dir, &temp, &name, saved, replace)
     }
 }
 
@@ -137,8 +140,8 @@ pub(crate) struct Assembler {
     job: JobId,
     /// Largest file accepted (`--max-size`).
     max_bytes: u64,
-    /// Whether finished files may replace existing ones (`--overwrite`).
-    overwrite: bool,
+    /// `--fsync`: each file is synced before it is placed.
+    fsync: bool,
     incoming: HashMap<u64, Incoming>,
     /// Attempts that were replaced by a newer one, per task: their late
     /// chunks are ignored.
@@ -155,13 +158,13 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    pub(crate) fn new(out_dir: &Path, job: JobId, max_bytes: u64, overwrite: bool) -> Self {
+    pub(crate) fn new(out_dir: &Path, job: JobId, max_bytes: u64, fsync: bool) -> Self {
         Assembler {
             out_dir: out_dir.to_owned(),
             temp_dir: out_dir.join(TEMP_DIR),
             job,
             max_bytes,
-            overwrite,
+            fsync,
             incoming: HashMap::new(),
             retired: HashMap::new(),
         }
@@ -331,7 +334,7 @@ impl Assembler {
             file,
             out_dir: self.out_dir.clone(),
             name: name.clone(),
-            overwrite: self.overwrite,
+            fsync: self.fsync,
             saved: Saved { bytes, sha256: got },
         }))
     }
@@ -382,7 +385,8 @@ pub(crate) fn stored_temp(job: &JobId, task: u64, path: &str) -> Option<PathBuf>
 /// Finishes a file a worker stored in the shared directory: verifies the
 /// temporary file `temp` (relative to `out_dir`, from [`stored_temp`])
 /// against the worker's report and the expected checksum, then
-/// [places](placement::place) it under `name`. The temporary file is gone
+/// [places](placement::place) it under `name` (replacing a file with other
+/// content there only if `replace`). The temporary file is gone
 /// afterwards, whatever the outcome. Blocking.
 ///
 /// `Ok(Err(reason))` fails the download.
@@ -395,11 +399,11 @@ pub(crate) fn finish_stored(
     name: &RelativePath,
     report: (u64, &str),
     expected_sha256: Option<&str>,
-    overwrite: bool,
+    replace: bool,
 ) -> Result<std::result::Result<Saved, String>> {
     let temp = out_dir.join(temp);
     match verify_stored(out_dir, &temp, report, expected_sha256) {
-        Ok(saved) => placement::place(out_dir, &temp, name, saved, overwrite),
+        Ok(saved) => placement::place(out_dir, &temp, name, saved, replace),
         Err(reason) => {
             let _ = std::fs::remove_file(&temp);
             Ok(Err(reason))
@@ -513,7 +517,7 @@ mod tests {
             !name.under(dir.path()).exists(),
             "nothing under the final name before placing"
         );
-        let saved = ready.place().unwrap().unwrap();
+        let saved = ready.place(false).unwrap().unwrap();
         assert_eq!(saved.bytes, 7);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
@@ -542,7 +546,7 @@ mod tests {
                 .complete(0, &name, "b", 5, &sha(b"newer"), None)
                 .unwrap(),
         )
-        .place()
+        .place(false)
         .unwrap()
         .unwrap();
         assert_eq!(saved.sha256, sha(b"newer"));
@@ -561,7 +565,7 @@ mod tests {
                 .complete(0, &name, "b", 0, &sha(b""), None)
                 .unwrap(),
         )
-        .place()
+        .place(false)
         .unwrap()
         .unwrap();
         assert_eq!(saved.bytes, 0);
@@ -633,7 +637,7 @@ mod tests {
                 .complete(0, &name, "a", 0, &sha(b""), None)
                 .unwrap(),
         )
-        .place()
+        .place(false)
         .unwrap()
         .unwrap();
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");

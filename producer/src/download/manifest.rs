@@ -1,7 +1,19 @@
 //! The download manifest: one JSON line per URL saying what became of it.
 //!
-//! Lines are written as items finish, so a manifest is useful even after a
-//! crash. The previous run's manifest (same path) is read first: it tells
+//! Lines are written as items finish, to `<manifest>.partial`, so a run
+//! that is killed still leaves a record of what it did. When the run ends
+//! (success, failures, Ctrl-C or timeout alike), the producer first makes
+//! the job's files durable (one `syncfs` of the output file system, see
+//! [`sync_file_system`]), then syncs the partial manifest and renames it
+//! over the manifest, and syncs its directory. So the file under the
+//! manifest's own name is always *durable*: every file it lists as `ok` or
+//! `skipped` reached the disk before the manifest did, and survives a power
+//! cut. A partial manifest, left by a run that never got that far, is a
+//! record of files warren placed but did not make durable: a re-run may
+//! check files against it, or replace them, but trusts nothing from it
+//! without checking (see `plan`).
+//!
+//! The previous run's manifest (same path) is read first: it tells
 //! whether a file already in the output directory is the one warren
 //! downloaded, byte for byte. A `failed` line carries forward, in
 //! `last_ok`, what warren last verified at its path, so that knowledge
@@ -81,6 +93,34 @@ impl ManifestRecord {
 /// What a previous manifest knows, by URL and path.
 pub(crate) type Previous = HashMap<(String, String), Verified>;
 
+/// What earlier runs know about the output directory.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct History {
+    /// From the (durable) manifest.
+    pub(crate) durable: Previous,
+    /// From a partial manifest left by a run that did not finish: files
+    /// warren placed, not known to have reached the disk.
+    pub(crate) pending: Previous,
+}
+
+impl History {
+    /// Reads the manifest at `path` and the partial one beside it, if any.
+    pub(crate) fn read(path: &Path) -> History {
+        History {
+            durable: read_previous(path),
+            pending: read_previous(&partial_path(path)),
+        }
+    }
+}
+
+/// Where a run writes its manifest until it is made durable:
+/// `<manifest>.partial`.
+pub(crate) fn partial_path(manifest: &Path) -> PathBuf {
+    let mut name = manifest.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
 /// Reads a previous manifest: what warren last verified for each URL and
 /// path. A missing file is an empty manifest; unreadable lines, and lines
 /// that verified nothing, are skipped.
@@ -102,15 +142,40 @@ pub(crate) fn read_previous(path: &Path) -> Previous {
     known
 }
 
+/// Makes everything written to the file system holding `dir` durable, in
+/// one call: `syncfs(2)`, what `sync -f DIR` does. One call for the whole
+/// job instead of one `fsync` per file (group commit). Blocking.
+///
+/// # Errors
+/// [`Error::Write`] when `dir` cannot be opened or the file system reports
+/// a write-back failure.
+pub(crate) fn sync_file_system(dir: &Path) -> Result<()> {
+    let write_error = |e: std::io::Error| Error::Write {
+        output: dir.display().to_string(),
+        source: e,
+    };
+    let handle = File::open(dir).map_err(write_error)?;
+    rustix::fs::syncfs(&handle).map_err(|e| write_error(e.into()))
+}
+
+/// Syncs a directory, so that names just created or renamed in it survive
+/// a power cut.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Appends records to the manifest as items finish.
 #[derive(Debug)]
 pub(crate) struct ManifestWriter {
+    /// The manifest's own name; the lines go to its partial name until
+    /// [`ManifestWriter::commit`].
     path: PathBuf,
     out: Option<BufWriter<File>>,
 }
 
 impl ManifestWriter {
-    /// A writer for `path` (truncated), or one that writes nothing.
+    /// A writer for `path` (its partial file is truncated), or one that
+    /// writes nothing.
     pub(crate) fn create(path: Option<&Path>) -> Result<Self> {
         let Some(path) = path else {
             return Ok(ManifestWriter {
@@ -124,8 +189,9 @@ impl ManifestWriter {
                 source: e,
             })?;
         }
-        let file = File::create(path).map_err(|e| Error::Write {
-            output: path.display().to_string(),
+        let partial = partial_path(path);
+        let file = File::create(&partial).map_err(|e| Error::Write {
+            output: partial.display().to_string(),
             source: e,
         })?;
         Ok(ManifestWriter {
@@ -134,7 +200,7 @@ impl ManifestWriter {
         })
     }
 
-    /// Writes one line and flushes it.
+    /// Writes one line and flushes it (to the partial file).
     pub(crate) fn record(&mut self, record: &ManifestRecord) -> Result<()> {
         let Some(out) = &mut self.out else {
             return Ok(());
@@ -144,9 +210,38 @@ impl ManifestWriter {
             .and_then(|()| writeln!(out))
             .and_then(|()| out.flush())
             .map_err(|e| Error::Write {
-                output: self.path.display().to_string(),
+                output: partial_path(&self.path).display().to_string(),
                 source: e,
             })
+    }
+
+    /// Makes the manifest durable under its own name: syncs the partial
+    /// file, renames it over the manifest and syncs the directory. Call it
+    /// only after the files it lists are durable ([`sync_file_system`]).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`Error::Write`] for a local I/O failure; the partial file is then
+    /// left in place.
+    pub(crate) fn commit(&mut self) -> Result<()> {
+        let Some(out) = self.out.take() else {
+            return Ok(());
+        };
+        let partial = partial_path(&self.path);
+        let write_error = |path: &Path, e: std::io::Error| Error::Write {
+            output: path.display().to_string(),
+            source: e,
+        };
+        let file = out
+            .into_inner()
+            .map_err(|e| write_error(&partial, e.into_error()))?;
+        file.sync_all().map_err(|e| write_error(&partial, e))?;
+        std::fs::rename(&partial, &self.path).map_err(|e| write_error(&self.path, e))?;
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        sync_dir(dir).map_err(|e| write_error(dir, e))
     }
 }
 
@@ -179,7 +274,15 @@ mod tests {
         writer
             .record(&record("https://h/b", ItemStatus::Failed))
             .unwrap();
+        assert!(
+            !path.exists(),
+            "nothing under the manifest's name before commit"
+        );
+        let partial = std::fs::read_to_string(partial_path(&path)).unwrap();
+        writer.commit().unwrap();
+        assert!(!partial_path(&path).exists(), "renamed, not copied");
         let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, partial);
         assert_eq!(
             text.lines().next().unwrap(),
             r#"{"url":"https://h/a","path":"a.jpg","status":"ok","bytes":3,"sha256":"ab","http_status":200,"attempts":1,"error":null}"#
@@ -211,12 +314,13 @@ mod tests {
             ..record("https://h/a", ItemStatus::Failed)
         };
         writer.record(&refused).unwrap();
+        writer.commit().unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap().trim_end(),
             r#"{"url":"https://h/a","path":"a.jpg","status":"failed","bytes":0,"sha256":null,"http_status":200,"attempts":1,"error":"differs","last_ok":{"bytes":3,"sha256":"ab"}}"#
         );
         // The next run reads it back, and so on for every later run.
-        let previous = read_previous(&path);
+        let previous = History::read(&path).durable;
         assert_eq!(
             previous[&("https://h/a".into(), "a.jpg".into())],
             Verified {
@@ -224,5 +328,38 @@ mod tests {
                 sha256: "ab".into()
             }
         );
+    }
+
+    #[test]
+    fn a_run_that_never_committed_leaves_only_a_partial_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.jsonl");
+        let mut first = ManifestWriter::create(Some(&path)).unwrap();
+        first
+            .record(&record("https://h/a", ItemStatus::Ok))
+            .unwrap();
+        first.commit().unwrap();
+        // The next run is killed after one line: the durable manifest is
+        // the first run's, and the killed run's line is only pending.
+        let mut killed = ManifestWriter::create(Some(&path)).unwrap();
+        killed
+            .record(&ManifestRecord {
+                sha256: Some("cd".into()),
+                ..record("https://h/a", ItemStatus::Ok)
+            })
+            .unwrap();
+        drop(killed);
+        let history = History::read(&path);
+        let key = ("https://h/a".to_owned(), "a.jpg".to_owned());
+        assert_eq!(history.durable[&key].sha256, "ab");
+        assert_eq!(history.pending[&key].sha256, "cd");
+    }
+
+    #[test]
+    fn the_output_file_system_can_be_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_file_system(dir.path()).unwrap();
+        let err = sync_file_system(&dir.path().join("none")).unwrap_err();
+        assert!(err.to_string().contains("none"), "{err}");
     }
 }

@@ -12,6 +12,9 @@
 //! temporary area and the producer verifies it there. Either way only the
 //! producer moves files under their final names ([`placement`]). Every URL
 //! ends as one [`manifest`] line: ok, failed (with the reason) or skipped.
+//! At the end, one `syncfs` makes the job's files durable, and only then
+//! the manifest (group commit; `--fsync` adds a sync per file; see
+//! docs/DOWNLOADS.md).
 
 mod batching;
 pub mod files;
@@ -29,8 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use warren::protocol::{
-    BodyChunk, DeadLetter, Delivery, DownloadBatch, DownloadLimits, DownloadSpec, DownloadStatus,
-    DownloadTask, Outcome, TaskResult,
+    BodyChunk, DeadLetter, Delivery, DownloadBatch, DownloadErrorKind, DownloadLimits,
+    DownloadSpec, DownloadStatus, DownloadTask, Outcome, TaskResult,
 };
 use warren::{BrokerConfig, JobId};
 
@@ -41,7 +44,7 @@ use crate::local::LocalPlan;
 use crate::progress::Progress;
 use batching::Batching;
 use files::{Assembler, ChunkOutcome, Completion};
-use manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
+use manifest::{History, ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use plan::Decision;
 use urls::NamedEntry;
 
@@ -72,6 +75,9 @@ pub struct DownloadConfig {
     pub manifest: Option<PathBuf>,
     /// Replace existing files that differ.
     pub overwrite: bool,
+    /// `--fsync`: sync each file before it is reported, not only the whole
+    /// job at its end.
+    pub fsync: bool,
     /// Bounds every worker keeps to.
     pub limits: DownloadLimits,
     /// Tasks queued or in work at once.
@@ -142,10 +148,10 @@ pub(crate) async fn run(
     })?;
 
     // Decide about existing files (this hashes them) before publishing.
-    let previous = config
+    let history = config
         .manifest
         .as_deref()
-        .map(manifest::read_previous)
+        .map(History::read)
         .unwrap_or_default();
     let (decisions, named) = {
         let out_dir = out_dir.clone();
@@ -154,7 +160,7 @@ pub(crate) async fn run(
         job::read_blocking(&shutdown, move || {
             let decisions: Vec<Decision> = named
                 .iter()
-                .map(|entry| plan::decide(&out_dir, entry, &previous, overwrite))
+                .map(|entry| plan::decide(&out_dir, entry, &history, overwrite))
                 .collect();
             Ok((decisions, named))
         })
@@ -165,11 +171,16 @@ pub(crate) async fn run(
     let mut records: Vec<Option<ManifestRecord>> = vec![None; named.len()];
     let mut to_fetch = Vec::new();
     let mut last_ok = vec![None; named.len()];
+    let mut replace = vec![false; named.len()];
     for (slot, (entry, decision)) in named.iter().zip(decisions).enumerate() {
         let record = match decision {
-            Decision::Fetch { last_ok: known } => {
+            Decision::Fetch {
+                last_ok: known,
+                replace: allowed,
+            } => {
                 to_fetch.push(slot);
                 last_ok[slot] = known;
+                replace[slot] = allowed;
                 continue;
             }
             Decision::Skip { bytes, sha256 } => ManifestRecord {
@@ -219,17 +230,12 @@ pub(crate) async fn run(
         let mut collector = DownloadCollector {
             job: job.clone(),
             delivery: config.delivery,
-            overwrite: config.overwrite,
-            assembler: Assembler::new(
-                &out_dir,
-                job.clone(),
-                config.limits.max_bytes,
-                config.overwrite,
-            ),
-            out_dir,
+            assembler: Assembler::new(&out_dir, job.clone(), config.limits.max_bytes, config.fsync),
+            out_dir: out_dir.clone(),
             named: &named,
             to_fetch: &to_fetch,
             last_ok: &last_ok,
+            replace: &replace,
             records: &mut records,
             manifest: &mut manifest,
             finishing: tokio::task::JoinSet::new(),
@@ -259,8 +265,18 @@ pub(crate) async fn run(
         }
         collector.assembler.clean_up();
         summary.workers = std::mem::take(&mut collector.workers);
-        outcome?;
+        // It borrows the manifest, which is made durable below.
+        drop(collector);
+        if let Err(e) = outcome {
+            // The files placed so far are as good as those of a finished
+            // job: made durable and listed, so a re-run can trust them.
+            if let Err(commit) = make_durable(&out_dir, manifest).await {
+                tracing::warn!("{}", warren::display_chain(&commit));
+            }
+            return Err(e);
+        }
     }
+    make_durable(&out_dir, manifest).await?;
     summary.records = records
         .into_iter()
         .zip(&named)
@@ -275,6 +291,44 @@ pub(crate) async fn run(
         .collect();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The job's one durability point: makes every file written to the output
+/// file system durable with one `syncfs` (the workers' files in shared
+/// mode too: they closed them, which handed their data to the file system,
+/// and on NFS to the server), and only then the manifest that lists them,
+/// so a manifest never names a file that a power cut can take back.
+async fn make_durable(out_dir: &std::path::Path, mut manifest: ManifestWriter) -> Result<()> {
+    let out_dir = out_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        manifest::sync_file_system(&out_dir)?;
+        manifest.commit()
+    })
+    .await
+    .expect("syncing does not panic") // invariant: both calls return their failures
+}
+
+/// In shared mode, makes the job's marker file in the output directory's
+/// temporary area, which every worker must find in its own shared
+/// directory before it downloads anything (see
+/// [`warren::protocol::marker_name`]). It is removed with the job's other
+/// temporary files.
+fn make_marker(out_dir: &std::path::Path, job: &JobId) -> Result<String> {
+    let temp_dir = out_dir.join(warren::filename::TEMP_DIR);
+    let name = warren::protocol::marker_name(job);
+    let path = temp_dir.join(&name);
+    std::fs::create_dir_all(&temp_dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        })
+        .map_err(|e| Error::Write {
+            output: path.display().to_string(),
+            source: e,
+        })?;
+    Ok(name)
 }
 
 fn read_inputs(inputs: &[UrlInput]) -> Result<Vec<urls::UrlEntry>> {
@@ -327,6 +381,10 @@ async fn fetch(
 
     // The tasks are small: build them all now; messages are made of them as
     // the window lets them go, as many to a message as `batching` says then.
+    let marker = match config.delivery {
+        Delivery::Shared => Some(make_marker(&collector.out_dir, &job)?),
+        Delivery::Broker => None,
+    };
     let mut tasks = Vec::with_capacity(collector.to_fetch.len());
     for (index, &slot) in collector.to_fetch.iter().enumerate() {
         let entry = &collector.named[slot];
@@ -336,6 +394,8 @@ async fn fetch(
             sha256: entry.entry.sha256.clone(),
             delivery: config.delivery,
             limits: config.limits,
+            fsync: config.fsync,
+            marker: marker.clone(),
         };
         tasks.push(DownloadTask::new(job.clone(), index as u64, spec)?);
     }
@@ -410,8 +470,6 @@ type Finished = (
 struct DownloadCollector<'a> {
     job: JobId,
     delivery: Delivery,
-    /// `--overwrite`: finished files may replace existing ones.
-    overwrite: bool,
     assembler: Assembler,
     out_dir: PathBuf,
     named: &'a [NamedEntry],
@@ -421,6 +479,9 @@ struct DownloadCollector<'a> {
     /// By slot: what warren last verified at the name, carried forward in
     /// a failed record (see `manifest`).
     last_ok: &'a [Option<Verified>],
+    /// By slot: whether the file may replace other content at its name
+    /// (`plan::Decision::Fetch`).
+    replace: &'a [bool],
     records: &'a mut [Option<ManifestRecord>],
     manifest: &'a mut ManifestWriter,
     /// Files being placed or checked on blocking threads: their slot, their
@@ -501,6 +562,12 @@ impl DownloadCollector<'_> {
     ) -> Result<Accepted> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
         let Some(tasks) = self.batching.message(first) else {
+            if self.is_done(first) {
+                // A redelivered message's second result, after its first
+                // closed the message.
+                tracing::debug!(task = first, "duplicate download result ignored");
+                return Ok(Accepted::Other);
+            }
             return Err(malformed(format!(
                 "worker {worker} answered task {first}, which no message starts with"
             )));
@@ -521,7 +588,19 @@ impl DownloadCollector<'_> {
             };
             answered += self.finish_download(index, slot, report).await?.tasks();
         }
+        // Every task of it is now recorded or being finished.
+        self.batching.close(first);
         Ok(Accepted::answered(answered))
+    }
+
+    /// Whether task `index` has its record or is being finished.
+    fn is_done(&self, index: u64) -> bool {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.to_fetch.get(i))
+            .is_some_and(|&slot| {
+                self.records[slot].is_some() || self.finishing_slots.contains(&slot)
+            })
     }
 
     /// Fails every task still open of the message that starts with task
@@ -541,6 +620,7 @@ impl DownloadCollector<'_> {
             };
             answered += self.finish(slot, record)?.tasks();
         }
+        self.batching.close(first);
         Ok(Accepted::answered(answered))
     }
 
@@ -559,6 +639,16 @@ impl DownloadCollector<'_> {
             ..record_for(entry)
         };
         if report.status == DownloadStatus::Failed {
+            if let Some(error) = &report.error
+                && error.kind == DownloadErrorKind::SharedDirMismatch
+            {
+                // Every task would fail the same way: said once, the job
+                // ends before the workers fetch anything more.
+                return Err(Error::SharedDirMismatch {
+                    out_dir: self.out_dir.display().to_string(),
+                    reason: error.message.clone(),
+                });
+            }
             // A replaced attempt's failure (its worker lost the task to a
             // redelivery, then failed) says nothing about the newer one.
             if self.delivery == Delivery::Broker
@@ -594,9 +684,10 @@ impl DownloadCollector<'_> {
                 )?;
                 match ready {
                     Completion::Ready(ready) => {
+                        let replace = self.replace[slot];
                         self.finishing_slots.insert(slot);
                         self.finishing
-                            .spawn_blocking(move || (slot, record, ready.place()));
+                            .spawn_blocking(move || (slot, record, ready.place(replace)));
                     }
                     Completion::Failed(reason) => {
                         record.error = Some(reason);
@@ -626,7 +717,7 @@ impl DownloadCollector<'_> {
                 let out_dir = self.out_dir.clone();
                 let name = entry.name.clone();
                 let bytes = report.bytes;
-                let overwrite = self.overwrite;
+                let replace = self.replace[slot];
                 self.finishing_slots.insert(slot);
                 self.finishing.spawn_blocking(move || {
                     let finished = files::finish_stored(
@@ -635,7 +726,7 @@ impl DownloadCollector<'_> {
                         &name,
                         (bytes, &sha256),
                         expected.as_deref(),
-                        overwrite,
+                        replace,
                     );
                     (slot, record, finished)
                 });
@@ -788,12 +879,12 @@ mod tests {
             DownloadCollector {
                 job: job.clone(),
                 delivery,
-                overwrite: false,
                 assembler: Assembler::new(self.dir.path(), job, 1 << 30, false),
                 out_dir: self.dir.path().to_owned(),
                 named: &self.named,
                 to_fetch: &[0, 1, 2, 3][..self.named.len()],
                 last_ok,
+                replace: &[false; 4][..self.named.len()],
                 records: &mut self.records,
                 manifest: &mut self.manifest,
                 finishing: tokio::task::JoinSet::new(),
@@ -884,6 +975,11 @@ mod tests {
         let three = vec![failed("a"), failed("b"), failed("c")];
         let accepted = collector.answer(1, "w".into(), three.clone()).await;
         assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        assert_eq!(
+            collector.batching.open_messages(),
+            1,
+            "an answered message is forgotten; message 0 is still open"
+        );
         // A redelivered message's second result counts nothing.
         let again = collector.answer(1, "w".into(), three).await;
         assert_eq!(again.unwrap(), Accepted::Other);

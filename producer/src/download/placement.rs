@@ -4,7 +4,8 @@
 //!
 //! Directories on the way are created one by one and never followed
 //! through symbolic links (one could point outside the output directory).
-//! Without `--overwrite` a final name is never replaced: the file is
+//! Unless the caller allows replacing (`--overwrite`, or a file a run that
+//! never finished left there), a final name is never replaced: the file is
 //! linked under it, which fails if the name was taken in the meantime (by
 //! another program, or a concurrent run), and the temporary name is then
 //! removed. A name taken by a file with the same content counts as done;
@@ -129,8 +130,8 @@ fn link_new(
         return Ok(Ok(saved));
     }
     Ok(Err(format!(
-        "{} exists with other content (it was not there, or not known to warren, when the job \
-         started); pass --overwrite to replace it",
+        "{} exists with other content, which nothing warren made durable vouches for (or it \
+         appeared while the job ran); pass --overwrite to replace it",
         target.display()
     )))
 }

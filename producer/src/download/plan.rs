@@ -1,20 +1,27 @@
 //! What to do about files already in the output directory, decided before
 //! anything is published.
 //!
-//! A file that exists is skipped when it matches what is known about it:
-//! its SHA-256 equals the expected one when the list gives it, or else its
-//! size and SHA-256 equal what warren last verified there for that URL (as
-//! the previous run's manifest says, carried forward through runs that
-//! failed or refused it). With neither, an existing file is taken as
-//! complete: warren only ever puts complete, verified files under final
-//! names, and re-running the same command must not fetch everything again.
-//! A file known not to match is never overwritten unless `--overwrite`.
-//! Symbolic links are never written through.
+//! A re-run trusts only what was made durable or what it verifies now
+//! (docs/DOWNLOADS.md). A file that exists is skipped when its content
+//! checks out: its SHA-256 equals the expected one when the list gives it,
+//! or else its size and SHA-256 equal what warren verified there for that
+//! URL, as the durable manifest says (carried forward through runs that
+//! failed or refused it), or as the partial manifest of a run that never
+//! finished says. Any other existing file is fetched again: a file nothing
+//! is known about may be one a power cut left short or empty under its
+//! final name, so it is never taken as complete unchecked. When the
+//! download arrives, a file with the same content counts as done; one
+//! with other content is replaced only with `--overwrite`, or when a run
+//! that never finished put it there (warren's own, not made durable). A
+//! file the durable manifest says warren downloaded, but which now holds
+//! something else (edited since), is refused without `--overwrite`.
+//! `--overwrite` still skips files that check out. Symbolic links are
+//! never written through.
 
 use std::path::Path;
 
 use super::files::hash_file;
-use super::manifest::{Previous, Verified};
+use super::manifest::{History, Verified};
 use super::urls::NamedEntry;
 
 /// What to do with one entry.
@@ -25,6 +32,11 @@ pub(crate) enum Decision {
         /// What warren last verified at its name, to carry forward should
         /// the download fail (the file there may be edited meanwhile).
         last_ok: Option<Verified>,
+        /// Whether the download may replace a file with other content at
+        /// its name (`--overwrite`, or the file is one a run that never
+        /// finished put there). Without it, such a file fails the download
+        /// and stays.
+        replace: bool,
     },
     /// It is there already.
     Skip {
@@ -46,43 +58,30 @@ pub(crate) enum Decision {
 pub(crate) fn decide(
     out_dir: &Path,
     named: &NamedEntry,
-    previous: &Previous,
+    history: &History,
     overwrite: bool,
 ) -> Decision {
     let target = named.name.under(out_dir);
-    let known = previous
-        .get(&(
-            named.entry.url.as_str().to_owned(),
-            named.name.as_str().to_owned(),
-        ))
-        .cloned();
+    let key = (
+        named.entry.url.as_str().to_owned(),
+        named.name.as_str().to_owned(),
+    );
+    let known = history.durable.get(&key).cloned();
+    let pending = history.pending.get(&key);
     let refuse = |reason: String| Decision::Refuse {
         reason,
         last_ok: known.clone(),
     };
-    // No component on the way may be a symbolic link: it could point
-    // outside the output directory.
-    let mut on_the_way = out_dir.to_path_buf();
-    let components: Vec<&str> = named.name.as_str().split('/').collect();
-    for component in &components[..components.len() - 1] {
-        on_the_way.push(component);
-        match std::fs::symlink_metadata(&on_the_way) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return refuse(format!("{} is a symbolic link", on_the_way.display()));
-            }
-            Ok(meta) if !meta.is_dir() => {
-                return refuse(format!(
-                    "{} exists and is not a directory",
-                    on_the_way.display()
-                ));
-            }
-            _ => {}
-        }
+    if let Some(reason) = blocked_path(out_dir, named) {
+        return refuse(reason);
     }
     let meta = match std::fs::symlink_metadata(&target) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Decision::Fetch { last_ok: None };
+            return Decision::Fetch {
+                last_ok: known,
+                replace: overwrite,
+            };
         }
         Err(e) => return refuse(format!("cannot inspect {}: {e}", target.display())),
     };
@@ -92,13 +91,18 @@ pub(crate) fn decide(
             target.display()
         ));
     }
-    if overwrite {
-        return Decision::Fetch { last_ok: known };
-    }
     let (bytes, sha256) = match hash_file(&target) {
         Ok(found) => found,
         Err(e) => return refuse(format!("cannot read {}: {e}", target.display())),
     };
+    let matches = |v: &Verified| v.bytes == bytes && v.sha256 == sha256;
+    let fetch = |replace: bool| Decision::Fetch {
+        last_ok: known.clone(),
+        replace,
+    };
+    // Warren's own file from a run that never made it durable: checked
+    // like any other, and repaired without asking if it is wrong.
+    let ours = pending.is_some();
     let differs = |what: String| {
         refuse(format!(
             "{} exists with other content ({what}); pass --overwrite to replace it",
@@ -108,23 +112,52 @@ pub(crate) fn decide(
     if let Some(expected) = &named.entry.sha256 {
         return if *expected == sha256 {
             Decision::Skip { bytes, sha256 }
+        } else if overwrite || ours {
+            fetch(true)
         } else {
             differs(format!("sha256 {sha256}, expected {expected}"))
         };
     }
+    if known.as_ref().is_some_and(matches) || pending.is_some_and(matches) {
+        return Decision::Skip { bytes, sha256 };
+    }
+    if overwrite || ours {
+        return fetch(true);
+    }
     match &known {
-        Some(verified) if verified.bytes == bytes && verified.sha256 == sha256 => {
-            Decision::Skip { bytes, sha256 }
-        }
         Some(verified) => differs(format!(
             "{bytes} bytes with sha256 {sha256}, but warren downloaded {} bytes with sha256 {} \
              from {}",
             verified.bytes, verified.sha256, named.entry.url
         )),
-        // Nothing says what the file should hold: it was put there
-        // complete (by warren, or by the user), so it stays.
-        None => Decision::Skip { bytes, sha256 },
+        // Nothing durable says what the file should hold: it may be one a
+        // power cut damaged. Fetched again and compared when it arrives.
+        None => fetch(false),
     }
+}
+
+/// Why the directories on the way to `named` cannot be used, if so: no
+/// component may be a symbolic link (it could point outside the output
+/// directory) or anything but a directory.
+fn blocked_path(out_dir: &Path, named: &NamedEntry) -> Option<String> {
+    let mut on_the_way = out_dir.to_path_buf();
+    let components: Vec<&str> = named.name.as_str().split('/').collect();
+    for component in &components[..components.len() - 1] {
+        on_the_way.push(component);
+        match std::fs::symlink_metadata(&on_the_way) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Some(format!("{} is a symbolic link", on_the_way.display()));
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Some(format!(
+                    "{} exists and is not a directory",
+                    on_the_way.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -158,17 +191,32 @@ mod tests {
         }
     }
 
-    fn knowing(name: &str, data: &[u8]) -> Previous {
-        HashMap::from([(("https://h/f".to_owned(), name.to_owned()), verified(data))])
+    fn knowing(name: &str, data: &[u8]) -> History {
+        History {
+            durable: HashMap::from([(("https://h/f".to_owned(), name.to_owned()), verified(data))]),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// What a run that never finished (killed, or a power cut) recorded.
+    fn pending(name: &str, data: &[u8]) -> History {
+        History {
+            durable: HashMap::new(),
+            pending: knowing(name, data).durable,
+        }
+    }
+
+    fn fetch(last_ok: Option<Verified>, replace: bool) -> Decision {
+        Decision::Fetch { last_ok, replace }
     }
 
     #[test]
     fn missing_files_are_fetched_and_verified_ones_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let none = HashMap::new();
+        let none = History::default();
         assert_eq!(
             decide(dir.path(), &entry("a", None), &none, false),
-            Decision::Fetch { last_ok: None }
+            fetch(None, false)
         );
         std::fs::write(dir.path().join("a"), b"abc").unwrap();
         let skip = Decision::Skip {
@@ -183,30 +231,57 @@ mod tests {
             decide(dir.path(), &entry("a", Some(sha(b"abc"))), &none, false),
             skip
         );
+        // Regression, issue 16 item 10: --overwrite replaces only files
+        // whose content differs; verified ones are skipped.
         assert_eq!(
             decide(dir.path(), &entry("a", None), &knowing("a", b"abc"), true),
-            Decision::Fetch {
-                last_ok: Some(verified(b"abc"))
-            }
+            skip
+        );
+        assert_eq!(
+            decide(dir.path(), &entry("a", Some(sha(b"abc"))), &none, true),
+            skip
+        );
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &knowing("a", b"xyz"), true),
+            fetch(Some(verified(b"xyz")), true)
+        );
+        // Nothing to check it against: fetched, and replaced if it differs.
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &none, true),
+            fetch(None, true)
         );
     }
 
     #[test]
-    fn a_file_nothing_is_known_about_is_taken_as_complete() {
+    fn a_file_nothing_durable_vouches_for_is_fetched_again_never_trusted() {
+        // Issue 13: after a power cut, a file can sit under its final name
+        // with the wrong contents (short, zeros) and in no durable
+        // manifest. It must not be skipped.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), b"abc").unwrap();
-        let skip = Decision::Skip {
-            bytes: 3,
-            sha256: sha(b"abc"),
-        };
+        std::fs::write(dir.path().join("a"), b"\0\0\0").unwrap();
         assert_eq!(
-            decide(dir.path(), &entry("a", None), &HashMap::new(), false),
-            skip
+            decide(dir.path(), &entry("a", None), &History::default(), false),
+            fetch(None, false)
         );
         // What was verified for another name says nothing about this one.
         assert_eq!(
             decide(dir.path(), &entry("a", None), &knowing("b", b"xyz"), false),
-            skip
+            fetch(None, false)
+        );
+        // A run that never finished put it there and recorded other
+        // content: warren's own file, damaged, so it is repaired.
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &pending("a", b"abc"), false),
+            fetch(None, true)
+        );
+        // Its content checks out against that record: nothing to fetch.
+        std::fs::write(dir.path().join("a"), b"abc").unwrap();
+        assert_eq!(
+            decide(dir.path(), &entry("a", None), &pending("a", b"abc"), false),
+            Decision::Skip {
+                bytes: 3,
+                sha256: sha(b"abc"),
+            }
         );
     }
 
@@ -217,7 +292,7 @@ mod tests {
         let refused = decide(
             dir.path(),
             &entry("a", Some(sha(b"xyz"))),
-            &HashMap::new(),
+            &History::default(),
             false,
         );
         assert!(
@@ -234,9 +309,7 @@ mod tests {
         assert_eq!(last_ok, &Some(verified(b"hello")));
         assert_eq!(
             decide(dir.path(), &entry("a", Some(sha(b"xyz"))), &previous, true),
-            Decision::Fetch {
-                last_ok: Some(verified(b"hello"))
-            }
+            fetch(Some(verified(b"hello")), true)
         );
     }
 
@@ -245,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/tmp", dir.path().join("link")).unwrap();
         std::fs::create_dir(dir.path().join("d")).unwrap();
-        let none = HashMap::new();
+        let none = History::default();
         for name in ["link", "link/x", "d"] {
             let decision = decide(dir.path(), &entry(name, None), &none, true);
             assert!(

@@ -112,6 +112,20 @@ pub struct DownloadSpec {
     pub delivery: Delivery,
     /// Bounds on the download.
     pub limits: DownloadLimits,
+    /// `producer --fsync`: with [`Delivery::Shared`], the worker syncs the
+    /// file before it reports it. Without it the producer makes the job's
+    /// files durable once, at the end (see docs/DOWNLOADS.md). Absent means
+    /// `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fsync: bool,
+    /// [`Delivery::Shared`]: the name of the job's marker file, which the
+    /// producer creates in `<out-dir>/.warren-tmp/` before publishing. A
+    /// worker that cannot find it in its own `<shared-dir>/.warren-tmp/`
+    /// is not looking at the producer's directory, and fails the task at
+    /// once with [`DownloadErrorKind::SharedDirMismatch`] instead of
+    /// downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
 }
 
 /// A decoded download task.
@@ -160,6 +174,20 @@ pub fn check_sha256(text: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// The name of a shared-delivery job's marker file in the temporary area
+/// (`.warren-tmp/<job>-marker`): it starts with `<job>-` so that the
+/// producer's clean-up of the job's temporary files removes it too, and no
+/// worker's temporary file (`<job>-<task>-<tag>`) can take it.
+pub fn marker_name(job: &JobId) -> String {
+    format!("{job}-marker")
+}
+
+/// A worker accepts only its job's marker name: the name is joined to a
+/// directory, so nothing else (a path, `..`) may come through.
+fn is_marker_name(job: &JobId, marker: &str) -> bool {
+    marker == marker_name(job)
+}
+
 impl DownloadTask {
     /// Validates a spec into a task.
     ///
@@ -175,6 +203,14 @@ impl DownloadTask {
             check_sha256(sha).map_err(bad)?;
         }
         spec.limits.check().map_err(bad)?;
+        if let Some(marker) = &spec.marker
+            && !is_marker_name(&job, marker)
+        {
+            return Err(bad(format!(
+                "marker {marker:?} is not the job's marker file name {:?}",
+                marker_name(&job)
+            )));
+        }
         Ok(DownloadTask {
             job,
             index,
@@ -347,6 +383,10 @@ pub enum DownloadErrorKind {
     Redirect,
     /// The worker could not write the file (shared directory).
     Storage,
+    /// The worker's `--shared-dir` is not the producer's `--out-dir`: the
+    /// job's marker file is not there. Nothing was downloaded; the whole
+    /// job is misconfigured, not this one file.
+    SharedDirMismatch,
 }
 
 /// Why a download failed.
@@ -455,6 +495,8 @@ mod tests {
             sha256: None,
             delivery: Delivery::Broker,
             limits: DownloadLimits::default(),
+            fsync: false,
+            marker: None,
         }
     }
 
@@ -484,6 +526,38 @@ mod tests {
         assert_eq!(tasks_header(&props), None, "one task: no warren-tasks");
         let decoded = Task::decode(&props, &single.body()).unwrap();
         assert_eq!(decoded, Task::Download(Box::new(single)));
+    }
+
+    #[test]
+    fn a_shared_task_carries_fsync_and_the_job_marker_and_its_json_is_pinned() {
+        let job = JobId::parse("j1").unwrap();
+        let shared = DownloadSpec {
+            delivery: Delivery::Shared,
+            fsync: true,
+            marker: Some(marker_name(&job)),
+            ..spec()
+        };
+        let task = DownloadTask::new(job.clone(), 0, shared).unwrap();
+        assert_eq!(
+            String::from_utf8(task.body()).unwrap(),
+            r#"{"url":"https://example.com/cat.jpg","name":"cats/cat.jpg","delivery":"shared","limits":{"max_bytes":2147483648,"connect_timeout_s":10.0,"idle_timeout_s":30.0,"total_timeout_s":600.0,"max_attempts":4,"chunk_bytes":1048576},"fsync":true,"marker":"j1-marker"}"#
+        );
+        let batch = DownloadBatch::new(vec![task]).unwrap();
+        let decoded = Task::decode(&batch.properties("q"), &batch.body()).unwrap();
+        assert_eq!(decoded, Task::Download(Box::new(batch)));
+        // Absent keys mean no per-file sync and no marker (older producers).
+        let old: DownloadSpec = serde_json::from_str(SPEC_JSON).unwrap();
+        assert_eq!((old.fsync, old.marker), (false, None));
+        // The marker is joined to a directory: only the job's own name.
+        for bad in ["../x", "j2-marker", "j1-marker/../../etc"] {
+            let hostile = DownloadSpec {
+                marker: Some(bad.into()),
+                ..spec()
+            };
+            let err = DownloadTask::new(job.clone(), 0, hostile).unwrap_err();
+            assert!(err.is_poison(), "{bad}");
+            assert!(err.to_string().contains("marker"), "{err}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod range;
 pub use download::{
     BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
     DownloadReport, DownloadSpec, DownloadStatus, DownloadTask, check_sha256, check_url,
+    marker_name,
 };
 pub use range::{ByteOrder, MAX_RANGE_TASK_BYTES, RangeSpec, RangeTask, SourceRef, VersionPin};
 

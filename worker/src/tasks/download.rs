@@ -9,8 +9,8 @@
 //!
 //! Each attempt streams into a fresh sink: back through the broker as body
 //! chunks (a new attempt id tells the producer to start the file over), or
-//! into a temporary file in the shared directory, left there complete and
-//! synced for the producer to verify and move under its final name. Memory
+//! into a temporary file in the shared directory, left there complete
+//! (synced too under `--fsync`) for the producer to verify and move under its final name. Memory
 //! stays bounded by one chunk plus the confirm window, whatever the file
 //! size.
 //!
@@ -472,6 +472,7 @@ impl<'a> Sink<'a> {
                         ),
                     ));
                 };
+                check_marker(context, shared, task).await?;
                 FileSink::create(shared, task, attempt)
                     .await
                     .map(Sink::File)
@@ -497,6 +498,43 @@ impl<'a> Sink<'a> {
     /// when dropped).
     fn abort(self) {
         drop(self);
+    }
+}
+
+/// Checks, before anything is fetched, that this worker's shared
+/// directory is the producer's output directory: the job's marker file,
+/// which the producer made there before publishing, must be in its
+/// temporary area. Otherwise every download would land where the producer
+/// never looks.
+async fn check_marker(
+    context: &TaskContext,
+    shared: &Path,
+    task: &DownloadTask,
+) -> Result<(), Failure> {
+    // A producer older than the marker sends none: nothing to check.
+    let Some(marker) = &task.spec.marker else {
+        return Ok(());
+    };
+    let path = shared.join(TEMP_DIR).join(marker);
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) if meta.is_file() => Ok(()),
+        found => {
+            let why = match found {
+                Ok(_) => "not a regular file".to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "not found".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            Err(Failure::permanent(
+                DownloadErrorKind::SharedDirMismatch,
+                format!(
+                    "worker {} cannot see this job's marker {} ({why}): its --shared-dir {} is \
+                     not the storage of the producer's --out-dir; nothing was downloaded",
+                    context.worker,
+                    path.display(),
+                    shared.display()
+                ),
+            ))
+        }
     }
 }
 
@@ -582,7 +620,8 @@ fn relay_failure(error: warren::Error) -> Failure {
 }
 
 /// Writes the body to a temporary file in the shared directory's
-/// temporary area, where it stays, complete and synced, for the producer:
+/// temporary area, where it stays, complete (and synced under `--fsync`),
+/// for the producer:
 /// the producer verifies it and moves it under its final name, so nothing
 /// a worker writes ever sits under a final name unverified, and workers
 /// never create directories (or follow links) among the final names.
@@ -633,6 +672,7 @@ impl FileSink {
         let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
         let path = temp.clone();
+        let fsync = task.spec.fsync;
         let writer = tokio::task::spawn_blocking(move || {
             // create_new: never opens (or follows) something already there.
             let open = || {
@@ -670,9 +710,12 @@ impl FileSink {
             let file = out
                 .into_inner()
                 .map_err(std::io::IntoInnerError::into_error)?;
-            // Synced before it is reported, so a crash cannot leave the
-            // producer a short file to move under the final name.
-            file.sync_all()
+            // `--fsync`: synced before it is reported, so the file is on
+            // disk when the producer hears of it. Otherwise closing it
+            // hands the data to the file system (on NFS, to the server),
+            // and the producer's one `syncfs` at the end of the job makes
+            // it durable with all the others.
+            if fsync { file.sync_all() } else { Ok(()) }
         });
         match opened.await {
             Ok(Ok(())) => Ok(FileSink {
@@ -721,7 +764,7 @@ impl FileSink {
         )
     }
 
-    /// Waits for the writer (flush and sync) and hands the file over:
+    /// Waits for the writer (flush, and sync under `--fsync`) and hands the file over:
     /// returns its path relative to the shared directory.
     async fn finish(mut self) -> Result<String, Failure> {
         self.chunks = None;
