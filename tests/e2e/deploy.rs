@@ -308,6 +308,12 @@ fn compose_file_wires_broker_workers_and_producer_together() {
         "the producer's broker URL"
     );
     assert_eq!(&producer_env["AMQP_PASSWORD"], password);
+    // Sums by reference (`sum FILE --shared`) name paths in the directory
+    // the workers read.
+    assert_eq!(
+        &producer_env["WARREN_SHARED_DIR"], shared,
+        "the producer's shared directory is the workers'"
+    );
     // Inputs come from the compose file's folder, read-only.
     assert!(
         list(&producer["volumes"]).contains(&"./:/data:ro".to_owned()),
