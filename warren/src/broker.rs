@@ -95,7 +95,11 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
                 }
                 return Ok(connection);
             }
-            Err(error) if !error.is_unreachable() || error.needs_other_settings() => {
+            Err(error)
+                if !error.is_unreachable()
+                    || error.needs_other_settings()
+                    || error.is_tls_reset() =>
+            {
                 return Err(error);
             }
             Err(error) => error,

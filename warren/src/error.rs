@@ -244,6 +244,22 @@ impl Error {
         matches!(self.tls_error(), Some(rustls::Error::AlertReceived(_)))
     }
 
+    /// True when a TLS connection was accepted and then reset: a broker
+    /// that wants a client certificate may hang up before its alert is
+    /// read. A broker that is still starting refuses the connection
+    /// instead, so this is not worth waiting for.
+    pub fn is_tls_reset(&self) -> bool {
+        let Error::Connect { url, source, .. } = self else {
+            return false;
+        };
+        url.is_tls()
+            && matches!(
+                source.kind(),
+                lapin::ErrorKind::IOError(io)
+                    if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted)
+            )
+    }
+
     /// True when retrying with the same settings cannot help: the broker
     /// refused our credentials or vhost, the TLS handshake failed on a
     /// certificate, or a queue exists with other arguments.
