@@ -111,7 +111,7 @@ pub fn human(value: f64) -> String {
     }
 }
 
-/// The table as Markdown, ready for the README.
+/// The table as Markdown, ready for docs/BENCHMARKS.md.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | size | median | range | unit | vs reference | target |\n| --- | --- | ---: | --- | --- | --- | --- |\n",

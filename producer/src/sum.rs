@@ -35,7 +35,7 @@ use crate::progress::Progress;
 use crate::reference::{self, DEFAULT_RANGES_IN_FLIGHT, RangePlan};
 
 /// Elements per task unless `--chunk-size` says otherwise: 1 MiB of
-/// float64 per message. See the README's benchmarks for the measurements.
+/// float64 per message. See docs/BENCHMARKS.md for the measurements.
 pub const DEFAULT_CHUNK_SIZE: usize = 131_072;
 
 /// Unless `--max-in-flight` says otherwise, as many tasks may be queued or
