@@ -163,15 +163,18 @@ fn add_block(sum: &mut BlockSum, block: &mut [u8], order: ByteOrder) {
     };
 }
 
-/// Streams a range of an HTTP or S3 object and sums it as it arrives.
+/// Streams a range of an HTTP or S3 object and sums it as it arrives,
+/// straight from the received buffers: only an element split between two
+/// of them (and big-endian data, turned around) is copied.
 async fn sum_remote(context: &TaskContext, spec: &RangeSpec) -> warren::Result<PartialSum> {
     let object = context.stores.remote(&spec.source)?;
     let range = spec.bytes();
     let (_, mut stream) = object.get_range(range.clone(), Some(&spec.pin)).await?;
     let itemsize = spec.dtype.itemsize();
     let mut sum = BlockSum::new(spec.dtype);
-    // Bytes of an element split between two chunks of the stream.
-    let mut pending: Vec<u8> = Vec::with_capacity(BLOCK_BYTES);
+    // The first bytes of an element whose rest is in the next buffer.
+    let mut split: Vec<u8> = Vec::with_capacity(itemsize);
+    let mut scratch: Vec<u8> = Vec::new();
     let mut received = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| object.read_error(range.clone(), e))?;
@@ -179,12 +182,19 @@ async fn sum_remote(context: &TaskContext, spec: &RangeSpec) -> warren::Result<P
         if received > spec.len() {
             return Err(object.read_error(range, "the server sent more bytes than asked for"));
         }
-        pending.extend_from_slice(&chunk);
-        if pending.len() >= BLOCK_BYTES / 2 {
-            let whole = pending.len() / itemsize * itemsize;
-            add_block(&mut sum, &mut pending[..whole], spec.byte_order);
-            pending.drain(..whole);
+        let mut data: &[u8] = &chunk;
+        if !split.is_empty() {
+            let take = (itemsize - split.len()).min(data.len());
+            split.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if split.len() == itemsize {
+                add_slice(&mut sum, &split, spec.byte_order, &mut scratch);
+                split.clear();
+            }
         }
+        let whole = data.len() / itemsize * itemsize;
+        add_slice(&mut sum, &data[..whole], spec.byte_order, &mut scratch);
+        split.extend_from_slice(&data[whole..]);
     }
     if received != spec.len() {
         return Err(object.read_error(
@@ -195,8 +205,23 @@ async fn sum_remote(context: &TaskContext, spec: &RangeSpec) -> warren::Result<P
             ),
         ));
     }
-    add_block(&mut sum, &mut pending, spec.byte_order);
     Ok(sum.to_partial())
+}
+
+/// Adds whole elements from a shared buffer: little-endian ones in place,
+/// big-endian ones through `scratch`.
+fn add_slice(sum: &mut BlockSum, data: &[u8], order: ByteOrder, scratch: &mut Vec<u8>) {
+    match order {
+        // Whole elements (the caller cuts them so): no error.
+        ByteOrder::Little => {
+            let _ = sum.add_le_bytes(data);
+        }
+        ByteOrder::Big => {
+            scratch.clear();
+            scratch.extend_from_slice(data);
+            let _ = sum.add_be_bytes(scratch);
+        }
+    }
 }
 
 /// A shared file's open error, with the task's range named.
