@@ -189,19 +189,24 @@ fn is_marker_name(job: &JobId, marker: &str) -> bool {
 }
 
 impl DownloadTask {
-    /// Validates a spec into a task.
+    /// Validates a spec into a task; an expected `sha256` is kept lowercase.
     ///
     /// # Errors
     /// [`Error::Malformed`] for an unusable URL, an unsafe name, a bad
     /// checksum or limits out of range.
-    pub fn new(job: JobId, index: u64, spec: DownloadSpec) -> Result<Self> {
+    pub fn new(job: JobId, index: u64, mut spec: DownloadSpec) -> Result<Self> {
         let bad = |reason: String| Error::malformed("task", reason);
         let url = check_url(&spec.url).map_err(bad)?;
         let name = RelativePath::parse(&spec.name)
             .map_err(|e| bad(format!("unsafe file name {:?}: {e}", spec.name)))?;
-        if let Some(sha) = &spec.sha256 {
-            check_sha256(sha).map_err(bad)?;
-        }
+        // Hex digits are compared without regard to case: the worker checks
+        // the body against the lowercase form it computes.
+        spec.sha256 = spec
+            .sha256
+            .as_deref()
+            .map(check_sha256)
+            .transpose()
+            .map_err(bad)?;
         spec.limits.check().map_err(bad)?;
         if let Some(marker) = &spec.marker
             && !is_marker_name(&job, marker)
@@ -602,6 +607,22 @@ mod tests {
             DownloadTask::new(job, 2, spec()).unwrap(),
         ];
         assert!(DownloadBatch::new(gap).is_err());
+    }
+
+    #[test]
+    fn uppercase_sha256_on_the_wire_is_accepted_as_lowercase() {
+        let upper = "AB".repeat(32);
+        let task = DownloadTask::new(
+            JobId::parse("j1").unwrap(),
+            0,
+            DownloadSpec {
+                sha256: Some(upper.clone()),
+                ..spec()
+            },
+        )
+        .unwrap();
+        assert_eq!(task.spec.sha256, Some(upper.to_ascii_lowercase()));
+        assert_eq!(check_sha256(&"aB".repeat(32)), Ok("ab".repeat(32)));
     }
 
     #[test]
