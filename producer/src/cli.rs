@@ -219,7 +219,7 @@ pub struct SumArgs {
     #[arg(long, env = "WARREN_RANGE_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub range_size: u64,
 
-    /// Byte order of raw input read by the workers themselves (.npy files
+    /// Byte order of raw input (little-endian when not given; .npy files
     /// name their own)
     #[arg(long, value_enum, value_name = "ORDER")]
     pub byte_order: Option<ByteOrderArg>,
@@ -499,17 +499,11 @@ fn sum_input(args: &SumArgs, path: PathBuf) -> Result<InputSpec> {
         None => None,
     };
     let Some(location) = location else {
-        if args.byte_order.is_some() {
-            return Err(Error::Usage(
-                "--byte-order applies to inputs the workers read themselves (--shared, URLs); \
-                 raw input through the broker is little-endian"
-                    .into(),
-            ));
-        }
         return Ok(InputSpec::Read {
             source: Source::from_arg(&path),
             format: args.format,
             dtype: args.dtype,
+            byte_order: args.byte_order.map(ByteOrder::from),
         });
     };
     if args.range_size == 0 {
@@ -786,7 +780,8 @@ mod tests {
             InputSpec::Read {
                 source: Source::Stdin,
                 format: Format::Raw,
-                dtype: Some(Dtype::Float32)
+                dtype: Some(Dtype::Float32),
+                byte_order: None,
             }
         );
         for other in ["complex", "float", "int", "f4"] {
