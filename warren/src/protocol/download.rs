@@ -36,6 +36,7 @@ pub enum Delivery {
 
 /// Bounds a worker keeps to while downloading.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadLimits {
     /// Largest body accepted; a larger one is cut off and reported.
     pub max_bytes: u64,
@@ -98,8 +99,10 @@ impl Default for DownloadLimits {
     }
 }
 
-/// The JSON body of a download task.
+/// The JSON body of a download task. Unknown keys are refused: a
+/// misspelt `sha256` must not turn into a download nobody checks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadSpec {
     /// An `http` or `https` URL.
     pub url: String,
@@ -607,6 +610,24 @@ mod tests {
             DownloadTask::new(job, 2, spec()).unwrap(),
         ];
         assert!(DownloadBatch::new(gap).is_err());
+    }
+
+    #[test]
+    fn download_bodies_with_unknown_keys_are_malformed() {
+        let misspelt = SPEC_JSON.replace(r#""name""#, r#""sha265":"00","name""#);
+        let extra_limit =
+            SPEC_JSON.replace(r#""max_attempts""#, r#""max_retries":1,"max_attempts""#);
+        for body in [misspelt, extra_limit] {
+            let err = serde_json::from_str::<DownloadSpec>(&body).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+        let batch = DownloadBatch::new(vec![
+            DownloadTask::new(JobId::parse("j1").unwrap(), 0, spec()).unwrap(),
+        ])
+        .unwrap();
+        let body = SPEC_JSON.replace(r#""name""#, r#""sha265":"00","name""#);
+        let err = Task::decode(&batch.properties("q"), body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 
     #[test]
