@@ -537,9 +537,9 @@ impl SumCollector {
 }
 
 impl Collector for SumCollector {
-    /// A new result is added to the total; a duplicate or another job's
-    /// message is ignored; anything that makes the exact answer impossible
-    /// (a failed or dead-lettered task, a malformed result) ends the job.
+    /// A new result is added to the total; a duplicate is ignored; anything
+    /// that makes the exact answer impossible (a failed or dead-lettered
+    /// task, a malformed result, one naming another job) ends the job.
     async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
         if let Some(dead) = DeadLetter::of(&delivery.properties) {
             return Err(Error::DeadLettered {
@@ -549,10 +549,7 @@ impl Collector for SumCollector {
             });
         }
         let result = TaskResult::decode(&delivery.data)?;
-        if result.job_id != self.job {
-            tracing::warn!(job_id = %result.job_id, "ignoring a result of another job");
-            return Ok(Accepted::Other);
-        }
+        self.job.check_reply("result", &result.job_id)?;
         let partials = match result.outcome {
             Outcome::Sum(partials) => partials,
             Outcome::Error(failure) => {

@@ -752,9 +752,7 @@ impl Collector for DownloadCollector<'_> {
         }
         if let Some(chunk) = BodyChunk::of(&delivery.properties) {
             let chunk = chunk?;
-            if chunk.job != self.job {
-                return Ok(Accepted::Other);
-            }
+            self.job.check_reply("body chunk", &chunk.job)?;
             let Some(slot) = self.open_task(chunk.task) else {
                 return Ok(Accepted::Other);
             };
@@ -772,9 +770,7 @@ impl Collector for DownloadCollector<'_> {
             return Ok(Accepted::Other);
         }
         let result = TaskResult::decode(&delivery.data)?;
-        if result.job_id != self.job {
-            return Ok(Accepted::Other);
-        }
+        self.job.check_reply("result", &result.job_id)?;
         let Some(first) = result.task else {
             return Err(warren::Error::malformed(
                 "result",
