@@ -294,6 +294,13 @@ pub struct OutputArgs {
     #[arg(long, env = "WARREN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
+    /// Fail the job, naming its unanswered tasks, when every task is out,
+    /// no reply came for this long and the task queue holds nothing, ready
+    /// or in work (a consumer acked tasks without answering). Needs the
+    /// broker's management API to see in-work counts
+    #[arg(long, env = "WARREN_STALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", default_value = "60s")]
+    pub stall_timeout: Duration,
+
     /// Also run N workers inside this producer for the duration of the job,
     /// through the same broker (like multiprocessing.Pool(N)); workers
     /// elsewhere still join in
@@ -410,6 +417,7 @@ impl Cli {
                         },
                         max_in_flight: args.max_in_flight,
                         timeout: args.output.timeout,
+                        stall_timeout: args.output.stall_timeout,
                     }),
                     json: args.output.json,
                     quiet: args.output.quiet,
@@ -459,6 +467,7 @@ impl Cli {
                             max_in_flight: args.max_in_flight,
                             tasks_per_message: args.tasks_per_message,
                             timeout: args.output.timeout,
+                            stall_timeout: args.output.stall_timeout,
                         },
                         seed,
                     },

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
+use warren::management::ManagementApi;
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::error::{Error, Result};
@@ -64,6 +65,9 @@ pub(crate) struct JobSession {
     warned: bool,
     /// Workers running inside the producer for this job (`--workers`).
     local_workers: LocalWorkers,
+    /// Where to ask for the task queue's in-work count (AMQP gives only
+    /// the ready count), and the CA that its TLS certificate needs.
+    management: Option<(ManagementApi, Option<String>)>,
 }
 
 impl std::fmt::Debug for JobSession {
@@ -156,6 +160,9 @@ impl JobSession {
             consumers: None,
             warned: false,
             local_workers: LocalWorkers::none(),
+            management: ManagementApi::for_broker(&broker.url, None)
+                .ok()
+                .map(|api| (api, broker.tls.ca_pem().map(str::to_owned))),
         })
     }
 
@@ -177,6 +184,22 @@ impl JobSession {
                 queue: self.reply_queue.clone(),
             }),
         }
+    }
+
+    /// Whether the task queue holds nothing, ready or in work, by the
+    /// management API; `None` when that cannot be told.
+    async fn is_task_queue_idle(&self) -> Option<bool> {
+        let (api, ca_pem) = self.management.as_ref()?;
+        let queues = match crate::status::managed_queues(api, ca_pem.as_deref()).await {
+            Ok(queues) => queues,
+            Err(reason) => {
+                tracing::debug!(%reason, "no in-work count from the management API");
+                return None;
+            }
+        };
+        let name = self.topology.task_queue();
+        let queue = queues.into_iter().find(|q| q.name == name)?;
+        Some(queue.messages_ready? == 0 && queue.messages_unacknowledged? == 0)
     }
 
     /// Checks whether any worker consumes the task queue and warns (once,
@@ -374,6 +397,9 @@ pub(crate) trait Collector {
 
     /// The progress bar's message (throughput, failures, workers).
     fn progress_message(&self, elapsed: Duration) -> String;
+
+    /// The indexes of the published tasks not answered yet, in order.
+    fn unanswered(&self) -> Vec<u64>;
 }
 
 /// How to drive one job to its end.
@@ -381,6 +407,9 @@ pub(crate) struct Drive<'a> {
     pub(crate) window: &'a Semaphore,
     pub(crate) published: &'a AtomicU64,
     pub(crate) timeout: Option<Duration>,
+    /// `--stall-timeout`: how long the job may go without any reply while
+    /// the task queue holds nothing, ready or in work.
+    pub(crate) stall_timeout: Duration,
     pub(crate) progress: &'a Progress,
     pub(crate) shutdown: &'a CancellationToken,
     pub(crate) started: Instant,
@@ -408,6 +437,7 @@ pub(crate) async fn drive(
         tokio::time::Instant::now() + WORKER_CHECK_GRACE,
         WORKER_CHECK_INTERVAL,
     );
+    let mut last_reply = Instant::now();
     let result = loop {
         if total == Some(answered) {
             tracing::debug!(tasks = answered, "every task answered");
@@ -431,6 +461,7 @@ pub(crate) async fn drive(
                     Ok(delivery) => delivery,
                     Err(e) => break Err(e),
                 };
+                last_reply = Instant::now();
                 let accepted = match collector.accept(&delivery).await {
                     Ok(accepted) => accepted,
                     Err(e) => break Err(e),
@@ -447,6 +478,7 @@ pub(crate) async fn drive(
                 drive.progress.set_message(collector.progress_message(drive.started.elapsed()));
             }
             completed = collector.completion(), if collector.has_pending() => {
+                last_reply = Instant::now();
                 match completed {
                     Ok(Accepted::Answered(tasks)) => {
                         answered += tasks;
@@ -460,6 +492,19 @@ pub(crate) async fn drive(
             _ = worker_check.tick() => {
                 let waiting = drive.published.load(Ordering::Relaxed).saturating_sub(answered);
                 session.check_workers(drive.progress, waiting).await;
+                // Every task is out, none has been answered for a while and
+                // the broker holds none of them: whoever took the rest acked
+                // them without answering, and no answer will ever come.
+                if total.is_some_and(|t| t > answered)
+                    && last_reply.elapsed() >= drive.stall_timeout
+                    && !collector.has_pending()
+                    && session.is_task_queue_idle().await == Some(true)
+                {
+                    break Err(Error::Unanswered {
+                        after: drive.stall_timeout,
+                        tasks: describe_tasks(&collector.unanswered()),
+                    });
+                }
             }
         }
     };
@@ -467,6 +512,21 @@ pub(crate) async fn drive(
         publisher.abort();
     }
     result
+}
+
+/// Lists task indexes for a message: the first 20, then how many more.
+fn describe_tasks(tasks: &[u64]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = tasks
+        .iter()
+        .take(SHOWN)
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tasks.len() > SHOWN {
+        text.push_str(&format!(" and {} more", tasks.len() - SHOWN));
+    }
+    text
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

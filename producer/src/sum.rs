@@ -107,6 +107,9 @@ pub struct SumConfig {
     pub tasks_per_message: Option<usize>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Fail the job after this long without a reply while the task queue
+    /// holds none of its tasks (see `--stall-timeout`).
+    pub stall_timeout: Duration,
 }
 
 /// What a finished sum job reports.
@@ -195,6 +198,7 @@ pub(crate) async fn run(
         window: &window,
         published: &published,
         timeout: config.timeout,
+        stall_timeout: config.stall_timeout,
         progress,
         shutdown: &shutdown,
         started,
@@ -574,6 +578,17 @@ impl Collector for SumCollector {
         }
         self.workers.insert(result.worker);
         Ok(Accepted::Answered(answered))
+    }
+
+    fn unanswered(&self) -> Vec<u64> {
+        let outstanding = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        outstanding
+            .iter()
+            .flat_map(|(first, message)| *first..first + message.tasks)
+            .collect()
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

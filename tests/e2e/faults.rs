@@ -778,3 +778,36 @@ fn a_result_naming_another_job_fails_the_job_it_reached() {
     let _worker = s.workers(1);
     s.assert_clean();
 }
+
+#[test]
+fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
+    let mut s = Scenario::new("rogue_ack");
+    let (channel, _rogue) = s.broker.consume_tasks_and_drop_them();
+    s.broker.wait_for_consumers(1);
+    let started = std::time::Instant::now();
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "300",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--tasks-per-message",
+            "1",
+            "--stall-timeout",
+            "3s",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "tasks 0, 1, 2 were taken from the task queue but never answered: no reply for 3s"
+        ),
+        "{run}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{run}");
+    s.broker.close_channel(&channel);
+    s.assert_clean();
+}
