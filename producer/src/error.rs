@@ -107,14 +107,14 @@ pub enum Error {
     /// `--stall-timeout` while the task queue held none of them, ready or
     /// in work: a consumer acked them without answering.
     #[error(
-        "tasks {tasks} were taken from the task queue but never answered: no reply for {} \
-         and nothing is queued or in work (a consumer acked them without answering)",
+        "{tasks} left the task queue but no answer came: no reply for {} and nothing is \
+         queued or in work (a consumer acked without answering)",
         humantime::format_duration(*.after)
     )]
     Unanswered {
         /// `--stall-timeout`.
         after: Duration,
-        /// The unanswered task indexes, listed.
+        /// The unanswered tasks: "task 3" or "tasks 3, 7".
         tasks: String,
     },
 

@@ -37,6 +37,8 @@ const WORKER_CHECK_GRACE: Duration = Duration::from_secs(1);
 /// Bound on broker calls made inside the collector loop, so that it keeps
 /// answering Ctrl-C and `--timeout` whatever the broker does.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on asking the management API whether the task queue is idle.
+const STALL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a job being opened when Ctrl-C comes may still take to finish
 /// declaring and consuming its reply queue, so that it can be deleted.
@@ -190,10 +192,17 @@ impl JobSession {
     /// management API; `None` when that cannot be told.
     async fn is_task_queue_idle(&self) -> Option<bool> {
         let (api, ca_pem) = self.management.as_ref()?;
-        let queues = match crate::status::managed_queues(api, ca_pem.as_deref()).await {
-            Ok(queues) => queues,
-            Err(reason) => {
+        // Bounded like the worker check: the collector loop must keep
+        // seeing Ctrl-C and the job's timeout.
+        let listing = crate::status::managed_queues(api, ca_pem.as_deref());
+        let queues = match tokio::time::timeout(STALL_CHECK_TIMEOUT, listing).await {
+            Ok(Ok(queues)) => queues,
+            Ok(Err(reason)) => {
                 tracing::debug!(%reason, "no in-work count from the management API");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("the management API did not answer in time");
                 return None;
             }
         };
@@ -514,10 +523,13 @@ pub(crate) async fn drive(
     result
 }
 
-/// Lists task indexes for a message: the first 20, then how many more.
+/// Names tasks for a message ("task 3", "tasks 3, 7"): the first 20, then
+/// how many more.
 fn describe_tasks(tasks: &[u64]) -> String {
     const SHOWN: usize = 20;
-    let mut text = tasks
+    let noun = if tasks.len() == 1 { "task " } else { "tasks " };
+    let mut text = noun.to_owned();
+    text += &tasks
         .iter()
         .take(SHOWN)
         .map(u64::to_string)
@@ -560,5 +572,20 @@ pub(crate) fn explain_dead_letter(reason: &str) -> String {
             warren::topology::DELIVERY_LIMIT
         ),
         other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_tasks_are_named_up_to_twenty() {
+        assert_eq!(describe_tasks(&[3]), "task 3");
+        assert_eq!(describe_tasks(&[3, 7]), "tasks 3, 7");
+        let many: Vec<u64> = (0..25).collect();
+        let text = describe_tasks(&many);
+        assert!(text.starts_with("tasks 0, 1, 2,"), "{text}");
+        assert!(text.ends_with("18, 19 and 5 more"), "{text}");
     }
 }

@@ -802,12 +802,30 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
         .run();
     run.expect_code(2);
     assert!(
-        run.stderr.contains(
-            "tasks 0, 1, 2 were taken from the task queue but never answered: no reply for 3s"
-        ),
+        run.stderr
+            .contains("tasks 0, 1, 2 left the task queue but no answer came: no reply for 3s"),
         "{run}"
     );
     assert!(started.elapsed() < Duration::from_secs(30), "{run}");
+
+    // A download job the same way.
+    let out = s.path_str("out");
+    let run = s
+        .producer(&[
+            "download",
+            "http://127.0.0.1:9/taken-and-dropped",
+            "--out-dir",
+            &out,
+            "--stall-timeout",
+            "3s",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("task 0 left the task queue but no answer came"),
+        "{run}"
+    );
     s.broker.close_channel(&channel);
     s.assert_clean();
 }
