@@ -219,7 +219,7 @@ pub struct SumArgs {
     #[arg(long, env = "WARREN_RANGE_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub range_size: u64,
 
-    /// Byte order of raw input read by the workers themselves (.npy files
+    /// Byte order of raw input (little-endian when not given; .npy files
     /// name their own)
     #[arg(long, value_enum, value_name = "ORDER")]
     pub byte_order: Option<ByteOrderArg>,
@@ -293,6 +293,13 @@ pub struct OutputArgs {
     /// Give up if the job has not finished after this long (e.g. 30s, 10m)
     #[arg(long, env = "WARREN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+
+    /// Fail the job, naming its unanswered tasks, when every task is out,
+    /// no reply came for this long and the task queue holds nothing, ready
+    /// or in work (a consumer acked tasks without answering). Needs the
+    /// broker's management API to see in-work counts
+    #[arg(long, env = "WARREN_STALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", default_value = "60s")]
+    pub stall_timeout: Duration,
 
     /// Also run N workers inside this producer for the duration of the job,
     /// through the same broker (like multiprocessing.Pool(N)); workers
@@ -410,6 +417,7 @@ impl Cli {
                         },
                         max_in_flight: args.max_in_flight,
                         timeout: args.output.timeout,
+                        stall_timeout: args.output.stall_timeout,
                     }),
                     json: args.output.json,
                     quiet: args.output.quiet,
@@ -459,6 +467,7 @@ impl Cli {
                             max_in_flight: args.max_in_flight,
                             tasks_per_message: args.tasks_per_message,
                             timeout: args.output.timeout,
+                            stall_timeout: args.output.stall_timeout,
                         },
                         seed,
                     },
@@ -499,17 +508,11 @@ fn sum_input(args: &SumArgs, path: PathBuf) -> Result<InputSpec> {
         None => None,
     };
     let Some(location) = location else {
-        if args.byte_order.is_some() {
-            return Err(Error::Usage(
-                "--byte-order applies to inputs the workers read themselves (--shared, URLs); \
-                 raw input through the broker is little-endian"
-                    .into(),
-            ));
-        }
         return Ok(InputSpec::Read {
             source: Source::from_arg(&path),
             format: args.format,
             dtype: args.dtype,
+            byte_order: args.byte_order.map(ByteOrder::from),
         });
     };
     if args.range_size == 0 {
@@ -786,7 +789,8 @@ mod tests {
             InputSpec::Read {
                 source: Source::Stdin,
                 format: Format::Raw,
-                dtype: Some(Dtype::Float32)
+                dtype: Some(Dtype::Float32),
+                byte_order: None,
             }
         );
         for other in ["complex", "float", "int", "f4"] {

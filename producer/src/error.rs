@@ -103,6 +103,21 @@ pub enum Error {
         hint: String,
     },
 
+    /// Every task was published, but some went unanswered for
+    /// `--stall-timeout` while the task queue held none of them, ready or
+    /// in work: a consumer acked them without answering.
+    #[error(
+        "{tasks} left the task queue but no answer came: no reply for {} and nothing is \
+         queued or in work (a consumer acked without answering)",
+        humantime::format_duration(*.after)
+    )]
+    Unanswered {
+        /// `--stall-timeout`.
+        after: Duration,
+        /// The unanswered tasks: "task 3" or "tasks 3, 7".
+        tasks: String,
+    },
+
     /// The broker connection or the reply queue went away mid-job.
     #[error(
         "lost the job's reply queue {queue}: the broker connection closed or the queue was deleted"

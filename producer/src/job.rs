@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
+use warren::management::ManagementApi;
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ const WORKER_CHECK_GRACE: Duration = Duration::from_secs(1);
 /// Bound on broker calls made inside the collector loop, so that it keeps
 /// answering Ctrl-C and `--timeout` whatever the broker does.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on asking the management API whether the task queue is idle.
+const STALL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a job being opened when Ctrl-C comes may still take to finish
 /// declaring and consuming its reply queue, so that it can be deleted.
@@ -64,6 +67,9 @@ pub(crate) struct JobSession {
     warned: bool,
     /// Workers running inside the producer for this job (`--workers`).
     local_workers: LocalWorkers,
+    /// Where to ask for the task queue's in-work count (AMQP gives only
+    /// the ready count), and the CA that its TLS certificate needs.
+    management: Option<(ManagementApi, Option<String>)>,
 }
 
 impl std::fmt::Debug for JobSession {
@@ -156,6 +162,9 @@ impl JobSession {
             consumers: None,
             warned: false,
             local_workers: LocalWorkers::none(),
+            management: ManagementApi::for_broker(&broker.url, None)
+                .ok()
+                .map(|api| (api, broker.tls.ca_pem().map(str::to_owned))),
         })
     }
 
@@ -177,6 +186,29 @@ impl JobSession {
                 queue: self.reply_queue.clone(),
             }),
         }
+    }
+
+    /// Whether the task queue holds nothing, ready or in work, by the
+    /// management API; `None` when that cannot be told.
+    async fn is_task_queue_idle(&self) -> Option<bool> {
+        let (api, ca_pem) = self.management.as_ref()?;
+        // Bounded like the worker check: the collector loop must keep
+        // seeing Ctrl-C and the job's timeout.
+        let listing = crate::status::managed_queues(api, ca_pem.as_deref());
+        let queues = match tokio::time::timeout(STALL_CHECK_TIMEOUT, listing).await {
+            Ok(Ok(queues)) => queues,
+            Ok(Err(reason)) => {
+                tracing::debug!(%reason, "no in-work count from the management API");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("the management API did not answer in time");
+                return None;
+            }
+        };
+        let name = self.topology.task_queue();
+        let queue = queues.into_iter().find(|q| q.name == name)?;
+        Some(queue.messages_ready? == 0 && queue.messages_unacknowledged? == 0)
     }
 
     /// Checks whether any worker consumes the task queue and warns (once,
@@ -374,6 +406,9 @@ pub(crate) trait Collector {
 
     /// The progress bar's message (throughput, failures, workers).
     fn progress_message(&self, elapsed: Duration) -> String;
+
+    /// The indexes of the published tasks not answered yet, in order.
+    fn unanswered(&self) -> Vec<u64>;
 }
 
 /// How to drive one job to its end.
@@ -381,6 +416,9 @@ pub(crate) struct Drive<'a> {
     pub(crate) window: &'a Semaphore,
     pub(crate) published: &'a AtomicU64,
     pub(crate) timeout: Option<Duration>,
+    /// `--stall-timeout`: how long the job may go without any reply while
+    /// the task queue holds nothing, ready or in work.
+    pub(crate) stall_timeout: Duration,
     pub(crate) progress: &'a Progress,
     pub(crate) shutdown: &'a CancellationToken,
     pub(crate) started: Instant,
@@ -408,6 +446,7 @@ pub(crate) async fn drive(
         tokio::time::Instant::now() + WORKER_CHECK_GRACE,
         WORKER_CHECK_INTERVAL,
     );
+    let mut last_reply = Instant::now();
     let result = loop {
         if total == Some(answered) {
             tracing::debug!(tasks = answered, "every task answered");
@@ -431,6 +470,7 @@ pub(crate) async fn drive(
                     Ok(delivery) => delivery,
                     Err(e) => break Err(e),
                 };
+                last_reply = Instant::now();
                 let accepted = match collector.accept(&delivery).await {
                     Ok(accepted) => accepted,
                     Err(e) => break Err(e),
@@ -447,6 +487,7 @@ pub(crate) async fn drive(
                 drive.progress.set_message(collector.progress_message(drive.started.elapsed()));
             }
             completed = collector.completion(), if collector.has_pending() => {
+                last_reply = Instant::now();
                 match completed {
                     Ok(Accepted::Answered(tasks)) => {
                         answered += tasks;
@@ -460,6 +501,19 @@ pub(crate) async fn drive(
             _ = worker_check.tick() => {
                 let waiting = drive.published.load(Ordering::Relaxed).saturating_sub(answered);
                 session.check_workers(drive.progress, waiting).await;
+                // Every task is out, none has been answered for a while and
+                // the broker holds none of them: whoever took the rest acked
+                // them without answering, and no answer will ever come.
+                if total.is_some_and(|t| t > answered)
+                    && last_reply.elapsed() >= drive.stall_timeout
+                    && !collector.has_pending()
+                    && session.is_task_queue_idle().await == Some(true)
+                {
+                    break Err(Error::Unanswered {
+                        after: drive.stall_timeout,
+                        tasks: describe_tasks(&collector.unanswered()),
+                    });
+                }
             }
         }
     };
@@ -467,6 +521,24 @@ pub(crate) async fn drive(
         publisher.abort();
     }
     result
+}
+
+/// Names tasks for a message ("task 3", "tasks 3, 7"): the first 20, then
+/// how many more.
+fn describe_tasks(tasks: &[u64]) -> String {
+    const SHOWN: usize = 20;
+    let noun = if tasks.len() == 1 { "task " } else { "tasks " };
+    let mut text = noun.to_owned();
+    text += &tasks
+        .iter()
+        .take(SHOWN)
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tasks.len() > SHOWN {
+        text.push_str(&format!(" and {} more", tasks.len() - SHOWN));
+    }
+    text
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -500,5 +572,20 @@ pub(crate) fn explain_dead_letter(reason: &str) -> String {
             warren::topology::DELIVERY_LIMIT
         ),
         other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_tasks_are_named_up_to_twenty() {
+        assert_eq!(describe_tasks(&[3]), "task 3");
+        assert_eq!(describe_tasks(&[3, 7]), "tasks 3, 7");
+        let many: Vec<u64> = (0..25).collect();
+        let text = describe_tasks(&many);
+        assert!(text.starts_with("tasks 0, 1, 2,"), "{text}");
+        assert!(text.ends_with("18, 19 and 5 more"), "{text}");
     }
 }

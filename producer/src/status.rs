@@ -77,12 +77,13 @@ pub struct StatusReport {
     pub management: String,
 }
 
+/// One queue as the management API lists it.
 #[derive(Debug, Deserialize)]
-struct ManagedQueue {
-    name: String,
-    messages_ready: Option<u64>,
-    messages_unacknowledged: Option<u64>,
-    consumers: Option<u64>,
+pub(crate) struct ManagedQueue {
+    pub(crate) name: String,
+    pub(crate) messages_ready: Option<u64>,
+    pub(crate) messages_unacknowledged: Option<u64>,
+    pub(crate) consumers: Option<u64>,
 }
 
 /// Gathers the report.
@@ -151,7 +152,7 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
 }
 
 /// Lists the virtual host's queues through the management API.
-async fn managed_queues(
+pub(crate) async fn managed_queues(
     api: &ManagementApi,
     ca_pem: Option<&str>,
 ) -> std::result::Result<Vec<ManagedQueue>, String> {

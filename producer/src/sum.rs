@@ -107,6 +107,9 @@ pub struct SumConfig {
     pub tasks_per_message: Option<usize>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Fail the job after this long without a reply while the task queue
+    /// holds none of its tasks (see `--stall-timeout`).
+    pub stall_timeout: Duration,
 }
 
 /// What a finished sum job reports.
@@ -195,6 +198,7 @@ pub(crate) async fn run(
         window: &window,
         published: &published,
         timeout: config.timeout,
+        stall_timeout: config.stall_timeout,
         progress,
         shutdown: &shutdown,
         started,
@@ -537,9 +541,9 @@ impl SumCollector {
 }
 
 impl Collector for SumCollector {
-    /// A new result is added to the total; a duplicate or another job's
-    /// message is ignored; anything that makes the exact answer impossible
-    /// (a failed or dead-lettered task, a malformed result) ends the job.
+    /// A new result is added to the total; a duplicate is ignored; anything
+    /// that makes the exact answer impossible (a failed or dead-lettered
+    /// task, a malformed result, one naming another job) ends the job.
     async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
         if let Some(dead) = DeadLetter::of(&delivery.properties) {
             return Err(Error::DeadLettered {
@@ -549,10 +553,7 @@ impl Collector for SumCollector {
             });
         }
         let result = TaskResult::decode(&delivery.data)?;
-        if result.job_id != self.job {
-            tracing::warn!(job_id = %result.job_id, "ignoring a result of another job");
-            return Ok(Accepted::Other);
-        }
+        self.job.check_reply("result", &result.job_id)?;
         let partials = match result.outcome {
             Outcome::Sum(partials) => partials,
             Outcome::Error(failure) => {
@@ -577,6 +578,17 @@ impl Collector for SumCollector {
         }
         self.workers.insert(result.worker);
         Ok(Accepted::Answered(answered))
+    }
+
+    fn unanswered(&self) -> Vec<u64> {
+        let outstanding = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        outstanding
+            .iter()
+            .flat_map(|(first, message)| *first..first + message.tasks)
+            .collect()
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

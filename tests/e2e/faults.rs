@@ -720,3 +720,112 @@ fn a_closed_stdout_is_not_a_crash() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_result_naming_another_job_fails_the_job_it_reached() {
+    let mut s = Scenario::new("other_job");
+    // No worker: only the test answers, and the job would wait for ever
+    // if the stray result were ignored.
+    let producer = s.spawn_small_job("1");
+    let (reply_queue, job) = s.running_job();
+    let partial = sum_chunk(Dtype::Float64, &[0u8; 800]).unwrap();
+    let stray = TaskResult {
+        version: PROTOCOL_VERSION,
+        job_id: JobId::parse("someone-elses-job").unwrap(),
+        task: Some(0),
+        worker: "test".into(),
+        elapsed_s: 0.0,
+        outcome: Outcome::Sum(vec![partial]),
+    };
+    s.broker
+        .publish(&reply_queue, &stray.to_json(), stray.properties());
+    let run = producer.wait(Duration::from_secs(20));
+    run.expect_code(2);
+    let expected = format!(
+        "malformed result: it names job someone-elses-job but came through the reply queue of job {job}"
+    );
+    assert!(run.stderr.contains(&expected), "{run}");
+
+    // A download job: a body chunk naming another job ends it the same way.
+    let out = s.path_str("out");
+    let producer = s
+        .producer(&[
+            "download",
+            "http://127.0.0.1:9/never-fetched",
+            "--out-dir",
+            &out,
+        ])
+        .spawn();
+    let (reply_queue, job) = s.running_job();
+    let headers = header_table(&[
+        ("warren-version", AMQPValue::LongLongInt(PROTOCOL_VERSION)),
+        ("warren-job", text("someone-elses-job")),
+        ("warren-task", AMQPValue::LongLongInt(0)),
+        ("warren-attempt", text("a1")),
+        ("warren-offset", AMQPValue::LongLongInt(0)),
+    ]);
+    s.broker.publish(
+        &reply_queue,
+        b"data",
+        BasicProperties::default().with_headers(headers),
+    );
+    let run = producer.wait(Duration::from_secs(20));
+    run.expect_code(2);
+    let expected = format!(
+        "malformed body chunk: it names job someone-elses-job but came through the reply queue of job {job}"
+    );
+    assert!(run.stderr.contains(&expected), "{run}");
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
+#[test]
+fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
+    let mut s = Scenario::new("rogue_ack");
+    let (channel, _rogue) = s.broker.consume_tasks_and_drop_them();
+    s.broker.wait_for_consumers(1);
+    let started = std::time::Instant::now();
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "300",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--tasks-per-message",
+            "1",
+            "--stall-timeout",
+            "3s",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("tasks 0, 1, 2 left the task queue but no answer came: no reply for 3s"),
+        "{run}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{run}");
+
+    // A download job the same way.
+    let out = s.path_str("out");
+    let run = s
+        .producer(&[
+            "download",
+            "http://127.0.0.1:9/taken-and-dropped",
+            "--out-dir",
+            &out,
+            "--stall-timeout",
+            "3s",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("task 0 left the task queue but no answer came"),
+        "{run}"
+    );
+    s.broker.close_channel(&channel);
+    s.assert_clean();
+}

@@ -225,6 +225,57 @@ fn raw_binary_with_a_dtype() {
 }
 
 #[test]
+fn raw_big_endian_input_through_the_broker_matches_python() {
+    let mut s = Scenario::new("raw_big");
+    let _workers = s.workers(1);
+    for (name, dtype, order) in [
+        ("f8-big.raw", "float64", "big"),
+        ("i4-big.raw", "int32", "big"),
+        ("u2-big.raw", "uint16", "big"),
+        ("f4-little.raw", "float32", "little"),
+    ] {
+        let path = s.path_str(name);
+        let numpy_order = if order == "big" { ">" } else { "<" };
+        let expected = reference(&["random-raw", &path, "200003", "7", dtype, numpy_order]);
+        let run = s
+            .producer(&[
+                "sum",
+                &path,
+                "--format",
+                "raw",
+                "--dtype",
+                dtype,
+                "--byte-order",
+                order,
+                "--chunk-size",
+                "30001",
+                "--json",
+            ])
+            .run();
+        run.expect_success();
+        assert_eq!(run.json()["sum"], expected.as_str(), "{name}\n{run}");
+        assert_eq!(run.json()["count"], 200_003, "{name}");
+    }
+    let run = s
+        .producer(&[
+            "sum",
+            &s.path_str("f8-big.raw"),
+            "--format",
+            "text",
+            "--byte-order",
+            "big",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("--byte-order applies to raw input only"),
+        "{run}"
+    );
+    s.assert_clean();
+}
+
+#[test]
 fn random_input_is_numpys_seeded_stream() {
     let mut s = Scenario::new("random");
     let _workers = s.workers(2);

@@ -311,7 +311,7 @@ impl Assembler {
             return Ok(Completion::Failed(reason));
         }
         let got = hex::encode(incoming.hasher.clone().finalize());
-        if incoming.written != bytes || got != sha256 {
+        if incoming.written != bytes || !got.eq_ignore_ascii_case(sha256) {
             let reason = format!(
                 "the file arrived incomplete or corrupted: {} bytes with sha256 {got}, \
                  but the worker sent {bytes} bytes with sha256 {sha256}",
@@ -321,7 +321,7 @@ impl Assembler {
             return Ok(Completion::Failed(reason));
         }
         if let Some(expected) = expected_sha256
-            && expected != got
+            && !expected.eq_ignore_ascii_case(&got)
         {
             discard(incoming);
             return Ok(Completion::Failed(format!(
@@ -438,14 +438,14 @@ fn verify_stored(
             temp.display()
         )
     })?;
-    if size != bytes || got != sha256 {
+    if size != bytes || !got.eq_ignore_ascii_case(sha256) {
         return Err(format!(
             "the stored file has {size} bytes with sha256 {got}, but the worker stored {bytes} \
              bytes with sha256 {sha256}"
         ));
     }
     if let Some(expected) = expected_sha256
-        && expected != got
+        && !expected.eq_ignore_ascii_case(&got)
     {
         return Err(format!(
             "checksum mismatch: expected sha256 {expected}, got {got}"
@@ -522,6 +522,24 @@ mod tests {
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
+    }
+
+    #[test]
+    fn reported_and_expected_sha256_match_in_either_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = RelativePath::parse("f").unwrap();
+        let mut assembler = assembler(dir.path());
+        assembler.chunk(&chunk(0, "a", 0), b"data").unwrap();
+        let upper = sha(b"data").to_ascii_uppercase();
+        let saved = ready(
+            assembler
+                .complete(0, &name, "a", 4, &upper, Some(&upper))
+                .unwrap(),
+        )
+        .place(false)
+        .unwrap()
+        .unwrap();
+        assert_eq!(saved.sha256, sha(b"data"), "the manifest keeps lowercase");
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct DownloadConfig {
     pub max_in_flight: usize,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Fail the job after this long without a reply while the task queue
+    /// holds none of its tasks (see `--stall-timeout`).
+    pub stall_timeout: Duration,
 }
 
 /// What a finished download job reports.
@@ -420,6 +423,7 @@ async fn fetch(
         window: &window,
         published: &published,
         timeout: config.timeout,
+        stall_timeout: config.stall_timeout,
         progress,
         shutdown,
         started,
@@ -752,9 +756,7 @@ impl Collector for DownloadCollector<'_> {
         }
         if let Some(chunk) = BodyChunk::of(&delivery.properties) {
             let chunk = chunk?;
-            if chunk.job != self.job {
-                return Ok(Accepted::Other);
-            }
+            self.job.check_reply("body chunk", &chunk.job)?;
             let Some(slot) = self.open_task(chunk.task) else {
                 return Ok(Accepted::Other);
             };
@@ -772,9 +774,7 @@ impl Collector for DownloadCollector<'_> {
             return Ok(Accepted::Other);
         }
         let result = TaskResult::decode(&delivery.data)?;
-        if result.job_id != self.job {
-            return Ok(Accepted::Other);
-        }
+        self.job.check_reply("result", &result.job_id)?;
         let Some(first) = result.task else {
             return Err(warren::Error::malformed(
                 "result",
@@ -813,6 +813,16 @@ impl Collector for DownloadCollector<'_> {
             Err(reason) => record.error = Some(reason),
         }
         self.finish(slot, record)
+    }
+
+    fn unanswered(&self) -> Vec<u64> {
+        (0u64..)
+            .zip(self.to_fetch.iter())
+            .filter(|&(_, &slot)| {
+                self.records[slot].is_none() && !self.finishing_slots.contains(&slot)
+            })
+            .map(|(index, _)| index)
+            .collect()
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

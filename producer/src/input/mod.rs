@@ -25,6 +25,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use warren::Dtype;
+use warren::protocol::ByteOrder;
 
 use crate::error::{Error, Result};
 
@@ -118,7 +119,7 @@ pub enum Format {
     Auto,
     /// A `.npy` file
     Npy,
-    /// Headerless little-endian binary; needs --dtype
+    /// Headerless binary; needs --dtype (little-endian unless --byte-order big)
     Raw,
     /// Numbers separated by whitespace, commas or newlines; `#` starts a comment
     Text,
@@ -136,6 +137,8 @@ pub enum InputSpec {
         format: Format,
         /// The element type, where the format does not carry one.
         dtype: Option<Dtype>,
+        /// `--byte-order`, for raw input only (little-endian when `None`).
+        byte_order: Option<ByteOrder>,
     },
     /// A source the workers read themselves, in ranges: only its header
     /// passes through the producer (see [`crate::reference`]).
@@ -167,6 +170,7 @@ pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
             source,
             format,
             dtype,
+            byte_order,
         } => {
             let (reader, len) = source.open()?;
             let (head, reader) = read_head(source, reader)?;
@@ -175,6 +179,11 @@ pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
                 explicit => *explicit,
             };
             match format {
+                Format::Npy | Format::Text if byte_order.is_some() => Err(Error::Usage(
+                    "--byte-order applies to raw input only: a .npy file names its own byte \
+                     order and text has none"
+                        .into(),
+                )),
                 Format::Npy => {
                     if let Some(dtype) = dtype {
                         return Err(Error::Usage(format!(
@@ -187,7 +196,13 @@ pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
                     let dtype = dtype.ok_or_else(|| {
                         Error::Usage("raw input needs --dtype (e.g. --dtype float64)".into())
                     })?;
-                    Ok(Box::new(raw::RawReader::new(source, reader, len, dtype)?))
+                    Ok(Box::new(raw::RawReader::new(
+                        source,
+                        reader,
+                        len,
+                        dtype,
+                        byte_order.unwrap_or_default(),
+                    )?))
                 }
                 Format::Text => Ok(Box::new(text::TextReader::new(
                     source,

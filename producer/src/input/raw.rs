@@ -1,9 +1,12 @@
-//! Raw binary input: little-endian elements of a dtype given by `--dtype`,
-//! with no header.
+//! Raw binary input: elements of a dtype given by `--dtype`, with no
+//! header, little-endian unless `--byte-order big` says otherwise. Big-endian
+//! elements are byte-swapped here, as the `.npy` reader does, because a sum
+//! task's body is always little-endian on the wire.
 
 use std::io::BufRead;
 
 use warren::Dtype;
+use warren::protocol::ByteOrder;
 
 use super::{Chunk, ChunkReader, Source, read_full};
 use crate::error::{Error, Result};
@@ -13,6 +16,8 @@ pub struct RawReader {
     input: String,
     reader: Box<dyn BufRead + Send>,
     dtype: Dtype,
+    /// The input is big-endian: every element is reversed before sending.
+    swap: bool,
     total: Option<u64>,
     done: bool,
 }
@@ -22,6 +27,7 @@ impl std::fmt::Debug for RawReader {
         f.debug_struct("RawReader")
             .field("input", &self.input)
             .field("dtype", &self.dtype)
+            .field("swap", &self.swap)
             .finish_non_exhaustive()
     }
 }
@@ -36,6 +42,7 @@ impl RawReader {
         reader: Box<dyn BufRead + Send>,
         file_len: Option<u64>,
         dtype: Dtype,
+        order: ByteOrder,
     ) -> Result<Self> {
         let itemsize = dtype.itemsize() as u64;
         if let Some(len) = file_len
@@ -54,6 +61,7 @@ impl RawReader {
             input: source.to_string(),
             reader,
             dtype,
+            swap: order == ByteOrder::Big && itemsize > 1,
             total: file_len.map(|len| len / itemsize),
             done: false,
         })
@@ -96,9 +104,54 @@ impl ChunkReader for RawReader {
             return Ok(None);
         }
         bytes.truncate(got);
+        if self.swap {
+            for element in bytes.chunks_exact_mut(itemsize) {
+                element.reverse();
+            }
+        }
         Ok(Some(Chunk {
             count: (got / itemsize) as u64,
             bytes,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn chunks(bytes: Vec<u8>, dtype: Dtype, order: ByteOrder) -> Vec<u8> {
+        let len = bytes.len() as u64;
+        let mut reader = RawReader::new(
+            &Source::Stdin,
+            Box::new(Cursor::new(bytes)),
+            Some(len),
+            dtype,
+            order,
+        )
+        .unwrap();
+        let mut sent = Vec::new();
+        while let Some(chunk) = reader.next_chunk(3).unwrap() {
+            sent.extend(chunk.bytes);
+        }
+        sent
+    }
+
+    #[test]
+    fn big_endian_raw_input_is_sent_little_endian() {
+        let values = [1.5f64, -2.25, 1e300, 7.0];
+        let big: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let little: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(chunks(big, Dtype::Float64, ByteOrder::Big), little);
+        assert_eq!(
+            chunks(little.clone(), Dtype::Float64, ByteOrder::Little),
+            little
+        );
+        let ints = [-3i16, 513, i16::MIN];
+        let big: Vec<u8> = ints.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let little: Vec<u8> = ints.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(chunks(big, Dtype::Int16, ByteOrder::Big), little);
     }
 }

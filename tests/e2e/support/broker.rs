@@ -129,6 +129,37 @@ impl Broker {
         (queue, consumer)
     }
 
+    /// A rogue consumer on the task queue (declared first, as a worker
+    /// would): it takes tasks with automatic acks and never answers them.
+    /// Close the returned channel to stop it.
+    pub fn consume_tasks_and_drop_them(&mut self) -> (lapin::Channel, lapin::Consumer) {
+        let queue = self.topology.task_queue();
+        self.runtime.block_on(async {
+            let channel = broker::open_channel(&self.connection).await.unwrap();
+            self.topology.declare_shared(&channel).await.unwrap();
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "rogue".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            (channel, consumer)
+        })
+    }
+
+    /// Closes a channel the test opened.
+    pub fn close_channel(&mut self, channel: &lapin::Channel) {
+        self.runtime
+            .block_on(channel.close(200, "test done".into()))
+            .unwrap();
+    }
+
     /// The next delivery of a consumer, or `None` after `timeout`.
     pub fn next_delivery(
         &mut self,

@@ -36,6 +36,7 @@ pub enum Delivery {
 
 /// Bounds a worker keeps to while downloading.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadLimits {
     /// Largest body accepted; a larger one is cut off and reported.
     pub max_bytes: u64,
@@ -98,8 +99,10 @@ impl Default for DownloadLimits {
     }
 }
 
-/// The JSON body of a download task.
+/// The JSON body of a download task. Unknown keys are refused: a
+/// misspelt `sha256` must not turn into a download nobody checks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadSpec {
     /// An `http` or `https` URL.
     pub url: String,
@@ -189,19 +192,24 @@ fn is_marker_name(job: &JobId, marker: &str) -> bool {
 }
 
 impl DownloadTask {
-    /// Validates a spec into a task.
+    /// Validates a spec into a task; an expected `sha256` is kept lowercase.
     ///
     /// # Errors
     /// [`Error::Malformed`] for an unusable URL, an unsafe name, a bad
     /// checksum or limits out of range.
-    pub fn new(job: JobId, index: u64, spec: DownloadSpec) -> Result<Self> {
+    pub fn new(job: JobId, index: u64, mut spec: DownloadSpec) -> Result<Self> {
         let bad = |reason: String| Error::malformed("task", reason);
         let url = check_url(&spec.url).map_err(bad)?;
         let name = RelativePath::parse(&spec.name)
             .map_err(|e| bad(format!("unsafe file name {:?}: {e}", spec.name)))?;
-        if let Some(sha) = &spec.sha256 {
-            check_sha256(sha).map_err(bad)?;
-        }
+        // Hex digits are compared without regard to case: the worker checks
+        // the body against the lowercase form it computes.
+        spec.sha256 = spec
+            .sha256
+            .as_deref()
+            .map(check_sha256)
+            .transpose()
+            .map_err(bad)?;
         spec.limits.check().map_err(bad)?;
         if let Some(marker) = &spec.marker
             && !is_marker_name(&job, marker)
@@ -602,6 +610,40 @@ mod tests {
             DownloadTask::new(job, 2, spec()).unwrap(),
         ];
         assert!(DownloadBatch::new(gap).is_err());
+    }
+
+    #[test]
+    fn download_bodies_with_unknown_keys_are_malformed() {
+        let misspelt = SPEC_JSON.replace(r#""name""#, r#""sha265":"00","name""#);
+        let extra_limit =
+            SPEC_JSON.replace(r#""max_attempts""#, r#""max_retries":1,"max_attempts""#);
+        for body in [misspelt, extra_limit] {
+            let err = serde_json::from_str::<DownloadSpec>(&body).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+        let batch = DownloadBatch::new(vec![
+            DownloadTask::new(JobId::parse("j1").unwrap(), 0, spec()).unwrap(),
+        ])
+        .unwrap();
+        let body = SPEC_JSON.replace(r#""name""#, r#""sha265":"00","name""#);
+        let err = Task::decode(&batch.properties("q"), body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn uppercase_sha256_on_the_wire_is_accepted_as_lowercase() {
+        let upper = "AB".repeat(32);
+        let task = DownloadTask::new(
+            JobId::parse("j1").unwrap(),
+            0,
+            DownloadSpec {
+                sha256: Some(upper.clone()),
+                ..spec()
+            },
+        )
+        .unwrap();
+        assert_eq!(task.spec.sha256, Some(upper.to_ascii_lowercase()));
+        assert_eq!(check_sha256(&"aB".repeat(32)), Ok("ab".repeat(32)));
     }
 
     #[test]

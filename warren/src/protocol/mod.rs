@@ -112,6 +112,26 @@ impl JobId {
     pub fn task_message_id(&self, index: u64) -> String {
         format!("{}:{index}", self.0)
     }
+
+    /// Checks that a message (`what`: "result", "body chunk") that came
+    /// through this job's reply queue names this job. One that names another
+    /// job was published into the wrong queue by some client; ignoring it
+    /// could leave this job waiting for an answer that went astray.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] naming both jobs.
+    pub fn check_reply(&self, what: &'static str, named: &JobId) -> Result<()> {
+        if named == self {
+            return Ok(());
+        }
+        Err(Error::malformed(
+            what,
+            format!(
+                "it names job {named} but came through the reply queue of job {self} \
+                 (a client published it to the wrong queue)"
+            ),
+        ))
+    }
 }
 
 impl TryFrom<String> for JobId {
@@ -664,6 +684,21 @@ mod tests {
 
     fn sum_task() -> SumTask {
         SumTask::single(job(), 7, Dtype::Float64, 2)
+    }
+
+    #[test]
+    fn a_reply_naming_another_job_is_malformed() {
+        let job = JobId::parse("j1").unwrap();
+        assert!(job.check_reply("result", &job.clone()).is_ok());
+        let err = job
+            .check_reply("result", &JobId::parse("j2").unwrap())
+            .unwrap_err();
+        assert!(err.is_poison());
+        assert_eq!(
+            err.to_string(),
+            "malformed result: it names job j2 but came through the reply queue of job j1 \
+             (a client published it to the wrong queue)"
+        );
     }
 
     #[test]
