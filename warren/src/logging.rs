@@ -67,7 +67,16 @@ fn log_filter(rust_log: Option<&str>, default_level: &str) -> EnvFilter {
     // per file chunk still in flight when a download job ends (issue 12).
     // A body may also carry data that must not reach a log. Whoever
     // published the message learns of the return from its confirm.
-    filter.add_directive(quiet("lapin::returned_messages"))
+    let filter = filter.add_directive(quiet("lapin::returned_messages"));
+    // lapin logs every channel the broker closes at ERROR, the ordinary
+    // "NOT_FOUND - no queue" of a finished job's reply queue included;
+    // warren gets each such error back from the call and logs it at the
+    // level it deserves (debug for a job that ended). lapin's own lines
+    // appear only when RUST_LOG names lapin.
+    match rust_log {
+        Some(value) if value.contains("lapin") => filter,
+        _ => filter.add_directive(quiet("lapin")),
+    }
 }
 
 /// A directive that turns a target's logs off.
@@ -138,6 +147,25 @@ mod tests {
             );
             assert!(logged.contains("still logged"), "{rust_log:?}: {logged}");
         }
+    }
+
+    /// Issue 12: workers logged the ordinary "no such queue" of a finished
+    /// job at ERROR (lapin's "Channel closed") under RUST_LOG=info.
+    #[test]
+    fn a_finished_jobs_missing_queue_is_not_an_error_line_issue_12() {
+        let closed = || {
+            tracing::error!(
+                target: "lapin::channel",
+                "Channel closed: NOT_FOUND - no queue 'warren.reply.x'"
+            );
+        };
+        for rust_log in [None, Some("info"), Some("debug"), Some("info,worker=debug")] {
+            let logged = logged_with(rust_log, closed);
+            assert!(!logged.contains("NOT_FOUND"), "{rust_log:?}: {logged}");
+        }
+        // Asked for by name, lapin's lines are there.
+        let logged = logged_with(Some("info,lapin=debug"), closed);
+        assert!(logged.contains("NOT_FOUND"), "{logged}");
     }
 
     #[test]
