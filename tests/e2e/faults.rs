@@ -264,6 +264,46 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
     s.assert_clean();
 }
 
+/// Issue 12: `--json` printed nothing when a job ended early, leaving a
+/// script no object to read.
+#[test]
+fn with_json_a_timed_out_job_prints_one_object_with_its_error() {
+    let mut s = Scenario::new("json_timeout");
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--timeout",
+            "2s",
+            "--json",
+        ])
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    let object: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{run}"));
+    let error = object["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out after 2s"), "{run}");
+    assert_eq!(object["done"], 0, "{run}");
+    assert_eq!(object["total"], 10, "{run}");
+    assert!(
+        object["job_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{run}"
+    );
+    assert!(
+        object["elapsed_s"].as_f64().is_some_and(|s| s >= 2.0),
+        "{run}"
+    );
+    // stderr still says it for people.
+    assert!(run.stderr.contains("error: timed out after 2s"), "{run}");
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
 #[test]
 fn ctrl_c_while_the_job_opens_leaves_no_reply_queue() {
     let mut s = Scenario::new("ctrl_c_opening");
