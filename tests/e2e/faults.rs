@@ -264,6 +264,23 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
     s.assert_clean();
 }
 
+/// Issue 12: a worker dropping the tasks of a job that has ended (its
+/// reply queue is gone: "NOT_FOUND - no queue") logged it at ERROR. It is
+/// the ordinary end of a job.
+#[test]
+fn dropping_a_finished_jobs_tasks_logs_no_error_issue_12() {
+    let mut s = Scenario::new("gone_no_error");
+    let run = s
+        .producer(&["sum", "--random", "100", "--seed", "1", "--timeout", "1s"])
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    let worker = s.workers(1);
+    s.assert_clean();
+    let log = worker[0].log();
+    assert!(log.contains("job is gone"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
 /// Issue 12: `--json` printed nothing when a job ended early, leaving a
 /// script no object to read.
 #[test]
