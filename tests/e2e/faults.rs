@@ -753,6 +753,42 @@ fn a_worker_reconnects_after_its_connection_is_closed() {
     s.assert_clean();
 }
 
+/// Issue 12: broker errors gave no hint what to do. A producer whose
+/// connection an operator (or a broker shutdown) closes mid-job says what
+/// happened and what to do, and `--json` still prints one object.
+#[test]
+fn a_producer_whose_connection_is_closed_says_what_to_do_issue_12() {
+    let mut s = Scenario::new("producer_conn_closed");
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .spawn();
+    let (_, job) = s.running_job();
+    let pid = connection_pid(&format!("warren-producer {job}"));
+    close_connection(&pid);
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("hint: the broker closed the connection"),
+        "{run}"
+    );
+    let object: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{run}"));
+    assert!(object["error"].as_str().is_some(), "{run}");
+    assert_eq!(object["job_id"], job.as_str(), "{run}");
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
 #[test]
 fn a_closed_stdout_is_not_a_crash() {
     let s = Scenario::new("closed_stdout");
