@@ -148,6 +148,13 @@ impl Error {
                  download without --shared"
                     .to_owned(),
             ),
+            Error::ReplyQueueLost { .. } => Some(
+                "the broker closed the connection (a restart, a lost network, or an operator's \
+                 `rabbitmqctl close_connection`) or someone deleted the queue; the job's \
+                 results went with it: run the job again (the workers drop the queued \
+                 tasks of this one)"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }

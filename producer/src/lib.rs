@@ -41,13 +41,17 @@ use crate::progress::Progress;
 
 /// Runs one job to its end. Cancelling `shutdown` cancels the job cleanly
 /// (its queued tasks are dropped and [`Error::Cancelled`] returned).
+/// `progress` shows the job on stderr and keeps its id and counts for a
+/// run that ends early.
 ///
 /// # Errors
 /// Whatever ended the job early; see [`Error`].
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Report> {
-    let progress = Progress::new(config.quiet);
+pub async fn run(
+    config: &Config,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<Report> {
     let local = LocalPlan::of(config);
-    let progress = &progress;
     match &config.job {
         JobConfig::Sum { config: sum, seed } => {
             let report = sum::run(&config.broker, sum, &local, progress, shutdown).await?;

@@ -3,8 +3,11 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
+use producer::output::error_json;
+use producer::progress::Progress;
 use producer::{Cli, Error};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let progress = Progress::new(config.quiet);
+    let started = Instant::now();
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(warren::shutdown::cancel_on_signals(
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
             Some("signal received: cancelling the job (again to exit without cleanup)"),
             "interrupted again: exiting without cleanup",
         ));
-        producer::run(&config, shutdown).await
+        producer::run(&config, &progress, shutdown).await
     });
     // Don't wait for a blocked stdin reader on the way out.
     runtime.shutdown_background();
@@ -51,11 +56,21 @@ fn main() -> ExitCode {
                 _ => ExitCode::from(report.exit_code()),
             }
         }
-        Err(e) if e.is_cancelled() => {
-            eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
-            ExitCode::from(130)
+        Err(e) => {
+            progress.finish();
+            if config.json {
+                let object = error_json(&warren::display_chain(&e), &progress, started.elapsed());
+                // Nothing more to tell when stdout is gone: the exit
+                // status and stderr still say what happened.
+                let _ = writeln!(std::io::stdout().lock(), "{object}");
+            }
+            if e.is_cancelled() {
+                eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
+                ExitCode::from(130)
+            } else {
+                fail(&e)
+            }
         }
-        Err(e) => fail(&e),
     }
 }
 

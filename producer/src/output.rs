@@ -8,12 +8,33 @@ use warren::exact::NonFinite;
 
 use crate::download::DownloadSummary;
 use crate::download::manifest::ItemStatus;
+use crate::progress::Progress;
 use crate::status::StatusReport;
 use crate::sum::SumReport;
 
 /// URLs shown under a failure reason that several share; `--json` and the
 /// manifest list them all.
 const URLS_SHOWN_PER_REASON: usize = 5;
+
+/// The `--json` object of a run that ended early (timeout, broker failure,
+/// failed task, Ctrl-C): the `error` and what was done so far, so that a
+/// script always has one object to read. `job_id` and `total` appear once
+/// known.
+pub fn error_json(error: &str, progress: &Progress, elapsed: std::time::Duration) -> String {
+    let (done, total) = progress.counts();
+    let mut object = json!({
+        "error": error,
+        "done": done,
+        "elapsed_s": elapsed.as_secs_f64(),
+    });
+    if let Some(job) = progress.job() {
+        object["job_id"] = json!(job.as_str());
+    }
+    if let Some(total) = total {
+        object["total"] = json!(total);
+    }
+    object.to_string()
+}
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]

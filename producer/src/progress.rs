@@ -5,15 +5,23 @@
 //! warnings are always shown. The answer itself goes to stdout, elsewhere.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use warren::JobId;
 
 /// The progress display of one job.
 #[derive(Debug, Clone)]
 pub struct Progress {
     bar: ProgressBar,
     visible: bool,
+    /// The running job, once it has an id: what a run that ends early
+    /// reports with `--json`.
+    job: Arc<OnceLock<JobId>>,
+    /// Tasks finished, kept apart from the bar: finishing the bar fills it.
+    done: Arc<AtomicU64>,
 }
 
 impl Progress {
@@ -29,7 +37,12 @@ impl Progress {
                 ProgressDrawTarget::hidden()
             },
         );
-        Progress { bar, visible }
+        Progress {
+            bar,
+            visible,
+            job: Arc::default(),
+            done: Arc::default(),
+        }
     }
 
     /// A display that never draws (tests, library use).
@@ -37,6 +50,8 @@ impl Progress {
         Progress {
             bar: ProgressBar::hidden(),
             visible: false,
+            job: Arc::default(),
+            done: Arc::default(),
         }
     }
 
@@ -68,6 +83,7 @@ impl Progress {
     /// Records finished tasks.
     pub fn advance(&self, tasks: u64) {
         self.bar.inc(tasks);
+        self.done.fetch_add(tasks, Ordering::Relaxed);
     }
 
     /// Sets the text after the counter (throughput, workers, waiting).
@@ -82,6 +98,21 @@ impl Progress {
         } else {
             eprintln!("warning: {message}");
         }
+    }
+
+    /// Records the id of the job being run (the first one set stays).
+    pub fn set_job(&self, job: &JobId) {
+        let _ = self.job.set(job.clone());
+    }
+
+    /// The job's id, once it has one.
+    pub fn job(&self) -> Option<&JobId> {
+        self.job.get()
+    }
+
+    /// Tasks finished so far, and the total once it is known.
+    pub fn counts(&self) -> (u64, Option<u64>) {
+        (self.done.load(Ordering::Relaxed), self.bar.length())
     }
 
     /// Removes the bar.

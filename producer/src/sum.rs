@@ -158,6 +158,7 @@ pub(crate) async fn run(
     let dtype = feed.dtype();
 
     let job = JobId::random();
+    progress.set_job(&job);
     let mut session = JobSession::open(broker, job.clone(), local, &shutdown).await?;
     tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
     progress.start("chunks", feed.total_tasks());

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use warren_testkit::{HttpFixture, content, sha256_hex};
 
+use nix::sys::signal::Signal;
+
 use crate::support::broker::queues_with_prefix;
 use crate::support::{Run, Scenario, Worker};
 
@@ -614,6 +616,57 @@ fn a_worker_without_shared_dir_says_so_and_how_to_fix_it() {
         d.http.hits("/files/a.bin").is_empty(),
         "nothing was fetched"
     );
+    d.s.assert_clean();
+}
+
+/// Issue 12: when a broker-mode job ended with file chunks in flight, each
+/// returned 1 MiB chunk was logged with its body (89–119 MB of worker log
+/// in one job). The worker now says that the job ended in a few lines.
+#[test]
+fn a_cancelled_broker_download_does_not_flood_the_worker_log_issue_12() {
+    let mut d = Downloads::new("dl_log_flood");
+    let path = "/trickle/flood";
+    let size = 64 << 20;
+    let list = d.list(
+        "urls.txt",
+        &[format!(
+            "{} big.bin",
+            d.http
+                .url(&format!("{path}?size={size}&chunk=65536&delay_ms=1"))
+        )],
+    );
+    let worker = d.worker("w");
+    d.s.broker.wait_for_consumers(1);
+    let producer = d.download(&list, Mode::Broker, &[]).spawn();
+    d.s.broker
+        .wait_until(Duration::from_secs(60), "4 MB of the file was sent", |_| {
+            d.http.bytes_sent(path) >= 4_000_000
+        });
+    producer.signal(Signal::SIGINT);
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(130);
+    d.s.broker.wait_until(
+        Duration::from_secs(60),
+        "the worker dropped the job",
+        |_| worker.log().contains("job ended while the task ran"),
+    );
+    let log = worker.log();
+    assert!(
+        log.len() < 64 * 1024,
+        "the worker logged {} bytes; the last lines:\n{}",
+        log.len(),
+        log.lines()
+            .rev()
+            .take(5)
+            .map(|line| line.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A job that ended is no failure of its tasks: nothing to warn about.
+    assert!(!log.contains("WARN"), "{log}");
+    drop(worker);
+    d.s.broker.wait_for_consumers(0);
+    assert_no_partials(&d.out);
     d.s.assert_clean();
 }
 

@@ -264,6 +264,63 @@ fn ctrl_c_cancels_the_job_and_its_tasks_are_dropped() {
     s.assert_clean();
 }
 
+/// Issue 12: a worker dropping the tasks of a job that has ended (its
+/// reply queue is gone: "NOT_FOUND - no queue") logged it at ERROR. It is
+/// the ordinary end of a job.
+#[test]
+fn dropping_a_finished_jobs_tasks_logs_no_error_issue_12() {
+    let mut s = Scenario::new("gone_no_error");
+    let run = s
+        .producer(&["sum", "--random", "100", "--seed", "1", "--timeout", "1s"])
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    let worker = s.workers(1);
+    s.assert_clean();
+    let log = worker[0].log();
+    assert!(log.contains("job is gone"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// Issue 12: `--json` printed nothing when a job ended early, leaving a
+/// script no object to read.
+#[test]
+fn with_json_a_timed_out_job_prints_one_object_with_its_error() {
+    let mut s = Scenario::new("json_timeout");
+    let run = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--timeout",
+            "2s",
+            "--json",
+        ])
+        .run_within(Duration::from_secs(30));
+    run.expect_code(2);
+    let object: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{run}"));
+    let error = object["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out after 2s"), "{run}");
+    assert_eq!(object["done"], 0, "{run}");
+    assert_eq!(object["total"], 10, "{run}");
+    assert!(
+        object["job_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{run}"
+    );
+    assert!(
+        object["elapsed_s"].as_f64().is_some_and(|s| s >= 2.0),
+        "{run}"
+    );
+    // stderr still says it for people.
+    assert!(run.stderr.contains("error: timed out after 2s"), "{run}");
+    let _worker = s.workers(1);
+    s.assert_clean();
+}
+
 #[test]
 fn ctrl_c_while_the_job_opens_leaves_no_reply_queue() {
     let mut s = Scenario::new("ctrl_c_opening");
@@ -693,6 +750,42 @@ fn a_worker_reconnects_after_its_connection_is_closed() {
         finished_tasks(after) > 0,
         "no task finished after reconnecting:\n{log}"
     );
+    s.assert_clean();
+}
+
+/// Issue 12: broker errors gave no hint what to do. A producer whose
+/// connection an operator (or a broker shutdown) closes mid-job says what
+/// happened and what to do, and `--json` still prints one object.
+#[test]
+fn a_producer_whose_connection_is_closed_says_what_to_do_issue_12() {
+    let mut s = Scenario::new("producer_conn_closed");
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .spawn();
+    let (_, job) = s.running_job();
+    let pid = connection_pid(&format!("warren-producer {job}"));
+    close_connection(&pid);
+    let run = producer.wait(Duration::from_secs(30));
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("hint: the broker closed the connection"),
+        "{run}"
+    );
+    let object: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{run}"));
+    assert!(object["error"].as_str().is_some(), "{run}");
+    assert_eq!(object["job_id"], job.as_str(), "{run}");
+    let _worker = s.workers(1);
     s.assert_clean();
 }
 

@@ -342,7 +342,6 @@ async fn run_task(
             return;
         }
     };
-    log_failures(&task, &outcome);
     // (tasks ok, tasks failed, bytes summed, bytes downloaded)
     let (ok, failed, summed, downloaded) = match &outcome {
         Outcome::Sum(_) => (tasks, 0, sum_bytes, 0),
@@ -370,6 +369,10 @@ async fn run_task(
         .await
     {
         Ok(Routed::Queued) => {
+            // Failures are logged once their job is known to be alive: a
+            // job that ended (a file chunk returned, say) fails its tasks,
+            // and that is no news for the operator.
+            log_failures(&task, &result.outcome);
             tracing::debug!(elapsed_s = result.elapsed_s, "done");
             ack(delivery).await;
             metrics.tasks(kind, TaskOutcome::Ok, ok);
@@ -388,6 +391,7 @@ async fn run_task(
             metrics.tasks(kind, TaskOutcome::Dropped, tasks);
         }
         Err(e) if e.is_transient() => {
+            log_failures(&task, &result.outcome);
             // The channel or connection is gone. Return the task (if the
             // connection still carries the nack; otherwise the broker
             // requeues it when the connection closes) and reconnect.
@@ -400,6 +404,7 @@ async fn run_task(
             context.session_broken.cancel();
         }
         Err(e) => {
+            log_failures(&task, &result.outcome);
             tracing::warn!(
                 "cannot publish the result, returning the task to the queue: {}",
                 warren::display_chain(&e)

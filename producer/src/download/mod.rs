@@ -378,6 +378,7 @@ async fn fetch(
     started: Instant,
 ) -> Result<()> {
     let job = collector.job.clone();
+    progress.set_job(&job);
     let mut session = JobSession::open(broker, job.clone(), local, shutdown).await?;
     tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
     progress.start("files", Some(collector.to_fetch.len() as u64));

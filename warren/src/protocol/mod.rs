@@ -333,6 +333,15 @@ impl SumTask {
             None => 1,
             Some(_) => non_negative(int_header(headers, header::TASKS)?, header::TASKS)?,
         };
+        if !(1..=MAX_TASKS_PER_MESSAGE).contains(&tasks) {
+            return Err(Error::malformed(
+                "task",
+                format!(
+                    "header {} is {tasks}: a message carries 1 to {MAX_TASKS_PER_MESSAGE} tasks",
+                    header::TASKS
+                ),
+            ));
+        }
         if tasks == 1 {
             return Ok(SumTask::single(job, index, dtype, count));
         }
@@ -822,6 +831,26 @@ mod tests {
             Task::decode(&future, &[0u8; 16]),
             Err(Error::UnsupportedVersion { found: 2, .. })
         ));
+    }
+
+    /// Issue 12: 65537 tasks that add up otherwise were reported as
+    /// elements that "cannot be 65537 tasks of 1".
+    #[test]
+    fn too_many_tasks_in_one_message_names_the_limit_issue_12() {
+        let tasks = MAX_TASKS_PER_MESSAGE + 1;
+        let props = with_header("warren-tasks", AMQPValue::LongLongInt(tasks as i64));
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert("warren-chunk".into(), AMQPValue::LongLongInt(1));
+        headers.insert("warren-count".into(), AMQPValue::LongLongInt(tasks as i64));
+        let props = props.with_headers(headers);
+        let body = vec![0u8; tasks as usize * 8];
+        let err = Task::decode(&props, &body).unwrap_err();
+        assert!(err.is_poison(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("header warren-tasks is 65537: a message carries 1 to 65536 tasks"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use warren::broker::{PendingConfirm, Routed};
@@ -361,6 +361,9 @@ async fn fetch(
 
 /// 408, 429 and 5xx are worth retrying; other error statuses are not.
 fn status_failure(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Failure {
+    if let Some(failure) = unfollowed_redirect(status, headers) {
+        return failure;
+    }
     let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
     let retry_after = headers
         .get(RETRY_AFTER)
@@ -373,6 +376,31 @@ fn status_failure(status: StatusCode, headers: &reqwest::header::HeaderMap) -> F
         transient,
         retry_after: if transient { retry_after } else { None },
     }
+}
+
+/// A redirect that reaches us unfollowed: the client hands back a redirect
+/// to a scheme it cannot request (`file:`, `ftp:`) as the response itself,
+/// without asking [`redirect_policy`]. Named as a redirect, not as a bare
+/// "HTTP 302". Only the scheme is shown: the rest may name local files.
+fn unfollowed_redirect(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Option<Failure> {
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = headers.get(LOCATION)?.to_str().ok()?;
+    let scheme = reqwest::Url::parse(location).ok()?.scheme().to_owned();
+    if matches!(scheme.as_str(), "http" | "https") {
+        return None;
+    }
+    Some(Failure {
+        http_status: Some(status.as_u16()),
+        ..Failure::permanent(
+            DownloadErrorKind::Redirect,
+            format!("HTTP {status}: redirect to a {scheme}: URL; only http and https are followed"),
+        )
+    })
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP date.
@@ -866,5 +894,39 @@ mod tests {
         }
         let failure = status_failure(StatusCode::NOT_FOUND, &headers);
         assert_eq!(failure.message, "HTTP 404 Not Found");
+    }
+
+    /// Issue 12: a redirect to `file://` failed as a bare "HTTP 302". The
+    /// real client against a real server on 127.0.0.1: the client returns
+    /// such a redirect unfollowed, and the failure must say why.
+    #[tokio::test]
+    async fn a_redirect_to_a_file_url_says_so_issue_12() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let response = "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\n\
+                            Content-Length: 0\r\nConnection: close\r\n\r\n";
+            stream.write_all(response.as_bytes()).unwrap();
+        });
+        let limits = DownloadLimits::default();
+        let client = HttpClients::default().client(&limits).unwrap();
+        let response = client
+            .get(format!("http://{address}/file"))
+            .send()
+            .await
+            .unwrap();
+        server.join().unwrap();
+        let failure = status_failure(response.status(), response.headers());
+        assert_eq!(
+            failure.message,
+            "HTTP 302 Found: redirect to a file: URL; only http and https are followed"
+        );
+        assert_eq!(failure.kind, DownloadErrorKind::Redirect);
+        assert!(!failure.transient);
+        assert!(!failure.message.contains("passwd"));
     }
 }
