@@ -367,117 +367,123 @@ impl Cli {
                     local_workers: 0,
                 })
             }
-            Command::Download(args) => {
-                check_max_in_flight(args.max_in_flight)?;
-                if !(1..=DownloadLimits::MAX_ATTEMPTS).contains(&args.attempts) {
-                    return Err(Error::Usage(format!(
-                        "--attempts must be 1 to {}",
-                        DownloadLimits::MAX_ATTEMPTS
-                    )));
-                }
-                for (flag, value) in [
-                    ("--http-connect-timeout", args.http_connect_timeout),
-                    ("--idle-timeout", args.idle_timeout),
-                    ("--download-timeout", args.download_timeout),
-                ] {
-                    if value.is_zero() {
-                        return Err(Error::Usage(format!("{flag} must be longer than 0")));
-                    }
-                    // Workers refuse longer ones as malformed: say so now.
-                    if value > DownloadLimits::MAX_TIMEOUT {
-                        return Err(Error::Usage(format!("{flag} must be at most 1 day")));
-                    }
-                }
-                let inputs = args
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, arg)| download_input(i + 1, arg))
-                    .collect::<Result<_>>()?;
-                Ok(Config {
-                    broker,
-                    job: JobConfig::Download(DownloadConfig {
-                        inputs,
-                        out_dir: args.out_dir,
-                        delivery: if args.shared {
-                            Delivery::Shared
-                        } else {
-                            Delivery::Broker
-                        },
-                        manifest: args.manifest,
-                        overwrite: args.overwrite,
-                        fsync: args.fsync,
-                        limits: DownloadLimits {
-                            max_bytes: args.max_size,
-                            connect_timeout_s: args.http_connect_timeout.as_secs_f64(),
-                            idle_timeout_s: args.idle_timeout.as_secs_f64(),
-                            total_timeout_s: args.download_timeout.as_secs_f64(),
-                            max_attempts: args.attempts,
-                            ..DownloadLimits::default()
-                        },
-                        max_in_flight: args.max_in_flight,
-                        timeout: args.output.timeout,
-                        stall_timeout: args.output.stall_timeout,
-                    }),
-                    json: args.output.json,
-                    quiet: args.output.quiet,
-                    local_workers: args.output.workers,
-                })
-            }
-            Command::Sum(args) => {
-                if args.chunk_size == 0 {
-                    return Err(Error::Usage("--chunk-size must be at least 1".into()));
-                }
-                if let Some(n) = args.max_in_flight {
-                    check_max_in_flight(n)?;
-                }
-                if let Some(n) = args.tasks_per_message
-                    && !(1..=MAX_TASKS_PER_MESSAGE as usize).contains(&n)
-                {
-                    return Err(Error::Usage(format!(
-                        "--tasks-per-message must be 1 to {MAX_TASKS_PER_MESSAGE}"
-                    )));
-                }
-                let (input, seed) = match (args.random, args.input.clone()) {
-                    (Some(count), _) => {
-                        if args.dtype.is_some_and(|d| d != Dtype::Float64) {
-                            return Err(Error::Usage("--random generates float64 only".into()));
-                        }
-                        let seed = args.seed.unwrap_or_else(random_seed);
-                        (InputSpec::Random { count, seed }, Some(seed))
-                    }
-                    (None, Some(path)) => (sum_input(&args, path)?, None),
-                    (None, None) => {
-                        return Err(Error::Usage("give an INPUT file or --random N".into()));
-                    }
-                };
-                // The widest element is 8 bytes; the job checks again once
-                // it knows the real one.
-                check_message_size(
-                    args.chunk_size,
-                    args.tasks_per_message.unwrap_or(1),
-                    args.dtype.unwrap_or(Dtype::Float64),
-                )?;
-                Ok(Config {
-                    broker,
-                    job: JobConfig::Sum {
-                        config: SumConfig {
-                            input,
-                            chunk_size: args.chunk_size,
-                            max_in_flight: args.max_in_flight,
-                            tasks_per_message: args.tasks_per_message,
-                            timeout: args.output.timeout,
-                            stall_timeout: args.output.stall_timeout,
-                        },
-                        seed,
-                    },
-                    json: args.output.json,
-                    quiet: args.output.quiet,
-                    local_workers: args.output.workers,
-                })
-            }
+            Command::Download(args) => download_config(args, broker),
+            Command::Sum(args) => sum_config(args, broker),
         }
     }
+}
+
+/// `producer download`'s flags, checked.
+fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
+    check_max_in_flight(args.max_in_flight)?;
+    if !(1..=DownloadLimits::MAX_ATTEMPTS).contains(&args.attempts) {
+        return Err(Error::Usage(format!(
+            "--attempts must be 1 to {}",
+            DownloadLimits::MAX_ATTEMPTS
+        )));
+    }
+    for (flag, value) in [
+        ("--http-connect-timeout", args.http_connect_timeout),
+        ("--idle-timeout", args.idle_timeout),
+        ("--download-timeout", args.download_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(Error::Usage(format!("{flag} must be longer than 0")));
+        }
+        // Workers refuse longer ones as malformed: say so now.
+        if value > DownloadLimits::MAX_TIMEOUT {
+            return Err(Error::Usage(format!("{flag} must be at most 1 day")));
+        }
+    }
+    let inputs = args
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| download_input(i + 1, arg))
+        .collect::<Result<_>>()?;
+    Ok(Config {
+        broker,
+        job: JobConfig::Download(DownloadConfig {
+            inputs,
+            out_dir: args.out_dir,
+            delivery: if args.shared {
+                Delivery::Shared
+            } else {
+                Delivery::Broker
+            },
+            manifest: args.manifest,
+            overwrite: args.overwrite,
+            fsync: args.fsync,
+            limits: DownloadLimits {
+                max_bytes: args.max_size,
+                connect_timeout_s: args.http_connect_timeout.as_secs_f64(),
+                idle_timeout_s: args.idle_timeout.as_secs_f64(),
+                total_timeout_s: args.download_timeout.as_secs_f64(),
+                max_attempts: args.attempts,
+                ..DownloadLimits::default()
+            },
+            max_in_flight: args.max_in_flight,
+            timeout: args.output.timeout,
+            stall_timeout: args.output.stall_timeout,
+        }),
+        json: args.output.json,
+        quiet: args.output.quiet,
+        local_workers: args.output.workers,
+    })
+}
+
+/// `producer sum`'s flags, checked.
+fn sum_config(args: SumArgs, broker: BrokerConfig) -> Result<Config> {
+    if args.chunk_size == 0 {
+        return Err(Error::Usage("--chunk-size must be at least 1".into()));
+    }
+    if let Some(n) = args.max_in_flight {
+        check_max_in_flight(n)?;
+    }
+    if let Some(n) = args.tasks_per_message
+        && !(1..=MAX_TASKS_PER_MESSAGE as usize).contains(&n)
+    {
+        return Err(Error::Usage(format!(
+            "--tasks-per-message must be 1 to {MAX_TASKS_PER_MESSAGE}"
+        )));
+    }
+    let (input, seed) = match (args.random, args.input.clone()) {
+        (Some(count), _) => {
+            if args.dtype.is_some_and(|d| d != Dtype::Float64) {
+                return Err(Error::Usage("--random generates float64 only".into()));
+            }
+            let seed = args.seed.unwrap_or_else(random_seed);
+            (InputSpec::Random { count, seed }, Some(seed))
+        }
+        (None, Some(path)) => (sum_input(&args, path)?, None),
+        (None, None) => {
+            return Err(Error::Usage("give an INPUT file or --random N".into()));
+        }
+    };
+    // The widest element is 8 bytes; the job checks again once
+    // it knows the real one.
+    check_message_size(
+        args.chunk_size,
+        args.tasks_per_message.unwrap_or(1),
+        args.dtype.unwrap_or(Dtype::Float64),
+    )?;
+    Ok(Config {
+        broker,
+        job: JobConfig::Sum {
+            config: SumConfig {
+                input,
+                chunk_size: args.chunk_size,
+                max_in_flight: args.max_in_flight,
+                tasks_per_message: args.tasks_per_message,
+                timeout: args.output.timeout,
+                stall_timeout: args.output.stall_timeout,
+            },
+            seed,
+        },
+        json: args.output.json,
+        quiet: args.output.quiet,
+        local_workers: args.output.workers,
+    })
 }
 
 /// What `producer sum INPUT` reads: a stream through the broker, or a

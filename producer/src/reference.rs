@@ -18,6 +18,7 @@ use warren::source::{self, Stores};
 
 use crate::error::{Error, Result};
 use crate::input::npy::NpyReader;
+use crate::input::raw::whole_elements;
 use crate::input::{Format, NPY_MAGIC, Source};
 
 /// Bytes per range task unless `--range-size` says otherwise: 1 TB makes
@@ -236,23 +237,8 @@ fn layout(
             let dtype = spec.dtype.ok_or_else(|| {
                 Error::Usage("raw input needs --dtype (e.g. --dtype float64)".into())
             })?;
-            let itemsize = dtype.itemsize() as u64;
-            if !size.is_multiple_of(itemsize) {
-                return Err(Error::BadInput {
-                    input: name.to_owned(),
-                    reason: format!(
-                        "has {size} bytes, which is not a multiple of the {itemsize}-byte {dtype} \
-                         ({} stray bytes at the end)",
-                        size % itemsize
-                    ),
-                });
-            }
-            Ok((
-                dtype,
-                spec.byte_order.unwrap_or_default(),
-                0,
-                size / itemsize,
-            ))
+            let count = whole_elements(name, size, dtype)?;
+            Ok((dtype, spec.byte_order.unwrap_or_default(), 0, count))
         }
     }
 }

@@ -23,8 +23,10 @@
 //! request is recorded with its time ([`HttpFixture::hits`]).
 
 mod range;
+mod server;
 
 pub use range::FileServer;
+use server::ServerThread;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,16 +85,14 @@ impl Shared {
 
 /// A running fixture server; stopped when dropped.
 pub struct HttpFixture {
-    addr: SocketAddr,
+    server: ServerThread,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for HttpFixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpFixture")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish_non_exhaustive()
     }
 }
@@ -104,53 +104,23 @@ impl HttpFixture {
     /// When no local port can be bound.
     pub fn start() -> HttpFixture {
         let shared = Arc::new(Shared::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let state = Arc::clone(&shared);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("the fixture's runtime builds");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("a local port is free");
-                ready_tx
-                    .send(
-                        listener
-                            .local_addr()
-                            .expect("a bound socket has an address"),
-                    )
-                    .expect("the starter waits for the address");
-                let app = axum::Router::new().fallback(respond).with_state(state);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            // Streams still being sent are cut off here.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        });
-        let addr = ready_rx.recv().expect("the fixture reports its address");
+        let app = axum::Router::new()
+            .fallback(respond)
+            .with_state(Arc::clone(&shared));
         HttpFixture {
-            addr,
+            server: ServerThread::start(app),
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
         }
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT` followed by `path_and_query`.
     pub fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{}", self.addr, path_and_query)
+        format!("http://{}{}", self.server.addr(), path_and_query)
     }
 
     /// When each request for `path` (no query) arrived.
@@ -184,17 +154,6 @@ impl HttpFixture {
             .get(path)
             .copied()
             .unwrap_or(0)
-    }
-}
-
-impl Drop for HttpFixture {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

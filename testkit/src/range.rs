@@ -7,7 +7,6 @@
 //! like Python's `http.server`), and for the benchmarks it can cap each
 //! response's rate, as one host's link would.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +18,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+
+use crate::server::ServerThread;
 
 /// Bytes per piece of a response body.
 const PIECE: usize = 256 << 10;
@@ -36,10 +37,8 @@ struct Settings {
 /// A running file server; stopped when dropped.
 #[derive(Debug)]
 pub struct FileServer {
-    addr: SocketAddr,
+    server: ServerThread,
     settings: Arc<Settings>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FileServer {
@@ -55,47 +54,22 @@ impl FileServer {
             rate: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let state = Arc::clone(&settings);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("the server's runtime builds");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("a local port is free");
-                ready_tx
-                    .send(
-                        listener
-                            .local_addr()
-                            .expect("a bound socket has an address"),
-                    )
-                    .expect("the starter waits for the address");
-                let app = axum::Router::new().fallback(serve).with_state(state);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        });
-        let addr = ready_rx.recv().expect("the server reports its address");
+        let app = axum::Router::new()
+            .fallback(serve)
+            .with_state(Arc::clone(&settings));
         FileServer {
-            addr,
+            server: ServerThread::start(app),
             settings,
-            stop: Some(stop),
-            thread: Some(thread),
         }
     }
 
     /// `http://127.0.0.1:PORT/` followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+        format!(
+            "http://{}/{}",
+            self.server.addr(),
+            path.trim_start_matches('/')
+        )
     }
 
     /// From now on, answer Range requests with the whole file (200), as a
@@ -114,17 +88,6 @@ impl FileServer {
     /// Range requests answered with 206 so far.
     pub fn ranges_served(&self) -> u64 {
         self.settings.ranges.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

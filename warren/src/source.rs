@@ -195,36 +195,6 @@ impl RemoteObject {
         Ok((remote_pin(&meta), head))
     }
 
-    /// Reads a whole (small) range into memory.
-    ///
-    /// # Errors
-    /// As [`RemoteObject::get_range`], and [`Error::SourceRead`] for a
-    /// short read.
-    pub async fn read_range(
-        &self,
-        range: Range<u64>,
-        pin: Option<&VersionPin>,
-    ) -> Result<(ObjectMeta, Vec<u8>)> {
-        use futures_util::StreamExt;
-        let (meta, mut stream) = self.get_range(range.clone(), pin).await?;
-        let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.read_error(range.clone(), e))?;
-            bytes.extend_from_slice(&chunk);
-        }
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(self.read_error(
-                range.clone(),
-                format!(
-                    "the response ended after {} of {} bytes",
-                    bytes.len(),
-                    range.end - range.start
-                ),
-            ));
-        }
-        Ok((meta, bytes))
-    }
-
     /// The error for a failed read of `range`.
     pub fn read_error(
         &self,
@@ -276,33 +246,52 @@ pub fn pins_a_version(pin: &VersionPin) -> bool {
     pin.mtime_ns.is_some() || pin.etag.is_some() || pin.last_modified.is_some()
 }
 
+/// [`Error::SourceChanged`] for `input`, saying what differs.
+fn changed(input: &str, detail: String) -> Error {
+    Error::SourceChanged {
+        input: input.to_owned(),
+        detail,
+    }
+}
+
+/// [`Error::SourceRead`] for a shared file that cannot be opened or
+/// examined (no byte range is involved yet).
+fn file_error(input: &str, source: std::io::Error) -> Error {
+    Error::SourceRead {
+        input: input.to_owned(),
+        start: 0,
+        end: 0,
+        source: Box::new(source),
+    }
+}
+
+/// Checks the size every pin has.
+fn check_size(pin: &VersionPin, size: u64, input: &str) -> Result<()> {
+    if size != pin.size {
+        return Err(changed(
+            input,
+            format!("(it was {} bytes, now {size})", pin.size),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a remote object's metadata against the pin.
 ///
 /// # Errors
 /// [`Error::SourceChanged`] naming what differs.
 pub fn check_remote_pin(pin: &VersionPin, meta: &ObjectMeta, input: &str) -> Result<()> {
-    let found = remote_pin(meta);
-    let changed = |detail: String| {
-        Err(Error::SourceChanged {
-            input: input.to_owned(),
-            detail,
-        })
-    };
-    if found.size != pin.size {
-        return changed(format!("(it was {} bytes, now {})", pin.size, found.size));
-    }
+    check_size(pin, meta.size, input)?;
     if let Some(etag) = &pin.etag
         && meta.e_tag.as_ref() != Some(etag)
     {
-        return changed(format!(
-            "(its ETag was {etag}, now {})",
-            meta.e_tag.as_deref().unwrap_or("none")
-        ));
+        let now = meta.e_tag.as_deref().unwrap_or("none");
+        return Err(changed(input, format!("(its ETag was {etag}, now {now})")));
     }
     if let Some(date) = &pin.last_modified {
         let now = httpdate::fmt_http_date(SystemTime::from(meta.last_modified));
         if &now != date {
-            return changed(format!("(last modified {date}, now {now})"));
+            return Err(changed(input, format!("(last modified {date}, now {now})")));
         }
     }
     Ok(())
@@ -318,13 +307,7 @@ pub fn check_remote_pin(pin: &VersionPin, meta: &ObjectMeta, input: &str) -> Res
 pub fn open_shared(dir: &Path, relative: &str) -> Result<File> {
     use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
     let input = format!("shared:{relative}");
-    let read_error = |source: std::io::Error| Error::SourceRead {
-        input: input.clone(),
-        start: 0,
-        end: 0,
-        source: Box::new(source),
-    };
-    let dir_file = File::open(dir).map_err(&read_error)?;
+    let dir_file = File::open(dir).map_err(|e| file_error(&input, e))?;
     let opened = openat2(
         &dir_file,
         relative,
@@ -349,9 +332,9 @@ pub fn open_shared(dir: &Path, relative: &str) -> Result<File> {
         Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
             open_checked(dir, relative, &input)?
         }
-        Err(errno) => return Err(read_error(errno.into())),
+        Err(errno) => return Err(file_error(&input, errno.into())),
     };
-    let meta = file.metadata().map_err(&read_error)?;
+    let meta = file.metadata().map_err(|e| file_error(&input, e))?;
     if !meta.is_file() {
         return Err(Error::SourceRefused {
             input,
@@ -364,12 +347,7 @@ pub fn open_shared(dir: &Path, relative: &str) -> Result<File> {
 /// The fallback of [`open_shared`]: the canonical path must lie in the
 /// canonical directory.
 fn open_checked(dir: &Path, relative: &str, input: &str) -> Result<File> {
-    let read_error = |source: std::io::Error| Error::SourceRead {
-        input: input.to_owned(),
-        start: 0,
-        end: 0,
-        source: Box::new(source),
-    };
+    let read_error = |source| file_error(input, source);
     let dir = std::fs::canonicalize(dir).map_err(&read_error)?;
     let path = std::fs::canonicalize(dir.join(relative)).map_err(&read_error)?;
     if !path.starts_with(&dir) {
@@ -404,23 +382,10 @@ pub fn file_pin(file: &File) -> std::io::Result<VersionPin> {
 /// [`Error::SourceChanged`] naming what differs, [`Error::SourceRead`] when
 /// the file cannot be examined.
 pub fn check_file_pin(pin: &VersionPin, file: &File, input: &str) -> Result<()> {
-    let found = file_pin(file).map_err(|source| Error::SourceRead {
-        input: input.to_owned(),
-        start: 0,
-        end: 0,
-        source: Box::new(source),
-    })?;
-    let changed = |detail: String| {
-        Err(Error::SourceChanged {
-            input: input.to_owned(),
-            detail,
-        })
-    };
-    if found.size != pin.size {
-        return changed(format!("(it was {} bytes, now {})", pin.size, found.size));
-    }
+    let found = file_pin(file).map_err(|e| file_error(input, e))?;
+    check_size(pin, found.size, input)?;
     if pin.mtime_ns.is_some() && found.mtime_ns != pin.mtime_ns {
-        return changed("(its modification time changed)".into());
+        return Err(changed(input, "(its modification time changed)".into()));
     }
     Ok(())
 }

@@ -58,31 +58,60 @@ pub async fn run(
         "MB/s",
     ));
 
-    let workers = cluster.workers(2, &["--shared-dir", &dir]).await?;
-    let shared = producer_rates(
-        cluster,
-        scale,
-        count,
-        &["sum", &path, "--shared", "--shared-dir", &dir, "--json"],
-    )
-    .await?;
-    let through_broker = producer_rates(cluster, scale, count, &["sum", &path, "--json"]).await?;
     let server = FileServer::start(data_dir);
     let url = server.url(
         file.file_name()
             .and_then(|n| n.to_str())
             .context("a file name")?,
     );
-    let http = producer_rates(cluster, scale, count, &["sum", &url, "--json"]).await?;
+    let measured = with_two_workers(cluster, scale, count, &path, &dir, &url).await?;
+    let plain = Sample::of(&repeat_async(scale.runs, || plain_http_loop(&url, count)).await?);
+    push_rows(rows, &label, &limit, measured, plain);
+    scaling(cluster, scale, &server, &url, count, &label, rows).await
+}
+
+/// What two workers did, in MB/s, and the larger worker's peak RSS.
+struct TwoWorkers {
+    shared: Sample,
+    through_broker: Sample,
+    http: Sample,
+    worker_peak: u64,
+}
+
+/// The same file summed by two workers: by reference from the shared
+/// directory, through the broker, and by reference over HTTP.
+async fn with_two_workers(
+    cluster: &mut Cluster,
+    scale: Scale,
+    count: u64,
+    path: &str,
+    dir: &str,
+    url: &str,
+) -> Result<TwoWorkers> {
+    let workers = cluster.workers(2, &["--shared-dir", dir]).await?;
+    let shared_args = ["sum", path, "--shared", "--shared-dir", dir, "--json"];
+    let shared = producer_rates(cluster, scale, count, &shared_args).await?;
+    let through_broker = producer_rates(cluster, scale, count, &["sum", path, "--json"]).await?;
+    let http = producer_rates(cluster, scale, count, &["sum", url, "--json"]).await?;
     let worker_peak = workers.iter().map(|w| w.peak_rss()).max().unwrap_or(0);
     cluster.stop(workers).await?;
+    Ok(TwoWorkers {
+        shared,
+        through_broker,
+        http,
+        worker_peak,
+    })
+}
 
-    let ratio = shared.median / limit.median;
+/// The rows of the two-worker runs, each against its reference.
+fn push_rows(rows: &mut Vec<Row>, label: &str, limit: &Sample, run: TwoWorkers, plain: Sample) {
+    let ratio = run.shared.median / limit.median;
+    let speedup = run.shared.median / run.through_broker.median;
     rows.push(
         Row::new(
             "sum by reference, shared path, 2 workers",
-            &label,
-            shared.clone(),
+            label,
+            run.shared,
             "MB/s",
         )
         .against(
@@ -91,12 +120,11 @@ pub async fn run(
         )
         .target(">= 50% of the limit", ratio >= 0.5),
     );
-    let speedup = shared.median / through_broker.median;
     rows.push(
         Row::new(
             "sum through the broker, 2 workers",
-            &label,
-            through_broker,
+            label,
+            run.through_broker,
             "MB/s",
         )
         .note(format!(
@@ -104,33 +132,31 @@ pub async fn run(
             met(speedup >= 5.0)
         )),
     );
-    let plain = Sample::of(&repeat_async(scale.runs, || plain_http_loop(&url, count)).await?);
+    let http_ratio = run.http.median / plain.median;
+    let plain_median = plain.median;
     rows.push(Row::new(
         "plain reqwest loop, the same 64 MiB ranges, 16 at once",
-        &label,
-        plain.clone(),
+        label,
+        plain,
         "MB/s",
     ));
-    let http_ratio = http.median / plain.median;
     rows.push(
-        Row::new("sum by reference, HTTP, 2 workers", &label, http, "MB/s")
+        Row::new("sum by reference, HTTP, 2 workers", label, run.http, "MB/s")
             .against(
-                format!("plain loop ({} MB/s)", human(plain.median)),
-                plain.median,
+                format!("plain loop ({} MB/s)", human(plain_median)),
+                plain_median,
             )
             .target(">= 60% of the plain loop", http_ratio >= 0.6),
     );
     rows.push(
         Row::new(
             "peak RSS, worker (largest of 2), by reference",
-            &label,
-            Sample::of(&[worker_peak as f64 / 1e6]),
+            label,
+            Sample::of(&[run.worker_peak as f64 / 1e6]),
             "MB",
         )
-        .target("< 64 MB", (worker_peak as f64) < 64e6),
+        .target("< 64 MB", (run.worker_peak as f64) < 64e6),
     );
-
-    scaling(cluster, scale, &server, &url, count, &label, rows).await
 }
 
 fn met(yes: bool) -> &'static str {

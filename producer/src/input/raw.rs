@@ -44,28 +44,39 @@ impl RawReader {
         dtype: Dtype,
         order: ByteOrder,
     ) -> Result<Self> {
-        let itemsize = dtype.itemsize() as u64;
-        if let Some(len) = file_len
-            && len % itemsize != 0
-        {
-            return Err(Error::BadInput {
-                input: source.to_string(),
-                reason: format!(
-                    "has {len} bytes, which is not a multiple of the {itemsize}-byte {dtype} \
-                     ({} stray bytes at the end)",
-                    len % itemsize
-                ),
-            });
-        }
+        let total = match file_len {
+            Some(len) => Some(whole_elements(&source.to_string(), len, dtype)?),
+            None => None,
+        };
         Ok(RawReader {
             input: source.to_string(),
             reader,
             dtype,
-            swap: order == ByteOrder::Big && itemsize > 1,
-            total: file_len.map(|len| len / itemsize),
+            swap: order == ByteOrder::Big && dtype.itemsize() > 1,
+            total,
             done: false,
         })
     }
+}
+
+/// How many `dtype` elements `len` bytes of raw input hold.
+///
+/// # Errors
+/// [`Error::BadInput`] naming the stray bytes when `len` is not a whole
+/// number of elements.
+pub fn whole_elements(input: &str, len: u64, dtype: Dtype) -> Result<u64> {
+    let itemsize = dtype.itemsize() as u64;
+    if !len.is_multiple_of(itemsize) {
+        return Err(Error::BadInput {
+            input: input.to_owned(),
+            reason: format!(
+                "has {len} bytes, which is not a multiple of the {itemsize}-byte {dtype} \
+                 ({} stray bytes at the end)",
+                len % itemsize
+            ),
+        });
+    }
+    Ok(len / itemsize)
 }
 
 impl ChunkReader for RawReader {
