@@ -127,6 +127,57 @@ pub enum Error {
         queue: String,
     },
 
+    /// A job's record on the broker cannot be read.
+    #[error("the job record in {queue} is unreadable: {reason}")]
+    BadRecord {
+        /// The record queue.
+        queue: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// `attach` or `cancel` named a job that is not there.
+    #[error(
+        "no job {job} under the queue prefix {prefix}: it finished, was cancelled, or expired \
+         after its TTL"
+    )]
+    NoSuchJob {
+        /// The job id as given.
+        job: String,
+        /// `--queue-prefix`.
+        prefix: String,
+    },
+
+    /// `producer jobs` needs the management API, which did not answer.
+    #[error("cannot list the jobs: the management API did not answer: {reason}")]
+    NoJobList {
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Another producer is attached to the job.
+    #[error("job {job} is attached to another producer")]
+    JobAttached {
+        /// The job.
+        job: String,
+    },
+
+    /// The job's record does not allow carrying it on.
+    #[error("job {job} cannot be resumed: {reason}")]
+    CannotResume {
+        /// The job.
+        job: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
+    /// The input is not the one the job started with.
+    #[error("the input changed since the job started: {input}")]
+    InputChanged {
+        /// The file.
+        input: String,
+    },
+
     /// Ctrl-C or SIGTERM cancelled the job.
     #[error("cancelled")]
     Cancelled,
@@ -148,11 +199,21 @@ impl Error {
                  download without --shared"
                     .to_owned(),
             ),
+            Error::NoJobList { .. } => Some(
+                "only RabbitMQ's management API can list queues: enable it with \
+                 `rabbitmq-plugins enable rabbitmq_management`, or name it with \
+                 --management-url"
+                    .to_owned(),
+            ),
+            Error::JobAttached { .. } => Some(
+                "stop that producer first (`producer jobs` lists the jobs and which are \
+                 attached)"
+                    .to_owned(),
+            ),
             Error::ReplyQueueLost { .. } => Some(
                 "the broker closed the connection (a restart, a lost network, or an operator's \
-                 `rabbitmqctl close_connection`) or someone deleted the queue; the job's \
-                 results went with it: run the job again (the workers drop the queued \
-                 tasks of this one)"
+                 `rabbitmqctl close_connection`) or someone deleted the queue. Unless it was \
+                 cancelled, the job lives on for its TTL: `producer attach JOB_ID` carries it on"
                     .to_owned(),
             ),
             _ => None,

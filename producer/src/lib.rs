@@ -10,6 +10,9 @@
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
 //! - `local`: workers run inside the producer with `--workers N`.
+//! - `durable`: a job's record on the broker (what it is, its latest
+//!   checkpoint), which lets it outlive its producer.
+//! - `attach`: `producer attach`, `producer jobs`, `producer cancel`.
 //! - [`status`]: `producer status`, what the queues hold.
 //! - [`progress`]: the progress bar and warnings on stderr.
 //! - [`output`]: the answer on stdout and the exit status.
@@ -18,8 +21,10 @@
 //! `main.rs` only parses flags, installs logging and signal handling, and
 //! maps the outcome of [`run`] to an exit status.
 
+mod attach;
 pub mod cli;
 pub mod download;
+mod durable;
 pub mod error;
 pub mod input;
 mod job;
@@ -30,6 +35,7 @@ pub mod reference;
 pub mod status;
 pub mod sum;
 
+pub use attach::JobListing;
 pub use cli::{Cli, Config, JobConfig};
 pub use error::{Error, Result};
 pub use output::Report;
@@ -61,6 +67,24 @@ pub async fn run(
             })
         }
         JobConfig::Status(status) => Ok(Report::Status(status::run(&config.broker, status).await?)),
+        JobConfig::Jobs(jobs) => Ok(Report::Jobs(
+            attach::list(&config.broker, jobs.management_url.as_deref()).await?,
+        )),
+        JobConfig::Attach {
+            job,
+            timeout,
+            stall_timeout,
+        } => {
+            let limits = sum::RunLimits {
+                timeout: *timeout,
+                stall_timeout: *stall_timeout,
+            };
+            attach::attach(&config.broker, job, limits, &local, progress, shutdown).await
+        }
+        JobConfig::Cancel(job) => {
+            attach::cancel(&config.broker, job).await?;
+            Ok(Report::Cancelled(job.clone()))
+        }
         JobConfig::Download(download) => {
             let summary =
                 download::run(&config.broker, download, &local, progress, shutdown).await?;

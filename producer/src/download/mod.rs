@@ -26,7 +26,6 @@ pub mod urls;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -39,7 +38,10 @@ use warren::{BrokerConfig, JobId};
 
 use crate::error::{Error, Result};
 use crate::input::Source;
-use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
+use crate::job::{
+    self, Accepted, Collector, Drive, JobSession, Opening, OutgoingTask, PublishCounts,
+    explain_dead_letter,
+};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use batching::Batching;
@@ -379,7 +381,8 @@ async fn fetch(
 ) -> Result<()> {
     let job = collector.job.clone();
     progress.set_job(&job);
-    let mut session = JobSession::open(broker, job.clone(), local, shutdown).await?;
+    let mut session =
+        JobSession::open(broker, Opening::WithProducer(job.clone()), local, shutdown).await?;
     tracing::info!(job_id = %job, files = collector.to_fetch.len(), "download job started");
     progress.start("files", Some(collector.to_fetch.len() as u64));
 
@@ -413,16 +416,13 @@ async fn fetch(
         tasks_tx,
     ));
     let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let published = Arc::new(AtomicU64::new(0));
-    let publisher = job::spawn_publisher(
-        &session,
-        tasks_rx,
-        Arc::clone(&window),
-        Arc::clone(&published),
-    );
+    let counts = Arc::new(PublishCounts::default());
+    let publisher =
+        job::spawn_publisher(&session, tasks_rx, Arc::clone(&window), Arc::clone(&counts));
     let drive = Drive {
         window: &window,
-        published: &published,
+        counts: &counts,
+        answered_before: 0,
         timeout: config.timeout,
         stall_timeout: config.stall_timeout,
         progress,
@@ -452,6 +452,7 @@ async fn make_messages(
         let carried = batch.tasks().len() as u64;
         batching.sent(batch.index(), carried);
         let outgoing = OutgoingTask {
+            first: batch.index(),
             body: batch.body(),
             properties: batch.properties(&reply_queue),
             tasks: carried as u32,
