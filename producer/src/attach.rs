@@ -58,6 +58,44 @@ pub(crate) async fn attach(
     }
 }
 
+/// How long a producer that lost its broker keeps trying to carry its job
+/// on: a broker restart, a failover to another node.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Carries on a job after the producer lost its broker connection: attaches
+/// to it again, retrying while the broker is away, for [`RECONNECT_FOR`].
+///
+/// # Errors
+/// The last error once retrying is over, or the first that retrying cannot
+/// help.
+pub(crate) async fn reconnect(
+    broker: &BrokerConfig,
+    job: &JobId,
+    limits: RunLimits,
+    local: &LocalPlan,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<Report> {
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        progress.warn(&format!(
+            "lost the broker connection: connecting again to carry job {job} on"
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Err(Error::Cancelled),
+        }
+        match attach(broker, job, limits, local, progress, shutdown.clone()).await {
+            Err(e) if e.is_worth_reconnecting() && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %warren::display_chain(&e), "reconnecting failed");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// One job that can be attached to, as `producer jobs` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobListing {

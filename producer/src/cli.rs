@@ -310,6 +310,12 @@ pub struct SumArgs {
     #[arg(long, env = "WARREN_JOB_TTL", value_parser = parse_duration, value_name = "DURATION", default_value = "10m")]
     pub job_ttl: Duration,
 
+    /// Publish every task, print the job's id and exit: `producer attach
+    /// JOB_ID` collects the answer later (within --job-ttl). Needs an input
+    /// the workers read themselves (--shared, an http(s):// or s3:// source)
+    #[arg(long, conflicts_with = "workers")]
+    pub detach: bool,
+
     /// Tasks carried by one message; each still gets its own result
     /// [default: chunks under 256 KiB travel together, up to 256 per message]
     #[arg(long, value_name = "N")]
@@ -581,6 +587,7 @@ fn sum_config(args: SumArgs, broker: BrokerConfig) -> Result<Config> {
                 timeout: args.output.timeout,
                 stall_timeout: args.output.stall_timeout,
                 job_ttl: args.job_ttl,
+                detach: args.detach,
             },
             seed,
         },

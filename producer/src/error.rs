@@ -127,6 +127,13 @@ pub enum Error {
         queue: String,
     },
 
+    /// The connection to the broker was lost mid-job; the job lives on.
+    #[error("lost the connection to the broker during job {job}")]
+    BrokerLost {
+        /// The job, to attach to.
+        job: warren::JobId,
+    },
+
     /// A job's record on the broker cannot be read.
     #[error("the job record in {queue} is unreadable: {reason}")]
     BadRecord {
@@ -184,6 +191,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when connecting again may carry the job on: the broker went
+    /// away or could not be reached, or still holds the lost connection's
+    /// attach lock.
+    pub fn is_worth_reconnecting(&self) -> bool {
+        match self {
+            Error::BrokerLost { .. } | Error::JobAttached { .. } => true,
+            Error::Warren(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
     /// True when the user asked to stop.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
@@ -205,6 +223,10 @@ impl Error {
                  --management-url"
                     .to_owned(),
             ),
+            Error::BrokerLost { job } => Some(format!(
+                "the job lives on for its --job-ttl: `producer attach {job}` carries it on once \
+                 the broker is back"
+            )),
             Error::JobAttached { .. } => Some(
                 "stop that producer first (`producer jobs` lists the jobs and which are \
                  attached)"

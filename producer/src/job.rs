@@ -233,6 +233,11 @@ impl JobSession {
         })
     }
 
+    /// Whether the connection to the broker is still open.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     /// The job's record as last saved; `None` for a job that ends with its
     /// producer.
     pub(crate) fn record(&self) -> Option<&JobRecord> {
@@ -241,12 +246,12 @@ impl JobSession {
 
     /// Saves a checkpoint in the job's record and waits until the broker
     /// holds it; then acks every reply up to `last_reply`, which it covers.
-    async fn checkpoint(
+    pub(crate) async fn checkpoint(
         &mut self,
         state: serde_json::Value,
         done: u64,
         total: Option<u64>,
-        last_reply: u64,
+        last_reply: Option<u64>,
     ) -> Result<()> {
         if let Some(record) = &mut self.record {
             record.seq += 1;
@@ -255,6 +260,9 @@ impl JobSession {
             record.checkpoint = Some(state);
             record.save(&self.publisher, &self.record_queue).await?;
         }
+        let Some(last_reply) = last_reply else {
+            return Ok(());
+        };
         let ack_all = BasicAckOptions { multiple: true };
         self.reply_channel
             .basic_ack(last_reply, ack_all)
@@ -773,7 +781,7 @@ impl DriveState {
         self.unacked_replies = 0;
         let through = drive.counts.through.load(Ordering::Relaxed);
         let state = collector.checkpoint(through);
-        let saving = session.checkpoint(state, self.answered, self.total, last_reply);
+        let saving = session.checkpoint(state, self.answered, self.total, Some(last_reply));
         tokio::select! {
             saved = saving => saved,
             () = drive.shutdown.cancelled() => Err(Error::Cancelled),

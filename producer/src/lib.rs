@@ -59,12 +59,26 @@ pub async fn run(
 ) -> Result<Report> {
     let local = LocalPlan::of(config);
     match &config.job {
+        JobConfig::Sum { config: sum, .. } if sum.detach => {
+            let job = sum::submit(&config.broker, sum, &local, progress, shutdown).await?;
+            Ok(Report::Detached(job))
+        }
         JobConfig::Sum { config: sum, seed } => {
-            let report = sum::run(&config.broker, sum, &local, progress, shutdown).await?;
-            Ok(Report::Sum {
-                report,
-                seed: *seed,
-            })
+            match sum::run(&config.broker, sum, &local, progress, shutdown.clone()).await {
+                Ok(report) => Ok(Report::Sum {
+                    report,
+                    seed: *seed,
+                }),
+                Err(Error::BrokerLost { job }) => {
+                    let limits = sum::RunLimits {
+                        timeout: sum.timeout,
+                        stall_timeout: sum.stall_timeout,
+                    };
+                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         JobConfig::Status(status) => Ok(Report::Status(status::run(&config.broker, status).await?)),
         JobConfig::Jobs(jobs) => Ok(Report::Jobs(
@@ -79,7 +93,22 @@ pub async fn run(
                 timeout: *timeout,
                 stall_timeout: *stall_timeout,
             };
-            attach::attach(&config.broker, job, limits, &local, progress, shutdown).await
+            match attach::attach(
+                &config.broker,
+                job,
+                limits,
+                &local,
+                progress,
+                shutdown.clone(),
+            )
+            .await
+            {
+                Err(Error::BrokerLost { job }) => {
+                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
+                        .await
+                }
+                outcome => outcome,
+            }
         }
         JobConfig::Cancel(job) => {
             attach::cancel(&config.broker, job).await?;

@@ -54,6 +54,8 @@ pub enum Report {
     Jobs(Vec<crate::attach::JobListing>),
     /// `producer cancel`: the job cancelled.
     Cancelled(warren::JobId),
+    /// `--detach`: the job submitted, for `producer attach`.
+    Detached(warren::JobId),
 }
 
 impl Report {
@@ -65,7 +67,7 @@ impl Report {
             Report::Download(summary) => {
                 u8::from(summary.with_status(ItemStatus::Failed).next().is_some())
             }
-            Report::Status(_) | Report::Jobs(_) | Report::Cancelled(_) => 0,
+            Report::Status(_) | Report::Jobs(_) | Report::Cancelled(_) | Report::Detached(_) => 0,
         }
     }
 
@@ -107,6 +109,10 @@ impl Report {
                 }
             }
             Report::Cancelled(job) => format!("cancelled job {job}"),
+            Report::Detached(job) if json => {
+                json!({"job_id": job.as_str(), "detached": true}).to_string()
+            }
+            Report::Detached(job) => job.to_string(),
             Report::Status(report) => {
                 if json {
                     serde_json::to_string(report).expect("a status report always serializes") // invariant: plain data
@@ -191,7 +197,11 @@ impl Report {
                     ));
                 }
             }
-            Report::Download(_) | Report::Status(_) | Report::Jobs(_) | Report::Cancelled(_) => {}
+            Report::Download(_)
+            | Report::Status(_)
+            | Report::Jobs(_)
+            | Report::Cancelled(_)
+            | Report::Detached(_) => {}
         }
         notes
     }

@@ -113,8 +113,11 @@ pub struct SumConfig {
     /// Fail the job after this long without a reply while the task queue
     /// holds none of its tasks (see `--stall-timeout`).
     pub stall_timeout: Duration,
-    /// How long the job outlives its producer (`--job-ttl`).
+    /// How long the job outlives its producer (`--job-ttl`); zero: it
+    /// ends with its producer and keeps no checkpoints.
     pub job_ttl: Duration,
+    /// `--detach`: publish every task, then leave the job to `attach`.
+    pub detach: bool,
 }
 
 /// What a finished sum job reports.
@@ -244,16 +247,13 @@ pub(crate) async fn run(
     let feed = Feed::open(config, &shutdown).await?;
     let job = JobId::random();
     progress.set_job(&job);
-    let record = JobRecord::new(
-        job.clone(),
-        config.job_ttl,
-        JobSpec::Sum(feed.spec(config)?),
-    );
-    let session = JobSession::open(broker, Opening::New(record), local, &shutdown).await?;
+    let session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
     tracing::info!(job_id = %job, dtype = %feed.dtype(), "sum job started");
-    progress.note(&format!(
-        "job {job} started; if this producer stops, `producer attach {job}` carries it on"
-    ));
+    if session.record().is_some() {
+        progress.note(&format!(
+            "job {job} started; if this producer stops, `producer attach {job}` carries it on"
+        ));
+    }
     let limits = RunLimits {
         timeout: config.timeout,
         stall_timeout: config.stall_timeout,
@@ -263,6 +263,100 @@ pub(crate) async fn run(
         session, feed, collector, limits, progress, shutdown, started,
     )
     .await
+}
+
+/// Opens a new job: one that outlives its producer, with its record,
+/// unless `--job-ttl 0` says it ends with it.
+async fn open_job(
+    broker: &BrokerConfig,
+    config: &SumConfig,
+    feed: &Feed,
+    job: &JobId,
+    local: &LocalPlan,
+    shutdown: &CancellationToken,
+) -> Result<JobSession> {
+    let opening = if config.job_ttl.is_zero() {
+        Opening::WithProducer(job.clone())
+    } else {
+        let spec = JobSpec::Sum(feed.spec(config)?);
+        Opening::New(JobRecord::new(job.clone(), config.job_ttl, spec))
+    };
+    JobSession::open(broker, opening, local, shutdown).await
+}
+
+/// `--detach`: publishes every task of a sum by reference, saves the job's
+/// record and leaves the job to `producer attach`; returns its id.
+///
+/// # Errors
+/// [`Error::Usage`] for an input that streams through the producer (it
+/// needs its producer to the end), and what [`run`] may fail with before
+/// its first reply.
+pub(crate) async fn submit(
+    broker: &BrokerConfig,
+    config: &SumConfig,
+    local: &LocalPlan,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<JobId> {
+    let feed = Feed::open(config, &shutdown).await?;
+    let Feed::Ranges { plan, .. } = &feed else {
+        return Err(Error::Usage(
+            "--detach needs an input that the workers read themselves (--shared, an http(s):// \
+             or s3:// source): a streamed input needs its producer until the end"
+                .into(),
+        ));
+    };
+    if config.job_ttl.is_zero() {
+        return Err(Error::Usage(
+            "--detach needs a --job-ttl longer than 0".into(),
+        ));
+    }
+    let tasks = plan.tasks();
+    let job = JobId::random();
+    progress.set_job(&job);
+    let mut session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
+    let collector = SumCollector::new(&session, feed.dtype());
+    let counts = Arc::new(PublishCounts::default());
+    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
+    let (failure_tx, failure_rx) = oneshot::channel();
+    let end = Arc::new(AtomicU64::new(0));
+    let target = FeedTarget {
+        job: job.clone(),
+        reply_queue: session.reply_queue.clone(),
+        outstanding: Arc::clone(&collector.outstanding),
+        skip: Skip::default(),
+        end: Arc::clone(&end),
+    };
+    let feeder = feed.spawn(target, tasks_tx, failure_tx);
+    // Every task at once: they are small control messages.
+    let window = usize::try_from(tasks).unwrap_or(usize::MAX).max(1);
+    let window = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
+    let publisher = job::spawn_publisher(&session, tasks_rx, window, Arc::clone(&counts));
+    let published = tokio::select! {
+        published = fail_with_input(publisher, failure_rx, end) => match published {
+            Ok(outcome) => outcome,
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+        },
+        () = shutdown.cancelled() => Err(Error::Cancelled),
+    };
+    feeder.abort();
+    let saved = match published {
+        Ok(total) => {
+            let state = collector.checkpoint(total);
+            session.checkpoint(state, 0, Some(total), None).await
+        }
+        Err(e) => Err(e),
+    };
+    match saved {
+        Ok(()) => {
+            session.detach().await;
+            Ok(job)
+        }
+        Err(e) => {
+            session.close().await;
+            Err(e)
+        }
+    }
 }
 
 /// Carries on a sum job another producer started, from its record; the
@@ -355,10 +449,16 @@ async fn collect(
         started,
     };
     let outcome = job::drive(&mut session, &mut collector, publisher, drive).await;
-    // Whatever happened, stop feeding and end the job on the broker.
     feeder.abort();
-    session.close().await;
     progress.finish();
+    // A job that outlives its producer outlives a lost connection too: the
+    // caller connects again and carries it on from its record. Anything
+    // else ends the job on the broker.
+    if outcome.is_err() && !session.is_connected() && session.record().is_some() {
+        session.detach().await;
+        return Err(Error::BrokerLost { job });
+    }
+    session.close().await;
 
     let chunks = outcome?;
     Ok(SumReport {
@@ -854,6 +954,8 @@ struct SumCollector {
     dead_letter_queue: String,
     /// Where publishing resumed (0 for a new job).
     through: u64,
+    /// Whether the job keeps checkpoints (it outlives its producer).
+    durable: bool,
     /// For a resumed job: how the input is cut, to check results for
     /// messages that the earlier producer published after its last
     /// checkpoint (they are in no record).
@@ -943,6 +1045,7 @@ impl SumCollector {
             dead_letter_queue: session.topology.dead_letter_queue(),
             through: 0,
             shape: None,
+            durable: session.record().is_some(),
         }
     }
 
@@ -1106,7 +1209,7 @@ impl Collector for SumCollector {
     }
 
     fn keeps_checkpoints(&self) -> bool {
-        true
+        self.durable
     }
 
     /// The total, the answered tasks and the messages that an earlier

@@ -268,3 +268,125 @@ fn attach_refuses_an_input_that_changed_since_the_job_started() {
     let _drain = s.start_worker("drain", &[]);
     s.assert_clean();
 }
+
+/// The broker closes the producer's connection mid-job (as
+/// `rabbitmqctl close_connection` does for an operator, or a broker
+/// restart does): the same producer run connects again and ends exact.
+#[test]
+fn a_producer_whose_connection_is_closed_mid_job_reconnects_and_ends_exact() {
+    let mut s = Scenario::new("reconnect");
+    let expected = reference(&["numpy-random-sum", "40000000", "11"]);
+    let _worker = s.start_worker("w0", &["--concurrency", "1"]);
+    s.broker.wait_for_consumers(1);
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "4e7",
+            "--seed",
+            "11",
+            "--chunk-size",
+            "20000",
+            "--json",
+        ])
+        .spawn();
+    let job = started_job(&producer);
+    wait_for_listing(&s, &job, "100 of its 2000 tasks are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 100
+    });
+    close_connection(&format!("warren-producer {job}"));
+    let run = producer.wait(Duration::from_secs(120));
+    run.expect_success();
+    assert_eq!(run.json()["sum"], expected.as_str(), "{run}");
+    assert_eq!(run.json()["chunks"], 2000, "{run}");
+    assert!(run.stderr.contains("lost the broker connection"), "{run}");
+    s.assert_clean();
+}
+
+/// Closes the broker connection named `name`, as an operator would.
+fn close_connection(name: &str) {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect(RABBITMQCTL_NEEDED);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&format!("\"{name}\"")))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"));
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by a warren test"])
+        .status()
+        .expect(RABBITMQCTL_NEEDED);
+    assert!(
+        closed.success(),
+        "rabbitmqctl close_connection {pid} failed"
+    );
+}
+
+#[test]
+fn a_detached_sum_by_reference_is_collected_by_attach() {
+    let mut s = Scenario::new("detach");
+    let data = s.path_str("data.npy");
+    reference(&["random-npy", &data, "1000000", "9"]);
+    let expected = crate::support::python::expected_npy_sum(s.path("data.npy").as_path());
+    let dir = s.path_str("");
+    let submitted = s
+        .producer(&[
+            "sum",
+            &data,
+            "--shared",
+            "--shared-dir",
+            &dir,
+            "--range-size",
+            "1MiB",
+            "--detach",
+        ])
+        .run();
+    submitted.expect_success();
+    let job = warren::JobId::parse(submitted.answer()).expect("--detach prints the job id");
+    // Nothing runs the job until a worker comes; the tasks wait.
+    let _worker = s.start_worker("w0", &["--shared-dir", &dir]);
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_success();
+    assert_eq!(run.answer(), expected, "{run}");
+    // A streamed input cannot be detached: it needs its producer.
+    let refused = s.producer(&["sum", "--random", "100", "--detach"]).run();
+    refused.expect_code(2);
+    assert!(refused.stderr.contains("--detach needs"), "{refused}");
+    s.assert_clean();
+}
+
+#[test]
+fn a_job_with_no_ttl_ends_with_its_producer() {
+    let mut s = Scenario::new("ttl_zero");
+    let first = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--chunk-size",
+            "100",
+            "--job-ttl",
+            "0",
+        ])
+        .spawn();
+    let (_, job) = s.running_job();
+    assert!(
+        !first.stderr().contains("producer attach"),
+        "no attach hint for a job that ends with its producer"
+    );
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_queues_exist(&s, &job) {
+        assert!(
+            Instant::now() < deadline,
+            "the reply queue of a --job-ttl 0 job outlived its producer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
