@@ -101,7 +101,7 @@ impl std::fmt::Debug for JobSession {
 pub(crate) enum Opening {
     /// A new job that outlives its producer: its queues are declared and
     /// its first record saved.
-    New(JobRecord),
+    New(Box<JobRecord>),
     /// A job another producer started: its record is read.
     Attach(JobId),
     /// A new job that ends with its producer (it keeps no checkpoints).
@@ -188,7 +188,7 @@ impl JobSession {
                     .declare_job_queue(&reply_channel, &job, record.ttl())
                     .await?;
                 record.save(&publisher, &queue).await?;
-                (job, Some(record))
+                (job, Some(*record))
             }
             Opening::Attach(job) => {
                 let record = attach(&topology, &connection, &reply_channel, &job).await?;

@@ -279,7 +279,7 @@ async fn open_job(
         Opening::WithProducer(job.clone())
     } else {
         let spec = JobSpec::Sum(feed.spec(config)?);
-        Opening::New(JobRecord::new(job.clone(), config.job_ttl, spec))
+        Opening::New(Box::new(JobRecord::new(job.clone(), config.job_ttl, spec)))
     };
     JobSession::open(broker, opening, local, shutdown).await
 }
@@ -977,7 +977,7 @@ impl Shape {
     /// (elements per task), if the input can hold such a message.
     fn message(&self, job: &JobId, dtype: Dtype, first: u64, counts: &[u64]) -> Option<SumTask> {
         let tasks = counts.len() as u64;
-        if first % self.tasks_per_message != 0 || tasks == 0 || tasks > self.tasks_per_message {
+        if !first.is_multiple_of(self.tasks_per_message) || tasks == 0 || tasks > self.tasks_per_message {
             return None;
         }
         let count: u64 = counts.iter().sum();
