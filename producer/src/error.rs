@@ -234,8 +234,9 @@ impl Error {
             ),
             Error::ReplyQueueLost { .. } => Some(
                 "the broker closed the connection (a restart, a lost network, or an operator's \
-                 `rabbitmqctl close_connection`) or someone deleted the queue. Unless it was \
-                 cancelled, the job lives on for its TTL: `producer attach JOB_ID` carries it on"
+                 `rabbitmqctl close_connection`) or someone deleted the queue (`producer \
+                 cancel`); a job that ends with its producer (a download, or --job-ttl 0) went \
+                 with it: run it again"
                     .to_owned(),
             ),
             _ => None,
