@@ -329,7 +329,10 @@ mod tests {
         assert_eq!(seconds(1.5), Some(Duration::from_millis(1500)));
         for bad in [1e300, f64::INFINITY, f64::NAN, -1.0, 86_401.0] {
             assert!(seconds(bad).is_none(), "{bad}");
-            assert_eq!(timeout(bad).unwrap_err().kind, DownloadErrorKind::Connection);
+            assert_eq!(
+                timeout(bad).unwrap_err().kind,
+                DownloadErrorKind::Connection
+            );
         }
     }
 

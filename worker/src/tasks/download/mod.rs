@@ -36,8 +36,8 @@ mod sink;
 use std::time::Duration;
 
 use warren::protocol::{
-    Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadReport, DownloadStatus, DownloadTask,
-    Outcome,
+    Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadReport, DownloadStatus,
+    DownloadTask, Outcome,
 };
 use warren::{ExponentialBackoff, Jitter};
 

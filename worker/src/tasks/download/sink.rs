@@ -34,9 +34,7 @@ impl<'a> Sink<'a> {
     ) -> Result<Sink<'a>, Failure> {
         match task.spec.delivery {
             Delivery::Broker => Ok(Sink::Relay(RelaySink::new(context, task, attempt))),
-            Delivery::Shared => FileSink::open(context, task, attempt)
-                .await
-                .map(Sink::File),
+            Delivery::Shared => FileSink::open(context, task, attempt).await.map(Sink::File),
         }
     }
 
