@@ -977,7 +977,10 @@ impl Shape {
     /// (elements per task), if the input can hold such a message.
     fn message(&self, job: &JobId, dtype: Dtype, first: u64, counts: &[u64]) -> Option<SumTask> {
         let tasks = counts.len() as u64;
-        if !first.is_multiple_of(self.tasks_per_message) || tasks == 0 || tasks > self.tasks_per_message {
+        if !first.is_multiple_of(self.tasks_per_message)
+            || tasks == 0
+            || tasks > self.tasks_per_message
+        {
             return None;
         }
         let count: u64 = counts.iter().sum();

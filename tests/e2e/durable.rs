@@ -15,12 +15,9 @@ use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 fn listed_job(s: &Scenario, job: &warren::JobId) -> Option<serde_json::Value> {
     let run = s.producer(&["jobs", "--json"]).run();
     run.expect_success();
-    let jobs: serde_json::Value = serde_json::from_str(run.answer()).expect("jobs --json is JSON");
-    jobs.as_array()
-        .expect("jobs --json is an array")
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .cloned()
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(run.answer()).unwrap_or_else(|e| panic!("jobs --json: {e}\n{run}"));
+    jobs.into_iter().find(|j| j["job_id"] == job.as_str())
 }
 
 /// Waits until `producer jobs` lists the job in a state `ready` accepts.
