@@ -11,7 +11,7 @@ use warren::logging::LogArgs;
 use warren::size::parse_size;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
-use warren::protocol::{ByteOrder, Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
+use warren::protocol::{ByteOrder, DownloadLimits, FileRoute, MAX_TASKS_PER_MESSAGE};
 
 use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
@@ -355,7 +355,7 @@ impl Cli {
         match self.command {
             Command::Status(args) => {
                 if let Some(url) = &args.management_url {
-                    warren::management::ManagementApi::for_broker(&broker.url, Some(url))?;
+                    crate::management::ManagementApi::for_broker(&broker.url, Some(url))?;
                 }
                 Ok(Config {
                     broker,
@@ -407,9 +407,9 @@ fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
             inputs,
             out_dir: args.out_dir,
             delivery: if args.shared {
-                Delivery::Shared
+                FileRoute::Shared
             } else {
-                Delivery::Broker
+                FileRoute::Broker
             },
             manifest: args.manifest,
             overwrite: args.overwrite,
@@ -658,7 +658,7 @@ mod tests {
                 UrlInput::Url("https://h/x.jpg".into())
             ]
         );
-        assert_eq!(config.delivery, Delivery::Shared);
+        assert_eq!(config.delivery, FileRoute::Shared);
         assert_eq!(config.limits.max_bytes, 10_000_000);
         assert_eq!(config.limits.max_attempts, 2);
         assert_eq!(config.limits.idle_timeout_s, 5.0);

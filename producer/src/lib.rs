@@ -10,6 +10,8 @@
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
 //! - `local`: workers run inside the producer with `--workers N`.
+//! - `management`: where the broker's management HTTP API is, for the
+//!   counts AMQP does not give.
 //! - [`status`]: `producer status`, what the queues hold.
 //! - [`progress`]: the progress bar and warnings on stderr.
 //! - [`output`]: the answer on stdout and the exit status.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod input;
 mod job;
 mod local;
+mod management;
 pub mod output;
 pub mod progress;
 pub mod reference;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warren::protocol::Delivery;
+use warren::protocol::FileRoute;
 
 use warren::BrokerConfig;
 
@@ -46,7 +46,7 @@ impl LocalPlan {
             count: config.local_workers,
             broker: config.broker.clone(),
             shared_dir: match &config.job {
-                JobConfig::Download(download) if download.delivery == Delivery::Shared => {
+                JobConfig::Download(download) if download.delivery == FileRoute::Shared => {
                     Some(download.out_dir.clone())
                 }
                 JobConfig::Sum { config, .. } => match &config.input {

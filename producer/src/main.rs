@@ -31,11 +31,16 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(warren::shutdown::cancel_on_signals(
+        let signals = warren::shutdown::cancel_on_signals(
             shutdown.clone(),
             Some("signal received: cancelling the job (again to exit without cleanup)"),
-            "interrupted again: exiting without cleanup",
-        ));
+        );
+        tokio::spawn(async {
+            signals.await;
+            eprintln!("interrupted again: exiting without cleanup");
+            // At once, as asked: no cleanup, no waiting for a blocked reader.
+            std::process::exit(130);
+        });
         producer::run(&config, &progress, shutdown).await
     });
     // Don't wait for a blocked stdin reader on the way out.

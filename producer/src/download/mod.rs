@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use warren::protocol::{
-    BodyChunk, DeadLetter, Delivery, DownloadBatch, DownloadErrorKind, DownloadLimits,
-    DownloadSpec, DownloadStatus, DownloadTask, Outcome, TaskResult,
+    BodyChunk, DeadLetter, DownloadBatch, DownloadErrorKind, DownloadLimits, DownloadSpec,
+    DownloadStatus, DownloadTask, FileRoute, Outcome, TaskResult,
 };
 use warren::{BrokerConfig, JobId};
 
@@ -70,7 +70,7 @@ pub struct DownloadConfig {
     /// Where the files land.
     pub out_dir: PathBuf,
     /// Through the broker, or straight into the shared directory.
-    pub delivery: Delivery,
+    pub delivery: FileRoute,
     /// Where to write the manifest.
     pub manifest: Option<PathBuf>,
     /// Replace existing files that differ.
@@ -386,8 +386,8 @@ async fn fetch(
     // The tasks are small: build them all now; messages are made of them as
     // the window lets them go, as many to a message as `batching` says then.
     let marker = match config.delivery {
-        Delivery::Shared => Some(make_marker(&collector.out_dir, &job)?),
-        Delivery::Broker => None,
+        FileRoute::Shared => Some(make_marker(&collector.out_dir, &job)?),
+        FileRoute::Broker => None,
     };
     let mut tasks = Vec::with_capacity(collector.to_fetch.len());
     for (index, &slot) in collector.to_fetch.iter().enumerate() {
@@ -474,7 +474,7 @@ type Finished = (
 /// Gathers chunks and reports, finishing each file.
 struct DownloadCollector<'a> {
     job: JobId,
-    delivery: Delivery,
+    delivery: FileRoute,
     assembler: Assembler,
     out_dir: PathBuf,
     named: &'a [NamedEntry],
@@ -656,7 +656,7 @@ impl DownloadCollector<'_> {
             }
             // A replaced attempt's failure (its worker lost the task to a
             // redelivery, then failed) says nothing about the newer one.
-            if self.delivery == Delivery::Broker
+            if self.delivery == FileRoute::Broker
                 && let Some(attempt) = &report.attempt
                 && self.assembler.is_retired(index, attempt)
             {
@@ -677,7 +677,7 @@ impl DownloadCollector<'_> {
         // (read, hash) run on a blocking thread while replies keep flowing;
         // the outcome comes back through `completion`.
         match self.delivery {
-            Delivery::Broker => {
+            FileRoute::Broker => {
                 let attempt = report.attempt.clone().unwrap_or_default();
                 let ready = self.assembler.complete(
                     index,
@@ -704,7 +704,7 @@ impl DownloadCollector<'_> {
                     }
                 }
             }
-            Delivery::Shared => {
+            FileRoute::Shared => {
                 let Some(temp) = report
                     .path
                     .as_deref()
@@ -883,7 +883,7 @@ mod tests {
 
         fn collector<'a>(
             &'a mut self,
-            delivery: Delivery,
+            delivery: FileRoute,
             last_ok: &'a [Option<Verified>],
         ) -> DownloadCollector<'a> {
             let job = JobId::parse("j").unwrap();
@@ -930,7 +930,7 @@ mod tests {
         let data = vec![7u8; 2_000_000];
         std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
         std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
-        let mut collector = fixture.collector(Delivery::Shared, &[None]);
+        let mut collector = fixture.collector(FileRoute::Shared, &[None]);
         let report = DownloadReport {
             path: Some(format!("{TEMP_DIR}/j-0-1")),
             ..report(DownloadStatus::Ok, &data)
@@ -963,7 +963,7 @@ mod tests {
     #[tokio::test]
     async fn a_result_answers_its_whole_message_and_only_that() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(Delivery::Broker, &[None, None, None, None]);
+        let mut collector = fixture.collector(FileRoute::Broker, &[None, None, None, None]);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
         let err = collector
@@ -1001,7 +1001,7 @@ mod tests {
     #[test]
     fn a_refused_or_dead_lettered_message_fails_every_task_it_carried() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(Delivery::Shared, &[None, None, None, None]);
+        let mut collector = fixture.collector(FileRoute::Shared, &[None, None, None, None]);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
         let accepted = collector.fail_message(1, "the broker gave up on it");
@@ -1023,7 +1023,7 @@ mod tests {
             sha256: "ab".into(),
         };
         let last_ok = [Some(good.clone())];
-        let mut collector = fixture.collector(Delivery::Broker, &last_ok);
+        let mut collector = fixture.collector(FileRoute::Broker, &last_ok);
         let failed = DownloadReport {
             error: Some(DownloadError {
                 kind: DownloadErrorKind::HttpStatus,

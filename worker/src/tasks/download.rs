@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use warren::broker::{PendingConfirm, Routed};
 use warren::filename::TEMP_DIR;
 use warren::protocol::{
-    BodyChunk, Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits,
-    DownloadReport, DownloadStatus, DownloadTask, Outcome,
+    BodyChunk, DownloadBatch, DownloadError, DownloadErrorKind, DownloadLimits, DownloadReport,
+    DownloadStatus, DownloadTask, FileRoute, Outcome,
 };
 
 use super::TaskContext;
@@ -179,7 +179,7 @@ async fn download(context: &TaskContext, task: &DownloadTask) -> DownloadReport 
         let attempt_id = format!("{}-{}", task.index, fastrand::u64(..));
         // Named on failures too: the producer ignores the failure of an
         // attempt that a newer one (a redelivery) replaced.
-        if task.spec.delivery == Delivery::Broker {
+        if task.spec.delivery == FileRoute::Broker {
             report.attempt = Some(attempt_id.clone());
         }
         let slot = context
@@ -472,7 +472,7 @@ impl<'a> Sink<'a> {
         attempt: &str,
     ) -> Result<Sink<'a>, Failure> {
         match task.spec.delivery {
-            Delivery::Broker => Ok(Sink::Relay(RelaySink {
+            FileRoute::Broker => Ok(Sink::Relay(RelaySink {
                 context,
                 reply_queue: context.topology.reply_queue(&task.job),
                 chunk: BodyChunk {
@@ -485,7 +485,7 @@ impl<'a> Sink<'a> {
                 chunk_bytes: task.spec.limits.chunk_bytes as usize,
                 pending: VecDeque::with_capacity(CONFIRM_WINDOW),
             })),
-            Delivery::Shared => {
+            FileRoute::Shared => {
                 // Permanent, not requeued: requeuing would bounce the task
                 // between workers (and back to this one) until the delivery
                 // limit dead-letters it, and the fix is in the deployment.
