@@ -1,6 +1,6 @@
 //! The command line: clap structs holding the flags as typed, and their
-//! conversion into a validated [`Config`]. The library takes `Config`, never
-//! argv, so tests build one directly.
+//! conversion into a validated [`Config`] (`config.rs`). The library takes
+//! `Config`, never argv, so tests build one directly.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use warren::{BrokerArgs, BrokerConfig, Dtype};
 
 use warren::protocol::{ByteOrder, DownloadLimits, FileRoute, MAX_TASKS_PER_MESSAGE};
 
+use crate::config::{Config, JobConfig};
 use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
@@ -312,37 +313,6 @@ pub struct OutputArgs {
         value_name = "N"
     )]
     pub workers: u16,
-}
-
-/// Validated settings of one producer run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where the broker is.
-    pub broker: BrokerConfig,
-    /// The job to run.
-    pub job: JobConfig,
-    /// `--json`.
-    pub json: bool,
-    /// `--quiet`.
-    pub quiet: bool,
-    /// `--workers`: workers to run in this process during the job.
-    pub local_workers: u16,
-}
-
-/// One job of any kind.
-#[derive(Debug, Clone)]
-pub enum JobConfig {
-    /// `producer sum`.
-    Sum {
-        /// The job's settings.
-        config: SumConfig,
-        /// The seed used for `--random`, to report it.
-        seed: Option<u32>,
-    },
-    /// `producer download`.
-    Download(DownloadConfig),
-    /// `producer status`.
-    Status(StatusConfig),
 }
 
 impl Cli {

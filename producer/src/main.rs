@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             }
             if e.is_cancelled() {
                 eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
-                ExitCode::from(130)
+                ExitCode::from(e.exit_code())
             } else {
                 fail(&e)
             }
@@ -81,5 +81,5 @@ fn main() -> ExitCode {
 
 fn fail(error: &Error) -> ExitCode {
     warren::print_error(error, error.hint().as_deref());
-    ExitCode::from(2)
+    ExitCode::from(error.exit_code())
 }
