@@ -1,6 +1,7 @@
 //! Fixtures shared by warren's end-to-end tests and its benchmarks: the
-//! scripted [`HttpFixture`] below, and [`FileServer`], a static file server
-//! with Range support for sums by reference.
+//! scripted [`HttpFixture`] below, [`FileServer`], a static file server
+//! with Range support for sums by reference, and [`eventually`], the
+//! bounded wait every test uses.
 //!
 //! [`HttpFixture`] is a real HTTP/1.1 server (axum on hyper) on
 //! `127.0.0.1:0`, with scripted behaviours chosen by the request path:
@@ -22,9 +23,11 @@
 //! test computes what a download must contain with [`content`]. Every
 //! request is recorded with its time ([`HttpFixture::hits`]).
 
+mod eventually;
 mod range;
 mod server;
 
+pub use eventually::eventually;
 pub use range::FileServer;
 use server::ServerThread;
 
