@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use crate::management::ManagementApi;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, QueueProbe};
-use warren::management::ManagementApi;
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::durable::{JobRecord, JobSpec};

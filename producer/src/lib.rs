@@ -2,6 +2,7 @@
 //! gathers the workers' results and prints one answer.
 //!
 //! - [`cli`]: flags, and their validation into a [`Config`].
+//! - [`config`]: [`Config`], the validated settings of a run.
 //! - [`input`]: the sum job's input formats, read as bounded chunks.
 //! - [`sum`]: the sum job: publish chunks, collect exact partial sums.
 //! - [`download`]: the download job: URL lists, file names, existing files,
@@ -13,6 +14,8 @@
 //! - `durable`: a job's record on the broker (what it is, its latest
 //!   checkpoint), which lets it outlive its producer.
 //! - `attach`: `producer attach`, `producer jobs`, `producer cancel`.
+//! - `management`: where the broker's management HTTP API is, for the
+//!   counts AMQP does not give.
 //! - [`status`]: `producer status`, what the queues hold.
 //! - [`progress`]: the progress bar and warnings on stderr.
 //! - [`output`]: the answer on stdout and the exit status.
@@ -23,12 +26,14 @@
 
 mod attach;
 pub mod cli;
+pub mod config;
 pub mod download;
 mod durable;
 pub mod error;
 pub mod input;
 mod job;
 mod local;
+mod management;
 pub mod output;
 pub mod progress;
 pub mod reference;
@@ -36,9 +41,12 @@ pub mod status;
 pub mod sum;
 
 pub use attach::JobListing;
-pub use cli::{Cli, Config, JobConfig};
+pub use cli::Cli;
+pub use config::{Config, JobConfig};
 pub use error::{Error, Result};
 pub use output::Report;
+
+use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +65,11 @@ pub async fn run(
     progress: &Progress,
     shutdown: CancellationToken,
 ) -> Result<Report> {
-    let local = LocalPlan::of(config);
+    let local = LocalPlan::new(
+        config.local_workers,
+        config.broker.clone(),
+        config.shared_dir().map(Path::to_owned),
+    );
     match &config.job {
         JobConfig::Sum { config: sum, .. } if sum.detach => {
             let job = sum::submit(&config.broker, sum, &local, progress, shutdown).await?;

@@ -76,8 +76,11 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
         let remaining = config.broker_wait.saturating_sub(elapsed);
         if remaining.is_zero() {
             return Err(match error {
-                Error::Connect { url, source, .. } if noted.is_some() => Error::Connect {
+                Error::Connect {
+                    url, tls, source, ..
+                } if noted.is_some() => Error::Connect {
                     url,
+                    tls,
                     waited: Some(elapsed),
                     source,
                 },
@@ -134,7 +137,8 @@ async fn connect_once(
     let uri = config.url.to_uri()?;
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connect_error = |source| Error::Connect {
-        url: config.url.clone(),
+        url: config.url.to_string(),
+        tls: config.url.is_tls(),
         waited: None,
         source: Box::new(source),
     };
