@@ -233,6 +233,17 @@ impl JobSession {
         })
     }
 
+    /// Whether `job` still exists (its reply queue does); `None` when the
+    /// broker cannot tell.
+    pub(crate) async fn job_exists(&mut self, job: &JobId) -> Option<bool> {
+        let queue = self.topology.reply_queue(job);
+        let inspect = self.probe.inspect(&self.connection, &queue);
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, inspect).await {
+            Ok(Ok(found)) => Some(found.is_some()),
+            _ => None,
+        }
+    }
+
     /// Whether the connection to the broker is still open.
     pub(crate) fn is_connected(&self) -> bool {
         self.connection.status().connected()

@@ -450,3 +450,44 @@ fn cancel_stops_a_running_download_and_leaves_no_partial_file() {
     );
     s.assert_clean();
 }
+
+#[test]
+fn a_download_sweeps_the_temporary_files_of_jobs_that_are_over() {
+    let mut s = Scenario::new("sweep");
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    std::fs::write(s.path("files/a.bin"), b"hello").unwrap();
+    let server = warren_testkit::FileServer::start(&s.path("files"));
+    let temp = s.path("out/.warren-tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let dead = warren::JobId::random();
+    let live = warren::JobId::random();
+    std::fs::write(temp.join(format!("{dead}-3")), b"partial").unwrap();
+    std::fs::write(temp.join(format!("{dead}-marker")), b"").unwrap();
+    std::fs::write(temp.join(format!("{live}-5")), b"partial").unwrap();
+    std::fs::write(temp.join("not-a-job-file"), b"kept").unwrap();
+    let _worker = s.start_worker("w0", &[]);
+    // (The worker declares the shared topology the reply queue binds to.)
+    s.broker.wait_for_consumers(1);
+    // A job still running: its reply queue exists.
+    let _live_job = s.broker.declare_reply_queue(&live);
+    let out = s.path_str("out");
+    s.producer(&["download", &server.url("a.bin"), "-o", &out])
+        .run()
+        .expect_success();
+    assert!(
+        !temp.join(format!("{dead}-3")).exists(),
+        "a dead job's partial file stays"
+    );
+    assert!(
+        !temp.join(format!("{dead}-marker")).exists(),
+        "a dead job's marker stays"
+    );
+    assert!(
+        temp.join(format!("{live}-5")).exists(),
+        "a live job's file was swept"
+    );
+    assert!(
+        temp.join("not-a-job-file").exists(),
+        "a file of no job was swept"
+    );
+}

@@ -34,6 +34,7 @@ mod placement;
 pub mod plan;
 mod publish;
 mod shared;
+mod sweep;
 pub mod urls;
 mod verify;
 
@@ -243,6 +244,13 @@ async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_
         run.shutdown,
     )
     .await?;
+    let swept = sweep::dead_jobs(run.out_dir, &mut session).await;
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "removed temporary files of jobs that are over"
+        );
+    }
     let files = collector.tasks().count();
     tracing::info!(job_id = %job, files, "download job started");
     progress.start("files", Some(files as u64));
