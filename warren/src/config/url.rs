@@ -1,179 +1,25 @@
-//! Broker configuration shared by both binaries: the [`BrokerArgs`] flags
-//! that `producer` and `worker` flatten into their CLIs (so the two can never
-//! disagree on a flag name), and the validated [`BrokerConfig`] built from
-//! them.
-//!
-//! The broker URL lives in a [`RedactedUrl`], whose `Display` and `Debug`
-//! hide the password: no raw URL reaches a log line, an error or `--help`.
-//! It comes from `--amqp-url`/`AMQP_URL` or, as a container secret would
-//! provide it, from a file named by `--amqp-url-file`/`AMQP_URL_FILE`.
-//!
-//! `amqps://` URLs verify the broker's certificate against the system's
-//! roots plus any `--tls-ca-file`; a client certificate is optional. The
-//! files are read and checked here, so a bad path or a file without a
-//! certificate is reported before anything connects.
+//! [`RedactedUrl`], the broker URL whose password never shows, and where
+//! the URL and the password come from: flags, environment variables or
+//! files.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::{BrokerArgs, read_file};
+use crate::DEFAULT_AMQP_URL;
 use crate::error::{Error, Result};
-use crate::{DEFAULT_AMQP_URL, DEFAULT_QUEUE_PREFIX};
-
-/// How long a connection attempt may take before it counts as failed.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long both binaries keep trying a broker that does not accept
-/// connections yet (one that is starting, say) before giving up.
-pub const DEFAULT_BROKER_WAIT: Duration = Duration::from_secs(60);
-
-/// Broker flags common to `producer` and `worker`.
-// Under their own heading, so that each command's own flags come first in
-// its `--help` and these follow together. The heading stays set for flags
-// declared after a flatten: flatten this last, or set the next heading.
-#[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Broker options")]
-pub struct BrokerArgs {
-    /// AMQP URL of the RabbitMQ broker; env AMQP_URL
-    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
-    // AMQP_URL and AMQP_URL_FILE are read by `to_config`, not by clap, so
-    // that a flag beats either variable and both variables together are an
-    // error (clap would count a variable as a conflicting flag).
-    #[arg(long, global = true, value_name = "URL")]
-    pub amqp_url: Option<String>,
-
-    /// Read the AMQP URL from this file instead (a container secret, say);
-    /// env AMQP_URL_FILE
-    #[arg(long, global = true, value_name = "PATH")]
-    pub amqp_url_file: Option<PathBuf>,
-
-    /// For amqps:// URLs: PEM file of CA certificates to trust besides the
-    /// system's roots (the broker's certificate is always verified)
-    #[arg(long, env = "WARREN_TLS_CA_FILE", global = true, value_name = "PATH")]
-    pub tls_ca_file: Option<PathBuf>,
-
-    /// For amqps:// URLs: PEM client certificate (chain) to present to a
-    /// broker that asks for one; needs --tls-key-file
-    #[arg(
-        long,
-        env = "WARREN_TLS_CERT_FILE",
-        requires = "tls_key_file",
-        global = true,
-        value_name = "PATH"
-    )]
-    pub tls_cert_file: Option<PathBuf>,
-
-    /// For amqps:// URLs: PEM private key of --tls-cert-file
-    #[arg(
-        long,
-        env = "WARREN_TLS_KEY_FILE",
-        requires = "tls_cert_file",
-        global = true,
-        value_name = "PATH"
-    )]
-    pub tls_key_file: Option<PathBuf>,
-
-    /// Prefix of every queue and exchange name, so that tenants and test runs
-    /// never see each other's messages
-    #[arg(
-        long,
-        env = "WARREN_QUEUE_PREFIX",
-        default_value = DEFAULT_QUEUE_PREFIX,
-        global = true,
-        value_name = "PREFIX"
-    )]
-    pub queue_prefix: String,
-
-    /// Give up on a connection attempt after this long (e.g. 500ms, 10s)
-    #[arg(
-        long,
-        env = "WARREN_CONNECT_TIMEOUT",
-        default_value = "10s",
-        value_parser = parse_duration,
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub connect_timeout: Duration,
-
-    /// Keep trying a broker that does not accept connections yet (one that
-    /// is starting or restarting) for this long before giving up; 0 tries
-    /// once. Refused credentials, vhost or TLS fail at once
-    #[arg(
-        long,
-        env = "WARREN_BROKER_WAIT",
-        default_value = "60s",
-        value_parser = parse_duration,
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub broker_wait: Duration,
-
-    /// Read the broker password from this file, as it is (any character,
-    /// no percent-encoding; one final newline is dropped): it replaces the
-    /// URL's password. env AMQP_PASSWORD_FILE; AMQP_PASSWORD gives the
-    /// password itself
-    // Read by `to_config`, as the URL variables are, so that the flag beats
-    // both variables and two variables together are an error.
-    #[arg(long, global = true, value_name = "PATH")]
-    pub amqp_password_file: Option<PathBuf>,
-}
-
-impl BrokerArgs {
-    /// Validates the flags, reading the URL file and the TLS files.
-    ///
-    /// # Errors
-    /// [`Error::InvalidUrl`], [`Error::InvalidPrefix`], [`Error::ReadFile`]
-    /// or [`Error::InvalidTls`].
-    pub fn to_config(&self) -> Result<BrokerConfig> {
-        self.to_config_with_env(|name| std::env::var_os(name))
-    }
-
-    /// [`BrokerArgs::to_config`] with the environment given as a function.
-    ///
-    /// # Errors
-    /// As [`BrokerArgs::to_config`], and [`Error::ConflictingUrls`].
-    pub fn to_config_with_env(
-        &self,
-        env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Result<BrokerConfig> {
-        let mut url = self.resolve_url(&env)?;
-        if let Some(password) = self.resolve_password(&env)? {
-            url = url.with_password(&password)?;
-        }
-        let tls = TlsFiles::load(
-            self.tls_ca_file.as_deref(),
-            self.tls_cert_file.as_deref(),
-            self.tls_key_file.as_deref(),
-        )?;
-        if !url.is_tls() && !tls.is_empty() {
-            return Err(Error::InvalidTls {
-                reason: format!(
-                    "TLS files are set but the broker URL {url} is not amqps://; \
-                     use amqps:// (port 5671 by default) or drop the --tls-* flags"
-                ),
-            });
-        }
-        Ok(BrokerConfig {
-            url,
-            prefix: QueuePrefix::new(&self.queue_prefix)?,
-            connect_timeout: self.connect_timeout,
-            broker_wait: self.broker_wait,
-            tls,
-        })
-    }
-}
 
 impl BrokerArgs {
     /// Where the URL comes from: a flag beats the environment; two sources
     /// at the same level are an error rather than a guess. Empty variables
     /// count as unset.
-    fn resolve_url(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<RedactedUrl> {
+    pub(super) fn resolve_url(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<RedactedUrl> {
         let env = |name: &str| env(name).filter(|value| !value.is_empty());
         match (&self.amqp_url, &self.amqp_url_file) {
             (Some(_), Some(_)) => Err(Error::ConflictingUrls {
@@ -193,16 +39,14 @@ impl BrokerArgs {
             },
         }
     }
-}
 
-impl BrokerArgs {
     /// A password given apart from the URL, raw: `--amqp-password-file`,
     /// else `AMQP_PASSWORD` or `AMQP_PASSWORD_FILE` (both is an error).
     /// A URL cannot carry every password as it is (`/`, `#`, `%` and the
     /// like need percent-encoding), while the broker's own setting
     /// (`RABBITMQ_DEFAULT_PASS`) takes it raw: this way one value serves
     /// both.
-    fn resolve_password(
+    pub(super) fn resolve_password(
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Option<String>> {
@@ -246,147 +90,6 @@ fn read_password(path: &Path) -> Result<String> {
         return Err(invalid("the file is empty"));
     }
     Ok(password.to_owned())
-}
-
-/// The TLS material for `amqps://` connections, read from the files named
-/// by the `--tls-*` flags. `Debug` shows the paths, never the key.
-#[derive(Clone, Default)]
-pub struct TlsFiles {
-    /// The files it was read from, for `Debug`.
-    paths: Vec<PathBuf>,
-    /// What the client library takes: extra trusted roots and an identity.
-    config: OwnedTLSConfig,
-}
-
-impl TlsFiles {
-    /// Reads and checks the files: the CA file must hold at least one
-    /// certificate, the client certificate file a certificate and the key
-    /// file a private key.
-    ///
-    /// # Errors
-    /// [`Error::ReadFile`] or [`Error::InvalidTls`] naming the file.
-    pub fn load(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Self> {
-        let mut files = TlsFiles::default();
-        if let Some(path) = ca {
-            let pem = read_file("TLS CA file", path)?;
-            check_certificates(path, &pem)?;
-            files.config.cert_chain = Some(String::from_utf8_lossy(&pem).into_owned());
-            files.paths.push(path.to_owned());
-        }
-        match (cert, key) {
-            (Some(cert), Some(key)) => {
-                let cert_pem = read_file("TLS client certificate file", cert)?;
-                check_certificates(cert, &cert_pem)?;
-                let key_pem = read_file("TLS client key file", key)?;
-                if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
-                    return Err(Error::InvalidTls {
-                        reason: format!("{} holds no PEM private key", key.display()),
-                    });
-                }
-                files.config.identity = Some(OwnedIdentity::PKCS8 {
-                    pem: cert_pem,
-                    key: key_pem,
-                });
-                files.paths.extend([cert.to_owned(), key.to_owned()]);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::InvalidTls {
-                    reason: "a client certificate needs both --tls-cert-file and --tls-key-file"
-                        .to_owned(),
-                });
-            }
-        }
-        Ok(files)
-    }
-
-    /// True when no TLS file was given.
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
-    /// The CA certificates of `--tls-ca-file`, PEM, if given (the
-    /// management API over https trusts them too).
-    pub fn ca_pem(&self) -> Option<&str> {
-        self.config.cert_chain.as_deref()
-    }
-
-    /// The configuration handed to the client library.
-    pub(crate) fn to_lapin(&self) -> OwnedTLSConfig {
-        self.config.clone()
-    }
-}
-
-impl fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsFiles")
-            .field("paths", &self.paths)
-            .finish_non_exhaustive()
-    }
-}
-
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn check_certificates(path: &Path, pem: &[u8]) -> Result<()> {
-    let certificates: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::InvalidTls {
-            reason: format!("{} is not valid PEM: {e}", path.display()),
-        })?;
-    if certificates.is_empty() {
-        return Err(Error::InvalidTls {
-            reason: format!("{} holds no PEM certificate", path.display()),
-        });
-    }
-    Ok(())
-}
-
-/// Validated broker settings.
-#[derive(Debug, Clone)]
-pub struct BrokerConfig {
-    /// Where the broker is.
-    pub url: RedactedUrl,
-    /// The prefix of every queue name.
-    pub prefix: QueuePrefix,
-    /// The bound on one connection attempt.
-    pub connect_timeout: Duration,
-    /// How long to keep trying a broker that cannot be reached yet.
-    pub broker_wait: Duration,
-    /// Extra roots and client identity for `amqps://` (empty for none).
-    pub tls: TlsFiles,
-}
-
-impl BrokerConfig {
-    /// The local default broker with the given prefix (used by tests and
-    /// benchmarks).
-    ///
-    /// # Errors
-    /// [`Error::InvalidPrefix`].
-    pub fn local(url: &str, prefix: &str) -> Result<Self> {
-        Ok(BrokerConfig {
-            url: RedactedUrl::parse(url)?,
-            prefix: QueuePrefix::new(prefix)?,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            // Tests and benchmarks want a missing broker reported at once.
-            broker_wait: Duration::ZERO,
-            tls: TlsFiles::default(),
-        })
-    }
-}
-
-/// Parses a human duration such as `500ms`, `30s` or `2m`.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 2m or 1h)"))
 }
 
 /// An AMQP URL whose password never shows: `Display` and `Debug` print
@@ -574,56 +277,12 @@ pub(crate) fn redact(raw: &str) -> String {
     )
 }
 
-/// A validated queue-name prefix: 1 to 100 characters from
-/// `[A-Za-z0-9._:-]`, not starting with `amq.` (reserved by the broker).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct QueuePrefix(String);
-
-impl QueuePrefix {
-    /// Checks a prefix.
-    ///
-    /// # Errors
-    /// [`Error::InvalidPrefix`] saying which rule it breaks.
-    pub fn new(prefix: &str) -> Result<Self> {
-        let invalid = |reason| Error::InvalidPrefix {
-            prefix: prefix.to_owned(),
-            reason,
-        };
-        if prefix.is_empty() {
-            return Err(invalid("it is empty"));
-        }
-        if prefix.len() > 100 {
-            return Err(invalid("it is longer than 100 characters"));
-        }
-        if !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-        {
-            return Err(invalid(
-                "only letters, digits and . _ - : are allowed in queue names",
-            ));
-        }
-        if prefix.starts_with("amq.") {
-            return Err(invalid("names starting with amq. are reserved by RabbitMQ"));
-        }
-        Ok(QueuePrefix(prefix.to_owned()))
-    }
-
-    /// The prefix as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for QueuePrefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::config::{DEFAULT_BROKER_WAIT, DEFAULT_CONNECT_TIMEOUT};
 
     #[test]
     fn redacts_the_password_in_display_and_debug() {
@@ -903,44 +562,5 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warren-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn tls_files_are_checked_before_connecting() {
-        let dir = std::env::temp_dir().join(format!("warren-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let not_pem = dir.join("not.pem");
-        std::fs::write(&not_pem, "hello").unwrap();
-        let error = TlsFiles::load(Some(&not_pem), None, None).unwrap_err();
-        assert!(
-            error.to_string().contains("holds no PEM certificate"),
-            "{error}"
-        );
-        let error = TlsFiles::load(None, Some(&not_pem), None).unwrap_err();
-        assert!(error.to_string().contains("--tls-key-file"), "{error}");
-        let error = TlsFiles::load(Some(&dir.join("missing.pem")), None, None).unwrap_err();
-        assert!(
-            error.to_string().starts_with("cannot read the TLS CA file"),
-            "{error}"
-        );
-        assert!(TlsFiles::load(None, None, None).unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn prefix_rules() {
-        assert!(QueuePrefix::new("warren").is_ok());
-        assert!(QueuePrefix::new("t-1.run_2:x").is_ok());
-        assert!(QueuePrefix::new("").is_err());
-        assert!(QueuePrefix::new("has space").is_err());
-        assert!(QueuePrefix::new("amq.mine").is_err());
-        assert!(QueuePrefix::new(&"x".repeat(101)).is_err());
-    }
-
-    #[test]
-    fn durations_parse_in_human_form() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").unwrap_err().contains("30s"));
     }
 }
