@@ -185,7 +185,9 @@ impl RabbitCluster {
     /// # Panics
     /// When no running node answers.
     pub fn node_of_connection(&self, fragment: &str) -> Option<usize> {
-        self.list("connections", &["port", "name"])
+        // The name a client gives its connection is among its client
+        // properties (`name` is the peer address).
+        self.list("connections", &["port", "client_properties"])
             .iter()
             .find(|row| row[1].contains(fragment))
             .and_then(|row| {
@@ -263,7 +265,10 @@ impl RabbitCluster {
         let write = |file: &str, text: String| {
             fs::write(dir.join(file), text).expect("the temp dir is writable");
         };
-        write("rabbitmq.conf", format!("listeners.tcp.1 = 127.0.0.1:{port}\n"));
+        write(
+            "rabbitmq.conf",
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        );
         write("enabled_plugins", "[].\n".to_owned());
         let log = fs::File::create(dir.join("stdout.log")).expect("the temp dir is writable");
         let mut command = Command::new(self.sbin.join("rabbitmq-server"));
@@ -337,9 +342,11 @@ impl RabbitCluster {
         }
         let output = self.ctl_ok(i, &["eval", "os:getpid()."]);
         let text = String::from_utf8_lossy(&output.stdout);
-        let pid = text.trim().trim_matches('"').parse().unwrap_or_else(|_| {
-            panic!("node {} gave no OS pid: {text:?}", self.nodes[i].name)
-        });
+        let pid = text
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .unwrap_or_else(|_| panic!("node {} gave no OS pid: {text:?}", self.nodes[i].name));
         self.nodes[i].os_pid = Some(pid);
     }
 
@@ -401,7 +408,8 @@ impl Drop for RabbitCluster {
 /// The directory of the real `rabbitmq-server` and `rabbitmqctl` scripts:
 /// `RABBITMQ_SBIN`, else Debian's.
 fn find_sbin() -> PathBuf {
-    let sbin = std::env::var_os("RABBITMQ_SBIN").map_or_else(|| PathBuf::from(DEBIAN_SBIN), PathBuf::from);
+    let sbin =
+        std::env::var_os("RABBITMQ_SBIN").map_or_else(|| PathBuf::from(DEBIAN_SBIN), PathBuf::from);
     assert!(
         sbin.join("rabbitmq-server").is_file(),
         "no rabbitmq-server in {}: install Debian's rabbitmq-server package, or set \
@@ -439,14 +447,21 @@ fn free_ports(n: usize) -> Vec<u16> {
             break;
         }
         let listener = TcpListener::bind("127.0.0.1:0").expect("a local port is free");
-        let port = listener.local_addr().expect("a bound socket has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("a bound socket has an address")
+            .port();
         if !CLI_DIST_PORTS.contains(&port) {
             held.push(listener);
         }
     }
     assert_eq!(held.len(), n, "not enough free local ports");
     held.iter()
-        .map(|l| l.local_addr().expect("a bound socket has an address").port())
+        .map(|l| {
+            l.local_addr()
+                .expect("a bound socket has an address")
+                .port()
+        })
         .collect()
 }
 
@@ -504,7 +519,10 @@ fn describe(output: &Output) -> String {
 /// The last lines of a node's own output and log file.
 fn log_tail(dir: &Path) -> String {
     let mut tail = String::new();
-    let logs = fs::read_dir(dir.join("log")).into_iter().flatten().flatten();
+    let logs = fs::read_dir(dir.join("log"))
+        .into_iter()
+        .flatten()
+        .flatten();
     for path in std::iter::once(dir.join("stdout.log")).chain(logs.map(|e| e.path())) {
         let text = fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
