@@ -109,9 +109,9 @@ impl ClusterJob {
         }
     }
 
-    /// Kills the workers' node, and checks they came back on another one.
-    fn kill_the_workers_node(&mut self) -> usize {
-        let killed = self.workers_node();
+    /// Kills node `killed`, the workers' node, and checks they came back
+    /// on another one.
+    fn kill_the_workers_node(&mut self, killed: usize) {
         eprintln!("killing node {}", self.cluster.nodes()[killed].name);
         self.cluster.kill_node(killed);
         self.wait_for_consumers(self.workers.len());
@@ -125,7 +125,6 @@ impl ClusterJob {
                 worker.name
             );
         }
-        killed
     }
 
     /// Nothing of the prefix is left but the empty task and dead-letter
@@ -147,6 +146,22 @@ fn finished_tasks(log: &str) -> usize {
     log.lines().filter(|l| l.contains(" done")).count()
 }
 
+impl ClusterJob {
+    /// Tasks finished so far by all workers.
+    fn finished(&self) -> usize {
+        self.workers.iter().map(|w| finished_tasks(&w.log())).sum()
+    }
+
+    /// Fails the test unless the job (of `tasks` tasks) was still running
+    /// when `what` happened, `finished` tasks in: else it proves nothing.
+    fn assert_mid_job(finished: usize, tasks: usize, what: &str) {
+        assert!(
+            finished < tasks,
+            "the job was over ({finished} of {tasks} tasks done) before {what}"
+        );
+    }
+}
+
 #[test]
 fn killing_the_workers_node_mid_sum_still_gives_the_exact_sum() {
     let mut job = ClusterJob::start("cluster_sum");
@@ -155,6 +170,7 @@ fn killing_the_workers_node_mid_sum_still_gives_the_exact_sum() {
     // kills only the workers' node (which also leads the task queue, as
     // they declared it first).
     job.start_workers(2, 0, &[]);
+    let workers_node = job.workers_node();
     let urls = job.urls_from(1);
     let started = Instant::now();
     let producer = job
@@ -175,8 +191,10 @@ fn killing_the_workers_node_mid_sum_still_gives_the_exact_sum() {
     job.wait_until(Duration::from_secs(60), "w0 has finished 20 tasks", || {
         finished_tasks(&job.workers[0].log()) >= 20
     });
-    job.kill_the_workers_node();
+    job.kill_the_workers_node(workers_node);
+    let finished_at_kill = job.finished();
     let run = producer.wait(Duration::from_secs(120));
+    ClusterJob::assert_mid_job(finished_at_kill, 1000, "the kill");
     eprintln!("the job took {:.1}s", started.elapsed().as_secs_f64());
     run.expect_success();
     let json = run.json();
@@ -213,6 +231,7 @@ fn killing_the_workers_node_mid_download_still_delivers_every_file() {
     std::fs::write(&list, lines.join("\n") + "\n").unwrap();
 
     job.start_workers(2, 0, &["--concurrency", "4"]);
+    let workers_node = job.workers_node();
     let urls = job.urls_from(1);
     let producer = job
         .s
@@ -231,9 +250,13 @@ fn killing_the_workers_node_mid_download_still_delivers_every_file() {
         "1 MB of a slow file was sent",
         || slow.iter().any(|path| http.bytes_sent(path) >= 1_000_000),
     );
-    job.kill_the_workers_node();
+    job.kill_the_workers_node(workers_node);
     let run: Run = producer.wait(Duration::from_secs(120));
     run.expect_success();
+    assert!(
+        slow.iter().any(|path| http.hits(path).len() >= 2),
+        "no download was cut short by the node's loss"
+    );
     assert_eq!(run.json()["succeeded"], 44, "{run}");
     for (i, path) in slow.iter().enumerate() {
         let file = std::fs::read(out.join(format!("slow{i}.bin"))).unwrap();
@@ -261,7 +284,9 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
     let expected = reference(&["numpy-random-sum", "20000000", "12"]);
     // The producer starts at node 0, where its reply queue then lives; the
     // workers at node 1.
-    job.start_workers(2, 1, &[]);
+    // Slow workers: the job must outlast a node's restart.
+    job.start_workers(2, 1, &["--concurrency", "1"]);
+    let workers_node = job.workers_node();
     let urls = job.urls_from(0);
     let producer = job
         .s
@@ -279,7 +304,7 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
         ])
         .spawn();
     let (reply_queue, reply_node) = job.reply_queue_leader();
-    assert_ne!(reply_node, job.workers_node(), "the test wants them apart");
+    assert_ne!(reply_node, workers_node, "the test wants them apart");
     job.wait_until(Duration::from_secs(60), "w0 has finished 20 tasks", || {
         finished_tasks(&job.workers[0].log()) >= 20
     });
@@ -288,14 +313,26 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
         job.cluster.nodes()[reply_node].name
     );
     job.cluster.kill_node(reply_node);
+    let finished_at_first_kill = job.finished();
     // Quorum queues need two nodes of three: bring it back before the
     // second kill.
     job.cluster.restart_node(reply_node);
     job.wait_until(Duration::from_secs(60), "w0 has finished 40 tasks", || {
         finished_tasks(&job.workers[0].log()) >= 40
     });
-    job.kill_the_workers_node();
+    job.kill_the_workers_node(workers_node);
+    let finished_at_second_kill = job.finished();
     let run = producer.wait(Duration::from_secs(120));
+    ClusterJob::assert_mid_job(
+        finished_at_first_kill,
+        1000,
+        "the reply queue's node was killed",
+    );
+    ClusterJob::assert_mid_job(
+        finished_at_second_kill,
+        1000,
+        "the workers' node was killed",
+    );
     run.expect_success();
     let json = run.json();
     assert_eq!(json["sum"], expected.as_str(), "{run}");
@@ -304,22 +341,25 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
 }
 
 impl ClusterJob {
-    /// The job's reply queue and the node of its leader (a quorum queue's
-    /// `leader`), once the queue exists.
+    /// The job's reply queue and the node that holds it (a quorum queue's
+    /// leader; a classic queue's process), once the queue exists.
     fn reply_queue_leader(&self) -> (String, usize) {
         let reply_prefix = format!("{}.reply.", self.s.prefix);
         let mut found = None;
         self.wait_until(
             Duration::from_secs(20),
-            "the job's reply queue has a leader",
+            "the job's reply queue exists",
             || {
+                // `pid` names the node in both cases: `<node.1.2.3>` or
+                // `{'queue','node'}`.
                 found = self
                     .cluster
-                    .list("queues", &["name", "leader"])
+                    .list("queues", &["name", "pid"])
                     .into_iter()
                     .find(|row| row[0].starts_with(&reply_prefix))
                     .and_then(|row| {
-                        let node = self.cluster.nodes().iter().position(|n| n.name == row[1])?;
+                        let nodes = self.cluster.nodes();
+                        let node = nodes.iter().position(|n| row[1].contains(&n.name))?;
                         Some((row[0].clone(), node))
                     });
                 found.is_some()
