@@ -79,6 +79,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// One downloaded file is refused: it differs from what the worker
+    /// reported or the list expects, or its name is taken by other content.
+    /// It fails that URL (the reason goes in the manifest), never the job.
+    #[error("{reason}")]
+    FileRejected {
+        /// Why, naming the file.
+        reason: String,
+    },
+
     /// RabbitMQ gave up on a task and dead-lettered it.
     #[error("task {task} was dead-lettered by the broker ({reason}); it is kept in {queue}")]
     DeadLettered {

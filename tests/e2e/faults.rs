@@ -6,22 +6,34 @@ use nix::sys::signal::Signal;
 use warren::exact::sum_chunk;
 use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
+use warren_testkit::eventually;
 
 use crate::support::broker::queues_with_prefix;
-use crate::support::proxy::{AmqpProxy, BASIC_QOS, Forwarder, broker_url_at, unused_local_addr};
+use crate::support::endpoints::{SUM_TASKS_DONE, metric, wait_for_metric_at_least};
+use crate::support::proxy::{AmqpProxy, BASIC_QOS, ClosedPort, Forwarder, broker_url_at};
 use crate::support::python::reference;
-use crate::support::{RABBITMQCTL_NEEDED, Scenario};
+use crate::support::{RABBITMQCTL_NEEDED, Scenario, Worker};
 
-/// Counts the tasks a worker has finished, from its debug log.
-fn finished_tasks(log: &str) -> usize {
-    log.lines().filter(|l| l.contains(" done")).count()
+/// Connections a worker opened again after losing one.
+const RECONNECTS: &str = "warren_worker_reconnects_total";
+
+/// Starts w0, with its metrics on a port of the system's choice, and
+/// `others` plain workers; waits until all consume. Returns w0's metrics
+/// port and the workers, w0 first.
+fn workers_with_metrics_on_w0(s: &mut Scenario, others: usize) -> (u16, Vec<Worker>) {
+    let w0 = s.start_worker("w0", &["--metrics-addr", "127.0.0.1:0"]);
+    let port = w0.metrics_port();
+    let mut workers = vec![w0];
+    workers.extend((1..=others).map(|i| s.start_worker(&format!("w{i}"), &[])));
+    s.broker.wait_for_consumers(workers.len() as u32);
+    (port, workers)
 }
 
 #[test]
 fn worker_killed_mid_job_still_gives_the_exact_answer() {
     let mut s = Scenario::new("sigkill");
     let expected = reference(&["numpy-random-sum", "20000000", "11"]);
-    let mut workers = s.workers(2);
+    let (port, mut workers) = workers_with_metrics_on_w0(&mut s, 1);
     let producer = s
         .producer(&[
             "sum",
@@ -35,10 +47,7 @@ fn worker_killed_mid_job_still_gives_the_exact_answer() {
         ])
         .spawn();
     // Kill w0 once it is in the middle of the job.
-    s.broker
-        .wait_until(Duration::from_secs(60), "w0 has finished 20 tasks", |_| {
-            finished_tasks(&workers[0].log()) >= 20
-        });
+    wait_for_metric_at_least(port, SUM_TASKS_DONE, 20.0, Duration::from_secs(60));
     workers[0].kill_hard();
     let run = producer.wait(Duration::from_secs(180));
     run.expect_success();
@@ -338,7 +347,8 @@ fn ctrl_c_while_the_job_opens_leaves_no_reply_queue() {
     producer.signal(Signal::SIGINT);
     // Only once the producer has cancelled may the broker answer. It logs
     // the signal just after cancelling; had it given up opening at once,
-    // it would already be saying so on its way out.
+    // it would already be saying so on its way out. Its log is the only
+    // sign: its connection is held, so the broker sees nothing change.
     s.broker
         .wait_until(Duration::from_secs(10), "the producer saw SIGINT", |_| {
             let stderr = producer.stderr();
@@ -383,17 +393,16 @@ fn an_unreachable_broker_is_a_clear_error_without_the_password() {
 
     // A worker keeps retrying (for docker compose start-up order) and still
     // stops cleanly.
+    // What it says is the behaviour here: nothing else shows that it waits.
     let mut worker = s.start_worker("w0", &["--amqp-url", url]);
-    let mut polls = 0;
-    while !worker.log().contains("retrying in") {
-        polls += 1;
-        assert!(
-            polls < 200,
-            "the worker never said it was retrying:\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(10), || {
+        let log = worker.log();
+        if log.contains("retrying in") {
+            Ok(())
+        } else {
+            Err(format!("the worker never said it was retrying:\n{log}"))
+        }
+    });
     worker.signal(Signal::SIGTERM);
     let status = worker.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
@@ -410,7 +419,9 @@ fn producer_waits_for_a_broker_that_starts_late_and_says_so() {
     let mut s = Scenario::new("broker_late");
     let expected = reference(&["numpy-random-sum", "100000", "5"]);
     let _workers = s.workers(1);
-    let addr = unused_local_addr();
+    // Refusing connections until the test opens it, and the test's alone.
+    let port = ClosedPort::reserve();
+    let addr = port.addr();
     let producer = s
         .producer(&["sum", "--random", "1e5", "--seed", "5"])
         .env("AMQP_URL", &broker_url_at(addr))
@@ -422,8 +433,10 @@ fn producer_waits_for_a_broker_that_starts_late_and_says_so() {
         "the producer says it waits",
         |_| producer.stderr().contains("waiting for the broker at"),
     );
+    // The broker comes up a while later: a delay the scenario chooses, not
+    // a wait for something.
     std::thread::sleep(Duration::from_secs(2));
-    let _broker_starts = Forwarder::start_on(addr);
+    let _broker_starts = Forwarder::start_on(port);
     let run = producer.wait(Duration::from_secs(90));
     run.expect_success();
     assert_eq!(run.answer(), expected, "{run}");
@@ -439,7 +452,9 @@ fn producer_waits_for_a_broker_that_starts_late_and_says_so() {
 #[test]
 fn the_wait_for_a_broker_is_bounded_and_skips_refused_credentials() {
     let s = Scenario::new("broker_never");
-    let addr = unused_local_addr();
+    // Held for the whole test, so nothing else can listen there.
+    let never_listening = ClosedPort::reserve();
+    let addr = never_listening.addr();
     let url = format!("amqp://guest:sekrit@{addr}/%2f");
     let started = std::time::Instant::now();
     let run = s
@@ -654,7 +669,7 @@ fn a_task_of_unknown_kind_is_dead_lettered_and_fails_its_job_at_once() {
 fn sigterm_lets_a_worker_finish_and_exit_zero() {
     let mut s = Scenario::new("sigterm");
     let expected = reference(&["numpy-random-sum", "10000000", "5"]);
-    let mut workers = s.workers(2);
+    let (port, mut workers) = workers_with_metrics_on_w0(&mut s, 1);
     let producer = s
         .producer(&[
             "sum",
@@ -666,10 +681,7 @@ fn sigterm_lets_a_worker_finish_and_exit_zero() {
             "20000",
         ])
         .spawn();
-    s.broker
-        .wait_until(Duration::from_secs(60), "w0 has finished 10 tasks", |_| {
-            finished_tasks(&workers[0].log()) >= 10
-        });
+    wait_for_metric_at_least(port, SUM_TASKS_DONE, 10.0, Duration::from_secs(60));
     workers[0].signal(Signal::SIGTERM);
     let status = workers[0].wait_exit(Duration::from_secs(40));
     assert!(status.success(), "{status}\n{}", workers[0].log());
@@ -714,7 +726,7 @@ fn close_connection(pid: &str) {
 fn a_worker_reconnects_after_its_connection_is_closed() {
     let mut s = Scenario::new("reconnect");
     let expected = reference(&["numpy-random-sum", "4000000", "8"]);
-    let workers = s.workers(1);
+    let (port, workers) = workers_with_metrics_on_w0(&mut s, 0);
     let pid = connection_pid(&format!("warren-worker {} ({})", workers[0].name, s.prefix));
     // 4000 tasks, two at a time: the job is still running when the
     // connection goes.
@@ -732,23 +744,22 @@ fn a_worker_reconnects_after_its_connection_is_closed() {
             "--json",
         ])
         .spawn();
-    s.broker
-        .wait_until(Duration::from_secs(60), "w0 has finished 10 tasks", |_| {
-            finished_tasks(&workers[0].log()) >= 10
-        });
+    wait_for_metric_at_least(port, SUM_TASKS_DONE, 10.0, Duration::from_secs(60));
     close_connection(&pid);
+    // The counter moves once the new connection consumes; whatever is
+    // counted after that went over it.
+    wait_for_metric_at_least(port, RECONNECTS, 1.0, Duration::from_secs(30));
+    let done_when_reconnected = metric(port, SUM_TASKS_DONE);
     let run = producer.wait(Duration::from_secs(120));
     run.expect_success();
     assert_eq!(run.json()["sum"], expected.as_str());
     // The job went on over the new connection.
-    let log = workers[0].log();
-    let after = log
-        .split_once("reconnecting")
-        .unwrap_or_else(|| panic!("the worker never reconnected:\n{log}"))
-        .1;
-    assert!(
-        finished_tasks(after) > 0,
-        "no task finished after reconnecting:\n{log}"
+    assert_eq!(metric(port, RECONNECTS), 1.0);
+    wait_for_metric_at_least(
+        port,
+        SUM_TASKS_DONE,
+        done_when_reconnected + 1.0,
+        Duration::from_secs(20),
     );
     s.assert_clean();
 }

@@ -1,6 +1,4 @@
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -8,83 +6,18 @@ use nix::sys::signal::Signal;
 use warren::JobId;
 use warren::protocol::{DeadLetter, Outcome, TaskResult};
 
-use warren_testkit::content;
+use warren_testkit::{content, eventually};
 
 use crate::support::Scenario;
+use crate::support::endpoints::{http_get, metric, wait_for_metrics, wait_for_status};
 use crate::support::python::reference;
-
-/// A free port on 127.0.0.1 (released for the worker to bind).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET: status code and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// Polls `path` until it answers `status`, or fails after 20 s.
-fn wait_for_status(port: u16, path: &str, status: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some((got, body)) = http_get(port, path)
-            && got == status
-        {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{path} never answered {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Polls `/metrics` until each of `lines` is a line of it, or fails after
-/// 20 s showing the page. (A worker counts a task just after acking it, so
-/// the producer may have its answer a moment before the counters move.)
-fn wait_for_metrics(port: u16, lines: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
-        let missing: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|wanted| !page.lines().any(|line| line == *wanted))
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics lacks {missing:?}:\n{page}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_worker_serves_metrics_health_and_readiness() {
     let mut s = Scenario::new("metrics");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut worker = s.start_worker("w0", &["--metrics-addr", &addr]);
+    let mut worker = s.start_worker("w0", &["--metrics-addr", "127.0.0.1:0"]);
     s.broker.wait_for_consumers(1);
+    let port = worker.metrics_port();
     wait_for_status(port, "/readyz", 200);
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
     let run = s
@@ -171,28 +104,19 @@ fn a_worker_serves_metrics_health_and_readiness() {
     assert_eq!(std::fs::read(s.path("out/drain")).unwrap().len(), 100);
 
     // Alive but not ready while the broker cannot be reached.
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _unready = s.start_worker(
+    let unready = s.start_worker(
         "w1",
         &[
             "--metrics-addr",
-            &addr,
+            "127.0.0.1:0",
             "--amqp-url",
             "amqp://guest:guest@127.0.0.1:1/%2f",
         ],
     );
+    let port = unready.metrics_port();
     wait_for_status(port, "/healthz", 200);
     assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503));
     s.assert_clean();
-}
-
-/// The value of the metric line starting with `name ` on `/metrics`.
-fn metric(port: u16, name: &str) -> f64 {
-    let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("/metrics has no {name}:\n{page}"))
 }
 
 /// Issue 5: small files travel several to a task message (the broker's
@@ -202,10 +126,9 @@ fn metric(port: u16, name: &str) -> f64 {
 #[test]
 fn small_downloads_share_task_messages_and_large_ones_do_not() {
     let mut s = Scenario::new("batched-downloads");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _worker = s.start_worker("w0", &["--metrics-addr", &addr]);
+    let worker = s.start_worker("w0", &["--metrics-addr", "127.0.0.1:0"]);
     s.broker.wait_for_consumers(1);
+    let port = worker.metrics_port();
     let http = warren_testkit::HttpFixture::start();
     let downloads = |name: &str, files: usize, size: usize| {
         let urls: Vec<String> = (0..files)
@@ -337,20 +260,18 @@ fn wait_for_status_json(
     what: &str,
     condition: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || {
         let run = s.producer(&["status", "--json"]).run();
         run.expect_success();
         let status = run.json();
         if condition(&status) {
-            return status;
+            Ok(status)
+        } else {
+            Err(format!(
+                "status never showed {what} (is the rabbitmq_management plugin enabled?):\n{run}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what} (is the rabbitmq_management plugin enabled?):\n{run}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    })
 }
 
 #[test]

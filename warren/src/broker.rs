@@ -20,6 +20,7 @@ use lapin::{
     DefaultConnectionBuilder,
 };
 
+use crate::backoff::{ExponentialBackoff, Jitter};
 use crate::config::{BrokerConfig, RedactedUrl};
 use crate::error::{Error, Result};
 
@@ -34,39 +35,6 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a wait for the broker says it is still waiting.
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(10);
-
-/// Capped exponential backoff with jitter: each delay is drawn from
-/// [d/2, d) and d doubles up to a cap, so clients that lost the same broker
-/// do not all come back at the same instant.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Delays from `min`, doubling up to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            next: min,
-            min,
-            max,
-        }
-    }
-
-    /// The next delay (jittered), and doubles the one after.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    /// Starts again from the first delay, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
 
 /// A connection, and which of the configured broker URLs answered.
 #[derive(Debug)]
@@ -108,7 +76,7 @@ pub async fn connect_from(
     start: usize,
 ) -> Result<Connected> {
     let started = Instant::now();
-    let mut backoff = Backoff::new(MIN_RETRY_DELAY, MAX_RETRY_DELAY);
+    let mut backoff = ExponentialBackoff::new(MIN_RETRY_DELAY, MAX_RETRY_DELAY, Jitter::Equal);
     let mut noted: Option<Instant> = None;
     let mut attempt_timeout = config.connect_timeout;
     loop {
@@ -574,27 +542,5 @@ impl QueueProbe {
 impl Default for QueueProbe {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_cap_and_resets() {
-        let (min, max) = (Duration::from_millis(200), Duration::from_secs(5));
-        let mut backoff = Backoff::new(min, max);
-        let mut ceiling = min;
-        for _ in 0..12 {
-            let delay = backoff.next_delay();
-            assert!(
-                delay >= ceiling / 2 && delay < ceiling,
-                "{delay:?} vs {ceiling:?}"
-            );
-            ceiling = (ceiling * 2).min(max);
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() < min);
     }
 }

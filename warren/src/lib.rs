@@ -6,6 +6,7 @@
 //!   describes the same format in prose; golden tests pin the bytes.
 //! - [`topology`]: queue and exchange names built from the queue prefix, their
 //!   arguments, and the code that declares them.
+//! - [`backoff`]: [`ExponentialBackoff`], the delays between retries.
 //! - [`broker`]: connecting (with a redacted URL in every message), channels
 //!   with publisher confirms, and classifying broker errors.
 //! - [`exact`]: exact summation: the per-chunk accumulator workers run, the
@@ -27,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod dtype;
@@ -41,6 +43,7 @@ pub mod size;
 pub mod source;
 pub mod topology;
 
+pub use backoff::{ExponentialBackoff, Jitter};
 pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl, TlsFiles, parse_duration};
 pub use dtype::Dtype;
 pub use error::{Error, Result, display_chain, print_error};

@@ -153,10 +153,10 @@ fn default_name() -> String {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> std::result::Result<Config, String> {
-        let cli = Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
-        cli.into_config().map_err(|e| e.to_string())
+    /// The config for `args`, or clap's error or ours.
+    fn parse(args: &[&str]) -> Result<Config, Box<dyn std::error::Error>> {
+        let cli = Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))?;
+        Ok(cli.into_config()?)
     }
 
     #[test]
@@ -182,6 +182,7 @@ mod tests {
         assert!(
             parse(&["--concurrency", "0"])
                 .unwrap_err()
+                .to_string()
                 .contains("at least 1")
         );
         assert!(parse(&["--name", " "]).is_err());
@@ -189,6 +190,7 @@ mod tests {
         assert!(
             parse(&["--shared-dir", "/no/such/dir"])
                 .unwrap_err()
+                .to_string()
                 .contains("not an existing directory")
         );
         let dir = std::env::temp_dir();

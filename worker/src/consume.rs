@@ -36,7 +36,7 @@ use warren::broker::{self, Acks, Publisher, Routed};
 use warren::protocol::{
     DownloadStatus, FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult,
 };
-use warren::{PROTOCOL_VERSION, Topology};
+use warren::{ExponentialBackoff, Jitter, PROTOCOL_VERSION, Topology};
 
 use crate::cli::Config;
 use crate::error::Result;
@@ -62,42 +62,20 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let topology = Topology::new(config.broker.prefix.clone());
-    let liveness = Arc::new(JobLiveness::default());
-    let http = Arc::new(HttpClients::default());
-    let stores = Arc::new(warren::source::Stores::default());
-    let cpu = Arc::new(Semaphore::new(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
-    ));
-    let downloads = Arc::new(Semaphore::new(usize::from(config.concurrency)));
-    let mut backoff = broker::Backoff::new(broker::MIN_RETRY_DELAY, broker::MAX_RETRY_DELAY);
+    let lasting = Lasting::new(config, Arc::clone(&metrics));
+    let mut backoff = ExponentialBackoff::new(
+        broker::MIN_RETRY_DELAY,
+        broker::MAX_RETRY_DELAY,
+        Jitter::Equal,
+    );
     let mut sessions = 0u64;
     // Where the next connection starts in the broker URL list: after a
     // loss, at the URL after the lost one (failover).
     let mut first_url = 0;
     loop {
-        let session = tokio::select! {
-            session = Session::open(config, &topology, first_url) => session,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let session = match session {
-            Ok(session) => session,
-            // `broker::connect` has already waited `--broker-wait` for an
-            // unreachable broker: exit, and let a supervisor (compose's
-            // restart policy, systemd) take over.
-            Err(e) if e.needs_other_settings() || e.is_unreachable() => return Err(e.into()),
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(
-                    hint = e.hint().unwrap_or_default(),
-                    "{}; retrying in {}",
-                    warren::display_chain(&e),
-                    humantime_ms(wait)
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => continue,
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
+        let opening = open_session(config, &topology, first_url, &mut backoff, &shutdown);
+        let Some(session) = opening.await? else {
+            return Ok(());
         };
         backoff.reset();
         first_url = session.url_index + 1;
@@ -112,21 +90,7 @@ pub(crate) async fn run(
             concurrency = config.concurrency,
             "consuming"
         );
-        let context = Arc::new(TaskContext {
-            worker: config.name.clone(),
-            topology: topology.clone(),
-            publisher: session.publisher.clone(),
-            connection: Arc::clone(&session.connection),
-            liveness: Arc::clone(&liveness),
-            shared_dir: config.shared_dir.clone(),
-            http: Arc::clone(&http),
-            stores: Arc::clone(&stores),
-            cpu: Arc::clone(&cpu),
-            downloads: Arc::clone(&downloads),
-            session_broken: CancellationToken::new(),
-            metrics: Arc::clone(&metrics),
-            max_task_size: config.max_task_size,
-        });
+        let context = Arc::new(lasting.context(config, &topology, &session));
         metrics.set_ready(true);
         match session
             .serve(context, &shutdown, config.shutdown_timeout)
@@ -136,6 +100,90 @@ pub(crate) async fn run(
             Served::ConnectionLost(reason) => {
                 tracing::warn!("lost the broker connection ({reason}); reconnecting");
             }
+        }
+    }
+}
+
+/// Opens a session, retrying with `backoff` what is worth retrying;
+/// `None` when `shutdown` came first.
+///
+/// # Errors
+/// As [`run`].
+async fn open_session(
+    config: &Config,
+    topology: &Topology,
+    first_url: usize,
+    backoff: &mut ExponentialBackoff,
+    shutdown: &CancellationToken,
+) -> Result<Option<Session>> {
+    loop {
+        let session = tokio::select! {
+            session = Session::open(config, topology, first_url) => session,
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        let e = match session {
+            Ok(session) => return Ok(Some(session)),
+            // `broker::connect` has already waited `--broker-wait` for an
+            // unreachable broker: exit, and let a supervisor (compose's
+            // restart policy, systemd) take over.
+            Err(e) if e.needs_other_settings() || e.is_unreachable() => return Err(e.into()),
+            Err(e) => e,
+        };
+        let wait = backoff.next_delay();
+        tracing::warn!(
+            hint = e.hint().unwrap_or_default(),
+            "{}; retrying in {}",
+            warren::display_chain(&e),
+            format_seconds(wait)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// What the worker keeps across broker sessions: caches, pools and limits
+/// that do not depend on the connection.
+struct Lasting {
+    liveness: Arc<JobLiveness>,
+    http: Arc<HttpClients>,
+    stores: Arc<warren::source::Stores>,
+    cpu: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lasting {
+    fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Lasting {
+            liveness: Arc::new(JobLiveness::default()),
+            http: Arc::new(HttpClients::default()),
+            stores: Arc::new(warren::source::Stores::default()),
+            cpu: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            downloads: Arc::new(Semaphore::new(usize::from(config.concurrency))),
+            metrics,
+        }
+    }
+
+    /// What the tasks of `session` share.
+    fn context(&self, config: &Config, topology: &Topology, session: &Session) -> TaskContext {
+        TaskContext {
+            worker: config.name.clone(),
+            topology: topology.clone(),
+            publisher: session.publisher.clone(),
+            connection: Arc::clone(&session.connection),
+            liveness: Arc::clone(&self.liveness),
+            shared_dir: config.shared_dir.clone(),
+            http: Arc::clone(&self.http),
+            stores: Arc::clone(&self.stores),
+            cpu: Arc::clone(&self.cpu),
+            downloads: Arc::clone(&self.downloads),
+            session_broken: CancellationToken::new(),
+            metrics: Arc::clone(&self.metrics),
+            max_task_size: config.max_task_size,
         }
     }
 }
@@ -150,7 +198,8 @@ pub(crate) fn connection_name(config: &Config) -> String {
     format!("warren-worker {} ({})", config.name, config.broker.prefix)
 }
 
-fn humantime_ms(duration: Duration) -> String {
+/// `1.5s`: a delay as a log line shows it.
+fn format_seconds(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
 }
 
@@ -204,7 +253,7 @@ impl Session {
     }
 
     /// Hands each delivery to its own task until shutdown or connection
-    /// loss.
+    /// loss, then lets the tasks in hand finish or give up.
     async fn serve(
         mut self,
         context: Arc<TaskContext>,
@@ -215,44 +264,75 @@ impl Session {
         // Fired when tasks in hand must give up: the connection is gone, or
         // the shutdown timeout passed.
         let abandon = CancellationToken::new();
-        let lost = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break None,
-                () = context.session_broken.cancelled() => {
-                    break Some("publishing results failed".to_owned());
-                }
-                delivery = self.consumer.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        tracker.spawn(handle(Arc::clone(&context), delivery, abandon.clone()));
-                    }
-                    Some(Err(e)) => break Some(warren::display_chain(&e)),
-                    None => break Some("the broker cancelled the consumer".to_owned()),
-                },
-            }
-        };
+        let lost = self
+            .take_deliveries(&context, &tracker, &abandon, shutdown)
+            .await;
         tracker.close();
         // No longer taking tasks, whatever happens next: orchestrators stop
         // counting on this worker while it drains or reconnects.
         context.metrics.set_ready(false);
         if let Some(reason) = lost {
-            abandon.cancel();
-            // Without a connection the handlers' broker calls fail and they
-            // end at once; still, a call that never returns must not keep
-            // the worker from reconnecting. The broker requeues whatever
-            // the old connection held.
-            if tokio::time::timeout(ABANDON_TIMEOUT, tracker.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    in_hand = tracker.len(),
-                    "tasks of the lost connection are still stuck; reconnecting anyway"
-                );
-            }
-            broker::close_quietly(&self.connection).await;
+            self.abandon_lost(&tracker, &abandon).await;
             return Served::ConnectionLost(reason);
         }
+        self.drain(&tracker, &abandon, shutdown_timeout).await;
+        Served::ShutDown
+    }
 
+    /// Spawns a handler per delivery until shutdown (`None`) or until the
+    /// connection is lost (`Some` reason).
+    async fn take_deliveries(
+        &mut self,
+        context: &Arc<TaskContext>,
+        tracker: &TaskTracker,
+        abandon: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = context.session_broken.cancelled() => {
+                    return Some("publishing results failed".to_owned());
+                }
+                delivery = self.consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        tracker.spawn(handle(Arc::clone(context), delivery, abandon.clone()));
+                    }
+                    Some(Err(e)) => return Some(warren::display_chain(&e)),
+                    None => return Some("the broker cancelled the consumer".to_owned()),
+                },
+            }
+        }
+    }
+
+    /// After a lost connection: tells the tasks in hand to give up, and
+    /// waits for them only briefly.
+    async fn abandon_lost(self, tracker: &TaskTracker, abandon: &CancellationToken) {
+        abandon.cancel();
+        // Without a connection the handlers' broker calls fail and they
+        // end at once; still, a call that never returns must not keep
+        // the worker from reconnecting. The broker requeues whatever
+        // the old connection held.
+        if tokio::time::timeout(ABANDON_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_hand = tracker.len(),
+                "tasks of the lost connection are still stuck; reconnecting anyway"
+            );
+        }
+        broker::close_quietly(&self.connection).await;
+    }
+
+    /// The graceful shutdown: no new deliveries, the tasks in hand get
+    /// `shutdown_timeout` to finish, the rest go back to the queue.
+    async fn drain(
+        self,
+        tracker: &TaskTracker,
+        abandon: &CancellationToken,
+        shutdown_timeout: Duration,
+    ) {
         tracing::info!(in_hand = tracker.len(), "shutting down: no new tasks");
         // Stop deliveries first; anything prefetched but not started goes
         // back to the queue when the channel closes.
@@ -276,7 +356,6 @@ impl Session {
         }
         broker::close_quietly(&self.connection).await;
         tracing::info!("stopped");
-        Served::ShutDown
     }
 }
 
@@ -310,7 +389,20 @@ async fn handle(context: Arc<TaskContext>, mut delivery: Delivery, abandon: Canc
     });
     let task = match task {
         Ok(task) => task,
-        Err(e) => return reject_poison(&context, delivery, &e, started).await,
+        Err(e) if e.is_poison() => return reject_poison(&context, delivery, &e, started).await,
+        // Not the message's fault (decoding yields only poison today):
+        // another worker, or this one later, may take it.
+        Err(e) => {
+            tracing::warn!(
+                "cannot read a task, returning it to the queue: {}",
+                warren::display_chain(&e)
+            );
+            requeue(&delivery).await;
+            context
+                .metrics
+                .tasks(Kind::Unknown, TaskOutcome::Requeued, 1);
+            return;
+        }
     };
     // The body moves to the task: no copy of what may be megabytes.
     let body = std::mem::take(&mut delivery.data);
@@ -329,7 +421,6 @@ async fn run_task(
     abandon: &CancellationToken,
     started: Instant,
 ) {
-    let job = task.job().clone();
     let kind = match &task {
         Task::Sum(_) | Task::SumRange(_) => Kind::Sum,
         Task::Download(_) => Kind::Download,
@@ -340,38 +431,27 @@ async fn run_task(
         _ => body.len() as u64,
     };
     let tasks = task.tasks();
-    let metrics = &context.metrics;
-    let reply_to = context.topology.reply_queue(&job);
+    let job = task.job();
+    let reply_to = context.topology.reply_queue(job);
     if !context
         .liveness
-        .is_alive(&context.connection, &job, &reply_to)
+        .is_alive(&context.connection, job, &reply_to)
         .await
     {
         tracing::debug!("job is gone; dropping its task");
         ack(delivery).await;
-        metrics.tasks(kind, TaskOutcome::Dropped, tasks);
+        context.metrics.tasks(kind, TaskOutcome::Dropped, tasks);
         return;
     }
-
     let outcome = tokio::select! {
         outcome = tasks::run(context, &task, body) => outcome,
         () = abandon.cancelled() => {
             requeue(delivery).await;
-            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
+            context.metrics.tasks(kind, TaskOutcome::Requeued, tasks);
             return;
         }
     };
-    // (tasks ok, tasks failed, bytes summed, bytes downloaded)
-    let (ok, failed, summed, downloaded) = match &outcome {
-        Outcome::Sum(_) => (tasks, 0, sum_bytes, 0),
-        Outcome::Download(reports) => {
-            let fetched = reports.iter().filter(|r| r.status == DownloadStatus::Ok);
-            let ok = fetched.clone().count() as u64;
-            let bytes = fetched.map(|r| r.bytes).sum();
-            (ok, tasks.saturating_sub(ok), 0, bytes)
-        }
-        Outcome::Error(_) => (0, tasks, 0, 0),
-    };
+    let counts = Counts::of(kind, tasks, sum_bytes, &outcome);
     let result = TaskResult {
         version: PROTOCOL_VERSION,
         job_id: job.clone(),
@@ -380,6 +460,64 @@ async fn run_task(
         elapsed_s: started.elapsed().as_secs_f64(),
         outcome,
     };
+    publish_then_ack(context, delivery, &task, &result, &counts, started).await;
+}
+
+/// What a carried-out message adds to the metrics.
+struct Counts {
+    kind: Kind,
+    /// Tasks in the message.
+    tasks: u64,
+    ok: u64,
+    failed: u64,
+    summed_bytes: u64,
+    downloaded_bytes: u64,
+}
+
+impl Counts {
+    fn of(kind: Kind, tasks: u64, sum_bytes: u64, outcome: &Outcome) -> Self {
+        let (ok, summed_bytes, downloaded_bytes) = match outcome {
+            Outcome::Sum(_) => (tasks, sum_bytes, 0),
+            Outcome::Download(reports) => {
+                let fetched = reports.iter().filter(|r| r.status == DownloadStatus::Ok);
+                let ok = fetched.clone().count() as u64;
+                (ok, 0, fetched.map(|r| r.bytes).sum())
+            }
+            Outcome::Error(_) => (0, 0, 0),
+        };
+        Counts {
+            kind,
+            tasks,
+            ok,
+            failed: tasks.saturating_sub(ok),
+            summed_bytes,
+            downloaded_bytes,
+        }
+    }
+
+    /// Counts the message as carried out, its result delivered.
+    fn record_done(&self, metrics: &Metrics, started: Instant) {
+        metrics.tasks(self.kind, TaskOutcome::Ok, self.ok);
+        metrics.tasks(self.kind, TaskOutcome::Failed, self.failed);
+        metrics.took(self.kind, started.elapsed());
+        metrics.summed(self.summed_bytes);
+        metrics.downloaded(self.downloaded_bytes);
+    }
+}
+
+/// Publishes the result to the job, then acks the task; a job that ended
+/// meanwhile drops it, and a result that cannot go out returns the task to
+/// the queue.
+async fn publish_then_ack(
+    context: &TaskContext,
+    delivery: &Delivery,
+    task: &Task,
+    result: &TaskResult,
+    counts: &Counts,
+    started: Instant,
+) {
+    let metrics = &context.metrics;
+    let reply_to = context.topology.reply_queue(&result.job_id);
     // Ack only after the result's confirm: acking first would lose the task
     // if this worker died between the two.
     match context
@@ -391,45 +529,41 @@ async fn run_task(
             // Failures are logged once their job is known to be alive: a
             // job that ended (a file chunk returned, say) fails its tasks,
             // and that is no news for the operator.
-            log_failures(&task, &result.outcome);
+            log_failures(task, &result.outcome);
             tracing::debug!(elapsed_s = result.elapsed_s, "done");
             ack(delivery).await;
-            metrics.tasks(kind, TaskOutcome::Ok, ok);
-            metrics.tasks(kind, TaskOutcome::Failed, failed);
-            metrics.took(kind, started.elapsed());
-            metrics.summed(summed);
-            metrics.downloaded(downloaded);
+            counts.record_done(metrics, started);
         }
         Ok(Routed::Returned) => {
             tracing::debug!("job ended while the task ran; dropping its result");
             // Nobody will move a stored file now, nor clean it up: the
             // producer removed the job's temporary files when it ended.
             tasks::discard_stored(context, &result.outcome);
-            context.liveness.mark_gone(&job);
+            context.liveness.mark_gone(&result.job_id);
             ack(delivery).await;
-            metrics.tasks(kind, TaskOutcome::Dropped, tasks);
-        }
-        Err(e) if e.is_transient() => {
-            log_failures(&task, &result.outcome);
-            // The channel or connection is gone. Return the task (if the
-            // connection still carries the nack; otherwise the broker
-            // requeues it when the connection closes) and reconnect.
-            tracing::warn!(
-                "cannot publish the result, reconnecting: {}",
-                warren::display_chain(&e)
-            );
-            requeue(delivery).await;
-            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
-            context.session_broken.cancel();
+            metrics.tasks(counts.kind, TaskOutcome::Dropped, counts.tasks);
         }
         Err(e) => {
-            log_failures(&task, &result.outcome);
+            log_failures(task, &result.outcome);
+            // A transient error: the channel or connection is gone. Return
+            // the task (if the connection still carries the nack;
+            // otherwise the broker requeues it when the connection closes)
+            // and reconnect.
+            let transient = e.is_transient();
+            let next = if transient {
+                "reconnecting"
+            } else {
+                "returning the task to the queue"
+            };
             tracing::warn!(
-                "cannot publish the result, returning the task to the queue: {}",
+                "cannot publish the result, {next}: {}",
                 warren::display_chain(&e)
             );
             requeue(delivery).await;
-            metrics.tasks(kind, TaskOutcome::Requeued, tasks);
+            metrics.tasks(counts.kind, TaskOutcome::Requeued, counts.tasks);
+            if transient {
+                context.session_broken.cancel();
+            }
         }
     }
 }

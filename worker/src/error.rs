@@ -11,6 +11,16 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The metrics endpoint's address cannot be bound (in use, not ours).
+    #[error("cannot listen on {addr} for metrics")]
+    MetricsListen {
+        /// The `--metrics-addr` asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding it failed.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Broker, topology or protocol failure from the shared library.
     #[error(transparent)]
     Warren(#[from] warren::Error),

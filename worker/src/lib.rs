@@ -7,7 +7,8 @@
 //! - `liveness`: whether a task's job still exists.
 //! - `metrics`: Prometheus metrics, `/healthz` and `/readyz` on
 //!   `--metrics-addr`.
-//! - `tasks`: running each task kind (`tasks/sum.rs`).
+//! - `tasks`: running each task kind (`tasks/sum.rs`, `tasks/range.rs`,
+//!   `tasks/download/`).
 //! - [`error`]: [`Error`] and [`Result`].
 //!
 //! `main.rs` only parses flags, installs logging and signal handling, and

@@ -220,7 +220,7 @@ impl Drop for InHand {
 /// endpoints until `shutdown`.
 ///
 /// # Errors
-/// [`Error::Usage`] when the address cannot be bound.
+/// [`Error::MetricsListen`] when the address cannot be bound.
 pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -228,7 +228,7 @@ pub(crate) async fn serve(
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Usage(format!("cannot listen on {addr} for metrics: {e}")))?;
+        .map_err(|source| Error::MetricsListen { addr, source })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics_page))

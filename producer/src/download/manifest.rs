@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::urls::NamedEntry;
 use crate::error::{Error, Result};
 
 /// What became of one URL.
@@ -77,6 +78,22 @@ pub struct Verified {
 }
 
 impl ManifestRecord {
+    /// The record of `entry` before its outcome is known: failed, with
+    /// nothing else said yet.
+    pub(crate) fn for_entry(entry: &NamedEntry) -> ManifestRecord {
+        ManifestRecord {
+            url: entry.listed.url.to_string(),
+            path: entry.name.to_string(),
+            status: ItemStatus::Failed,
+            bytes: 0,
+            sha256: None,
+            http_status: None,
+            attempts: 0,
+            error: None,
+            last_ok: None,
+        }
+    }
+
     /// What this line says warren verified at `path`: the file itself for
     /// `ok` and `skipped`, the carried-forward `last_ok` for `failed`.
     pub fn verified(&self) -> Option<Verified> {
@@ -156,6 +173,24 @@ pub(crate) fn sync_file_system(dir: &Path) -> Result<()> {
     };
     let handle = File::open(dir).map_err(write_error)?;
     rustix::fs::syncfs(&handle).map_err(|e| write_error(e.into()))
+}
+
+/// The job's one durability point: makes every file written to the output
+/// file system durable with one `syncfs` (the workers' files in shared
+/// mode too: they closed them, which handed their data to the file system,
+/// and on NFS to the server), and only then the manifest that lists them,
+/// so a manifest never names a file that a power cut can take back.
+///
+/// # Errors
+/// [`Error::Write`] when syncing or writing the manifest fails.
+pub(crate) async fn make_durable(out_dir: &Path, mut manifest: ManifestWriter) -> Result<()> {
+    let out_dir = out_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        sync_file_system(&out_dir)?;
+        manifest.commit()
+    })
+    .await
+    .expect("syncing does not panic") // invariant: both calls return their failures
 }
 
 /// Syncs a directory, so that names just created or renamed in it survive

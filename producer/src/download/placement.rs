@@ -17,123 +17,151 @@ use std::path::Path;
 
 use warren::filename::RelativePath;
 
-use super::files::{Saved, hash_file};
+use super::verify::{Saved, hash_file};
 use crate::error::{Error, Result};
 
 /// Places the verified file at `temp` under `name` in `out_dir`, and
 /// removes `temp` whatever happens. Blocking.
 ///
-/// `Ok(Err(reason))` fails the download (the name is taken by other
-/// content, or a symbolic link or a file is in the way).
-///
 /// # Errors
-/// [`Error::Write`] for a local I/O failure, which ends the job.
+/// [`Error::FileRejected`] fails the download (the name is taken by other
+/// content, or a symbolic link or a file is in the way); [`Error::Write`]
+/// is a local I/O failure, which ends the job.
 pub(crate) fn place(
     out_dir: &Path,
     temp: &Path,
     name: &RelativePath,
     saved: Saved,
     overwrite: bool,
-) -> Result<std::result::Result<Saved, String>> {
+) -> Result<Saved> {
     let target = name.under(out_dir);
-    let placed = make_parents(out_dir, name).and_then(|made| match made {
-        Ok(()) if overwrite => replace(temp, &target).map(|made| made.map(|()| saved)),
-        Ok(()) => link_new(temp, &target, saved),
-        Err(reason) => Ok(Err(reason)),
+    let placed = make_parents(out_dir, name, &target).and_then(|()| {
+        if overwrite {
+            replace(temp, &target).map(|()| saved)
+        } else {
+            link_new(temp, &target, saved)
+        }
     });
     // Gone after a rename; after a link, or a failure, still to be removed.
     let _ = std::fs::remove_file(temp);
-    placed.map_err(|e| Error::Write {
-        output: target.display().to_string(),
-        source: e,
-    })
+    placed
 }
 
-/// Creates the directories of `name` under `out_dir`, refusing to go
-/// through a symbolic link or anything that is not a directory.
-fn make_parents(out_dir: &Path, name: &RelativePath) -> std::io::Result<Result<(), String>> {
+/// A local I/O failure while placing the file at `target`.
+fn write_error(target: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        output: target.display().to_string(),
+        source,
+    }
+}
+
+fn rejected(reason: String) -> Error {
+    Error::FileRejected { reason }
+}
+
+/// Creates the directories of `name` under `out_dir` (on the way to
+/// `target`), refusing to go through a symbolic link or anything that is
+/// not a directory.
+fn make_parents(out_dir: &Path, name: &RelativePath, target: &Path) -> Result<()> {
     let mut dir = out_dir.to_path_buf();
     let components: Vec<&str> = name.as_str().split('/').collect();
     for component in &components[..components.len() - 1] {
         dir.push(component);
-        let meta = match std::fs::symlink_metadata(&dir) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&dir) {
-                Ok(()) => continue,
-                // Made by someone else just now: look at what it is.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::symlink_metadata(&dir)?,
-                Err(e) => return Err(e),
-            },
-            Err(e) => return Err(e),
+        let Some(meta) = make_dir(&dir).map_err(write_error(target))? else {
+            continue;
         };
         if meta.file_type().is_symlink() {
-            return Ok(Err(format!(
+            return Err(rejected(format!(
                 "{} is a symbolic link; not written through",
                 dir.display()
             )));
         }
         if !meta.is_dir() {
-            return Ok(Err(format!(
+            return Err(rejected(format!(
                 "{} exists and is not a directory",
                 dir.display()
             )));
         }
     }
-    Ok(Ok(()))
+    Ok(())
+}
+
+/// Creates `dir` if it is missing (`None`); otherwise says what is there.
+fn make_dir(dir: &Path) -> std::io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(dir) {
+            Ok(()) => Ok(None),
+            // Made by someone else just now: look at what it is.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                std::fs::symlink_metadata(dir).map(Some)
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// `--overwrite`: replaces a file (or a symbolic link itself, which a
 /// rename does not follow), never a directory.
-fn replace(temp: &Path, target: &Path) -> std::io::Result<std::result::Result<(), String>> {
+fn replace(temp: &Path, target: &Path) -> Result<()> {
     match std::fs::symlink_metadata(target) {
-        Ok(meta) if meta.is_dir() => Ok(Err(format!(
+        Ok(meta) if meta.is_dir() => Err(rejected(format!(
             "{} exists and is a directory",
             target.display()
         ))),
-        _ => std::fs::rename(temp, target).map(Ok),
+        _ => std::fs::rename(temp, target).map_err(write_error(target)),
     }
 }
 
 /// Puts the file under a name that must be free (or hold the same
 /// content already).
-fn link_new(
-    temp: &Path,
-    target: &Path,
-    saved: Saved,
-) -> std::io::Result<std::result::Result<Saved, String>> {
+fn link_new(temp: &Path, target: &Path, saved: Saved) -> Result<Saved> {
     // A hard link never replaces an existing name, unlike a rename.
     match std::fs::hard_link(temp, target) {
-        Ok(()) => return Ok(Ok(saved)),
+        Ok(()) => return Ok(saved),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        // Some filesystems (a few network and FUSE ones) have no hard
-        // links: check, then rename. A file appearing between the two is
-        // replaced there; nothing better is possible without links.
         Err(e)
             if matches!(
                 e.kind(),
                 ErrorKind::Unsupported | ErrorKind::PermissionDenied
             ) =>
         {
-            match std::fs::symlink_metadata(target) {
-                Err(missing) if missing.kind() == ErrorKind::NotFound => {
-                    std::fs::rename(temp, target)?;
-                    return Ok(Ok(saved));
-                }
-                Err(other) => return Err(other),
-                Ok(_) => {}
+            if rename_if_free(temp, target).map_err(write_error(target))? {
+                return Ok(saved);
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(write_error(target)(e)),
     }
-    let meta = std::fs::symlink_metadata(target)?;
-    if meta.is_file() && hash_file(target)? == (saved.bytes, saved.sha256.clone()) {
-        return Ok(Ok(saved));
+    let meta = std::fs::symlink_metadata(target).map_err(write_error(target))?;
+    let found = if meta.is_file() {
+        Some(hash_file(target).map_err(write_error(target))?)
+    } else {
+        None
+    };
+    if found == Some((saved.bytes, saved.sha256.clone())) {
+        return Ok(saved);
     }
-    Ok(Err(format!(
+    Err(rejected(format!(
         "{} exists with other content, which nothing warren made durable vouches for (or it \
          appeared while the job ran); pass --overwrite to replace it",
         target.display()
     )))
+}
+
+/// For file systems without hard links (a few network and FUSE ones):
+/// checks that `target` is free, then renames. A file appearing between
+/// the two is replaced there; nothing better is possible without links.
+/// Whether the file was placed (`false`: the name is taken).
+fn rename_if_free(temp: &Path, target: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(target) {
+        Err(missing) if missing.kind() == ErrorKind::NotFound => {
+            std::fs::rename(temp, target)?;
+            Ok(true)
+        }
+        Err(other) => Err(other),
+        Ok(_) => Ok(false),
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +173,14 @@ mod tests {
         Saved {
             bytes: data.len() as u64,
             sha256: hex::encode(Sha256::digest(data)),
+        }
+    }
+
+    /// Why placing was refused; panics on success or a local failure.
+    fn rejection(placed: Result<Saved>) -> String {
+        match placed {
+            Err(Error::FileRejected { reason }) => reason,
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -160,7 +196,7 @@ mod tests {
         let name = RelativePath::parse("a/b/f").unwrap();
         let temp = temp(dir.path(), b"data");
         let placed = place(dir.path(), &temp, &name, saved(b"data"), false).unwrap();
-        assert_eq!(placed, Ok(saved(b"data")));
+        assert_eq!(placed, saved(b"data"));
         assert_eq!(std::fs::read(dir.path().join("a/b/f")).unwrap(), b"data");
         assert!(!temp.exists());
     }
@@ -171,9 +207,7 @@ mod tests {
         let name = RelativePath::parse("f").unwrap();
         std::fs::write(dir.path().join("f"), b"someone else's").unwrap();
         let temp = temp(dir.path(), b"data");
-        let reason = place(dir.path(), &temp, &name, saved(b"data"), false)
-            .unwrap()
-            .unwrap_err();
+        let reason = rejection(place(dir.path(), &temp, &name, saved(b"data"), false));
         assert!(reason.contains("pass --overwrite"), "{reason}");
         assert_eq!(
             std::fs::read(dir.path().join("f")).unwrap(),
@@ -185,14 +219,14 @@ mod tests {
         std::fs::write(dir.path().join("f"), b"data").unwrap();
         let temp = self::temp(dir.path(), b"data");
         let placed = place(dir.path(), &temp, &name, saved(b"data"), false).unwrap();
-        assert_eq!(placed, Ok(saved(b"data")));
+        assert_eq!(placed, saved(b"data"));
         assert!(!temp.exists());
 
         // --overwrite replaces it.
         std::fs::write(dir.path().join("f"), b"old").unwrap();
         let temp = self::temp(dir.path(), b"new");
         let placed = place(dir.path(), &temp, &name, saved(b"new"), true).unwrap();
-        assert_eq!(placed, Ok(saved(b"new")));
+        assert_eq!(placed, saved(b"new"));
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"new");
     }
 
@@ -211,9 +245,7 @@ mod tests {
             let name = RelativePath::parse(name).unwrap();
             for overwrite in [false, true] {
                 let temp = temp(dir.path(), b"data");
-                let reason = place(dir.path(), &temp, &name, saved(b"data"), overwrite)
-                    .unwrap()
-                    .unwrap_err();
+                let reason = rejection(place(dir.path(), &temp, &name, saved(b"data"), overwrite));
                 assert!(
                     reason.contains(needle) || reason.contains("other content"),
                     "{reason}"

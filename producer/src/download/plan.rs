@@ -17,12 +17,17 @@
 //! something else (edited since), is refused without `--overwrite`.
 //! `--overwrite` still skips files that check out. Symbolic links are
 //! never written through.
+//!
+//! [`Plan`] holds the outcome for the whole list: the entries, which are
+//! to be fetched, and the records of those skipped or refused. Not here:
+//! reading the list ([`urls`](super::urls)) or fetching.
 
 use std::path::Path;
 
-use super::files::hash_file;
-use super::manifest::{History, Verified};
-use super::urls::NamedEntry;
+use super::manifest::{History, ItemStatus, ManifestRecord, ManifestWriter, Verified};
+use super::urls::{NamedEntry, Repeat};
+use super::verify::hash_file;
+use crate::error::Result;
 
 /// What to do with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,20 @@ pub(crate) enum Decision {
     },
 }
 
+/// Decides for every entry, in order. Blocking: it hashes the files that
+/// exist.
+pub(crate) fn decide_all(
+    out_dir: &Path,
+    named: &[NamedEntry],
+    history: &History,
+    overwrite: bool,
+) -> Vec<Decision> {
+    named
+        .iter()
+        .map(|entry| decide(out_dir, entry, history, overwrite))
+        .collect()
+}
+
 /// Decides for one entry.
 pub(crate) fn decide(
     out_dir: &Path,
@@ -63,7 +82,7 @@ pub(crate) fn decide(
 ) -> Decision {
     let target = named.name.under(out_dir);
     let key = (
-        named.entry.url.as_str().to_owned(),
+        named.listed.url.as_str().to_owned(),
         named.name.as_str().to_owned(),
     );
     let known = history.durable.get(&key).cloned();
@@ -91,10 +110,27 @@ pub(crate) fn decide(
             target.display()
         ));
     }
-    let (bytes, sha256) = match hash_file(&target) {
-        Ok(found) => found,
-        Err(e) => return refuse(format!("cannot read {}: {e}", target.display())),
-    };
+    match hash_file(&target) {
+        Ok((bytes, sha256)) => {
+            let found = Verified { bytes, sha256 };
+            judge_existing(&target, named, found, known, pending, overwrite)
+        }
+        Err(e) => refuse(format!("cannot read {}: {e}", target.display())),
+    }
+}
+
+/// Decides about the regular file at `target`, `found` to hold these bytes,
+/// by what the list expects and what warren knows of its name: `known`
+/// from the durable manifest, `pending` from a run that never finished.
+fn judge_existing(
+    target: &Path,
+    named: &NamedEntry,
+    found: Verified,
+    known: Option<Verified>,
+    pending: Option<&Verified>,
+    overwrite: bool,
+) -> Decision {
+    let Verified { bytes, sha256 } = found;
     let matches = |v: &Verified| v.bytes == bytes && v.sha256 == sha256;
     let fetch = |replace: bool| Decision::Fetch {
         last_ok: known.clone(),
@@ -103,13 +139,14 @@ pub(crate) fn decide(
     // Warren's own file from a run that never made it durable: checked
     // like any other, and repaired without asking if it is wrong.
     let ours = pending.is_some();
-    let differs = |what: String| {
-        refuse(format!(
+    let differs = |what: String| Decision::Refuse {
+        reason: format!(
             "{} exists with other content ({what}); pass --overwrite to replace it",
             target.display()
-        ))
+        ),
+        last_ok: known.clone(),
     };
-    if let Some(expected) = &named.entry.sha256 {
+    if let Some(expected) = &named.listed.sha256 {
         return if *expected == sha256 {
             Decision::Skip { bytes, sha256 }
         } else if overwrite || ours {
@@ -128,7 +165,7 @@ pub(crate) fn decide(
         Some(verified) => differs(format!(
             "{bytes} bytes with sha256 {sha256}, but warren downloaded {} bytes with sha256 {} \
              from {}",
-            verified.bytes, verified.sha256, named.entry.url
+            verified.bytes, verified.sha256, named.listed.url
         )),
         // Nothing durable says what the file should hold: it may be one a
         // power cut damaged. Fetched again and compared when it arrives.
@@ -160,6 +197,120 @@ fn blocked_path(out_dir: &Path, named: &NamedEntry) -> Option<String> {
     None
 }
 
+/// The job's entries and, by slot (index in `named`), what is known of
+/// each before anything is published.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Every entry but exact repeats, in list order.
+    pub(crate) named: Vec<NamedEntry>,
+    /// Exact repeats of entries in `named`, fetched once.
+    pub(crate) repeats: Vec<Repeat>,
+    /// Slots of the entries to download; task `i` is `named[to_fetch[i]]`.
+    pub(crate) to_fetch: Vec<usize>,
+    /// By slot: what warren last verified at the name ([`Decision::Fetch`]).
+    pub(crate) last_ok: Vec<Option<Verified>>,
+    /// By slot: whether the download may replace other content at its name
+    /// ([`Decision::Fetch`]).
+    pub(crate) replace: Vec<bool>,
+    /// By slot: the manifest record, once the entry's outcome is known.
+    pub(crate) records: Vec<Option<ManifestRecord>>,
+}
+
+impl Plan {
+    /// Sorts the entries by their `decisions` (one per entry): skipped and
+    /// refused ones get their record, written to `manifest` at once; the
+    /// others are to fetch.
+    ///
+    /// # Errors
+    /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
+    /// written.
+    pub(crate) fn new(
+        named: Vec<NamedEntry>,
+        repeats: Vec<Repeat>,
+        decisions: Vec<Decision>,
+        manifest: &mut ManifestWriter,
+    ) -> Result<Plan> {
+        let mut plan = Plan {
+            to_fetch: Vec::new(),
+            last_ok: vec![None; named.len()],
+            replace: vec![false; named.len()],
+            records: vec![None; named.len()],
+            named,
+            repeats,
+        };
+        for (slot, decision) in decisions.into_iter().enumerate() {
+            let entry = ManifestRecord::for_entry(&plan.named[slot]);
+            let record = match decision {
+                Decision::Fetch { last_ok, replace } => {
+                    plan.to_fetch.push(slot);
+                    plan.last_ok[slot] = last_ok;
+                    plan.replace[slot] = replace;
+                    continue;
+                }
+                Decision::Skip { bytes, sha256 } => ManifestRecord {
+                    status: ItemStatus::Skipped,
+                    bytes,
+                    sha256: Some(sha256),
+                    ..entry
+                },
+                Decision::Refuse { reason, last_ok } => ManifestRecord {
+                    error: Some(reason),
+                    last_ok,
+                    ..entry
+                },
+            };
+            manifest.record(&record)?;
+            plan.records[slot] = Some(record);
+        }
+        Ok(plan)
+    }
+
+    /// The records of the exact repeats, each saying which entry it
+    /// repeats, written to `manifest`.
+    ///
+    /// # Errors
+    /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
+    /// written.
+    pub(crate) fn record_repeats(
+        &self,
+        manifest: &mut ManifestWriter,
+    ) -> Result<Vec<ManifestRecord>> {
+        let repeated: Vec<ManifestRecord> = self
+            .repeats
+            .iter()
+            .map(|repeat| {
+                let original = &self.named[repeat.of];
+                ManifestRecord {
+                    url: repeat.entry.url.to_string(),
+                    status: ItemStatus::Skipped,
+                    error: Some(format!("repeats {}: fetched once", original.listed.origin)),
+                    ..ManifestRecord::for_entry(original)
+                }
+            })
+            .collect();
+        for record in &repeated {
+            manifest.record(record)?;
+        }
+        Ok(repeated)
+    }
+
+    /// Every entry's record, in list order (an entry without an outcome
+    /// failed), then the `repeated` ones.
+    pub(crate) fn into_records(self, repeated: Vec<ManifestRecord>) -> Vec<ManifestRecord> {
+        self.records
+            .into_iter()
+            .zip(&self.named)
+            .map(|(record, entry)| {
+                record.unwrap_or_else(|| ManifestRecord {
+                    error: Some("no result arrived".into()),
+                    ..ManifestRecord::for_entry(entry)
+                })
+            })
+            .chain(repeated)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +321,7 @@ mod tests {
 
     fn entry(name: &str, sha256: Option<String>) -> NamedEntry {
         NamedEntry {
-            entry: UrlEntry {
+            listed: UrlEntry {
                 origin: "test".into(),
                 url: url::Url::parse("https://h/f").unwrap(),
                 name: None,

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use warren::filename::RelativePath;
 use warren::protocol::{check_sha256, check_url};
 
+use super::config::UrlInput;
 use crate::error::{Error, Result};
 use crate::input::Source;
 
@@ -45,10 +46,34 @@ pub struct UrlEntry {
 /// A URL with the file name it will be saved under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedEntry {
-    /// The entry.
-    pub entry: UrlEntry,
+    /// The entry as listed (its `name` is the one the user gave, if any).
+    pub listed: UrlEntry,
     /// Its file name, relative to the output directory.
     pub name: RelativePath,
+}
+
+/// Reads every list and URL of `inputs`: the lists' entries in order, then
+/// the URLs given as arguments. Blocking.
+///
+/// # Errors
+/// As [`read_list`] and [`from_arguments`]; [`Error::Usage`] when there is
+/// no URL at all.
+pub fn read_all(inputs: &[UrlInput]) -> Result<Vec<UrlEntry>> {
+    let mut entries = Vec::new();
+    let mut arguments = Vec::new();
+    for input in inputs {
+        match input {
+            UrlInput::List(source) => entries.extend(read_list(source)?),
+            UrlInput::Url(url) => arguments.push(url.clone()),
+        }
+    }
+    entries.extend(from_arguments(&arguments)?);
+    if entries.is_empty() {
+        return Err(Error::Usage(
+            "no URL to download: the lists are empty".into(),
+        ));
+    }
+    Ok(entries)
 }
 
 /// Reads every entry of a URL list.
@@ -228,7 +253,10 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repe
                 name
             }
         };
-        named.push(NamedEntry { entry, name });
+        named.push(NamedEntry {
+            listed: entry,
+            name,
+        });
     }
     Ok((named, repeats))
 }

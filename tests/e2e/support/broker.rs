@@ -1,7 +1,7 @@
 //! Direct access to the test broker: queue counters, raw publishes and
 //! cleanup, through the same `warren` names the binaries use.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use warren::broker::{self, QueueProbe, QueueStats};
 use warren::{BrokerConfig, Topology};
+use warren_testkit::eventually;
 
 /// The broker the tests use: `AMQP_URL`, or the local default.
 pub fn amqp_url() -> String {
@@ -72,25 +73,21 @@ impl Broker {
         self.stats(queue).map_or(0, |s| s.ready)
     }
 
-    /// Waits until `condition` holds, polling every 50 ms, or panics with
-    /// `what` after `timeout`.
+    /// Waits until `condition` holds, or panics with `what` after
+    /// `timeout`.
     pub fn wait_until(
         &mut self,
         timeout: Duration,
         what: &str,
         mut condition: impl FnMut(&mut Broker) -> bool,
     ) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, || {
             if condition(self) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("waiting until {what}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting until {what}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
     }
 
     /// Waits until `n` consumers are on the task queue.

@@ -3,6 +3,7 @@
 //! of the real binaries, and reference answers computed by Python.
 
 pub mod broker;
+pub mod endpoints;
 pub mod process;
 pub mod proxy;
 pub mod python;
@@ -12,6 +13,8 @@ pub mod tls;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use warren_testkit::eventually;
 
 pub use broker::Broker;
 pub use process::{Producer, Run, Worker};
@@ -108,23 +111,18 @@ impl Scenario {
 
     /// The reply queue and job id of the one job running under this prefix,
     /// once it exists (found through `rabbitmqctl`, as an operator would).
-    pub fn running_job(&mut self) -> (String, warren::JobId) {
+    pub fn running_job(&self) -> (String, warren::JobId) {
         let prefix = self.prefix.clone();
         let reply_prefix = format!("{prefix}.reply.");
-        let mut found = None;
-        self.broker.wait_until(
-            Duration::from_secs(20),
-            "a job's reply queue exists",
-            |_| {
-                let queues = broker::queues_with_prefix(&prefix).expect(RABBITMQCTL_NEEDED);
-                found = queues
-                    .into_iter()
-                    .map(|(name, _)| name)
-                    .find(|name| name.starts_with(&reply_prefix));
-                found.is_some()
-            },
-        );
-        let queue = found.expect("the wait found it");
+        let queue = eventually(Duration::from_secs(20), || {
+            let queues = broker::queues_with_prefix(&prefix).expect(RABBITMQCTL_NEEDED);
+            queues
+                .iter()
+                .map(|(name, _)| name)
+                .find(|name| name.starts_with(&reply_prefix))
+                .cloned()
+                .ok_or_else(|| format!("no reply queue of a job among {queues:?}"))
+        });
         let job = warren::JobId::parse(&queue[reply_prefix.len()..])
             .expect("reply queues name their job");
         (queue, job)
@@ -143,18 +141,16 @@ impl Scenario {
                 .iter()
                 .all(|(name, messages)| shared.contains(name) && *messages == 0)
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), || {
             let queues = broker::queues_with_prefix(&prefix).expect(RABBITMQCTL_NEEDED);
             if clean(&queues) {
-                return;
+                Ok(())
+            } else {
+                Err(format!(
+                    "the broker still holds queues or messages of {prefix}: {queues:?}"
+                ))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the broker still holds queues or messages of {prefix}: {queues:?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        });
     }
 }
 

@@ -8,10 +8,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use warren_testkit::eventually;
 
 use super::broker::amqp_url;
 
@@ -43,18 +44,67 @@ pub fn signal(child: &Child, signal: Signal) {
 /// Waits for a child to exit, killing it and failing the test after
 /// `timeout`.
 pub fn wait_with_deadline(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait works") {
-            return status;
+    /// Kills and reaps the child if the wait fails the test.
+    struct KillOnPanic<'a>(&'a mut Child);
+    impl Drop for KillOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    let guard = KillOnPanic(child);
+    eventually(timeout, || {
+        guard
+            .0
+            .try_wait()
+            .expect("try_wait works")
+            .ok_or_else(|| format!("{what} is still running"))
+    })
+}
+
+/// The one TCP port a child listens on, once it listens: for a server told
+/// to listen on port 0, which does not say which port it got.
+pub fn listening_port(child: &Child, what: &str) -> u16 {
+    eventually(Duration::from_secs(20), || {
+        match listening_ports(child.id())[..] {
+            [port] => Ok(port),
+            ref ports => Err(format!("{what} listens on {ports:?}, not on one port")),
+        }
+    })
+}
+
+/// The TCP ports a process listens on, from `/proc`: its socket inodes
+/// matched against the kernel's table of listening sockets.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_str()?;
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address (HEXIP:HEXPORT), state (0A = LISTEN), inode.
+            if let [_, local, _, "0A", _, _, _, _, _, inode, ..] = fields[..]
+                && inodes.iter().any(|i| i == inode)
+                && let Some((_, port)) = local.rsplit_once(':')
+                && let Ok(port) = u16::from_str_radix(port, 16)
+            {
+                ports.push(port);
+            }
+        }
+    }
+    ports
 }
 
 /// A running worker, killed and reaped on drop.
@@ -120,8 +170,19 @@ impl Worker {
 
     /// Waits for the worker to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("the worker is running");
-        wait_with_deadline(&mut child, timeout, &format!("worker {}", self.name))
+        let child = self.child.as_mut().expect("the worker is running");
+        let status = wait_with_deadline(child, timeout, &format!("worker {}", self.name));
+        self.child = None;
+        status
+    }
+
+    /// The port of the metrics endpoint of a worker started with
+    /// `--metrics-addr 127.0.0.1:0`, once it listens. The worker logs the
+    /// address it was given, not the port the system chose, so the port is
+    /// read from `/proc`: the only socket a worker listens on is that one.
+    pub fn metrics_port(&self) -> u16 {
+        let child = self.child.as_ref().expect("the worker is running");
+        listening_port(child, &format!("worker {}", self.name))
     }
 }
 

@@ -11,6 +11,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use warren_testkit::eventually;
+
 use super::broker::amqp_url;
 
 /// An AMQP method, as (class id, method id).
@@ -115,22 +117,18 @@ fn accept_within(listener: &TcpListener, timeout: Duration) -> Option<TcpStream>
     listener
         .set_nonblocking(true)
         .expect("listeners can be non-blocking");
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream
-                    .set_nonblocking(false)
-                    .expect("sockets can be blocking");
-                return Some(stream);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(_) => return None,
+    // `Ok(None)`: the listener failed; `Err`: no client yet.
+    let accepted = eventually(timeout, || match listener.accept() {
+        Ok((stream, _)) => Ok(Some(stream)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err("no client has connected to the proxy")
         }
-    }
-    None
+        Err(_) => Ok(None),
+    })?;
+    accepted
+        .set_nonblocking(false)
+        .expect("sockets can be blocking");
+    Some(accepted)
 }
 
 /// Client to broker: forwards whole frames until the held method's frame
@@ -207,9 +205,9 @@ fn forward_server(mut server: TcpStream, mut client: TcpStream) {
     let _ = client.shutdown(Shutdown::Write);
 }
 
-/// A plain TCP forwarder to the test broker on a given local address, for
-/// as many connections as come: a broker that "starts" when the test says
-/// so. It stops accepting when dropped.
+/// A plain TCP forwarder to the test broker on a port reserved before:
+/// a broker that "starts" when the test says so. It stops accepting when
+/// dropped.
 pub struct Forwarder {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -218,33 +216,23 @@ pub struct Forwarder {
 const FORWARD_AT_MOST: Duration = Duration::from_secs(180);
 
 impl Forwarder {
-    /// Listens on `addr` (a port the test chose) and forwards each
-    /// connection to the test broker.
-    pub fn start_on(addr: SocketAddr) -> Forwarder {
+    /// Starts listening on `port` and forwards each connection to the test
+    /// broker.
+    pub fn start_on(port: ClosedPort) -> Forwarder {
         let upstream = upstream_addr();
-        let listener = TcpListener::bind(addr).expect("the chosen port is still free");
+        let listener = port.open();
         listener
             .set_nonblocking(true)
             .expect("listeners can be non-blocking");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = std::sync::Arc::clone(&stop);
+        // A server's lifetime, not a wait: bounded so that a test that
+        // forgets to drop it leaves no thread behind for long.
         std::thread::spawn(move || {
             let deadline = Instant::now() + FORWARD_AT_MOST;
             while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
-                        let Ok(server) = TcpStream::connect(upstream) else {
-                            continue;
-                        };
-                        let (Ok(client_in), Ok(server_out)) =
-                            (client.try_clone(), server.try_clone())
-                        else {
-                            continue;
-                        };
-                        std::thread::spawn(move || forward_server(client_in, server_out));
-                        std::thread::spawn(move || forward_server(server, client));
-                    }
+                    Ok((client, _)) => forward_both_ways(client, upstream),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -256,17 +244,63 @@ impl Forwarder {
     }
 }
 
+/// Connects `client` to the broker at `upstream`, each direction in a
+/// thread of its own.
+fn forward_both_ways(client: TcpStream, upstream: SocketAddr) {
+    let _ = client.set_nonblocking(false);
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || forward_server(client_in, server_out));
+    std::thread::spawn(move || forward_server(server, client));
+}
+
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (free when asked; the test
-/// binds it again later, so another process could take it meanwhile, which
-/// on a test machine's loopback does not happen in practice).
-pub fn unused_local_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a local port is free")
+/// A port of 127.0.0.1 held by this test and refusing connections: the
+/// socket is bound, so no other process can take the port, but it does
+/// not listen, so a client's connect is refused as if nothing were there.
+/// [`ClosedPort::open`] starts listening on the very same socket.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    /// Binds a fresh port without listening.
+    pub fn reserve() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket can be made");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a local port is free");
+        let addr = socket.local_addr().expect("a bound socket has an address");
+        ClosedPort { socket, addr }
+    }
+
+    /// The address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening: from now on connections are accepted.
+    pub fn open(self) -> TcpListener {
+        // tokio's `listen` registers the socket with a runtime's reactor;
+        // `into_std` takes it back out, so a throwaway runtime is enough.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a small runtime builds");
+        let _entered = runtime.enter();
+        self.socket
+            .listen(16)
+            .and_then(tokio::net::TcpListener::into_std)
+            .expect("a bound socket can listen")
+    }
 }

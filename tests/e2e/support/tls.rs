@@ -105,6 +105,10 @@ impl TlsListener {
     /// Starts a listener on a free port of 127.0.0.1 with the PKI's server
     /// certificate.
     pub fn start(certificates: &Certificates, client_auth: ClientAuth) -> TlsListener {
+        // The broker binds this port, not the test, so it can only be
+        // chosen free and handed over: RabbitMQ's `start_ssl_listener` is
+        // given a fixed port and its listener is stopped by that port. In
+        // the window between the two another process could take it.
         let port = PortProbe::bind("127.0.0.1:0")
             .and_then(|probe| probe.local_addr())
             .expect("a free port")

@@ -20,13 +20,17 @@ use warren::protocol::{
     ByteOrder, FailureKind, Outcome, RangeSpec, RangeTask, SourceRef, TaskFailure,
 };
 use warren::source;
+use warren::{ExponentialBackoff, Jitter};
 
 use super::TaskContext;
 
 /// Attempts at reading one range before the task fails.
 const ATTEMPTS: u32 = 3;
-/// Wait before the second attempt; doubles for each next one.
+/// Wait before the second attempt; doubles for each next one, up to
+/// [`LAST_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Wait before the third (and last) attempt.
+const LAST_RETRY_DELAY: Duration = Duration::from_millis(400);
 /// Bytes read from a shared file at once: large enough for few system
 /// calls, small enough to stay in the CPU's caches between read and sum.
 const BLOCK_BYTES: usize = 1 << 20;
@@ -34,6 +38,8 @@ const BLOCK_BYTES: usize = 1 << 20;
 pub(crate) async fn run(context: &TaskContext, task: &RangeTask) -> Outcome {
     let spec = &task.spec;
     let mut attempt = 1;
+    // No jitter: a few quick retries of this worker's own read.
+    let mut backoff = ExponentialBackoff::new(FIRST_RETRY_DELAY, LAST_RETRY_DELAY, Jitter::None);
     loop {
         let summed = match &spec.source {
             SourceRef::Shared { path } => sum_shared(context, path, spec).await,
@@ -42,7 +48,7 @@ pub(crate) async fn run(context: &TaskContext, task: &RangeTask) -> Outcome {
         match summed {
             Ok(partial) => return Outcome::Sum(vec![partial]),
             Err(e @ warren::Error::SourceRead { .. }) if attempt < ATTEMPTS => {
-                let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
+                let delay = backoff.next_delay();
                 tracing::info!(
                     attempt,
                     "{}; retrying in {delay:?}",

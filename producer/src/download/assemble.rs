@@ -1,17 +1,20 @@
-//! Files on the producer's side: what is already there, files arriving as
-//! body chunks through the broker, and files workers stored in the shared
-//! directory.
+//! Broker delivery (the default): files put together from the body chunks
+//! workers send back through the reply queue.
 //!
 //! A file appears under its final name only complete and verified: chunks
 //! go to a temporary file in `OUT/.warren-tmp/`, hashed as they are
-//! written, which is checked (size and SHA-256 against the worker's report
-//! and the expected checksum), synced under `--fsync`, and only then
-//! [placed](super::placement). Without `--fsync` the job's files are made
-//! durable together at its end (`manifest::sync_file_system`).
+//! written; a worker's report then has it [verified](super::verify) (size
+//! and SHA-256 against the report and the expected checksum), synced under
+//! `--fsync`, and only then [placed](super::placement). Without `--fsync`
+//! the job's files are made durable together at its end
+//! (`manifest::sync_file_system`). Attempts (a worker's retry, a
+//! redelivered task) are told apart here: a new one starts the file over,
+//! a replaced one's chunks and reports no longer count. Not here: files
+//! workers store themselves ([`shared`](super::shared)).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -20,31 +23,8 @@ use warren::filename::{RelativePath, TEMP_DIR};
 use warren::protocol::BodyChunk;
 
 use super::placement;
+use super::verify::{self, Saved};
 use crate::error::{Error, Result};
-
-/// SHA-256 and size of a file, read in 1 MiB blocks.
-pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    thread_local! {
-        /// The read buffer, kept per (blocking) thread: zeroing a fresh
-        /// 1 MiB for every file cost more than reading a small file.
-        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
-    }
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    BUFFER.with_borrow_mut(|buffer| {
-        loop {
-            let n = file.read(buffer)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-            size += n as u64;
-        }
-        Ok::<_, std::io::Error>(())
-    })?;
-    Ok((size, hex::encode(hasher.finalize())))
-}
 
 /// A file being received through the broker.
 struct Incoming {
@@ -60,14 +40,8 @@ struct Incoming {
     broken: Option<String>,
 }
 
-/// A received file, verified and in place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Saved {
-    pub(crate) bytes: u64,
-    pub(crate) sha256: String,
-}
-
 /// A received and verified file, not yet under its final name.
+#[derive(Debug)]
 pub(crate) struct ReadyFile {
     temp: PathBuf,
     file: File,
@@ -83,11 +57,10 @@ impl ReadyFile {
     /// is reported), then [places](placement::place) it, replacing a file
     /// with other content at its name only if `replace`. Blocking.
     ///
-    /// `Ok(Err(reason))` fails the download (its name is taken).
-    ///
     /// # Errors
-    /// [`Error::Write`] for a local I/O failure.
-    pub(crate) fn place(self, replace: bool) -> Result<std::result::Result<Saved, String>> {
+    /// [`Error::FileRejected`] fails the download (its name is taken);
+    /// [`Error::Write`] is a local I/O failure.
+    pub(crate) fn place(self, replace: bool) -> Result<Saved> {
         let ReadyFile {
             temp,
             file,
@@ -115,18 +88,13 @@ pub(crate) enum ChunkOutcome {
     Written(u64),
     /// Not written: a replaced attempt's, out of order, or after a gap.
     Ignored,
-    /// The attempt sent more than the size limit: the download fails now,
-    /// for this reason (a worker enforces the limit itself, so only a
-    /// faulty one gets here; the producer does not rely on it).
-    TooLarge(String),
 }
 
 /// What a worker's success report makes of a file.
+#[derive(Debug)]
 pub(crate) enum Completion {
     /// Complete and verified; still to be [placed](ReadyFile::place).
     Ready(ReadyFile),
-    /// The download fails, for this reason.
-    Failed(String),
     /// The report is from an attempt that a newer one replaced (the task
     /// was redelivered while its first worker was still at it): ignored,
     /// the newer attempt's report decides.
@@ -197,6 +165,9 @@ impl Assembler {
     /// redelivered); chunks of replaced attempts are ignored.
     ///
     /// # Errors
+    /// [`Error::FileRejected`] when the attempt sent more than the size
+    /// limit: the download fails now (a worker enforces the limit itself,
+    /// so only a faulty one gets here; the producer does not rely on it).
     /// [`Error::Write`] for a local I/O failure, which ends the job.
     pub(crate) fn chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<ChunkOutcome> {
         let current = self
@@ -231,7 +202,7 @@ impl Assembler {
                 self.max_bytes
             );
             self.forget(chunk.task);
-            return Ok(ChunkOutcome::TooLarge(reason));
+            return Err(Error::FileRejected { reason });
         }
         incoming.file.write_all(data).map_err(|e| Error::Write {
             output: incoming.temp.display().to_string(),
@@ -274,14 +245,14 @@ impl Assembler {
     /// to be [placed](ReadyFile::place), on a blocking thread.
     ///
     /// # Errors
-    /// [`Error::Write`] for a local I/O failure, which ends the job.
+    /// [`Error::FileRejected`] fails the download (nothing of it is kept);
+    /// [`Error::Write`] is a local I/O failure, which ends the job.
     pub(crate) fn complete(
         &mut self,
         task: u64,
         name: &RelativePath,
         attempt: &str,
-        bytes: u64,
-        sha256: &str,
+        (bytes, sha256): (u64, &str),
         expected_sha256: Option<&str>,
     ) -> Result<Completion> {
         if self.is_retired(task, attempt) {
@@ -298,7 +269,9 @@ impl Assembler {
             // all): it starts the file over like any new attempt.
             if bytes != 0 {
                 self.forget(task);
-                return Ok(Completion::Failed("the file's data did not arrive".into()));
+                return Err(Error::FileRejected {
+                    reason: "the file's data did not arrive".into(),
+                });
             }
             self.replace(task, attempt)?;
         }
@@ -306,28 +279,20 @@ impl Assembler {
             .incoming
             .remove(&task)
             .expect("the attempt is current or was just started"); // invariant: see above
-        if let Some(reason) = incoming.broken.clone() {
-            discard(incoming);
-            return Ok(Completion::Failed(reason));
-        }
-        let got = hex::encode(incoming.hasher.clone().finalize());
-        if incoming.written != bytes || !got.eq_ignore_ascii_case(sha256) {
-            let reason = format!(
-                "the file arrived incomplete or corrupted: {} bytes with sha256 {got}, \
-                 but the worker sent {bytes} bytes with sha256 {sha256}",
-                incoming.written
-            );
-            discard(incoming);
-            return Ok(Completion::Failed(reason));
-        }
-        if let Some(expected) = expected_sha256
-            && !expected.eq_ignore_ascii_case(&got)
-        {
-            discard(incoming);
-            return Ok(Completion::Failed(format!(
-                "checksum mismatch: expected sha256 {expected}, got {got}"
-            )));
-        }
+        let checked = match incoming.broken.clone() {
+            Some(reason) => Err(Error::FileRejected { reason }),
+            None => {
+                let got = hex::encode(incoming.hasher.clone().finalize());
+                verify::received_file((incoming.written, got), (bytes, sha256), expected_sha256)
+            }
+        };
+        let saved = match checked {
+            Ok(saved) => saved,
+            Err(rejected) => {
+                discard(incoming);
+                return Err(rejected);
+            }
+        };
         let Incoming { temp, file, .. } = incoming;
         Ok(Completion::Ready(ReadyFile {
             temp,
@@ -335,7 +300,7 @@ impl Assembler {
             out_dir: self.out_dir.clone(),
             name: name.clone(),
             fsync: self.fsync,
-            saved: Saved { bytes, sha256: got },
+            saved,
         }))
     }
 
@@ -371,89 +336,6 @@ fn discard(incoming: Incoming) {
     let _ = std::fs::remove_file(temp);
 }
 
-/// The temporary file a worker reports it stored for `task` of `job`, if
-/// `path` names one: `.warren-tmp/<job>-<task>-<tag>`, the tag letters and
-/// digits. Nothing else is accepted, so a faulty worker cannot have the
-/// producer move any other file of the directory.
-pub(crate) fn stored_temp(job: &JobId, task: u64, path: &str) -> Option<PathBuf> {
-    let file = path.strip_prefix(TEMP_DIR)?.strip_prefix('/')?;
-    let tag = file.strip_prefix(&format!("{job}-{task}-"))?;
-    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| Path::new(TEMP_DIR).join(file))
-}
-
-/// Finishes a file a worker stored in the shared directory: verifies the
-/// temporary file `temp` (relative to `out_dir`, from [`stored_temp`])
-/// against the worker's report and the expected checksum, then
-/// [places](placement::place) it under `name` (replacing a file with other
-/// content there only if `replace`). The temporary file is gone
-/// afterwards, whatever the outcome. Blocking.
-///
-/// `Ok(Err(reason))` fails the download.
-///
-/// # Errors
-/// [`Error::Write`] for a local I/O failure while placing.
-pub(crate) fn finish_stored(
-    out_dir: &Path,
-    temp: &Path,
-    name: &RelativePath,
-    report: (u64, &str),
-    expected_sha256: Option<&str>,
-    replace: bool,
-) -> Result<std::result::Result<Saved, String>> {
-    let temp = out_dir.join(temp);
-    match verify_stored(out_dir, &temp, report, expected_sha256) {
-        Ok(saved) => placement::place(out_dir, &temp, name, saved, replace),
-        Err(reason) => {
-            let _ = std::fs::remove_file(&temp);
-            Ok(Err(reason))
-        }
-    }
-}
-
-/// Checks a file a worker stored, as the producer sees it.
-fn verify_stored(
-    out_dir: &Path,
-    temp: &Path,
-    (bytes, sha256): (u64, &str),
-    expected_sha256: Option<&str>,
-) -> std::result::Result<Saved, String> {
-    // Only a real directory and a regular file: a link could make the
-    // producer read, and then move, a file from elsewhere.
-    let temp_dir = out_dir.join(TEMP_DIR);
-    let real = |path: &Path, dir: bool| {
-        std::fs::symlink_metadata(path)
-            .is_ok_and(|meta| if dir { meta.is_dir() } else { meta.is_file() })
-    };
-    if !real(&temp_dir, true) || !real(temp, false) {
-        return Err(format!(
-            "the worker stored the file but {} is not a file here: do --out-dir and the \
-             workers' --shared-dir point at the same storage?",
-            temp.display()
-        ));
-    }
-    let (size, got) = hash_file(temp).map_err(|e| {
-        format!(
-            "the worker stored the file but {} cannot be read here ({e})",
-            temp.display()
-        )
-    })?;
-    if size != bytes || !got.eq_ignore_ascii_case(sha256) {
-        return Err(format!(
-            "the stored file has {size} bytes with sha256 {got}, but the worker stored {bytes} \
-             bytes with sha256 {sha256}"
-        ));
-    }
-    if let Some(expected) = expected_sha256
-        && !expected.eq_ignore_ascii_case(&got)
-    {
-        return Err(format!(
-            "checksum mismatch: expected sha256 {expected}, got {got}"
-        ));
-    }
-    Ok(Saved { bytes, sha256: got })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,16 +360,15 @@ mod tests {
     fn ready(completion: Completion) -> ReadyFile {
         match completion {
             Completion::Ready(ready) => ready,
-            Completion::Failed(reason) => panic!("failed: {reason}"),
             Completion::Stale => panic!("stale"),
         }
     }
 
-    fn failure(completion: Completion) -> String {
-        match completion {
-            Completion::Failed(reason) => reason,
-            Completion::Ready(_) => panic!("ready"),
-            Completion::Stale => panic!("stale"),
+    /// Why the download was refused; panics on anything else.
+    fn rejection<T: std::fmt::Debug>(outcome: Result<T>) -> String {
+        match outcome {
+            Err(Error::FileRejected { reason }) => reason,
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -510,14 +391,14 @@ mod tests {
         );
         let ready = ready(
             assembler
-                .complete(0, &name, "b", 7, &sha(b"goodbye"), Some(&sha(b"goodbye")))
+                .complete(0, &name, "b", (7, &sha(b"goodbye")), Some(&sha(b"goodbye")))
                 .unwrap(),
         );
         assert!(
             !name.under(dir.path()).exists(),
             "nothing under the final name before placing"
         );
-        let saved = ready.place(false).unwrap().unwrap();
+        let saved = ready.place(false).unwrap();
         assert_eq!(saved.bytes, 7);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"goodbye");
         assembler.clean_up();
@@ -533,11 +414,10 @@ mod tests {
         let upper = sha(b"data").to_ascii_uppercase();
         let saved = ready(
             assembler
-                .complete(0, &name, "a", 4, &upper, Some(&upper))
+                .complete(0, &name, "a", (4, &upper), Some(&upper))
                 .unwrap(),
         )
         .place(false)
-        .unwrap()
         .unwrap();
         assert_eq!(saved.sha256, sha(b"data"), "the manifest keeps lowercase");
     }
@@ -554,18 +434,17 @@ mod tests {
         assert!(!assembler.is_retired(0, "b"));
         assert!(matches!(
             assembler
-                .complete(0, &name, "a", 3, &sha(b"old"), None)
+                .complete(0, &name, "a", (3, &sha(b"old")), None)
                 .unwrap(),
             Completion::Stale
         ));
         assembler.chunk(&chunk(0, "b", 3), b"er").unwrap();
         let saved = ready(
             assembler
-                .complete(0, &name, "b", 5, &sha(b"newer"), None)
+                .complete(0, &name, "b", (5, &sha(b"newer")), None)
                 .unwrap(),
         )
         .place(false)
-        .unwrap()
         .unwrap();
         assert_eq!(saved.sha256, sha(b"newer"));
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"newer");
@@ -580,21 +459,16 @@ mod tests {
         // Attempt a broke off; attempt b got an empty body: no chunk.
         let saved = ready(
             assembler
-                .complete(0, &name, "b", 0, &sha(b""), None)
+                .complete(0, &name, "b", (0, &sha(b"")), None)
                 .unwrap(),
         )
         .place(false)
-        .unwrap()
         .unwrap();
         assert_eq!(saved.bytes, 0);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
         // A report with a body whose chunks never came still fails.
         assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
-        let reason = failure(
-            assembler
-                .complete(1, &name, "c", 3, &sha(b"abc"), None)
-                .unwrap(),
-        );
+        let reason = rejection(assembler.complete(1, &name, "c", (3, &sha(b"abc")), None));
         assert!(reason.contains("did not arrive"), "{reason}");
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
@@ -608,11 +482,8 @@ mod tests {
             assembler.chunk(&chunk(0, "a", 0), b"abc").unwrap(),
             ChunkOutcome::Written(3)
         );
-        let outcome = assembler.chunk(&chunk(0, "a", 3), b"def").unwrap();
-        assert!(
-            matches!(&outcome, ChunkOutcome::TooLarge(r) if r.contains("limit of 5 bytes")),
-            "{outcome:?}"
-        );
+        let reason = rejection(assembler.chunk(&chunk(0, "a", 3), b"def"));
+        assert!(reason.contains("limit of 5 bytes"), "{reason}");
         let temp = dir.path().join(TEMP_DIR);
         assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0, "nothing kept");
         assembler.clean_up();
@@ -625,21 +496,15 @@ mod tests {
         let name = RelativePath::parse("f").unwrap();
         let mut assembler = assembler(dir.path());
         assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
-        let failed = assembler
-            .complete(1, &name, "a", 3, &sha(b"xyz"), None)
-            .unwrap();
-        assert!(failure(failed).contains("incomplete or corrupted"));
+        let failed = assembler.complete(1, &name, "a", (3, &sha(b"xyz")), None);
+        assert!(rejection(failed).contains("incomplete or corrupted"));
         assembler.chunk(&chunk(2, "a", 0), b"abc").unwrap();
         assembler.chunk(&chunk(2, "a", 10), b"def").unwrap();
-        let failed = assembler
-            .complete(2, &name, "a", 13, &sha(b"abcdef"), None)
-            .unwrap();
-        assert!(failure(failed).contains("damaged"));
+        let failed = assembler.complete(2, &name, "a", (13, &sha(b"abcdef")), None);
+        assert!(rejection(failed).contains("damaged"));
         assembler.chunk(&chunk(3, "a", 0), b"abc").unwrap();
-        let failed = assembler
-            .complete(3, &name, "a", 3, &sha(b"abc"), Some(&sha(b"other")))
-            .unwrap();
-        assert!(failure(failed).contains("checksum mismatch"));
+        let failed = assembler.complete(3, &name, "a", (3, &sha(b"abc")), Some(&sha(b"other")));
+        assert!(rejection(failed).contains("checksum mismatch"));
         assert!(!name.under(dir.path()).exists());
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
@@ -652,80 +517,11 @@ mod tests {
         let mut assembler = assembler(dir.path());
         ready(
             assembler
-                .complete(0, &name, "a", 0, &sha(b""), None)
+                .complete(0, &name, "a", (0, &sha(b"")), None)
                 .unwrap(),
         )
         .place(false)
-        .unwrap()
         .unwrap();
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
-    }
-
-    #[test]
-    fn only_temporary_files_of_the_task_are_taken_from_workers() {
-        let job = JobId::parse("j1").unwrap();
-        assert_eq!(
-            stored_temp(&job, 3, ".warren-tmp/j1-3-123abc"),
-            Some(PathBuf::from(".warren-tmp/j1-3-123abc"))
-        );
-        for bad in [
-            "a.jpg",
-            ".warren-tmp/j1-3-",
-            ".warren-tmp/j1-4-1",
-            ".warren-tmp/j2-3-1",
-            ".warren-tmp/j1-3-1/../../x",
-            ".warren-tmp/j1-3-1/x",
-            ".warren-tmpx/j1-3-1",
-            "/.warren-tmp/j1-3-1",
-        ] {
-            assert_eq!(stored_temp(&job, 3, bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn stored_files_are_verified_before_taking_their_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let name = RelativePath::parse("sub/s.bin").unwrap();
-        let temp = Path::new(TEMP_DIR).join("j-0-1");
-        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
-        let store = |data: &[u8]| std::fs::write(dir.path().join(&temp), data).unwrap();
-        let finish = |report: (u64, &str), expected: Option<&str>| {
-            finish_stored(dir.path(), &temp, &name, report, expected, false).unwrap()
-        };
-
-        store(b"data");
-        let reason = finish((5, &sha(b"data")), None).unwrap_err();
-        assert!(reason.contains("has 4 bytes"), "{reason}");
-        store(b"data");
-        let reason = finish((4, &sha(b"data")), Some(&sha(b"other"))).unwrap_err();
-        assert!(reason.contains("checksum mismatch"), "{reason}");
-        assert!(
-            !name.under(dir.path()).exists(),
-            "nothing under the final name"
-        );
-        assert!(
-            !dir.path().join(&temp).exists(),
-            "the rejected file is removed"
-        );
-
-        let reason = finish((4, &sha(b"data")), None).unwrap_err();
-        assert!(reason.contains("same storage"), "{reason}");
-
-        store(b"data");
-        let saved = finish((4, &sha(b"data")), Some(&sha(b"data"))).unwrap();
-        assert_eq!(saved.bytes, 4);
-        assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"data");
-        assert!(!dir.path().join(&temp).exists());
-
-        // A link in place of the file is not followed.
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(outside.path(), b"data").unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join(&temp)).unwrap();
-        let other = RelativePath::parse("other.bin").unwrap();
-        let reason = finish_stored(dir.path(), &temp, &other, (4, &sha(b"data")), None, false)
-            .unwrap()
-            .unwrap_err();
-        assert!(reason.contains("not a file"), "{reason}");
-        assert!(!other.under(dir.path()).exists());
     }
 }

@@ -1,0 +1,698 @@
+//! Collecting a download job's replies: body chunks, the workers' reports
+//! and dead-lettered messages, until every URL has its manifest record.
+//!
+//! [`DownloadCollector`] is the download job's [`Collector`] for
+//! `job::drive`. A result answers one whole message (several tasks when
+//! files prove small, see [`batching`](super::batching)); each report in it
+//! finishes one download: a failure is recorded at once, a file is
+//! [assembled](super::assemble) from its chunks (broker delivery) or taken
+//! from the [shared](super::shared) directory, then verified and placed on
+//! a blocking thread while replies keep flowing; its outcome comes back
+//! through [`Collector::completion`]. A task counts once: a redelivered
+//! message's second result, or a replaced attempt's report, changes
+//! nothing. Not here: what goes out ([`publish`](super::publish)).
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use warren::JobId;
+use warren::protocol::{
+    BodyChunk, DeadLetter, Delivery, DownloadErrorKind, DownloadReport, DownloadStatus, Outcome,
+    TaskResult,
+};
+
+use super::assemble::{Assembler, ChunkOutcome, Completion};
+use super::batching::Batching;
+use super::config::DownloadConfig;
+use super::manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
+use super::plan::Plan;
+use super::shared;
+use super::urls::NamedEntry;
+use super::verify::Saved;
+use crate::error::{Error, Result};
+use crate::job::{Accepted, Collector, explain_dead_letter};
+
+/// A file finished on a blocking thread: its slot, its record so far, and
+/// the outcome ([`Error::FileRejected`] fails the download; any other
+/// error is a local failure that ends the job).
+type Finished = (usize, ManifestRecord, Result<Saved>);
+
+/// Gathers chunks and reports, finishing each file.
+pub(super) struct DownloadCollector<'a> {
+    pub(super) job: JobId,
+    delivery: Delivery,
+    pub(super) assembler: Assembler,
+    out_dir: PathBuf,
+    named: &'a [NamedEntry],
+    /// Slots in `named` of the entries being fetched; task `i` is
+    /// `named[to_fetch[i]]`.
+    to_fetch: &'a [usize],
+    /// By slot: what warren last verified at the name, carried forward in
+    /// a failed record (see `manifest`).
+    last_ok: &'a [Option<Verified>],
+    /// By slot: whether the file may replace other content at its name
+    /// (`plan::Decision::Fetch`).
+    replace: &'a [bool],
+    records: &'a mut [Option<ManifestRecord>],
+    manifest: &'a mut ManifestWriter,
+    /// Files being placed or checked on blocking threads.
+    finishing: JoinSet<Finished>,
+    /// Slots whose file is in `finishing`.
+    finishing_slots: HashSet<usize>,
+    /// Downloads per message, and the messages sent.
+    pub(super) batching: Batching,
+    /// Body bytes received, for the throughput display.
+    received: u64,
+    failures: u64,
+    /// Names of the workers that answered.
+    pub(super) workers: BTreeSet<String>,
+}
+
+impl<'a> DownloadCollector<'a> {
+    /// A collector for job `job`, fetching the entries `plan` says, into
+    /// `out_dir`, writing each outcome to `manifest`.
+    pub(super) fn new(
+        job: JobId,
+        config: &DownloadConfig,
+        out_dir: &Path,
+        plan: &'a mut Plan,
+        manifest: &'a mut ManifestWriter,
+    ) -> Self {
+        DownloadCollector {
+            assembler: Assembler::new(out_dir, job.clone(), config.limits.max_bytes, config.fsync),
+            job,
+            delivery: config.delivery,
+            out_dir: out_dir.to_owned(),
+            named: &plan.named,
+            to_fetch: &plan.to_fetch,
+            last_ok: &plan.last_ok,
+            replace: &plan.replace,
+            records: &mut plan.records,
+            manifest,
+            finishing: JoinSet::new(),
+            finishing_slots: HashSet::new(),
+            batching: Batching::new(config.max_in_flight),
+            received: 0,
+            failures: 0,
+            workers: BTreeSet::new(),
+        }
+    }
+
+    /// The entries of the tasks, in task order.
+    pub(super) fn tasks(&self) -> impl Iterator<Item = &'a NamedEntry> + 'a {
+        let (named, to_fetch) = (self.named, self.to_fetch);
+        to_fetch.iter().map(move |&slot| &named[slot])
+    }
+
+    /// The entry of task `index`, unless it is unknown, already done, or
+    /// being finished (a redelivered task's second report is ignored).
+    fn open_task(&self, index: u64) -> Option<usize> {
+        let slot = *self.to_fetch.get(usize::try_from(index).ok()?)?;
+        (self.records[slot].is_none() && !self.finishing_slots.contains(&slot)).then_some(slot)
+    }
+
+    /// Whether task `index` has its record or is being finished.
+    fn is_done(&self, index: u64) -> bool {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.to_fetch.get(i))
+            .is_some_and(|&slot| {
+                self.records[slot].is_some() || self.finishing_slots.contains(&slot)
+            })
+    }
+
+    fn finish(&mut self, slot: usize, mut record: ManifestRecord) -> Result<Accepted> {
+        self.finishing_slots.remove(&slot);
+        if record.status == ItemStatus::Failed {
+            self.failures += 1;
+            // The file at the name is as it was: the next run must still
+            // know what it should hold.
+            record.last_ok = self.last_ok[slot].clone();
+        }
+        self.manifest.record(&record)?;
+        self.records[slot] = Some(record);
+        Ok(Accepted::Answered(1))
+    }
+
+    /// Records what became of a file: saved, or rejected (the download
+    /// fails).
+    ///
+    /// # Errors
+    /// Any other error, which ends the job, and manifest write failures.
+    fn settle(
+        &mut self,
+        slot: usize,
+        mut record: ManifestRecord,
+        outcome: Result<Saved>,
+    ) -> Result<Accepted> {
+        match outcome {
+            Ok(saved) => {
+                self.batching.observe(saved.bytes);
+                record.status = ItemStatus::Ok;
+                record.bytes = saved.bytes;
+                record.sha256 = Some(saved.sha256);
+            }
+            Err(Error::FileRejected { reason }) => record.error = Some(reason),
+            Err(e) => return Err(e),
+        }
+        self.finish(slot, record)
+    }
+
+    /// After the job ended early (`--timeout`, Ctrl-C, a broker or local
+    /// failure): waits for the files being placed or checked and records
+    /// them, then records every URL without an outcome as failed, with the
+    /// reason.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the manifest cannot be written.
+    pub(super) async fn end_early(&mut self, ended: &Error) -> Result<()> {
+        while self.has_pending() {
+            if let Err(e) = self.completion().await {
+                // The local failure that stopped this file is its reason.
+                tracing::debug!(error = %e, "placing a file failed as the job ended");
+            }
+        }
+        let reason = format!(
+            "the job ended before it finished: {}",
+            warren::display_chain(ended)
+        );
+        for &slot in self.to_fetch {
+            if self.records[slot].is_none() {
+                let record = ManifestRecord {
+                    error: Some(reason.clone()),
+                    ..ManifestRecord::for_entry(&self.named[slot])
+                };
+                self.finish(slot, record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the reports answering the message whose first task is `first`:
+    /// one per task, each finishing its download unless it was done already
+    /// (a redelivered message). A result that matches no message sent, or
+    /// not all of it, is malformed and ends the job rather than leave tasks
+    /// unanswered.
+    async fn answer(
+        &mut self,
+        first: u64,
+        worker: String,
+        reports: Vec<DownloadReport>,
+    ) -> Result<Accepted> {
+        let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
+        let Some(tasks) = self.batching.message(first) else {
+            if self.is_done(first) {
+                // A redelivered message's second result, after its first
+                // closed the message.
+                tracing::debug!(task = first, "duplicate download result ignored");
+                return Ok(Accepted::Other);
+            }
+            return Err(malformed(format!(
+                "worker {worker} answered task {first}, which no message starts with"
+            )));
+        };
+        if reports.len() as u64 != tasks.end - tasks.start {
+            return Err(malformed(format!(
+                "worker {worker} answered the {} task(s) from {first} with {} report(s)",
+                tasks.end - tasks.start,
+                reports.len()
+            )));
+        }
+        self.workers.insert(worker);
+        let mut answered = 0;
+        for (index, report) in tasks.zip(reports) {
+            let Some(slot) = self.open_task(index) else {
+                tracing::debug!(task = index, "duplicate download report ignored");
+                continue;
+            };
+            answered += self.finish_download(index, slot, report).await?.tasks();
+        }
+        // Every task of it is now recorded or being finished.
+        self.batching.close(first);
+        Ok(Accepted::answered(answered))
+    }
+
+    /// Fails every task still open of the message that starts with task
+    /// `first` (a worker refused the message, or the broker dead-lettered
+    /// it), for `reason`.
+    fn fail_message(&mut self, first: u64, reason: &str) -> Result<Accepted> {
+        let tasks = self.batching.message(first).unwrap_or(first..first + 1);
+        let mut answered = 0;
+        for index in tasks {
+            let Some(slot) = self.open_task(index) else {
+                continue;
+            };
+            self.assembler.forget(index);
+            let record = ManifestRecord {
+                error: Some(reason.to_owned()),
+                ..ManifestRecord::for_entry(&self.named[slot])
+            };
+            answered += self.finish(slot, record)?.tasks();
+        }
+        self.batching.close(first);
+        Ok(Accepted::answered(answered))
+    }
+
+    /// Finishes task `index` (entry `slot`) by its worker's report: a
+    /// failure is recorded now; a file is checked and placed on a blocking
+    /// thread (see [`Collector::completion`]).
+    async fn finish_download(
+        &mut self,
+        index: u64,
+        slot: usize,
+        report: DownloadReport,
+    ) -> Result<Accepted> {
+        let record = ManifestRecord {
+            http_status: report.http_status,
+            attempts: report.attempts,
+            bytes: report.bytes,
+            ..ManifestRecord::for_entry(&self.named[slot])
+        };
+        if report.status == DownloadStatus::Failed {
+            return self.finish_failed(index, slot, record, report);
+        }
+        match self.delivery {
+            Delivery::Broker => self.finish_received(index, slot, record, &report),
+            Delivery::Shared => self.finish_stored(index, slot, record, &report),
+        }
+    }
+
+    /// A worker's report that the download failed.
+    fn finish_failed(
+        &mut self,
+        index: u64,
+        slot: usize,
+        mut record: ManifestRecord,
+        report: DownloadReport,
+    ) -> Result<Accepted> {
+        if let Some(error) = &report.error
+            && error.kind == DownloadErrorKind::SharedDirMismatch
+        {
+            // Every task would fail the same way: said once, the job
+            // ends before the workers fetch anything more.
+            return Err(Error::SharedDirMismatch {
+                out_dir: self.out_dir.display().to_string(),
+                reason: error.message.clone(),
+            });
+        }
+        // A replaced attempt's failure (its worker lost the task to a
+        // redelivery, then failed) says nothing about the newer one.
+        if self.delivery == Delivery::Broker
+            && let Some(attempt) = &report.attempt
+            && self.assembler.is_retired(index, attempt)
+        {
+            tracing::debug!(task = index, "a replaced attempt's failure ignored");
+            return Ok(Accepted::Other);
+        }
+        self.assembler.forget(index);
+        record.error = Some(
+            report
+                .error
+                .map_or_else(|| "failed without a reason".to_owned(), |e| e.message),
+        );
+        self.finish(slot, record)
+    }
+
+    /// Broker delivery: the file's chunks are all in; it is checked now
+    /// and placed in the background.
+    fn finish_received(
+        &mut self,
+        index: u64,
+        slot: usize,
+        record: ManifestRecord,
+        report: &DownloadReport,
+    ) -> Result<Accepted> {
+        let entry = &self.named[slot];
+        let completion = self.assembler.complete(
+            index,
+            &entry.name,
+            report.attempt.as_deref().unwrap_or_default(),
+            (report.bytes, report.sha256.as_deref().unwrap_or_default()),
+            entry.listed.sha256.as_deref(),
+        );
+        match completion {
+            Ok(Completion::Ready(ready)) => {
+                let replace = self.replace[slot];
+                self.finish_in_background(slot, record, move || ready.place(replace));
+                Ok(Accepted::Other)
+            }
+            Ok(Completion::Stale) => {
+                tracing::debug!(task = index, "a replaced attempt's report ignored");
+                Ok(Accepted::Other)
+            }
+            Err(e) => self.settle(slot, record, Err(e)),
+        }
+    }
+
+    /// Shared delivery: the worker stored the file; it is checked and
+    /// placed in the background.
+    fn finish_stored(
+        &mut self,
+        index: u64,
+        slot: usize,
+        mut record: ManifestRecord,
+        report: &DownloadReport,
+    ) -> Result<Accepted> {
+        let stored = report.path.as_deref();
+        let Some(temp) = stored.and_then(|path| shared::stored_temp(&self.job, index, path)) else {
+            record.error = Some(format!(
+                "the worker reported an unusable path for the file it stored: {stored:?}"
+            ));
+            return self.finish(slot, record);
+        };
+        // The bytes came in through the workers all the same: they count
+        // for the throughput shown.
+        self.received += report.bytes;
+        let entry = &self.named[slot];
+        let out_dir = self.out_dir.clone();
+        let name = entry.name.clone();
+        let expected = entry.listed.sha256.clone();
+        let reported = (report.bytes, report.sha256.clone().unwrap_or_default());
+        let replace = self.replace[slot];
+        self.finish_in_background(slot, record, move || {
+            let (bytes, sha256) = &reported;
+            let expected = expected.as_deref();
+            shared::finish_stored(&out_dir, &temp, &name, (*bytes, sha256), expected, replace)
+        });
+        Ok(Accepted::Other)
+    }
+
+    /// Runs `finish` (placing a file: sync, link; checking a stored one
+    /// first: read, hash) on a blocking thread while replies keep flowing;
+    /// the outcome comes back through [`Collector::completion`].
+    fn finish_in_background(
+        &mut self,
+        slot: usize,
+        record: ManifestRecord,
+        finish: impl FnOnce() -> Result<Saved> + Send + 'static,
+    ) {
+        self.finishing_slots.insert(slot);
+        self.finishing
+            .spawn_blocking(move || (slot, record, finish()));
+    }
+
+    /// A dead-lettered message: every task it carried fails.
+    fn accept_dead_letter(&mut self, dead: &DeadLetter) -> Result<Accepted> {
+        let Some(first) = dead.task else {
+            return Ok(Accepted::Other);
+        };
+        let reason = format!(
+            "the broker gave up on it: {}",
+            explain_dead_letter(&dead.reason)
+        );
+        self.fail_message(first, &reason)
+    }
+
+    /// A body chunk, written to its file as it comes.
+    fn accept_chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<Accepted> {
+        self.job.check_reply("body chunk", &chunk.job)?;
+        let Some(slot) = self.open_task(chunk.task) else {
+            return Ok(Accepted::Other);
+        };
+        match self.assembler.chunk(chunk, data) {
+            Ok(ChunkOutcome::Written(bytes)) => self.received += bytes,
+            Ok(ChunkOutcome::Ignored) => {}
+            Err(e) => {
+                let record = ManifestRecord::for_entry(&self.named[slot]);
+                return self.settle(slot, record, Err(e));
+            }
+        }
+        Ok(Accepted::Other)
+    }
+
+    /// A worker's result: the reports of one message, or its refusal.
+    async fn accept_result(&mut self, result: TaskResult) -> Result<Accepted> {
+        self.job.check_reply("result", &result.job_id)?;
+        let Some(first) = result.task else {
+            return Err(warren::Error::malformed(
+                "result",
+                "a download result without a task index",
+            )
+            .into());
+        };
+        match result.outcome {
+            Outcome::Download(reports) => self.answer(first, result.worker, reports).await,
+            Outcome::Error(failure) => {
+                self.workers.insert(result.worker);
+                self.fail_message(first, &failure.message)
+            }
+            Outcome::Sum(_) => {
+                Err(warren::Error::malformed("result", "a sum result for a download job").into())
+            }
+        }
+    }
+}
+
+impl Collector for DownloadCollector<'_> {
+    /// Chunks are written as they come; a report finishes its file; a
+    /// dead-lettered task fails its URL, not the job.
+    async fn accept(&mut self, delivery: &lapin::message::Delivery) -> Result<Accepted> {
+        if let Some(dead) = DeadLetter::of(&delivery.properties) {
+            return self.accept_dead_letter(&dead);
+        }
+        if let Some(chunk) = BodyChunk::of(&delivery.properties) {
+            return self.accept_chunk(&chunk?, &delivery.data);
+        }
+        let result = TaskResult::decode(&delivery.data)?;
+        self.accept_result(result).await
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.finishing.is_empty()
+    }
+
+    async fn completion(&mut self) -> Result<Accepted> {
+        let Some(joined) = self.finishing.join_next().await else {
+            return Ok(Accepted::Other);
+        };
+        let (slot, record, outcome) = joined.expect("placing and verifying do not panic"); // invariant: both return their failures
+        self.settle(slot, record, outcome)
+    }
+
+    fn unanswered(&self) -> Vec<u64> {
+        (0u64..)
+            .zip(self.to_fetch.iter())
+            .filter(|&(_, &slot)| {
+                self.records[slot].is_none() && !self.finishing_slots.contains(&slot)
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    fn progress_message(&self, elapsed: Duration) -> String {
+        let rate = self.received as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6;
+        format!("{rate:.1} MB/s, {} failed", self.failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::urls::UrlEntry;
+    use sha2::{Digest, Sha256};
+    use warren::filename::{RelativePath, TEMP_DIR};
+    use warren::protocol::{DownloadError, DownloadErrorKind, DownloadReport};
+
+    /// What a collector borrows, for one URL `https://h/f.bin` saved as
+    /// `f.bin`.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        named: Vec<NamedEntry>,
+        records: Vec<Option<ManifestRecord>>,
+        manifest: ManifestWriter,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Self::with_files(1)
+        }
+
+        /// `n` URLs, `https://h/f.bin` then `https://h/f1.bin`, ...
+        fn with_files(n: usize) -> Fixture {
+            let named = (0..n)
+                .map(|i| {
+                    let file = if i == 0 {
+                        "f.bin".to_owned()
+                    } else {
+                        format!("f{i}.bin")
+                    };
+                    NamedEntry {
+                        listed: UrlEntry {
+                            origin: format!("argument {}", i + 1),
+                            url: url::Url::parse(&format!("https://h/{file}")).unwrap(),
+                            name: None,
+                            sha256: None,
+                        },
+                        name: RelativePath::parse(&file).unwrap(),
+                    }
+                })
+                .collect();
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                named,
+                records: vec![None; n],
+                manifest: ManifestWriter::create(None).unwrap(),
+            }
+        }
+
+        fn collector<'a>(
+            &'a mut self,
+            delivery: Delivery,
+            last_ok: &'a [Option<Verified>],
+        ) -> DownloadCollector<'a> {
+            let job = JobId::parse("j").unwrap();
+            DownloadCollector {
+                job: job.clone(),
+                delivery,
+                assembler: Assembler::new(self.dir.path(), job, 1 << 30, false),
+                out_dir: self.dir.path().to_owned(),
+                named: &self.named,
+                to_fetch: &[0, 1, 2, 3][..self.named.len()],
+                last_ok,
+                replace: &[false; 4][..self.named.len()],
+                records: &mut self.records,
+                manifest: &mut self.manifest,
+                finishing: tokio::task::JoinSet::new(),
+                finishing_slots: std::collections::HashSet::new(),
+                batching: Batching::new(64),
+                received: 0,
+                failures: 0,
+                workers: BTreeSet::new(),
+            }
+        }
+    }
+
+    fn report(status: DownloadStatus, data: &[u8]) -> DownloadReport {
+        DownloadReport {
+            url: "https://h/f.bin".into(),
+            status,
+            http_status: Some(200),
+            attempts: 1,
+            bytes: data.len() as u64,
+            sha256: Some(hex::encode(Sha256::digest(data))),
+            content_type: None,
+            attempt: None,
+            path: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_download_is_placed_and_counts_for_the_throughput() {
+        let mut fixture = Fixture::new();
+        let dir = fixture.dir.path().to_owned();
+        let data = vec![7u8; 2_000_000];
+        std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
+        std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
+        let mut collector = fixture.collector(Delivery::Shared, &[None]);
+        let report = DownloadReport {
+            path: Some(format!("{TEMP_DIR}/j-0-1")),
+            ..report(DownloadStatus::Ok, &data)
+        };
+        let accepted = collector.finish_download(0, 0, report).await.unwrap();
+        assert_eq!(accepted, Accepted::Other, "answered once placed");
+        assert_eq!(
+            collector.progress_message(Duration::from_secs(1)),
+            "2.0 MB/s, 0 failed"
+        );
+        assert!(collector.has_pending());
+        assert_eq!(collector.completion().await.unwrap(), Accepted::Answered(1));
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
+        assert!(!dir.join(TEMP_DIR).join("j-0-1").exists());
+        assert_eq!(fixture.records[0].as_ref().unwrap().status, ItemStatus::Ok);
+    }
+
+    fn failed(url: &str) -> DownloadReport {
+        DownloadReport {
+            url: url.into(),
+            error: Some(DownloadError {
+                kind: DownloadErrorKind::HttpStatus,
+                message: "HTTP 404 Not Found".into(),
+            }),
+            sha256: None,
+            ..report(DownloadStatus::Failed, b"")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_answers_its_whole_message_and_only_that() {
+        let mut fixture = Fixture::with_files(4);
+        let mut collector = fixture.collector(Delivery::Broker, &[None, None, None, None]);
+        collector.batching.sent(0, 1);
+        collector.batching.sent(1, 3);
+        let err = collector
+            .answer(1, "w".into(), vec![failed("a"), failed("b")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("answered the 3 task(s) from 1 with 2 report(s)"),
+            "{err}"
+        );
+        let err = collector
+            .answer(2, "w".into(), vec![failed("a")])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("which no message starts with"),
+            "{err}"
+        );
+        let three = vec![failed("a"), failed("b"), failed("c")];
+        let accepted = collector.answer(1, "w".into(), three.clone()).await;
+        assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        assert_eq!(
+            collector.batching.open_messages(),
+            1,
+            "an answered message is forgotten; message 0 is still open"
+        );
+        // A redelivered message's second result counts nothing.
+        let again = collector.answer(1, "w".into(), three).await;
+        assert_eq!(again.unwrap(), Accepted::Other);
+        assert!(fixture.records[0].is_none(), "task 0 is another message");
+        assert!(fixture.records[1..].iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn a_refused_or_dead_lettered_message_fails_every_task_it_carried() {
+        let mut fixture = Fixture::with_files(4);
+        let mut collector = fixture.collector(Delivery::Shared, &[None, None, None, None]);
+        collector.batching.sent(0, 1);
+        collector.batching.sent(1, 3);
+        let accepted = collector.fail_message(1, "the broker gave up on it");
+        assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        assert_eq!(collector.fail_message(1, "again").unwrap(), Accepted::Other);
+        assert!(fixture.records[0].is_none());
+        for record in &fixture.records[1..] {
+            let record = record.as_ref().unwrap();
+            assert_eq!(record.status, ItemStatus::Failed);
+            assert_eq!(record.error.as_deref(), Some("the broker gave up on it"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_keeps_what_the_file_should_be() {
+        let mut fixture = Fixture::new();
+        let good = Verified {
+            bytes: 3,
+            sha256: "ab".into(),
+        };
+        let last_ok = [Some(good.clone())];
+        let mut collector = fixture.collector(Delivery::Broker, &last_ok);
+        let failed = DownloadReport {
+            error: Some(DownloadError {
+                kind: DownloadErrorKind::HttpStatus,
+                message: "HTTP 500".into(),
+            }),
+            sha256: None,
+            ..report(DownloadStatus::Failed, b"")
+        };
+        let accepted = collector.finish_download(0, 0, failed).await.unwrap();
+        assert_eq!(accepted, Accepted::Answered(1));
+        let record = fixture.records[0].clone().unwrap();
+        assert_eq!(record.status, ItemStatus::Failed);
+        assert_eq!(record.last_ok, Some(good.clone()));
+        assert_eq!(record.verified(), Some(good));
+    }
+}
