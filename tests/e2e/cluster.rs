@@ -7,7 +7,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use warren_testkit::{HttpFixture, RabbitCluster, content};
+use warren_testkit::{HttpFixture, RabbitCluster, content, eventually};
 
 use crate::support::python::reference;
 use crate::support::{Run, Scenario, Worker};
@@ -97,16 +97,15 @@ impl ClusterJob {
         first
     }
 
-    /// Polls `condition` every 200 ms, failing the test after `timeout`.
+    /// Waits until `condition` holds, failing the test after `timeout`.
     fn wait_until(&self, timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !condition() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting until {what}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(timeout, || {
+            if condition() {
+                Ok(())
+            } else {
+                Err(format!("not yet: {what}"))
+            }
+        });
     }
 
     /// Kills node `killed`, the workers' node, and checks they came back
@@ -191,8 +190,8 @@ fn killing_the_workers_node_mid_sum_still_gives_the_exact_sum() {
     job.wait_until(Duration::from_secs(60), "w0 has finished 20 tasks", || {
         finished_tasks(&job.workers[0].log()) >= 20
     });
-    job.kill_the_workers_node(workers_node);
     let finished_at_kill = job.finished();
+    job.kill_the_workers_node(workers_node);
     let run = producer.wait(Duration::from_secs(120));
     ClusterJob::assert_mid_job(finished_at_kill, 1000, "the kill");
     eprintln!("the job took {:.1}s", started.elapsed().as_secs_f64());
@@ -312,16 +311,16 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
         "killing node {}, leader of {reply_queue}",
         job.cluster.nodes()[reply_node].name
     );
-    job.cluster.kill_node(reply_node);
     let finished_at_first_kill = job.finished();
+    job.cluster.kill_node(reply_node);
     // Quorum queues need two nodes of three: bring it back before the
     // second kill.
     job.cluster.restart_node(reply_node);
     job.wait_until(Duration::from_secs(60), "w0 has finished 40 tasks", || {
         finished_tasks(&job.workers[0].log()) >= 40
     });
-    job.kill_the_workers_node(workers_node);
     let finished_at_second_kill = job.finished();
+    job.kill_the_workers_node(workers_node);
     let run = producer.wait(Duration::from_secs(120));
     ClusterJob::assert_mid_job(
         finished_at_first_kill,
