@@ -1,6 +1,6 @@
 //! The command line: clap structs holding the flags as typed, and their
-//! conversion into a validated [`Config`]. The library takes `Config`, never
-//! argv, so tests build one directly.
+//! conversion into a validated [`Config`] (`config.rs`). The library takes
+//! `Config`, never argv, so tests build one directly.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,8 +11,9 @@ use warren::logging::LogArgs;
 use warren::size::parse_size;
 use warren::{BrokerArgs, BrokerConfig, Dtype};
 
-use warren::protocol::{ByteOrder, Delivery, DownloadLimits, MAX_TASKS_PER_MESSAGE};
+use warren::protocol::{ByteOrder, DownloadLimits, FileRoute, MAX_TASKS_PER_MESSAGE};
 
+use crate::config::{Config, JobConfig};
 use crate::download::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec, Source};
@@ -314,37 +315,6 @@ pub struct OutputArgs {
     pub workers: u16,
 }
 
-/// Validated settings of one producer run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where the broker is.
-    pub broker: BrokerConfig,
-    /// The job to run.
-    pub job: JobConfig,
-    /// `--json`.
-    pub json: bool,
-    /// `--quiet`.
-    pub quiet: bool,
-    /// `--workers`: workers to run in this process during the job.
-    pub local_workers: u16,
-}
-
-/// One job of any kind.
-#[derive(Debug, Clone)]
-pub enum JobConfig {
-    /// `producer sum`.
-    Sum {
-        /// The job's settings.
-        config: SumConfig,
-        /// The seed used for `--random`, to report it.
-        seed: Option<u32>,
-    },
-    /// `producer download`.
-    Download(DownloadConfig),
-    /// `producer status`.
-    Status(StatusConfig),
-}
-
 impl Cli {
     /// Validates the flags.
     ///
@@ -355,7 +325,7 @@ impl Cli {
         match self.command {
             Command::Status(args) => {
                 if let Some(url) = &args.management_url {
-                    warren::management::ManagementApi::for_broker(&broker.url, Some(url))?;
+                    crate::management::ManagementApi::for_broker(&broker.url, Some(url))?;
                 }
                 Ok(Config {
                     broker,
@@ -407,9 +377,9 @@ fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
             inputs,
             out_dir: args.out_dir,
             delivery: if args.shared {
-                Delivery::Shared
+                FileRoute::Shared
             } else {
-                Delivery::Broker
+                FileRoute::Broker
             },
             manifest: args.manifest,
             overwrite: args.overwrite,
@@ -658,7 +628,7 @@ mod tests {
                 UrlInput::Url("https://h/x.jpg".into())
             ]
         );
-        assert_eq!(config.delivery, Delivery::Shared);
+        assert_eq!(config.delivery, FileRoute::Shared);
         assert_eq!(config.limits.max_bytes, 10_000_000);
         assert_eq!(config.limits.max_attempts, 2);
         assert_eq!(config.limits.idle_timeout_s, 5.0);

@@ -9,9 +9,52 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The flags do not make sense together.
+    /// The flags do not make sense, together or with the input.
     #[error("{0}")]
     Usage(String),
+
+    /// A source to sum by reference is not one the workers can read.
+    #[error("cannot sum {input} by reference")]
+    Reference {
+        /// The source as given.
+        input: String,
+        /// What is wrong with it.
+        #[source]
+        source: warren::Error,
+    },
+
+    /// A file to sum with `--shared` lies outside the shared directory.
+    #[error(
+        "{input} is outside the shared directory {} (--shared-dir / WARREN_SHARED_DIR): \
+         workers read by-reference inputs only inside their shared directory; move the file \
+         there, or sum it through the broker without --shared",
+        dir.display()
+    )]
+    OutsideSharedDir {
+        /// The file as given.
+        input: String,
+        /// The shared directory, canonical.
+        dir: std::path::PathBuf,
+    },
+
+    /// An input summed by reference was handed to the streaming reader.
+    #[error("an input summed by reference is read by the workers, not streamed")]
+    ReadByWorkers,
+
+    /// Work moved to a blocking thread ended without an answer (it
+    /// panicked or was cancelled).
+    #[error("{what} failed")]
+    Blocking {
+        /// What the thread was doing, e.g. "reading the header".
+        what: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// The workers of `--workers N` could not be set up.
+    #[error("cannot start the local workers")]
+    LocalWorkers(#[source] worker::Error),
 
     /// The input could not be opened.
     #[error("cannot open {input}")]
@@ -145,6 +188,16 @@ impl Error {
     /// True when the user asked to stop.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
+    }
+
+    /// The exit status of a run that ended with this error: 130 after a
+    /// cancel, 2 for everything else (usage, input, broker, task), as
+    /// `--help` documents.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Cancelled => 130,
+            _ => 2,
+        }
     }
 
     /// A hint that helps the user fix the problem, if there is one.

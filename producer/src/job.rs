@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::management::ManagementApi;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -22,7 +23,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
-use warren::management::ManagementApi;
 use warren::{BrokerConfig, JobId, Topology};
 
 use crate::error::{Error, Result};

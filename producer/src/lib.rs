@@ -2,6 +2,7 @@
 //! gathers the workers' results and prints one answer.
 //!
 //! - [`cli`]: flags, and their validation into a [`Config`].
+//! - [`config`]: [`Config`], the validated settings of a run.
 //! - [`input`]: the sum job's input formats, read as bounded chunks.
 //! - [`sum`]: the sum job: publish chunks, collect exact partial sums.
 //! - [`download`]: the download job: URL lists, file names, existing files,
@@ -10,6 +11,8 @@
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
 //! - `local`: workers run inside the producer with `--workers N`.
+//! - `management`: where the broker's management HTTP API is, for the
+//!   counts AMQP does not give.
 //! - [`status`]: `producer status`, what the queues hold.
 //! - [`progress`]: the progress bar and warnings on stderr.
 //! - [`output`]: the answer on stdout and the exit status.
@@ -19,20 +22,25 @@
 //! maps the outcome of [`run`] to an exit status.
 
 pub mod cli;
+pub mod config;
 pub mod download;
 pub mod error;
 pub mod input;
 mod job;
 mod local;
+mod management;
 pub mod output;
 pub mod progress;
 pub mod reference;
 pub mod status;
 pub mod sum;
 
-pub use cli::{Cli, Config, JobConfig};
+pub use cli::Cli;
+pub use config::{Config, JobConfig};
 pub use error::{Error, Result};
 pub use output::Report;
+
+use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +59,11 @@ pub async fn run(
     progress: &Progress,
     shutdown: CancellationToken,
 ) -> Result<Report> {
-    let local = LocalPlan::of(config);
+    let local = LocalPlan::new(
+        config.local_workers,
+        config.broker.clone(),
+        config.shared_dir().map(Path::to_owned),
+    );
     match &config.job {
         JobConfig::Sum { config: sum, seed } => {
             let report = sum::run(&config.broker, sum, &local, progress, shutdown).await?;

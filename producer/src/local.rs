@@ -4,18 +4,14 @@
 //! consume loop, acks and guarantees), each with its own connection; workers
 //! on other hosts still share the job.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warren::protocol::Delivery;
-
 use warren::BrokerConfig;
 
-use crate::cli::{Config, JobConfig};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
-use crate::reference::{Location, ReferenceSpec};
 
 /// How long local workers get to finish their tasks in hand once the job
 /// is over (they are only still busy after a failure or a cancel).
@@ -37,27 +33,17 @@ pub(crate) struct LocalPlan {
     /// job's output directory, or the shared directory of a sum by
     /// reference. Local workers use the producer's own, which is trivially
     /// the same storage.
-    shared_dir: Option<std::path::PathBuf>,
+    shared_dir: Option<PathBuf>,
 }
 
 impl LocalPlan {
-    pub(crate) fn of(config: &Config) -> Self {
+    /// `count` workers on `broker`, sharing `shared_dir` with the job
+    /// (see [`crate::Config::shared_dir`]).
+    pub(crate) fn new(count: u16, broker: BrokerConfig, shared_dir: Option<PathBuf>) -> Self {
         LocalPlan {
-            count: config.local_workers,
-            broker: config.broker.clone(),
-            shared_dir: match &config.job {
-                JobConfig::Download(download) if download.delivery == Delivery::Shared => {
-                    Some(download.out_dir.clone())
-                }
-                JobConfig::Sum { config, .. } => match &config.input {
-                    InputSpec::Reference(ReferenceSpec {
-                        location: Location::Shared { dir, .. },
-                        ..
-                    }) => Some(dir.clone()),
-                    _ => None,
-                },
-                _ => None,
-            },
+            count,
+            broker,
+            shared_dir,
         }
     }
 
@@ -66,32 +52,27 @@ impl LocalPlan {
     /// workers touch the broker.
     ///
     /// # Errors
-    /// [`Error::Write`] when a shared-directory job's output directory
-    /// cannot be resolved.
+    /// [`Error::LocalWorkers`] when the shared directory is not an existing
+    /// directory.
     pub(crate) fn start(&self, shutdown: &CancellationToken) -> Result<LocalWorkers> {
         let stop = shutdown.child_token();
         let mut running = JoinSet::new();
         if self.count == 0 {
             return Ok(LocalWorkers { stop, running });
         }
-        let shared_dir = match &self.shared_dir {
-            Some(dir) => Some(std::fs::canonicalize(dir).map_err(|e| Error::Write {
-                output: dir.display().to_string(),
-                source: e,
-            })?),
-            None => None,
-        };
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        for i in 0..self.count {
-            let worker_config = worker::Config {
-                broker: self.broker.clone(),
-                concurrency: worker::cli::DEFAULT_CONCURRENCY,
-                shared_dir: shared_dir.clone(),
-                name: format!("{host}:{}/local-{i}", std::process::id()),
-                shutdown_timeout: SHUTDOWN_TIMEOUT,
-                metrics_addr: None,
-                max_task_size: u64::MAX,
-            };
+        let configs = (0..self.count)
+            .map(|i| {
+                worker::Config::local(
+                    self.broker.clone(),
+                    format!("{host}:{}/local-{i}", std::process::id()),
+                    self.shared_dir.as_deref(),
+                    SHUTDOWN_TIMEOUT,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::LocalWorkers)?;
+        for worker_config in configs {
             let token = stop.clone();
             running.spawn(async move {
                 if let Err(e) = worker::run(&worker_config, token).await {

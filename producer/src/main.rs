@@ -31,11 +31,16 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(warren::shutdown::cancel_on_signals(
+        let signals = warren::shutdown::cancel_on_signals(
             shutdown.clone(),
             Some("signal received: cancelling the job (again to exit without cleanup)"),
-            "interrupted again: exiting without cleanup",
-        ));
+        );
+        tokio::spawn(async {
+            signals.await;
+            eprintln!("interrupted again: exiting without cleanup");
+            // At once, as asked: no cleanup, no waiting for a blocked reader.
+            std::process::exit(130);
+        });
         producer::run(&config, &progress, shutdown).await
     });
     // Don't wait for a blocked stdin reader on the way out.
@@ -66,7 +71,7 @@ fn main() -> ExitCode {
             }
             if e.is_cancelled() {
                 eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
-                ExitCode::from(130)
+                ExitCode::from(e.exit_code())
             } else {
                 fail(&e)
             }
@@ -76,5 +81,5 @@ fn main() -> ExitCode {
 
 fn fail(error: &Error) -> ExitCode {
     warren::print_error(error, error.hint().as_deref());
-    ExitCode::from(2)
+    ExitCode::from(error.exit_code())
 }

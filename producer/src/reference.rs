@@ -62,9 +62,10 @@ impl Location {
             let source = SourceRef::Http {
                 url: arg.to_owned(),
             };
-            source
-                .validate()
-                .map_err(|e| Error::Usage(format!("cannot sum {arg} by reference: {e}")))?;
+            source.validate().map_err(|source| Error::Reference {
+                input: arg.to_owned(),
+                source,
+            })?;
             return Ok(Some(Location::Remote(source)));
         }
         if let Some(rest) = arg.strip_prefix("s3://") {
@@ -75,9 +76,10 @@ impl Location {
                         key: key.to_owned(),
                     })))
                 }
-                _ => Err(Error::Usage(format!(
-                    "{arg}: an S3 source is s3://BUCKET/KEY"
-                ))),
+                _ => Err(Error::BadInput {
+                    input: arg.to_owned(),
+                    reason: "an S3 source is s3://BUCKET/KEY".to_owned(),
+                }),
             };
         }
         Ok(None)
@@ -154,7 +156,10 @@ pub(crate) async fn plan(spec: &ReferenceSpec) -> Result<RangePlan> {
             let (path, dir) = (path.clone(), dir.clone());
             tokio::task::spawn_blocking(move || read_shared_head(&path, &dir))
                 .await
-                .map_err(|e| Error::Usage(format!("reading the header failed: {e}")))??
+                .map_err(|source| Error::Blocking {
+                    what: "reading the header",
+                    source,
+                })??
         }
         Location::Remote(source) => read_remote_head(source).await?,
     };
@@ -269,12 +274,10 @@ fn read_shared_head(path: &Path, dir: &Path) -> Result<(SourceRef, VersionPin, V
     })?;
     let canonical = std::fs::canonicalize(path).map_err(open_error)?;
     let Ok(relative) = canonical.strip_prefix(&dir) else {
-        return Err(Error::Usage(format!(
-            "{input} is outside the shared directory {} (--shared-dir / WARREN_SHARED_DIR): \
-             workers read by-reference inputs only inside their shared directory; move the file \
-             there, or sum it through the broker without --shared",
-            dir.display()
-        )));
+        return Err(Error::OutsideSharedDir {
+            input: input.clone(),
+            dir,
+        });
     };
     let relative = relative
         .to_str()

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use crate::management::ManagementApi;
 use serde::{Deserialize, Serialize};
 use warren::broker::{self, QueueProbe};
-use warren::management::ManagementApi;
 use warren::{BrokerConfig, Topology};
 
 use crate::error::Result;

@@ -172,8 +172,11 @@ fn unreachable(mut failures: Vec<Error>, waited: Option<Duration>) -> Error {
         })
         .collect();
     match last {
-        Error::Connect { url, source, .. } => Error::Connect {
+        Error::Connect {
+            url, tls, source, ..
+        } => Error::Connect {
             url,
+            tls,
             waited,
             tried_before,
             source,
@@ -222,7 +225,8 @@ async fn connect_once(
     let uri = url.to_uri()?;
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connect_error = |source| Error::Connect {
-        url: url.clone(),
+        url: url.to_string(),
+        tls: url.is_tls(),
         waited: None,
         tried_before: Vec::new(),
         source: Box::new(source),

@@ -4,9 +4,10 @@
 //! Messages describe this layer only (which queue, which URL, which header);
 //! the cause sits in `source()`. Callers branch on the classifier methods
 //! ([`Error::is_poison`], [`Error::is_transient`]), never on message text.
-
-use crate::config::RedactedUrl;
-use crate::protocol::PROTOCOL_VERSION;
+//!
+//! The variants hold plain values (a URL's redacted text, version numbers),
+//! so that this module depends on no other module of the crate: every
+//! module can return an [`Error`] without an import loop.
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,10 +34,10 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The broker URL or password is given twice, at the same level (two
-    /// flags, or two environment variables).
+    /// One setting (the broker URL, its password) is given by two sources
+    /// at the same level: two flags, or two environment variables.
     #[error("both {first} and {second} are set: keep one")]
-    ConflictingUrls {
+    ConflictingSources {
         /// The first source, e.g. "--amqp-url".
         first: &'static str,
         /// The second source, e.g. "--amqp-url-file".
@@ -78,14 +79,17 @@ pub enum Error {
         waited_note(.waited)
     )]
     Connect {
-        /// The broker URL, password hidden: the last one tried.
-        url: RedactedUrl,
+        /// The broker URL, password hidden (a `RedactedUrl`'s text): the
+        /// last one tried.
+        url: String,
+        /// True for an `amqps://` URL.
+        tls: bool,
         /// How long we kept trying before giving up (`--broker-wait`), if
         /// we retried at all.
         waited: Option<std::time::Duration>,
         /// The other URLs of a failover list, tried before `url` in the
         /// last round, each with why it failed (empty for a single URL).
-        tried_before: Vec<(RedactedUrl, String)>,
+        tried_before: Vec<(String, String)>,
         /// What the client library reported.
         #[source]
         source: Box<lapin::Error>,
@@ -161,14 +165,14 @@ pub enum Error {
     },
 
     /// A message carries a protocol version this build does not speak.
-    #[error(
-        "unsupported protocol version {found} in {what} (this build speaks version {PROTOCOL_VERSION})"
-    )]
+    #[error("unsupported protocol version {found} in {what} (this build speaks version {speaks})")]
     UnsupportedVersion {
         /// What kind of message ("task", "result").
         what: &'static str,
         /// The version the message declared.
         found: i64,
+        /// The version this build speaks (`PROTOCOL_VERSION`).
+        speaks: i64,
     },
 }
 
@@ -256,15 +260,14 @@ impl Error {
     /// read. A broker that is still starting refuses the connection
     /// instead, so this is not worth waiting for.
     pub fn is_tls_reset(&self) -> bool {
-        let Error::Connect { url, source, .. } = self else {
+        let Error::Connect { tls, source, .. } = self else {
             return false;
         };
-        url.is_tls()
-            && matches!(
-                source.kind(),
-                lapin::ErrorKind::IOError(io)
-                    if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted)
-            )
+        *tls && matches!(
+            source.kind(),
+            lapin::ErrorKind::IOError(io)
+                if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted)
+        )
     }
 
     /// True when retrying with the same settings cannot help: the broker
@@ -300,7 +303,7 @@ impl Error {
                 "a queue or exchange of that name exists with other settings; \
                  use another --queue-prefix or delete it",
             )
-        } else if matches!(self, Error::Connect { url, .. } if url.is_tls()) {
+        } else if matches!(self, Error::Connect { tls: true, .. }) {
             // A broker that wants a client certificate may hang up before
             // its alert is read: the failure is then a plain reset.
             Some(
@@ -343,7 +346,7 @@ impl Error {
 
 /// "the broker at " for one URL; for a failover list, "any broker of
 /// the list: URL (why), URL (why), nor " before the last one.
-fn tried_before_note(tried_before: &[(RedactedUrl, String)]) -> String {
+fn tried_before_note(tried_before: &[(String, String)]) -> String {
     if tried_before.is_empty() {
         return "the broker at ".to_owned();
     }
@@ -422,6 +425,7 @@ mod tests {
         let version = Error::UnsupportedVersion {
             what: "task",
             found: 9,
+            speaks: 1,
         };
         assert!(version.is_poison());
         assert_eq!(
@@ -434,7 +438,8 @@ mod tests {
     fn chains_are_joined_without_repeats() {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let error = Error::Connect {
-            url: RedactedUrl::parse("amqp://u:secret@127.0.0.1:1/%2f").unwrap(),
+            url: "amqp://u:***@127.0.0.1:1/%2f".to_owned(),
+            tls: false,
             waited: None,
             tried_before: Vec::new(),
             source: Box::new(lapin::Error::from(io)),
@@ -448,13 +453,14 @@ mod tests {
     #[test]
     fn a_failover_list_that_failed_names_every_url_tried() {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let url = |port| RedactedUrl::parse(&format!("amqp://u:secret@127.0.0.1:{port}/%2f"));
+        let url = |port| format!("amqp://u:***@127.0.0.1:{port}/%2f");
         let error = Error::Connect {
-            url: url(3).unwrap(),
+            url: url(3),
+            tls: false,
             waited: Some(std::time::Duration::from_millis(5300)),
             tried_before: vec![
-                (url(1).unwrap(), "connection refused".to_owned()),
-                (url(2).unwrap(), "no answer within 10s".to_owned()),
+                (url(1), "connection refused".to_owned()),
+                (url(2), "no answer within 10s".to_owned()),
             ],
             source: Box::new(lapin::Error::from(io)),
         };

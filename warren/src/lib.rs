@@ -16,7 +16,6 @@
 //!   [`RedactedUrl`].
 //! - [`filename`]: safe relative file names for downloads.
 //! - [`logging`]: the shared logging flags and subscriber set-up.
-//! - [`management`]: where the broker's management HTTP API is.
 //! - [`size`]: parsing byte sizes such as `2GiB`.
 //! - [`source`]: reading the sources of sums by reference (shared files,
 //!   HTTP ranges, S3 objects) and their version pins.
@@ -36,7 +35,6 @@ pub mod error;
 pub mod exact;
 pub mod filename;
 pub mod logging;
-pub mod management;
 pub mod protocol;
 pub mod shutdown;
 pub mod size;

@@ -1,7 +1,7 @@
 //! The command line: clap structs holding the flags as typed, and their
 //! conversion into a validated [`Config`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -104,20 +104,7 @@ impl Cli {
         if self.concurrency == 0 {
             return Err(Error::Usage("--concurrency must be at least 1".into()));
         }
-        let shared_dir = match self.shared_dir {
-            Some(dir) => Some(
-                std::fs::canonicalize(&dir)
-                    .ok()
-                    .filter(|d| d.is_dir())
-                    .ok_or_else(|| {
-                        Error::Usage(format!(
-                            "--shared-dir {} is not an existing directory",
-                            dir.display()
-                        ))
-                    })?,
-            ),
-            None => None,
-        };
+        let shared_dir = self.shared_dir.as_deref().map(existing_dir).transpose()?;
         let name = match self.name {
             Some(name) if name.trim().is_empty() => {
                 return Err(Error::Usage("--name must not be empty".into()));
@@ -135,6 +122,45 @@ impl Cli {
             max_task_size: self.max_task_size,
         })
     }
+}
+
+impl Config {
+    /// A worker that another program runs inside its own process
+    /// (`producer --workers N`): [`DEFAULT_CONCURRENCY`] tasks at a time, no
+    /// metrics endpoint, no task size limit of its own; `shared_dir` is
+    /// checked as `--shared-dir` is.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] when `shared_dir` is not an existing directory.
+    pub fn local(
+        broker: BrokerConfig,
+        name: String,
+        shared_dir: Option<&Path>,
+        shutdown_timeout: Duration,
+    ) -> Result<Config> {
+        Ok(Config {
+            broker,
+            concurrency: DEFAULT_CONCURRENCY,
+            shared_dir: shared_dir.map(existing_dir).transpose()?,
+            name,
+            shutdown_timeout,
+            metrics_addr: None,
+            max_task_size: u64::MAX,
+        })
+    }
+}
+
+/// `--shared-dir`, checked: an existing directory, made canonical.
+fn existing_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir)
+        .ok()
+        .filter(|d| d.is_dir())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--shared-dir {} is not an existing directory",
+                dir.display()
+            ))
+        })
 }
 
 /// `HOST:PID-XXXX`. The random part tells starts apart where host name and

@@ -25,11 +25,17 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(warren::shutdown::cancel_on_signals(
+        let signals = warren::shutdown::cancel_on_signals(
             shutdown.clone(),
             Some("signal received: finishing the tasks in hand (again to exit now)"),
-            "second signal: exiting now",
-        ));
+        );
+        tokio::spawn(async {
+            signals.await;
+            eprintln!("second signal: exiting now");
+            // At once: no draining, no waiting for blocking threads; the
+            // broker requeues the unacked tasks when the connection drops.
+            std::process::exit(130);
+        });
         worker::run(&config, shutdown).await
     });
     match outcome {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use warren::JobId;
 use warren::protocol::{
-    BodyChunk, DeadLetter, Delivery, DownloadErrorKind, DownloadReport, DownloadStatus, Outcome,
+    BodyChunk, DeadLetter, DownloadErrorKind, DownloadReport, DownloadStatus, FileRoute, Outcome,
     TaskResult,
 };
 
@@ -42,7 +42,7 @@ type Finished = (usize, ManifestRecord, Result<Saved>);
 /// Gathers chunks and reports, finishing each file.
 pub(super) struct DownloadCollector<'a> {
     pub(super) job: JobId,
-    delivery: Delivery,
+    delivery: FileRoute,
     pub(super) assembler: Assembler,
     out_dir: PathBuf,
     named: &'a [NamedEntry],
@@ -274,8 +274,8 @@ impl<'a> DownloadCollector<'a> {
             return self.finish_failed(index, slot, record, report);
         }
         match self.delivery {
-            Delivery::Broker => self.finish_received(index, slot, record, &report),
-            Delivery::Shared => self.finish_stored(index, slot, record, &report),
+            FileRoute::Broker => self.finish_received(index, slot, record, &report),
+            FileRoute::Shared => self.finish_stored(index, slot, record, &report),
         }
     }
 
@@ -299,7 +299,7 @@ impl<'a> DownloadCollector<'a> {
         }
         // A replaced attempt's failure (its worker lost the task to a
         // redelivery, then failed) says nothing about the newer one.
-        if self.delivery == Delivery::Broker
+        if self.delivery == FileRoute::Broker
             && let Some(attempt) = &report.attempt
             && self.assembler.is_retired(index, attempt)
         {
@@ -539,7 +539,7 @@ mod tests {
 
         fn collector<'a>(
             &'a mut self,
-            delivery: Delivery,
+            delivery: FileRoute,
             last_ok: &'a [Option<Verified>],
         ) -> DownloadCollector<'a> {
             let job = JobId::parse("j").unwrap();
@@ -586,7 +586,7 @@ mod tests {
         let data = vec![7u8; 2_000_000];
         std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
         std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
-        let mut collector = fixture.collector(Delivery::Shared, &[None]);
+        let mut collector = fixture.collector(FileRoute::Shared, &[None]);
         let report = DownloadReport {
             path: Some(format!("{TEMP_DIR}/j-0-1")),
             ..report(DownloadStatus::Ok, &data)
@@ -619,7 +619,7 @@ mod tests {
     #[tokio::test]
     async fn a_result_answers_its_whole_message_and_only_that() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(Delivery::Broker, &[None, None, None, None]);
+        let mut collector = fixture.collector(FileRoute::Broker, &[None, None, None, None]);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
         let err = collector
@@ -657,7 +657,7 @@ mod tests {
     #[test]
     fn a_refused_or_dead_lettered_message_fails_every_task_it_carried() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(Delivery::Shared, &[None, None, None, None]);
+        let mut collector = fixture.collector(FileRoute::Shared, &[None, None, None, None]);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
         let accepted = collector.fail_message(1, "the broker gave up on it");
@@ -679,7 +679,7 @@ mod tests {
             sha256: "ab".into(),
         };
         let last_ok = [Some(good.clone())];
-        let mut collector = fixture.collector(Delivery::Broker, &last_ok);
+        let mut collector = fixture.collector(FileRoute::Broker, &last_ok);
         let failed = DownloadReport {
             error: Some(DownloadError {
                 kind: DownloadErrorKind::HttpStatus,

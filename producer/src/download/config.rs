@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use warren::protocol::{Delivery, DownloadLimits};
+use warren::protocol::{DownloadLimits, FileRoute};
 
 use crate::input::Source;
 
@@ -31,7 +31,7 @@ pub struct DownloadConfig {
     /// Where the files land.
     pub out_dir: PathBuf,
     /// Through the broker, or straight into the shared directory.
-    pub delivery: Delivery,
+    pub delivery: FileRoute,
     /// Where to write the manifest.
     pub manifest: Option<PathBuf>,
     /// Replace existing files that differ.

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use warren::protocol::Delivery;
+use warren::protocol::FileRoute;
 use warren::{BrokerConfig, JobId};
 
 pub use config::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
@@ -243,8 +243,8 @@ async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_
     progress.start("files", Some(files as u64));
     // In shared mode, the marker is there before any task goes out.
     let marker = match config.delivery {
-        Delivery::Shared => Some(shared::make_marker(run.out_dir, &job)?),
-        Delivery::Broker => None,
+        FileRoute::Shared => Some(shared::make_marker(run.out_dir, &job)?),
+        FileRoute::Broker => None,
     };
     let tasks = publish::build_tasks(&job, collector.tasks(), config, marker.as_deref())?;
     let (messages, outgoing) = publish::spawn_messages(

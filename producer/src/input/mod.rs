@@ -163,9 +163,7 @@ pub(crate) const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 pub fn open(spec: &InputSpec) -> Result<Box<dyn ChunkReader>> {
     match spec {
         InputSpec::Random { count, seed } => Ok(Box::new(random::RandomReader::new(*count, *seed))),
-        InputSpec::Reference(_) => Err(Error::Usage(
-            "an input summed by reference is read by the workers, not streamed".into(),
-        )),
+        InputSpec::Reference(_) => Err(Error::ReadByWorkers),
         InputSpec::Read {
             source,
             format,

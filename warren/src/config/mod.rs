@@ -29,8 +29,7 @@ use crate::error::{Error, Result};
 
 pub use prefix::QueuePrefix;
 pub use tls::TlsFiles;
-pub use url::RedactedUrl;
-pub(crate) use url::redact;
+pub use url::{RedactedUrl, redact};
 
 /// How long a connection attempt may take before it counts as failed.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,7 +143,7 @@ impl BrokerArgs {
     /// [`BrokerArgs::to_config`] with the environment given as a function.
     ///
     /// # Errors
-    /// As [`BrokerArgs::to_config`], and [`Error::ConflictingUrls`].
+    /// As [`BrokerArgs::to_config`], and [`Error::ConflictingSources`].
     pub fn to_config_with_env(
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,

@@ -23,14 +23,14 @@ impl BrokerArgs {
     ) -> Result<Vec<RedactedUrl>> {
         let env = |name: &str| env(name).filter(|value| !value.is_empty());
         match (&self.amqp_url, &self.amqp_url_file) {
-            (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+            (Some(_), Some(_)) => Err(Error::ConflictingSources {
                 first: "--amqp-url",
                 second: "--amqp-url-file",
             }),
             (Some(urls), None) => RedactedUrl::parse_list(urls),
             (None, Some(path)) => RedactedUrl::list_from_file(path),
             (None, None) => match (env("AMQP_URL"), env("AMQP_URL_FILE")) {
-                (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+                (Some(_), Some(_)) => Err(Error::ConflictingSources {
                     first: "AMQP_URL",
                     second: "AMQP_URL_FILE",
                 }),
@@ -56,7 +56,7 @@ impl BrokerArgs {
             return read_password(path).map(Some);
         }
         match (env("AMQP_PASSWORD"), env("AMQP_PASSWORD_FILE")) {
-            (Some(_), Some(_)) => Err(Error::ConflictingUrls {
+            (Some(_), Some(_)) => Err(Error::ConflictingSources {
                 first: "AMQP_PASSWORD",
                 second: "AMQP_PASSWORD_FILE",
             }),
@@ -207,7 +207,12 @@ impl RedactedUrl {
     /// `lapin`'s own parser takes the host from `Url::domain`, which is empty
     /// for IP literals, so `amqp://10.0.0.5` would silently connect to
     /// `localhost`. We take the host from `Url::host_str` instead.
-    pub(crate) fn to_uri(&self) -> Result<AMQPUri> {
+    ///
+    /// The URI holds the password: never show it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`], whose text carries only the redacted URL.
+    pub fn to_uri(&self) -> Result<AMQPUri> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: self.redacted.clone(),
             reason: reason.replace(&self.raw, &self.redacted),
@@ -284,7 +289,7 @@ impl fmt::Debug for RedactedUrl {
 
 /// Replaces the password in a URL's user-info with `***`, textually, so that
 /// even an unparseable URL can be shown safely.
-pub(crate) fn redact(raw: &str) -> String {
+pub fn redact(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else {
         // Without a scheme we cannot tell user-info from path: hide it all
         // after the first ':' if an '@' follows.

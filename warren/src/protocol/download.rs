@@ -4,11 +4,11 @@
 //! A download message's body is a JSON [`DownloadSpec`], or, when it carries
 //! several consecutive tasks (a [`DownloadBatch`] with `warren-tasks`), a
 //! JSON array of them; its result holds one [`DownloadReport`] per task. With
-//! [`Delivery::Broker`] the worker sends the file to the job's reply queue
+//! [`FileRoute::Broker`] the worker sends the file to the job's reply queue
 //! as [`BodyChunk`] messages (raw bytes, at most `chunk_bytes` each, tagged
 //! with an attempt id and offset) and then a JSON result whose
 //! [`DownloadReport::attempt`] names the attempt whose chunks make the
-//! file. With [`Delivery::Shared`] the worker writes the file into the
+//! file. With [`FileRoute::Shared`] the worker writes the file into the
 //! temporary area of its `--shared-dir` and the report carries its relative
 //! path; the producer verifies it and moves it under its final name.
 
@@ -27,7 +27,7 @@ use crate::filename::RelativePath;
 /// Where the downloaded file goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Delivery {
+pub enum FileRoute {
     /// Back through the broker to the producer, which writes it.
     Broker,
     /// Straight into the directory all workers mount (`worker --shared-dir`).
@@ -48,7 +48,7 @@ pub struct DownloadLimits {
     pub total_timeout_s: f64,
     /// Attempts in all, retries included (transient failures only).
     pub max_attempts: u32,
-    /// Largest body chunk message, in bytes ([`Delivery::Broker`]).
+    /// Largest body chunk message, in bytes ([`FileRoute::Broker`]).
     pub chunk_bytes: u32,
 }
 
@@ -112,16 +112,16 @@ pub struct DownloadSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Where the file goes.
-    pub delivery: Delivery,
+    pub delivery: FileRoute,
     /// Bounds on the download.
     pub limits: DownloadLimits,
-    /// `producer --fsync`: with [`Delivery::Shared`], the worker syncs the
+    /// `producer --fsync`: with [`FileRoute::Shared`], the worker syncs the
     /// file before it reports it. Without it the producer makes the job's
     /// files durable once, at the end (see docs/DOWNLOADS.md). Absent means
     /// `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fsync: bool,
-    /// [`Delivery::Shared`]: the name of the job's marker file, which the
+    /// [`FileRoute::Shared`]: the name of the job's marker file, which the
     /// producer creates in `<out-dir>/.warren-tmp/` before publishing. A
     /// worker that cannot find it in its own `<shared-dir>/.warren-tmp/`
     /// is not looking at the producer's directory, and fails the task at
@@ -423,9 +423,9 @@ pub struct DownloadReport {
     pub sha256: Option<String>,
     /// The response's `Content-Type`.
     pub content_type: Option<String>,
-    /// [`Delivery::Broker`]: the attempt whose body chunks form the file.
+    /// [`FileRoute::Broker`]: the attempt whose body chunks form the file.
     pub attempt: Option<String>,
-    /// [`Delivery::Shared`]: the complete file's path relative to the
+    /// [`FileRoute::Shared`]: the complete file's path relative to the
     /// shared directory, `.warren-tmp/<job>-<task>-<tag>` (the tag letters
     /// and digits); the producer moves it under its final name.
     pub path: Option<String>,
@@ -433,7 +433,7 @@ pub struct DownloadReport {
     pub error: Option<DownloadError>,
 }
 
-/// The header part of one body chunk message ([`Delivery::Broker`]).
+/// The header part of one body chunk message ([`FileRoute::Broker`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyChunk {
     /// The job.
@@ -501,7 +501,7 @@ mod tests {
             url: "https://example.com/cat.jpg".into(),
             name: "cats/cat.jpg".into(),
             sha256: None,
-            delivery: Delivery::Broker,
+            delivery: FileRoute::Broker,
             limits: DownloadLimits::default(),
             fsync: false,
             marker: None,
@@ -540,7 +540,7 @@ mod tests {
     fn a_shared_task_carries_fsync_and_the_job_marker_and_its_json_is_pinned() {
         let job = JobId::parse("j1").unwrap();
         let shared = DownloadSpec {
-            delivery: Delivery::Shared,
+            delivery: FileRoute::Shared,
             fsync: true,
             marker: Some(marker_name(&job)),
             ..spec()

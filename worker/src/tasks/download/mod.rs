@@ -36,8 +36,8 @@ mod sink;
 use std::time::Duration;
 
 use warren::protocol::{
-    Delivery, DownloadBatch, DownloadError, DownloadErrorKind, DownloadReport, DownloadStatus,
-    DownloadTask, Outcome,
+    DownloadBatch, DownloadError, DownloadErrorKind, DownloadReport, DownloadStatus, DownloadTask,
+    FileRoute, Outcome,
 };
 use warren::{ExponentialBackoff, Jitter};
 
@@ -100,7 +100,7 @@ async fn download_with_retries(
         let attempt_id = format!("{}-{}", task.index, fastrand::u64(..));
         // Named on failures too: the producer ignores the failure of an
         // attempt that a newer one (a redelivery) replaced.
-        if task.spec.delivery == Delivery::Broker {
+        if task.spec.delivery == FileRoute::Broker {
             report.attempt = Some(attempt_id.clone());
         }
         let slot = context

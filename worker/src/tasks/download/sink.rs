@@ -3,7 +3,7 @@
 //! directory ([`FileSink`]).
 
 use bytes::Bytes;
-use warren::protocol::{Delivery, DownloadTask};
+use warren::protocol::{DownloadTask, FileRoute};
 
 use super::failure::Failure;
 use super::relay::RelaySink;
@@ -33,8 +33,8 @@ impl<'a> Sink<'a> {
         attempt: &str,
     ) -> Result<Sink<'a>, Failure> {
         match task.spec.delivery {
-            Delivery::Broker => Ok(Sink::Relay(RelaySink::new(context, task, attempt))),
-            Delivery::Shared => FileSink::open(context, task, attempt).await.map(Sink::File),
+            FileRoute::Broker => Ok(Sink::Relay(RelaySink::new(context, task, attempt))),
+            FileRoute::Shared => FileSink::open(context, task, attempt).await.map(Sink::File),
         }
     }
 

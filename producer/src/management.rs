@@ -5,12 +5,13 @@
 
 use std::fmt;
 
-use crate::config::RedactedUrl;
-use crate::error::{Error, Result};
+use warren::RedactedUrl;
+
+use crate::error::Result;
 
 /// The management API of one broker and virtual host.
 #[derive(Clone)]
-pub struct ManagementApi {
+pub(crate) struct ManagementApi {
     /// `http://host:15672`, no trailing slash.
     base: String,
     user: String,
@@ -33,23 +34,24 @@ impl ManagementApi {
     /// The API of the broker at `url`, or at `base` when given.
     ///
     /// # Errors
-    /// [`Error::InvalidUrl`] when `base` is not an http(s) URL.
-    pub fn for_broker(url: &RedactedUrl, base: Option<&str>) -> Result<Self> {
+    /// [`warren::Error::InvalidUrl`] when `base` is not an http(s) URL.
+    pub(crate) fn for_broker(url: &RedactedUrl, base: Option<&str>) -> Result<Self> {
         let uri = url.to_uri()?;
         let mut user = uri.authority.userinfo.username;
         let mut password = uri.authority.userinfo.password;
         let base = match base {
             Some(base) => {
-                let redacted = crate::config::redact(base);
-                let mut parsed = url::Url::parse(base).map_err(|e| Error::InvalidUrl {
+                let redacted = warren::config::redact(base);
+                let mut parsed = url::Url::parse(base).map_err(|e| warren::Error::InvalidUrl {
                     url: redacted.clone(),
                     reason: e.to_string().replace(base, &redacted),
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(Error::InvalidUrl {
+                    return Err(warren::Error::InvalidUrl {
                         url: redacted,
                         reason: "the management API is reached over http or https".into(),
-                    });
+                    }
+                    .into());
                 }
                 // Credentials in the management URL win over the broker's;
                 // they travel in the Authorization header, never in the
@@ -84,12 +86,12 @@ impl ManagementApi {
     }
 
     /// The base URL, for messages.
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
     /// The URL listing the virtual host's queues with the given columns.
-    pub fn queues_url(&self, columns: &[&str]) -> String {
+    pub(crate) fn queues_url(&self, columns: &[&str]) -> String {
         let vhost =
             percent_encoding::utf8_percent_encode(&self.vhost, percent_encoding::NON_ALPHANUMERIC);
         format!(
@@ -100,7 +102,7 @@ impl ManagementApi {
     }
 
     /// User and password for HTTP basic authentication. Never print them.
-    pub fn credentials(&self) -> (&str, &str) {
+    pub(crate) fn credentials(&self) -> (&str, &str) {
         (&self.user, &self.password)
     }
 }
