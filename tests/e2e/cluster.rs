@@ -2,7 +2,8 @@
 //! ([`RabbitCluster`]), producer and workers given all three URLs, and a
 //! node SIGKILLed mid-job. The task queue is a quorum queue, so it survives
 //! the loss of one node of three; the workers move on to the next URL of
-//! their list and the job ends exact and complete.
+//! their list and the job ends exact and complete. Also: a list whose first
+//! URL does not answer, on the shared test broker.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -366,4 +367,51 @@ impl ClusterJob {
         );
         found.expect("the wait found it")
     }
+}
+
+#[test]
+fn producer_and_worker_skip_a_url_of_the_list_that_does_not_answer() {
+    let mut s = Scenario::new("failover_list");
+    // Nothing listens on port 1: refused at once, then the next URL.
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let urls = format!("{dead},{}", crate::support::broker::amqp_url());
+    let _worker = s.start_worker("w0", &["--amqp-url", &urls]);
+    s.broker.wait_for_consumers(1);
+    let expected = reference(&["numpy-random-sum", "100000", "3"]);
+    let run = s
+        .producer(&[
+            "--amqp-url",
+            &urls,
+            "sum",
+            "--random",
+            "1e5",
+            "--seed",
+            "3",
+            "--json",
+        ])
+        .run();
+    run.expect_success();
+    assert_eq!(run.json()["sum"], expected.as_str(), "{run}");
+
+    // When none answers, the error names each URL tried, redacted.
+    let run = s
+        .producer(&[
+            "--amqp-url",
+            "amqp://guest:s3cret@127.0.0.1:1/%2f,amqp://guest:s3cret@127.0.0.1:2/%2f",
+            "--broker-wait",
+            "0",
+            "sum",
+            "--random",
+            "10",
+        ])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "cannot connect to any broker of the list: amqp://guest:***@127.0.0.1:1/%2f ("
+        ) && run.stderr.contains("nor amqp://guest:***@127.0.0.1:2/%2f"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("s3cret"), "{run}");
+    s.assert_clean();
 }
