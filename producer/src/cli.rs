@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use warren::config::parse_duration;
 use warren::logging::LogArgs;
 use warren::size::parse_size;
-use warren::{BrokerArgs, BrokerConfig, Dtype};
+use warren::{BrokerArgs, BrokerConfig, Dtype, JobId};
 
 use warren::protocol::{ByteOrder, DownloadLimits, FileRoute, MAX_TASKS_PER_MESSAGE};
 
@@ -87,6 +87,58 @@ pub enum Command {
     /// prefix, and which jobs are running
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
+
+    /// List the sum jobs that outlive their producer and can be attached
+    /// to: id, kind, progress, age, whether a producer is attached
+    #[command(after_help = JOBS_EXAMPLES)]
+    Jobs(StatusArgs),
+
+    /// Carry on a job whose producer stopped (killed, lost its machine):
+    /// prints what that producer would have printed, with the same exit
+    /// status
+    #[command(after_help = format!("{ATTACH_EXAMPLES}\n\n{EXIT_CODES}"))]
+    Attach(AttachArgs),
+
+    /// End a job everywhere: its queued tasks are dropped, its producer (if
+    /// one is attached) stops
+    Cancel(CancelArgs),
+}
+
+const JOBS_EXAMPLES: &str = "\
+Listing needs RabbitMQ's management API (rabbitmq-plugins enable
+rabbitmq_management). Reading a job's record counts as using it: its TTL
+starts again.
+
+Examples:
+  producer jobs
+  producer jobs --json";
+
+const ATTACH_EXAMPLES: &str = "\
+A sum job lives on without its producer for its --job-ttl (10 minutes by
+default) and can be carried on from its last checkpoint. Ctrl-C on the
+attached producer cancels the job, as on the first.
+
+Examples:
+  producer attach 5c6f0d8e2b7a4e0f9a1d3c2b1a0f9e8d
+  producer attach 5c6f0d8e2b7a4e0f9a1d3c2b1a0f9e8d --json --workers 4";
+
+/// Flags of `producer attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The job's id, as the producer that started it printed it
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Flags of `producer cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job's id
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: String,
 }
 
 const STATUS_EXAMPLES: &str = "\
@@ -253,6 +305,18 @@ pub struct SumArgs {
     #[arg(long, env = "WARREN_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
 
+    /// How long the job lives on if its producer stops, for `producer
+    /// attach` to carry it on; after that without a producer its queued
+    /// tasks are dropped
+    #[arg(long, env = "WARREN_JOB_TTL", value_parser = parse_duration, value_name = "DURATION", default_value = "10m")]
+    pub job_ttl: Duration,
+
+    /// Publish every task, print the job's id and exit: `producer attach
+    /// JOB_ID` collects the answer later (within --job-ttl). Needs an input
+    /// the workers read themselves (--shared, an http(s):// or s3:// source)
+    #[arg(long, conflicts_with = "workers")]
+    pub detach: bool,
+
     /// Tasks carried by one message; each still gets its own result
     /// [default: chunks under 256 KiB travel together, up to 256 per message]
     #[arg(long, value_name = "N")]
@@ -337,10 +401,42 @@ impl Cli {
                     local_workers: 0,
                 })
             }
+            Command::Jobs(args) => Ok(Config {
+                broker,
+                job: JobConfig::Jobs(StatusConfig {
+                    management_url: args.management_url,
+                }),
+                json: args.json,
+                quiet: true,
+                local_workers: 0,
+            }),
+            Command::Attach(args) => Ok(Config {
+                broker,
+                job: JobConfig::Attach {
+                    job: job_id(&args.job_id)?,
+                    timeout: args.output.timeout,
+                    stall_timeout: args.output.stall_timeout,
+                },
+                json: args.output.json,
+                quiet: args.output.quiet,
+                local_workers: args.output.workers,
+            }),
+            Command::Cancel(args) => Ok(Config {
+                broker,
+                job: JobConfig::Cancel(job_id(&args.job_id)?),
+                json: false,
+                quiet: true,
+                local_workers: 0,
+            }),
             Command::Download(args) => download_config(args, broker),
             Command::Sum(args) => sum_config(args, broker),
         }
     }
+}
+
+/// A job id as given on the command line.
+fn job_id(arg: &str) -> Result<JobId> {
+    JobId::parse(arg.trim()).map_err(|e| Error::Usage(format!("{arg:?} is not a job id: {e}")))
 }
 
 /// `producer download`'s flags, checked.
@@ -447,6 +543,8 @@ fn sum_config(args: SumArgs, broker: BrokerConfig) -> Result<Config> {
                 tasks_per_message: args.tasks_per_message,
                 timeout: args.output.timeout,
                 stall_timeout: args.output.stall_timeout,
+                job_ttl: args.job_ttl,
+                detach: args.detach,
             },
             seed,
         },

@@ -3,9 +3,10 @@
 //! tests and benchmarks build them directly.
 
 use std::path::Path;
+use std::time::Duration;
 
-use warren::BrokerConfig;
 use warren::protocol::FileRoute;
+use warren::{BrokerConfig, JobId};
 
 use crate::download::DownloadConfig;
 use crate::input::InputSpec;
@@ -42,6 +43,19 @@ pub enum JobConfig {
     Download(DownloadConfig),
     /// `producer status`.
     Status(StatusConfig),
+    /// `producer jobs`.
+    Jobs(StatusConfig),
+    /// `producer attach`.
+    Attach {
+        /// The job.
+        job: JobId,
+        /// `--timeout`.
+        timeout: Option<Duration>,
+        /// `--stall-timeout`.
+        stall_timeout: Duration,
+    },
+    /// `producer cancel`.
+    Cancel(JobId),
 }
 
 impl Config {

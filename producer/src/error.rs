@@ -179,12 +179,81 @@ pub enum Error {
         queue: String,
     },
 
+    /// The connection to the broker was lost mid-job; the job lives on.
+    #[error("lost the connection to the broker during job {job}")]
+    BrokerLost {
+        /// The job, to attach to.
+        job: warren::JobId,
+    },
+
+    /// A job's record on the broker cannot be read.
+    #[error("the job record in {queue} is unreadable: {reason}")]
+    BadRecord {
+        /// The record queue.
+        queue: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// `attach` or `cancel` named a job that is not there.
+    #[error(
+        "no job {job} under the queue prefix {prefix}: it finished, was cancelled, or expired \
+         after its TTL"
+    )]
+    NoSuchJob {
+        /// The job id as given.
+        job: String,
+        /// `--queue-prefix`.
+        prefix: String,
+    },
+
+    /// `producer jobs` needs the management API, which did not answer.
+    #[error("cannot list the jobs: the management API did not answer: {reason}")]
+    NoJobList {
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Another producer is attached to the job.
+    #[error("job {job} is attached to another producer")]
+    JobAttached {
+        /// The job.
+        job: String,
+    },
+
+    /// The job's record does not allow carrying it on.
+    #[error("job {job} cannot be resumed: {reason}")]
+    CannotResume {
+        /// The job.
+        job: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
+    /// The input is not the one the job started with.
+    #[error("the input changed since the job started: {input}")]
+    InputChanged {
+        /// The file.
+        input: String,
+    },
+
     /// Ctrl-C or SIGTERM cancelled the job.
     #[error("cancelled")]
     Cancelled,
 }
 
 impl Error {
+    /// True when connecting again may carry the job on: the broker went
+    /// away or could not be reached, or still holds the lost connection's
+    /// attach lock.
+    pub fn is_worth_reconnecting(&self) -> bool {
+        match self {
+            Error::BrokerLost { .. } | Error::JobAttached { .. } => true,
+            Error::Warren(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
     /// True when the user asked to stop.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
@@ -210,11 +279,26 @@ impl Error {
                  download without --shared"
                     .to_owned(),
             ),
+            Error::NoJobList { .. } => Some(
+                "only RabbitMQ's management API can list queues: enable it with \
+                 `rabbitmq-plugins enable rabbitmq_management`, or name it with \
+                 --management-url"
+                    .to_owned(),
+            ),
+            Error::BrokerLost { job } => Some(format!(
+                "the job lives on for its --job-ttl: `producer attach {job}` carries it on once \
+                 the broker is back"
+            )),
+            Error::JobAttached { .. } => Some(
+                "stop that producer first (`producer jobs` lists the jobs and which are \
+                 attached)"
+                    .to_owned(),
+            ),
             Error::ReplyQueueLost { .. } => Some(
                 "the broker closed the connection (a restart, a lost network, or an operator's \
-                 `rabbitmqctl close_connection`) or someone deleted the queue; the job's \
-                 results went with it: run the job again (the workers drop the queued \
-                 tasks of this one)"
+                 `rabbitmqctl close_connection`) or someone deleted the queue (`producer \
+                 cancel`); a job that ends with its producer (a download, or --job-ttl 0) went \
+                 with it: run it again"
                     .to_owned(),
             ),
             _ => None,

@@ -4,10 +4,12 @@
 //! replies until every task is answered or something ends the job.
 //!
 //! A job is alive exactly as long as its reply queue exists (see
-//! `warren::topology`): [`JobSession::close`] deletes it, and that is what
-//! makes workers drop the job's remaining tasks after a failure or a
-//! cancel. If the producer dies instead, the queue is auto-deleted with its
-//! consumer, to the same effect.
+//! `warren::topology`): [`JobSession::close`] deletes it with the job's
+//! record, and that is what makes workers drop the job's remaining tasks
+//! after a failure or a cancel. If the producer dies instead, both stay for
+//! the job's TTL, and `producer attach` carries the job on from its record
+//! (`crate::durable`): replies are acked only once a checkpoint that
+//! covers them is saved.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,14 +19,17 @@ use std::time::{Duration, Instant};
 use crate::management::ManagementApi;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
+use warren::topology::JobLifetime;
 use warren::{BrokerConfig, JobId, Topology};
 
+use crate::durable::JobRecord;
 use crate::error::{Error, Result};
 use crate::local::{LocalPlan, LocalWorkers};
 use crate::progress::Progress;
@@ -51,6 +56,12 @@ const CONFIRM_WINDOW: usize = 16;
 /// producer's memory when replies carry file data.
 const REPLY_PREFETCH: u16 = 64;
 
+/// A job that keeps checkpoints saves one once this many replies wait to
+/// be acked (well under [`REPLY_PREFETCH`], so replies keep flowing)...
+const CHECKPOINT_EVERY_REPLIES: u32 = 32;
+/// ...or once the oldest has waited this long.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The broker resources of one running job.
 pub(crate) struct JobSession {
     pub(crate) job: JobId,
@@ -60,6 +71,10 @@ pub(crate) struct JobSession {
     reply_channel: Channel,
     pub(crate) reply_queue: String,
     replies: Consumer,
+    /// The job's record queue, and the record as last saved; `None` for
+    /// a job that ends with its producer.
+    record_queue: String,
+    record: Option<JobRecord>,
     probe: QueueProbe,
     /// Consumers on the task queue at the last check; `None` before one.
     consumers: Option<u32>,
@@ -81,17 +96,34 @@ impl std::fmt::Debug for JobSession {
     }
 }
 
+/// How a session starts.
+#[derive(Debug)]
+pub(crate) enum Opening {
+    /// A new job that outlives its producer: its queues are declared and
+    /// its first record saved.
+    New(Box<JobRecord>),
+    /// A job another producer started: its record is read.
+    Attach(JobId),
+    /// A new job that ends with its producer (it keeps no checkpoints).
+    WithProducer(JobId),
+}
+
 impl JobSession {
-    /// Connects, declares the shared topology and the job's reply queue,
-    /// starts consuming it, and starts the local workers, before any task is
-    /// published. Gives up with [`Error::Cancelled`] when `shutdown` fires;
-    /// once connected, only after cleaning up what it declared.
+    /// Connects, declares the shared topology, opens the job (see
+    /// [`Opening`]) and starts consuming its reply queue, and starts the
+    /// local workers, before any task is published. Gives up with
+    /// [`Error::Cancelled`] when `shutdown` fires; once connected, only after
+    /// cleaning up what it declared.
     pub(crate) async fn open(
         broker: &BrokerConfig,
-        job: JobId,
+        opening: Opening,
         local: &LocalPlan,
         shutdown: &CancellationToken,
     ) -> Result<Self> {
+        let job = match &opening {
+            Opening::New(record) => record.job.clone(),
+            Opening::Attach(job) | Opening::WithProducer(job) => job.clone(),
+        };
         let name = format!("warren-producer {job}");
         let connection = tokio::select! {
             connection = broker::connect(broker, &name) => connection?,
@@ -99,16 +131,17 @@ impl JobSession {
             () = shutdown.cancelled() => return Err(Error::Cancelled),
         };
         tracing::debug!("connected");
-        let declaring = Self::declare(broker, connection, job);
+        let attaching = matches!(opening, Opening::Attach(_));
+        let declaring = Self::declare(broker, connection, opening);
         tokio::pin!(declaring);
         let mut session = tokio::select! {
             session = &mut declaring => session?,
             () = shutdown.cancelled() => {
-                // Dropping `declaring` could leave the reply queue declared
-                // and never consumed, and RabbitMQ auto-deletes a queue only
-                // when its last consumer goes: it would stay until it
-                // expires. Finish, then delete it.
+                // Dropping `declaring` could leave a new job's queues
+                // declared and never consumed until they expire: finish,
+                // then delete them. An attached job is left as it was.
                 match tokio::time::timeout(DECLARE_AFTER_CANCEL_TIMEOUT, declaring).await {
+                    Ok(Ok(session)) if attaching => session.detach().await,
                     Ok(Ok(session)) => session.close().await,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "opening the job failed after a cancel");
@@ -131,15 +164,45 @@ impl JobSession {
         Ok(session)
     }
 
-    /// Declares the shared topology and the job's reply queue on a new
-    /// connection, and starts consuming the reply queue.
-    async fn declare(broker: &BrokerConfig, connection: Connection, job: JobId) -> Result<Self> {
+    /// Declares the shared topology, takes the job's attach lock, creates
+    /// or reads the job's record, and starts consuming its reply queue.
+    async fn declare(
+        broker: &BrokerConfig,
+        connection: Connection,
+        opening: Opening,
+    ) -> Result<Self> {
         let topology = Topology::new(broker.prefix.clone());
         let publisher = Publisher::open(&connection).await?;
         topology.declare_shared(publisher.channel()).await?;
         tracing::debug!("shared topology declared");
         let reply_channel = broker::open_channel(&connection).await?;
-        let reply_queue = topology.declare_reply_queue(&reply_channel, &job).await?;
+        let (job, record) = match opening {
+            Opening::New(record) => {
+                let job = record.job.clone();
+                let lifetime = JobLifetime::Durable { ttl: record.ttl() };
+                topology.lock_job(&reply_channel, &job).await?;
+                topology
+                    .declare_reply_queue(&reply_channel, &job, lifetime)
+                    .await?;
+                let queue = topology
+                    .declare_job_queue(&reply_channel, &job, record.ttl())
+                    .await?;
+                record.save(&publisher, &queue).await?;
+                (job, Some(*record))
+            }
+            Opening::Attach(job) => {
+                let record = attach(&topology, &connection, &reply_channel, &job).await?;
+                (job, Some(record))
+            }
+            Opening::WithProducer(job) => {
+                let lifetime = JobLifetime::WithProducer;
+                topology
+                    .declare_reply_queue(&reply_channel, &job, lifetime)
+                    .await?;
+                (job, None)
+            }
+        };
+        let reply_queue = topology.reply_queue(&job);
         let replies = broker::consume(
             &reply_channel,
             &reply_queue,
@@ -151,6 +214,8 @@ impl JobSession {
         .await?;
         tracing::debug!(queue = %reply_queue, "consuming the reply queue");
         Ok(JobSession {
+            record_queue: topology.job_queue(&job),
+            record,
             job,
             topology,
             connection,
@@ -166,6 +231,46 @@ impl JobSession {
                 .ok()
                 .map(|api| (api, broker.tls.ca_pem().map(str::to_owned))),
         })
+    }
+
+    /// Whether the connection to the broker is still open.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// The job's record as last saved; `None` for a job that ends with its
+    /// producer.
+    pub(crate) fn record(&self) -> Option<&JobRecord> {
+        self.record.as_ref()
+    }
+
+    /// Saves a checkpoint in the job's record and waits until the broker
+    /// holds it; then acks every reply up to `last_reply`, which it covers.
+    pub(crate) async fn checkpoint(
+        &mut self,
+        state: serde_json::Value,
+        done: u64,
+        total: Option<u64>,
+        last_reply: Option<u64>,
+    ) -> Result<()> {
+        if let Some(record) = &mut self.record {
+            record.seq += 1;
+            record.done = done;
+            record.total = total;
+            record.checkpoint = Some(state);
+            record.save(&self.publisher, &self.record_queue).await?;
+        }
+        let Some(last_reply) = last_reply else {
+            return Ok(());
+        };
+        let ack_all = BasicAckOptions { multiple: true };
+        self.reply_channel
+            .basic_ack(last_reply, ack_all)
+            .await
+            .map_err(|e| {
+                warren::Error::broker(format!("ack replies on {}", self.reply_queue), e)
+            })?;
+        Ok(())
     }
 
     /// The next message on the reply queue.
@@ -246,23 +351,82 @@ impl JobSession {
     }
 
     /// Ends the job on the broker: deletes the reply queue (so workers drop
-    /// any task of this job still queued) and closes the connection. Errors
-    /// are logged, not returned: the job's outcome is already decided.
+    /// any task of this job still queued) and the job's record, and closes
+    /// the connection. Errors are logged, not returned: the job's outcome is
+    /// already decided.
     pub(crate) async fn close(self) {
         tracing::debug!("closing the job");
-        let delete = broker::delete_queue(&self.reply_channel, &self.reply_queue);
-        match tokio::time::timeout(Duration::from_secs(5), delete).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, queue = %self.reply_queue, "could not delete the reply queue");
-            }
-            Err(_) => {
-                tracing::warn!(queue = %self.reply_queue, "deleting the reply queue timed out")
+        let record_queue = self.record.as_ref().map(|_| &self.record_queue);
+        for queue in std::iter::once(&self.reply_queue).chain(record_queue) {
+            let delete = broker::delete_queue(&self.reply_channel, queue);
+            match tokio::time::timeout(Duration::from_secs(5), delete).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, %queue, "could not delete the job's queue");
+                }
+                Err(_) => tracing::warn!(%queue, "deleting the job's queue timed out"),
             }
         }
+        self.detach().await;
+    }
+
+    /// Leaves the job on the broker for another producer to attach to:
+    /// closes the connection (which releases the attach lock) and stops the
+    /// local workers.
+    pub(crate) async fn detach(self) {
         broker::close_quietly(&self.connection).await;
         self.local_workers.stop().await;
         tracing::debug!("closed");
+    }
+}
+
+/// Takes the attach lock of an existing job and reads its record.
+///
+/// # Errors
+/// [`Error::NoSuchJob`], [`Error::JobAttached`], a broker failure or
+/// [`Error::BadRecord`].
+async fn attach(
+    topology: &Topology,
+    connection: &Connection,
+    channel: &Channel,
+    job: &JobId,
+) -> Result<JobRecord> {
+    let no_such_job = || Error::NoSuchJob {
+        job: job.to_string(),
+        prefix: topology.prefix().to_string(),
+    };
+    match topology.lock_job(channel, job).await {
+        Ok(()) => {}
+        Err(e) if e.is_resource_locked() => {
+            return Err(Error::JobAttached {
+                job: job.to_string(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // A refused passive declare closes the channel: ask on a spare one.
+    let probe = broker::open_channel(connection).await?;
+    let exists = probe.queue_declare(
+        topology.reply_queue(job).as_str().into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    );
+    if exists.await.is_err() {
+        return Err(no_such_job());
+    }
+    let record_queue = topology.job_queue(job);
+    match JobRecord::load(&probe, &record_queue).await {
+        Ok(Some(record)) if &record.job == job => Ok(record),
+        Ok(Some(_)) => Err(Error::BadRecord {
+            queue: record_queue,
+            reason: "it belongs to another job".into(),
+        }),
+        Ok(None) => Err(no_such_job()),
+        Err(Error::Warren(e)) if e.is_not_found() => Err(no_such_job()),
+        Err(e) => Err(e),
     }
 }
 
@@ -289,9 +453,32 @@ pub(crate) async fn read_blocking<T: Send + 'static>(
 /// messages carry several).
 #[derive(Debug)]
 pub(crate) struct OutgoingTask {
+    /// The index of the (first) task it carries.
+    pub(crate) first: u64,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
     pub(crate) tasks: u32,
+}
+
+/// How far publishing got, shared by the publisher with the collector.
+#[derive(Debug, Default)]
+pub(crate) struct PublishCounts {
+    /// Tasks published so far.
+    pub(crate) published: AtomicU64,
+    /// Every task below this index is published and confirmed, or was
+    /// answered before: where another producer resumes publishing. Messages
+    /// must come in the order of their tasks.
+    pub(crate) through: AtomicU64,
+}
+
+impl PublishCounts {
+    /// Counts for a job whose publishing resumes at task `through`.
+    pub(crate) fn resuming_at(through: u64) -> Self {
+        PublishCounts {
+            published: AtomicU64::new(0),
+            through: AtomicU64::new(through),
+        }
+    }
 }
 
 /// Publishes messages as they come, holding one window permit per task
@@ -302,12 +489,13 @@ pub(crate) fn spawn_publisher(
     session: &JobSession,
     mut tasks: mpsc::Receiver<OutgoingTask>,
     window: Arc<Semaphore>,
-    published: Arc<AtomicU64>,
+    counts: Arc<PublishCounts>,
 ) -> JoinHandle<Result<u64>> {
     let publisher = session.publisher.clone();
     let task_queue = session.topology.task_queue();
     tokio::spawn(async move {
-        let mut confirms: VecDeque<PendingConfirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
+        // Each confirm waits with the end of its message's tasks.
+        let mut confirms: VecDeque<(PendingConfirm, u64)> = VecDeque::with_capacity(CONFIRM_WINDOW);
         let mut count = 0u64;
         loop {
             let Some(task) = tasks.recv().await else {
@@ -321,30 +509,37 @@ pub(crate) fn spawn_publisher(
             let pending = publisher
                 .publish(&task_queue, &task.body, task.properties)
                 .await?;
-            confirms.push_back(pending);
+            confirms.push_back((pending, task.first + u64::from(task.tasks)));
             if count == 0 {
                 tracing::debug!("first task published");
             }
             count += u64::from(task.tasks);
-            published.store(count, Ordering::Relaxed);
+            counts.published.store(count, Ordering::Relaxed);
             if confirms.len() >= CONFIRM_WINDOW {
-                await_confirm(confirms.pop_front(), &task_queue).await?;
+                await_confirm(confirms.pop_front(), &task_queue, &counts).await?;
             }
         }
         while let Some(pending) = confirms.pop_front() {
-            await_confirm(Some(pending), &task_queue).await?;
+            await_confirm(Some(pending), &task_queue, &counts).await?;
         }
         tracing::debug!(tasks = count, "every task published and confirmed");
         Ok(count)
     })
 }
 
-async fn await_confirm(pending: Option<PendingConfirm>, task_queue: &str) -> Result<()> {
-    let Some(pending) = pending else {
+async fn await_confirm(
+    pending: Option<(PendingConfirm, u64)>,
+    task_queue: &str,
+    counts: &PublishCounts,
+) -> Result<()> {
+    let Some((pending, end)) = pending else {
         return Ok(());
     };
     match pending.wait().await? {
-        Routed::Queued => Ok(()),
+        Routed::Queued => {
+            counts.through.fetch_max(end, Ordering::Relaxed);
+            Ok(())
+        }
         Routed::Returned => Err(warren::Error::Unroutable {
             queue: task_queue.to_owned(),
         }
@@ -409,12 +604,29 @@ pub(crate) trait Collector {
 
     /// The indexes of the published tasks not answered yet, in order.
     fn unanswered(&self) -> Vec<u64>;
+
+    /// Whether this kind of job saves checkpoints in its record, so that
+    /// another producer can carry it on. Replies are then acked only once a
+    /// checkpoint covering them is saved; otherwise as they come.
+    fn keeps_checkpoints(&self) -> bool {
+        false
+    }
+
+    /// The state to save in the job's record (see
+    /// [`Collector::keeps_checkpoints`]); `through` is where publishing
+    /// would resume (see [`PublishCounts::through`]).
+    fn checkpoint(&self, through: u64) -> serde_json::Value {
+        let _ = through;
+        serde_json::Value::Null
+    }
 }
 
 /// How to drive one job to its end.
 pub(crate) struct Drive<'a> {
     pub(crate) window: &'a Semaphore,
-    pub(crate) published: &'a AtomicU64,
+    pub(crate) counts: &'a PublishCounts,
+    /// Tasks answered before this producer took the job on (`attach`).
+    pub(crate) answered_before: u64,
     pub(crate) timeout: Option<Duration>,
     /// `--stall-timeout`: how long the job may go without any reply while
     /// the task queue holds nothing, ready or in work.
@@ -438,81 +650,61 @@ pub(crate) async fn drive(
         .timeout
         .and_then(|t| drive.started.checked_add(t))
         .map(tokio::time::Instant::from_std);
-    let mut total: Option<u64> = None;
-    let mut answered = 0u64;
+    let mut state = DriveState {
+        total: None,
+        answered: drive.answered_before,
+        unacked: None,
+        unacked_replies: 0,
+        last_reply: Instant::now(),
+    };
     // The first check waits a moment: workers starting with the job (local
     // ones, or a fleet coming up) are not "missing".
     let mut worker_check = tokio::time::interval_at(
         tokio::time::Instant::now() + WORKER_CHECK_GRACE,
         WORKER_CHECK_INTERVAL,
     );
-    let mut last_reply = Instant::now();
+    let mut checkpoint_due = tokio::time::interval(CHECKPOINT_INTERVAL);
     let result = loop {
-        if total == Some(answered) {
-            tracing::debug!(tasks = answered, "every task answered");
-            break Ok(answered);
+        if state.total == Some(state.answered) {
+            tracing::debug!(tasks = state.answered, "every task answered");
+            break Ok(state.answered);
         }
         tokio::select! {
             () = drive.shutdown.cancelled() => break Err(Error::Cancelled),
             () = sleep_until(deadline) => {
-                break Err(timed_out(&drive, answered, total, session));
+                break Err(timed_out(&drive, state.answered, state.total, session));
             }
-            joined = &mut publisher, if total.is_none() => match joined {
+            joined = &mut publisher, if state.total.is_none() => match joined {
                 Ok(Ok(tasks)) => {
                     drive.progress.set_total(tasks);
-                    total = Some(tasks);
+                    state.total = Some(tasks);
                 }
                 Ok(Err(e)) => break Err(e),
                 Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
             },
             reply = session.next_reply() => {
-                let delivery = match reply {
-                    Ok(delivery) => delivery,
-                    Err(e) => break Err(e),
-                };
-                last_reply = Instant::now();
-                let accepted = match collector.accept(&delivery).await {
-                    Ok(accepted) => accepted,
-                    Err(e) => break Err(e),
-                };
-                let ack = delivery.acker.ack(BasicAckOptions::default());
-                if let Ok(Err(e)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, ack).await {
-                    tracing::debug!(error = %e, "acking a reply failed");
+                if let Err(e) = state.take_reply(reply, session, collector, &drive).await {
+                    break Err(e);
                 }
-                if let Accepted::Answered(tasks) = accepted {
-                    answered += tasks;
-                    drive.window.add_permits(tasks as usize);
-                    drive.progress.advance(tasks);
-                }
-                drive.progress.set_message(collector.progress_message(drive.started.elapsed()));
             }
             completed = collector.completion(), if collector.has_pending() => {
-                last_reply = Instant::now();
+                state.last_reply = Instant::now();
                 match completed {
-                    Ok(Accepted::Answered(tasks)) => {
-                        answered += tasks;
-                        drive.window.add_permits(tasks as usize);
-                        drive.progress.advance(tasks);
-                    }
-                    Ok(Accepted::Other) => {}
+                    Ok(accepted) => state.count(accepted, &drive),
                     Err(e) => break Err(e),
+                }
+            }
+            _ = checkpoint_due.tick(), if state.unacked.is_some() => {
+                if let Err(e) = state.save_checkpoint(session, collector, &drive).await {
+                    break Err(e);
                 }
             }
             _ = worker_check.tick() => {
-                let waiting = drive.published.load(Ordering::Relaxed).saturating_sub(answered);
+                let published = drive.counts.published.load(Ordering::Relaxed);
+                let waiting = published.saturating_sub(state.answered);
                 session.check_workers(drive.progress, waiting).await;
-                // Every task is out, none has been answered for a while and
-                // the broker holds none of them: whoever took the rest acked
-                // them without answering, and no answer will ever come.
-                if total.is_some_and(|t| t > answered)
-                    && last_reply.elapsed() >= drive.stall_timeout
-                    && !collector.has_pending()
-                    && session.is_task_queue_idle().await == Some(true)
-                {
-                    break Err(Error::Unanswered {
-                        after: drive.stall_timeout,
-                        tasks: describe_tasks(&collector.unanswered()),
-                    });
+                if let Err(e) = state.check_stalled(session, collector, &drive).await {
+                    break Err(e);
                 }
             }
         }
@@ -521,6 +713,102 @@ pub(crate) async fn drive(
         publisher.abort();
     }
     result
+}
+
+/// What [`drive`] keeps track of.
+struct DriveState {
+    /// All tasks, once the publisher is done.
+    total: Option<u64>,
+    answered: u64,
+    /// The newest reply not acked yet (jobs that keep checkpoints).
+    unacked: Option<u64>,
+    unacked_replies: u32,
+    last_reply: Instant,
+}
+
+impl DriveState {
+    /// Hands one reply to the collector, and acks it: at once, or with the
+    /// next checkpoint.
+    async fn take_reply(
+        &mut self,
+        reply: Result<Delivery>,
+        session: &mut JobSession,
+        collector: &mut impl Collector,
+        drive: &Drive<'_>,
+    ) -> Result<()> {
+        let delivery = reply?;
+        self.last_reply = Instant::now();
+        let accepted = collector.accept(&delivery).await?;
+        if collector.keeps_checkpoints() {
+            self.unacked = Some(delivery.delivery_tag);
+            self.unacked_replies += 1;
+        } else {
+            let ack = delivery.acker.ack(BasicAckOptions::default());
+            if let Ok(Err(e)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, ack).await {
+                tracing::debug!(error = %e, "acking a reply failed");
+            }
+        }
+        self.count(accepted, drive);
+        drive
+            .progress
+            .set_message(collector.progress_message(drive.started.elapsed()));
+        if self.unacked_replies >= CHECKPOINT_EVERY_REPLIES {
+            self.save_checkpoint(session, collector, drive).await?;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, accepted: Accepted, drive: &Drive<'_>) {
+        if let Accepted::Answered(tasks) = accepted {
+            self.answered += tasks;
+            drive.window.add_permits(tasks as usize);
+            drive.progress.advance(tasks);
+        }
+    }
+
+    /// Saves the collector's state in the job's record, then acks the
+    /// replies it covers. Gives way to Ctrl-C: a broker that stopped
+    /// confirming (an alarm) must not hold the job.
+    async fn save_checkpoint(
+        &mut self,
+        session: &mut JobSession,
+        collector: &impl Collector,
+        drive: &Drive<'_>,
+    ) -> Result<()> {
+        let Some(last_reply) = self.unacked.take() else {
+            return Ok(());
+        };
+        self.unacked_replies = 0;
+        let through = drive.counts.through.load(Ordering::Relaxed);
+        let state = collector.checkpoint(through);
+        let saving = session.checkpoint(state, self.answered, self.total, Some(last_reply));
+        tokio::select! {
+            saved = saving => saved,
+            () = drive.shutdown.cancelled() => Err(Error::Cancelled),
+        }
+    }
+
+    /// Every task is out, none has been answered for a while and the broker
+    /// holds none of them: whoever took the rest acked them without
+    /// answering, and no answer will ever come.
+    async fn check_stalled(
+        &self,
+        session: &JobSession,
+        collector: &impl Collector,
+        drive: &Drive<'_>,
+    ) -> Result<()> {
+        if self.total.is_some_and(|t| t > self.answered)
+            && self.last_reply.elapsed() >= drive.stall_timeout
+            && !collector.has_pending()
+            && session.is_task_queue_idle().await == Some(true)
+        {
+            return Err(Error::Unanswered {
+                after: drive.stall_timeout,
+                tasks: describe_tasks(&collector.unanswered()),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Names tasks for a message ("task 3", "tasks 3, 7"): the first 20, then

@@ -11,6 +11,9 @@
 //! - `job`: the broker side every job shares: session, reply queue,
 //!   worker watch, cleanup.
 //! - `local`: workers run inside the producer with `--workers N`.
+//! - `durable`: a job's record on the broker (what it is, its latest
+//!   checkpoint), which lets it outlive its producer.
+//! - `attach`: `producer attach`, `producer jobs`, `producer cancel`.
 //! - `management`: where the broker's management HTTP API is, for the
 //!   counts AMQP does not give.
 //! - [`status`]: `producer status`, what the queues hold.
@@ -21,9 +24,11 @@
 //! `main.rs` only parses flags, installs logging and signal handling, and
 //! maps the outcome of [`run`] to an exit status.
 
+mod attach;
 pub mod cli;
 pub mod config;
 pub mod download;
+mod durable;
 pub mod error;
 pub mod input;
 mod job;
@@ -35,6 +40,7 @@ pub mod reference;
 pub mod status;
 pub mod sum;
 
+pub use attach::JobListing;
 pub use cli::Cli;
 pub use config::{Config, JobConfig};
 pub use error::{Error, Result};
@@ -65,14 +71,61 @@ pub async fn run(
         config.shared_dir().map(Path::to_owned),
     );
     match &config.job {
+        JobConfig::Sum { config: sum, .. } if sum.detach => {
+            let job = sum::submit(&config.broker, sum, &local, progress, shutdown).await?;
+            Ok(Report::Detached(job))
+        }
         JobConfig::Sum { config: sum, seed } => {
-            let report = sum::run(&config.broker, sum, &local, progress, shutdown).await?;
-            Ok(Report::Sum {
-                report,
-                seed: *seed,
-            })
+            match sum::run(&config.broker, sum, &local, progress, shutdown.clone()).await {
+                Ok(report) => Ok(Report::Sum {
+                    report,
+                    seed: *seed,
+                }),
+                Err(Error::BrokerLost { job }) => {
+                    let limits = sum::RunLimits {
+                        timeout: sum.timeout,
+                        stall_timeout: sum.stall_timeout,
+                    };
+                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         JobConfig::Status(status) => Ok(Report::Status(status::run(&config.broker, status).await?)),
+        JobConfig::Jobs(jobs) => Ok(Report::Jobs(
+            attach::list(&config.broker, jobs.management_url.as_deref()).await?,
+        )),
+        JobConfig::Attach {
+            job,
+            timeout,
+            stall_timeout,
+        } => {
+            let limits = sum::RunLimits {
+                timeout: *timeout,
+                stall_timeout: *stall_timeout,
+            };
+            match attach::attach(
+                &config.broker,
+                job,
+                limits,
+                &local,
+                progress,
+                shutdown.clone(),
+            )
+            .await
+            {
+                Err(Error::BrokerLost { job }) => {
+                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
+                        .await
+                }
+                outcome => outcome,
+            }
+        }
+        JobConfig::Cancel(job) => {
+            attach::cancel(&config.broker, job).await?;
+            Ok(Report::Cancelled(job.clone()))
+        }
         JobConfig::Download(download) => {
             let summary =
                 download::run(&config.broker, download, &local, progress, shutdown).await?;

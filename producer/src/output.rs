@@ -50,6 +50,12 @@ pub enum Report {
     Download(DownloadSummary),
     /// `producer status`.
     Status(StatusReport),
+    /// `producer jobs`.
+    Jobs(Vec<crate::attach::JobListing>),
+    /// `producer cancel`: the job cancelled.
+    Cancelled(warren::JobId),
+    /// `--detach`: the job submitted, for `producer attach`.
+    Detached(warren::JobId),
 }
 
 impl Report {
@@ -61,7 +67,7 @@ impl Report {
             Report::Download(summary) => {
                 u8::from(summary.with_status(ItemStatus::Failed).next().is_some())
             }
-            Report::Status(_) => 0,
+            Report::Status(_) | Report::Jobs(_) | Report::Cancelled(_) | Report::Detached(_) => 0,
         }
     }
 
@@ -95,6 +101,18 @@ impl Report {
                 }
                 object.to_string()
             }
+            Report::Jobs(jobs) => {
+                if json {
+                    serde_json::to_string(jobs).expect("a job list always serializes") // invariant: plain data
+                } else {
+                    crate::attach::jobs_table(jobs)
+                }
+            }
+            Report::Cancelled(job) => format!("cancelled job {job}"),
+            Report::Detached(job) if json => {
+                json!({"job_id": job.as_str(), "detached": true}).to_string()
+            }
+            Report::Detached(job) => job.to_string(),
             Report::Status(report) => {
                 if json {
                     serde_json::to_string(report).expect("a status report always serializes") // invariant: plain data
@@ -179,7 +197,11 @@ impl Report {
                     ));
                 }
             }
-            Report::Download(_) | Report::Status(_) => {}
+            Report::Download(_)
+            | Report::Status(_)
+            | Report::Jobs(_)
+            | Report::Cancelled(_)
+            | Report::Detached(_) => {}
         }
         notes
     }

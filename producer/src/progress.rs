@@ -17,6 +17,8 @@ use warren::JobId;
 pub struct Progress {
     bar: ProgressBar,
     visible: bool,
+    /// `--quiet`: no notes.
+    quiet: bool,
     /// The running job, once it has an id: what a run that ends early
     /// reports with `--json`.
     job: Arc<OnceLock<JobId>>,
@@ -40,6 +42,7 @@ impl Progress {
         Progress {
             bar,
             visible,
+            quiet,
             job: Arc::default(),
             done: Arc::default(),
         }
@@ -50,6 +53,7 @@ impl Progress {
         Progress {
             bar: ProgressBar::hidden(),
             visible: false,
+            quiet: true,
             job: Arc::default(),
             done: Arc::default(),
         }
@@ -97,6 +101,17 @@ impl Progress {
             self.bar.println(format!("warning: {message}"));
         } else {
             eprintln!("warning: {message}");
+        }
+    }
+
+    /// Prints a note above the bar (or plainly when it is hidden), unless
+    /// `--quiet`.
+    pub fn note(&self, message: &str) {
+        if self.quiet {
+        } else if self.visible {
+            self.bar.println(message);
+        } else {
+            eprintln!("{message}");
         }
     }
 

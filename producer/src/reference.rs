@@ -101,8 +101,9 @@ pub struct ReferenceSpec {
     pub range_size: u64,
 }
 
-/// The source's layout and version, and how it is cut into ranges.
-#[derive(Debug, Clone)]
+/// The source's layout and version, and how it is cut into ranges. A job's
+/// record keeps it, so that a resumed job reads the same version.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RangePlan {
     /// What the tasks name.
     pub(crate) source: SourceRef,

@@ -12,24 +12,27 @@
 //! on the first failure, timeout or cancel; whichever it is, the reply
 //! queue is deleted on the way out.
 
-// A poisoned lock still holds a consistent Vec (every update is one push),
-// so poisoning is ignored rather than turned into a panic.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rangemap::RangeSet;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::exact::{Answer, PartialSum, Total};
-use warren::protocol::{DeadLetter, Outcome, RangeTask, SumTask, TaskResult};
+use warren::protocol::{DeadLetter, Outcome, RangeTask, SumTask, TaskResult, VersionPin};
 use warren::{BrokerConfig, Dtype, JobId};
 
+use crate::durable::{JobRecord, JobSpec};
 use crate::error::{Error, Result};
-use crate::input::{self, InputSpec};
-use crate::job::{self, Accepted, Collector, Drive, JobSession, OutgoingTask, explain_dead_letter};
+use crate::input::{self, InputSpec, Source};
+use crate::job::{
+    self, Accepted, Collector, Drive, JobSession, Opening, OutgoingTask, PublishCounts,
+    explain_dead_letter,
+};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use crate::reference::{self, DEFAULT_RANGES_IN_FLIGHT, RangePlan};
@@ -110,6 +113,11 @@ pub struct SumConfig {
     /// Fail the job after this long without a reply while the task queue
     /// holds none of its tasks (see `--stall-timeout`).
     pub stall_timeout: Duration,
+    /// How long the job outlives its producer (`--job-ttl`); zero: it
+    /// ends with its producer and keeps no checkpoints.
+    pub job_ttl: Duration,
+    /// `--detach`: publish every task, then leave the job to `attach`.
+    pub detach: bool,
 }
 
 /// What a finished sum job reports.
@@ -132,11 +140,93 @@ pub struct SumReport {
     pub source: Option<String>,
 }
 
-/// The messages published and not yet answered, by the index of their first
-/// task: the reader records each before it can be published, the collector
-/// takes it out when its result arrives. The in-flight window bounds it, so
-/// the producer's memory does not grow with the number of tasks.
-type Outstanding = Arc<Mutex<BTreeMap<u64, SumTask>>>;
+/// Which tasks are out and which are answered, shared by the input reader
+/// and the collector under one lock, so that a message is never recorded
+/// as out once it is answered (that would count its next result twice).
+#[derive(Debug, Default)]
+struct Ledger {
+    /// The messages published and not yet answered, by the index of their
+    /// first task: the reader records each before it can be published, the
+    /// collector takes it out when its result arrives. The in-flight window
+    /// bounds it, so the producer's memory does not grow with the number of
+    /// tasks.
+    outstanding: BTreeMap<u64, SumTask>,
+    /// The tasks whose results have been counted, as ranges: results arrive
+    /// roughly in order, so this stays small.
+    answered: RangeSet<u64>,
+}
+
+impl Ledger {
+    /// Records a message about to be published; `false` (and nothing
+    /// recorded) when it is answered already and must not be published.
+    fn record(&mut self, message: SumTask) -> bool {
+        if self.answered.contains(&message.index) {
+            return false;
+        }
+        self.outstanding.insert(message.index, message);
+        true
+    }
+}
+
+// A poisoned lock still holds a consistent ledger (every update is one
+// insert or remove), so poisoning is ignored rather than turned into a panic.
+type Outstanding = Arc<Mutex<Ledger>>;
+
+fn lock(ledger: &Outstanding) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a sum job's record keeps: enough for another producer to publish
+/// the rest of the tasks exactly as the first one would have.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "feed", rename_all = "lowercase")]
+pub(crate) enum SumSpec {
+    /// The input streams through the producer.
+    Stream {
+        /// The input, with an absolute path.
+        input: InputSpec,
+        /// Its element type.
+        dtype: Dtype,
+        /// Elements per task.
+        chunk_size: usize,
+        /// Tasks per message.
+        tasks_per_message: usize,
+        /// The in-flight window, in tasks.
+        max_in_flight: usize,
+        /// The file's size and modification time when the job started;
+        /// `None` for stdin and generated input.
+        pin: Option<VersionPin>,
+    },
+    /// The workers read ranges of a source.
+    Ranges {
+        /// The source, its version and its ranges.
+        plan: RangePlan,
+        /// The in-flight window, in tasks.
+        max_in_flight: usize,
+    },
+}
+
+impl SumSpec {
+    /// The `--random` seed, to report it.
+    pub(crate) fn seed(&self) -> Option<u32> {
+        match self {
+            SumSpec::Stream {
+                input: InputSpec::Random { seed, .. },
+                ..
+            } => Some(*seed),
+            _ => None,
+        }
+    }
+}
+
+/// How a job's settings for this run: the flags of the run that drives it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunLimits {
+    /// `--timeout`.
+    pub(crate) timeout: Option<Duration>,
+    /// `--stall-timeout`.
+    pub(crate) stall_timeout: Duration,
+}
 
 /// Runs a sum job to its end.
 ///
@@ -155,60 +245,220 @@ pub(crate) async fn run(
     // Everything that can be checked before the job starts is: bad input
     // leaves no trace on the broker.
     let feed = Feed::open(config, &shutdown).await?;
-    let dtype = feed.dtype();
-
     let job = JobId::random();
     progress.set_job(&job);
-    let mut session = JobSession::open(broker, job.clone(), local, &shutdown).await?;
-    tracing::info!(job_id = %job, dtype = %dtype, "sum job started");
-    progress.start("chunks", feed.total_tasks());
+    let session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
+    tracing::info!(job_id = %job, dtype = %feed.dtype(), "sum job started");
+    if session.record().is_some() {
+        progress.note(&format!(
+            "job {job} started; if this producer stops, `producer attach {job}` carries it on"
+        ));
+    }
+    let limits = RunLimits {
+        timeout: config.timeout,
+        stall_timeout: config.stall_timeout,
+    };
+    let collector = SumCollector::new(&session, feed.dtype());
+    collect(
+        session, feed, collector, limits, progress, shutdown, started,
+    )
+    .await
+}
 
-    let outstanding = Outstanding::default();
+/// Opens a new job: one that outlives its producer, with its record,
+/// unless `--job-ttl 0` says it ends with it.
+async fn open_job(
+    broker: &BrokerConfig,
+    config: &SumConfig,
+    feed: &Feed,
+    job: &JobId,
+    local: &LocalPlan,
+    shutdown: &CancellationToken,
+) -> Result<JobSession> {
+    let opening = if config.job_ttl.is_zero() {
+        Opening::WithProducer(job.clone())
+    } else {
+        let spec = JobSpec::Sum(feed.spec(config)?);
+        Opening::New(Box::new(JobRecord::new(job.clone(), config.job_ttl, spec)))
+    };
+    JobSession::open(broker, opening, local, shutdown).await
+}
+
+/// `--detach`: publishes every task of a sum by reference, saves the job's
+/// record and leaves the job to `producer attach`; returns its id.
+///
+/// # Errors
+/// [`Error::Usage`] for an input that streams through the producer (it
+/// needs its producer to the end), and what [`run`] may fail with before
+/// its first reply.
+pub(crate) async fn submit(
+    broker: &BrokerConfig,
+    config: &SumConfig,
+    local: &LocalPlan,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<JobId> {
+    let feed = Feed::open(config, &shutdown).await?;
+    let Feed::Ranges { plan, .. } = &feed else {
+        return Err(Error::Usage(
+            "--detach needs an input that the workers read themselves (--shared, an http(s):// \
+             or s3:// source): a streamed input needs its producer until the end"
+                .into(),
+        ));
+    };
+    if config.job_ttl.is_zero() {
+        return Err(Error::Usage(
+            "--detach needs a --job-ttl longer than 0".into(),
+        ));
+    }
+    let tasks = plan.tasks();
+    let job = JobId::random();
+    progress.set_job(&job);
+    let mut session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
+    let collector = SumCollector::new(&session, feed.dtype());
+    let counts = Arc::new(PublishCounts::default());
     let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
     let (failure_tx, failure_rx) = oneshot::channel();
-    let max_in_flight = feed.max_in_flight();
+    let end = Arc::new(AtomicU64::new(0));
+    let target = FeedTarget {
+        job: job.clone(),
+        reply_queue: session.reply_queue.clone(),
+        outstanding: Arc::clone(&collector.outstanding),
+        skip: Skip::default(),
+        end: Arc::clone(&end),
+    };
+    let feeder = feed.spawn(target, tasks_tx, failure_tx);
+    // Every task at once: they are small control messages.
+    let window = usize::try_from(tasks).unwrap_or(usize::MAX).max(1);
+    let window = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
+    let publisher = job::spawn_publisher(&session, tasks_rx, window, Arc::clone(&counts));
+    let published = tokio::select! {
+        published = fail_with_input(publisher, failure_rx, end) => match published {
+            Ok(outcome) => outcome,
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+        },
+        () = shutdown.cancelled() => Err(Error::Cancelled),
+    };
+    feeder.abort();
+    let saved = match published {
+        Ok(total) => {
+            let state = collector.checkpoint(total);
+            session.checkpoint(state, 0, Some(total), None).await
+        }
+        Err(e) => Err(e),
+    };
+    match saved {
+        Ok(()) => {
+            session.detach().await;
+            Ok(job)
+        }
+        Err(e) => {
+            session.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Carries on a sum job another producer started, from its record; the
+/// session has already taken the job's attach lock.
+///
+/// # Errors
+/// As [`run`], and [`Error::CannotResume`] or [`Error::InputChanged`] when
+/// the rest of the input cannot be published as the first run would have.
+pub(crate) async fn resume(
+    session: JobSession,
+    record: &JobRecord,
+    spec: &SumSpec,
+    limits: RunLimits,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<SumReport> {
+    let started = Instant::now()
+        .checked_sub(record.age())
+        .unwrap_or_else(Instant::now);
+    progress.set_job(&record.job);
+    let checkpoint = match &record.checkpoint {
+        Some(state) => SumCheckpoint::parse(state, &session)?,
+        None => SumCheckpoint::default(),
+    };
+    let feed = match Feed::resume(spec, &record.job, record.total, &shutdown).await {
+        Ok(feed) => feed,
+        Err(e) => {
+            session.detach().await;
+            return Err(e);
+        }
+    };
+    let mut collector = SumCollector::new(&session, feed.dtype());
+    collector.restore(checkpoint, feed.shape())?;
+    tracing::info!(job_id = %record.job, "sum job resumed");
+    collect(
+        session, feed, collector, limits, progress, shutdown, started,
+    )
+    .await
+}
+
+/// Publishes the feed's tasks and gathers the results to the end.
+async fn collect(
+    mut session: JobSession,
+    feed: Feed,
+    mut collector: SumCollector,
+    limits: RunLimits,
+    progress: &Progress,
+    shutdown: CancellationToken,
+    started: Instant,
+) -> Result<SumReport> {
+    let job = session.job.clone();
+    let answered_before = collector.answered_count();
+    progress.start("chunks", feed.total_tasks());
+    progress.advance(answered_before);
+    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
+    let (failure_tx, failure_rx) = oneshot::channel();
+    // Tasks restored as outstanding were published by an earlier producer:
+    // they count against the window already.
+    let window = feed
+        .max_in_flight()
+        .saturating_sub(collector.outstanding_tasks() as usize);
     let source = feed.source_name();
+    let counts = Arc::new(PublishCounts::resuming_at(collector.through));
+    let end = Arc::new(AtomicU64::new(0));
     let feeder = feed.spawn(
-        job.clone(),
-        session.reply_queue.clone(),
-        Arc::clone(&outstanding),
+        FeedTarget {
+            job: job.clone(),
+            reply_queue: session.reply_queue.clone(),
+            outstanding: Arc::clone(&collector.outstanding),
+            skip: Skip {
+                below: collector.through,
+            },
+            end: Arc::clone(&end),
+        },
         tasks_tx,
         failure_tx,
     );
-    let window = Arc::new(Semaphore::new(max_in_flight));
-    let published = Arc::new(AtomicU64::new(0));
-    let publisher = job::spawn_publisher(
-        &session,
-        tasks_rx,
-        Arc::clone(&window),
-        Arc::clone(&published),
-    );
-    let publisher = fail_with_input(publisher, failure_rx);
-
-    let mut collector = SumCollector {
-        job: job.clone(),
-        dtype,
-        total: Total::new(dtype),
-        answered: RangeSet::new(),
-        duplicates: 0,
-        workers: BTreeSet::new(),
-        outstanding,
-        dead_letter_queue: session.topology.dead_letter_queue(),
-    };
+    let window = Arc::new(Semaphore::new(window));
+    let publisher =
+        job::spawn_publisher(&session, tasks_rx, Arc::clone(&window), Arc::clone(&counts));
+    let publisher = fail_with_input(publisher, failure_rx, end);
     let drive = Drive {
         window: &window,
-        published: &published,
-        timeout: config.timeout,
-        stall_timeout: config.stall_timeout,
+        counts: &counts,
+        answered_before,
+        timeout: limits.timeout,
+        stall_timeout: limits.stall_timeout,
         progress,
         shutdown: &shutdown,
         started,
     };
     let outcome = job::drive(&mut session, &mut collector, publisher, drive).await;
-    // Whatever happened, stop feeding and end the job on the broker.
     feeder.abort();
-    session.close().await;
     progress.finish();
+    // A job that outlives its producer outlives a lost connection too: the
+    // caller connects again and carries it on from its record. Anything
+    // else ends the job on the broker.
+    if outcome.is_err() && !session.is_connected() && session.record().is_some() {
+        session.detach().await;
+        return Err(Error::BrokerLost { job });
+    }
+    session.close().await;
 
     let chunks = outcome?;
     Ok(SumReport {
@@ -230,11 +480,43 @@ enum Feed {
         batch: Batching,
         max_in_flight: usize,
         first: Option<input::Chunk>,
+        /// The file's version, checked again by a resuming producer.
+        pin: Option<VersionPin>,
     },
     Ranges {
         plan: RangePlan,
         max_in_flight: usize,
     },
+    /// Every task was published by an earlier producer.
+    Published {
+        dtype: Dtype,
+        tasks: u64,
+        max_in_flight: usize,
+    },
+}
+
+/// Where the feed sends its tasks, and which it leaves out.
+struct FeedTarget {
+    job: JobId,
+    reply_queue: String,
+    outstanding: Outstanding,
+    skip: Skip,
+    /// Set to the number of tasks once the input is read to its end.
+    end: Arc<AtomicU64>,
+}
+
+/// The messages a resumed job does not publish again: those below `below`,
+/// published and confirmed by an earlier producer, or answered. (Answered
+/// ones above are left out by [`Ledger::record`].)
+#[derive(Debug, Default)]
+struct Skip {
+    below: u64,
+}
+
+impl Skip {
+    fn skips(&self, first: u64) -> bool {
+        first < self.below
+    }
 }
 
 impl Feed {
@@ -254,6 +536,7 @@ impl Feed {
         // Opening may block (stdin).
         let settings = config.clone();
         job::read_blocking(shutdown, move || {
+            let pin = file_pin(&settings.input)?;
             let mut input = input::open(&settings.input)?;
             let (batch, max_in_flight) = settings.batching(input.dtype())?;
             let first = input.next_chunk(batch.max_elements())?;
@@ -262,15 +545,142 @@ impl Feed {
                 batch,
                 max_in_flight,
                 first,
+                pin,
             })
         })
         .await
+    }
+
+    /// Opens the input of a job another producer started, as its record
+    /// describes it, and checks that it is the same input.
+    async fn resume(
+        spec: &SumSpec,
+        job: &JobId,
+        published: Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<Feed> {
+        let (input, chunk_size, tasks_per_message, max_in_flight, pin) = match spec {
+            SumSpec::Ranges {
+                plan,
+                max_in_flight,
+            } => {
+                return Ok(Feed::Ranges {
+                    plan: plan.clone(),
+                    max_in_flight: *max_in_flight,
+                });
+            }
+            SumSpec::Stream {
+                dtype,
+                max_in_flight,
+                ..
+            } if published.is_some() => {
+                return Ok(Feed::Published {
+                    dtype: *dtype,
+                    tasks: published.unwrap_or_default(),
+                    max_in_flight: *max_in_flight,
+                });
+            }
+            SumSpec::Stream {
+                input,
+                chunk_size,
+                tasks_per_message,
+                max_in_flight,
+                pin,
+                ..
+            } => (
+                input.clone(),
+                *chunk_size,
+                *tasks_per_message,
+                *max_in_flight,
+                pin.clone(),
+            ),
+        };
+        if let InputSpec::Read {
+            source: Source::Stdin,
+            ..
+        } = &input
+        {
+            return Err(Error::CannotResume {
+                job: job.to_string(),
+                reason: "its input came from stdin and was not all published when its \
+                         producer stopped; run the job again"
+                    .into(),
+            });
+        }
+        job::read_blocking(shutdown, move || {
+            if file_pin(&input)? != pin {
+                return Err(Error::InputChanged {
+                    input: input_name(&input),
+                });
+            }
+            let mut reader = input::open(&input)?;
+            let batch = Batching {
+                chunk_size,
+                tasks_per_message,
+            };
+            let first = reader.next_chunk(batch.max_elements())?;
+            Ok(Feed::Stream {
+                input: reader,
+                batch,
+                max_in_flight,
+                first,
+                pin,
+            })
+        })
+        .await
+    }
+
+    /// What the job's record keeps of this feed.
+    fn spec(&self, config: &SumConfig) -> Result<SumSpec> {
+        Ok(match self {
+            Feed::Stream {
+                input,
+                batch,
+                max_in_flight,
+                pin,
+                ..
+            } => SumSpec::Stream {
+                input: absolute(&config.input)?,
+                dtype: input.dtype(),
+                chunk_size: batch.chunk_size,
+                tasks_per_message: batch.tasks_per_message,
+                max_in_flight: *max_in_flight,
+                pin: pin.clone(),
+            },
+            Feed::Ranges {
+                plan,
+                max_in_flight,
+            } => SumSpec::Ranges {
+                plan: plan.clone(),
+                max_in_flight: *max_in_flight,
+            },
+            Feed::Published { .. } => unreachable!("a new job's feed publishes its tasks"),
+        })
+    }
+
+    /// How the input is cut into messages; `None` when every message is
+    /// published already.
+    fn shape(&self) -> Option<Shape> {
+        match self {
+            Feed::Stream { input, batch, .. } => Some(Shape {
+                chunk: batch.chunk_size as u64,
+                tasks_per_message: batch.tasks_per_message as u64,
+                elements: input.total_elements(),
+            }),
+            Feed::Ranges { plan, .. } => Some(Shape {
+                chunk: plan.per_range,
+                tasks_per_message: 1,
+                elements: Some(plan.count),
+            }),
+            Feed::Published { .. } => None,
+        }
     }
 
     fn dtype(&self) -> Dtype {
         match self {
             Feed::Stream { input, .. } => input.dtype(),
             Feed::Ranges { plan, .. } => plan.dtype,
+            Feed::Published { dtype, .. } => *dtype,
         }
     }
 
@@ -280,21 +690,22 @@ impl Feed {
                 .total_elements()
                 .map(|n| n.div_ceil(batch.chunk_size as u64)),
             Feed::Ranges { plan, .. } => Some(plan.tasks()),
+            Feed::Published { tasks, .. } => Some(*tasks),
         }
     }
 
     fn max_in_flight(&self) -> usize {
         match self {
-            Feed::Stream { max_in_flight, .. } | Feed::Ranges { max_in_flight, .. } => {
-                *max_in_flight
-            }
+            Feed::Stream { max_in_flight, .. }
+            | Feed::Ranges { max_in_flight, .. }
+            | Feed::Published { max_in_flight, .. } => *max_in_flight,
         }
     }
 
     /// The source a by-reference job reads, for the report.
     fn source_name(&self) -> Option<String> {
         match self {
-            Feed::Stream { .. } => None,
+            Feed::Stream { .. } | Feed::Published { .. } => None,
             Feed::Ranges { plan, .. } => Some(plan.source.to_string()),
         }
     }
@@ -304,9 +715,7 @@ impl Feed {
     /// may be waiting for window permits that no worker will return).
     fn spawn(
         self,
-        job: JobId,
-        reply_queue: String,
-        outstanding: Outstanding,
+        target: FeedTarget,
         tasks: mpsc::Sender<OutgoingTask>,
         failure: oneshot::Sender<Error>,
     ) -> JoinHandle<()> {
@@ -319,36 +728,44 @@ impl Feed {
             } => tokio::task::spawn_blocking(move || {
                 let reader = TaskReader {
                     batch,
-                    job: &job,
-                    reply_queue: &reply_queue,
-                    outstanding: &outstanding,
+                    target: &target,
                 };
-                if let Err(e) = reader.run(first, input, &tasks) {
-                    let _ = failure.send(e);
+                match reader.run(first, input, &tasks) {
+                    Ok(end) => target.end.store(end, Ordering::Relaxed),
+                    Err(e) => {
+                        let _ = failure.send(e);
+                    }
                 }
             }),
+            // Nothing to send: closing the channel ends the publisher.
+            Feed::Published { tasks: count, .. } => {
+                target.end.store(count, Ordering::Relaxed);
+                tokio::spawn(async move { drop((tasks, failure)) })
+            }
             Feed::Ranges { plan, .. } => tokio::spawn(async move {
+                target.end.store(plan.tasks(), Ordering::Relaxed);
                 for (index, spec) in plan.ranges() {
+                    if target.skip.skips(index) {
+                        continue;
+                    }
                     let count = spec.count;
                     let task = RangeTask {
-                        job: job.clone(),
+                        job: target.job.clone(),
                         index,
                         spec,
                     };
                     let message = OutgoingTask {
+                        first: index,
                         body: task.body(),
-                        properties: task.properties(&reply_queue),
+                        properties: task.properties(&target.reply_queue),
                         tasks: 1,
                     };
                     // Recorded before the message can be published, so no
                     // result can arrive first.
-                    outstanding
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(
-                            index,
-                            SumTask::single(job.clone(), index, plan.dtype, count),
-                        );
+                    let recorded = SumTask::single(target.job.clone(), index, plan.dtype, count);
+                    if !lock(&target.outstanding).record(recorded) {
+                        continue;
+                    }
                     if tasks.send(message).await.is_err() {
                         break;
                     }
@@ -358,9 +775,54 @@ impl Feed {
     }
 }
 
+/// A streamed file's size and modification time; `None` for stdin and
+/// generated input.
+fn file_pin(input: &InputSpec) -> Result<Option<VersionPin>> {
+    let InputSpec::Read {
+        source: Source::File(path),
+        ..
+    } = input
+    else {
+        return Ok(None);
+    };
+    let open_error = |source| Error::Open {
+        input: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(open_error)?;
+    warren::source::file_pin(&file)
+        .map(Some)
+        .map_err(open_error)
+}
+
+/// The input with its file's path made absolute, for a record that another
+/// producer may read from another directory.
+fn absolute(input: &InputSpec) -> Result<InputSpec> {
+    let mut input = input.clone();
+    if let InputSpec::Read {
+        source: Source::File(path),
+        ..
+    } = &mut input
+    {
+        *path = std::path::absolute(&*path).map_err(|source| Error::Open {
+            input: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(input)
+}
+
+fn input_name(input: &InputSpec) -> String {
+    match input {
+        InputSpec::Read { source, .. } => source.to_string(),
+        InputSpec::Random { .. } => "--random".into(),
+        InputSpec::Reference(_) => "the source".into(),
+    }
+}
+
 /// How the input is cut into tasks and messages.
 #[derive(Debug, Clone, Copy)]
-struct Batching {
+pub(crate) struct Batching {
     /// Elements per task.
     chunk_size: usize,
     /// Tasks per message (the last message may hold fewer).
@@ -401,14 +863,12 @@ impl SumConfig {
 /// Cuts the input into messages of tasks, on a blocking thread.
 struct TaskReader<'a> {
     batch: Batching,
-    job: &'a JobId,
-    reply_queue: &'a str,
-    outstanding: &'a Outstanding,
+    target: &'a FeedTarget,
 }
 
 impl TaskReader<'_> {
     /// Reads until the input ends, an error occurs or the publisher goes
-    /// away.
+    /// away; returns the number of tasks read.
     ///
     /// # Errors
     /// A read error or malformed input. The channel to the publisher is
@@ -419,36 +879,36 @@ impl TaskReader<'_> {
         first: Option<input::Chunk>,
         mut input: Box<dyn input::ChunkReader>,
         tasks: &mpsc::Sender<OutgoingTask>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let dtype = input.dtype();
+        let target = self.target;
         let mut next_index = 0u64;
         let mut next = first;
         while let Some(chunk) = next {
             let message = SumTask::batch(
-                self.job.clone(),
+                target.job.clone(),
                 next_index,
                 dtype,
                 chunk.count,
                 self.batch.chunk_size as u64,
             );
             next_index += message.tasks;
-            let task = OutgoingTask {
-                body: chunk.bytes,
-                properties: message.properties(self.reply_queue),
-                tasks: message.tasks as u32,
-            };
-            // Recorded before the message can be published, so no result
-            // can arrive first.
-            self.outstanding
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(message.index, message);
-            if tasks.blocking_send(task).is_err() {
-                break;
+            if !target.skip.skips(message.index) {
+                let task = OutgoingTask {
+                    first: message.index,
+                    body: chunk.bytes,
+                    properties: message.properties(&target.reply_queue),
+                    tasks: message.tasks as u32,
+                };
+                // Recorded before the message can be published, so no
+                // result can arrive first.
+                if lock(&target.outstanding).record(message) && tasks.blocking_send(task).is_err() {
+                    return Ok(next_index);
+                }
             }
             next = input.next_chunk(self.batch.max_elements())?;
         }
-        Ok(())
+        Ok(next_index)
     }
 }
 
@@ -458,16 +918,20 @@ impl TaskReader<'_> {
 /// The reader sends its error before it closes the channel, and the
 /// publisher only finishes after the channel closes, so a failed input can
 /// never pass for a finished one: `biased` checks the failure first.
+///
+/// The job's task count is where the feed ended (`end`), not what this
+/// producer published: a resumed job publishes only the rest.
 fn fail_with_input(
     mut publisher: JoinHandle<Result<u64>>,
     mut failure: oneshot::Receiver<Error>,
+    end: Arc<AtomicU64>,
 ) -> JoinHandle<Result<u64>> {
     tokio::spawn(async move {
         let outcome = tokio::select! {
             biased;
             Ok(error) = &mut failure => Err(error),
             joined = &mut publisher => match joined {
-                Ok(outcome) => outcome,
+                Ok(outcome) => outcome.map(|_| end.load(Ordering::Relaxed)),
                 Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
             },
         };
@@ -483,16 +947,160 @@ struct SumCollector {
     job: JobId,
     dtype: Dtype,
     total: Total,
-    /// The tasks whose results have been counted, as ranges: results arrive
-    /// roughly in order, so this stays small.
-    answered: RangeSet<u64>,
     duplicates: u64,
     workers: BTreeSet<String>,
+    /// Shared with the input reader.
     outstanding: Outstanding,
     dead_letter_queue: String,
+    /// Where publishing resumed (0 for a new job).
+    through: u64,
+    /// Whether the job keeps checkpoints (it outlives its producer).
+    durable: bool,
+    /// For a resumed job: how the input is cut, to check results for
+    /// messages that the earlier producer published after its last
+    /// checkpoint (they are in no record).
+    shape: Option<Shape>,
+}
+
+/// How a job's input is cut into messages: `chunk` elements per task (the
+/// last task may hold fewer), `tasks_per_message` tasks per message (the
+/// last message may hold fewer), `elements` in all when known.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    chunk: u64,
+    tasks_per_message: u64,
+    elements: Option<u64>,
+}
+
+impl Shape {
+    /// The message that starts at task `first` and is answered by `counts`
+    /// (elements per task), if the input can hold such a message.
+    fn message(&self, job: &JobId, dtype: Dtype, first: u64, counts: &[u64]) -> Option<SumTask> {
+        let tasks = counts.len() as u64;
+        if !first.is_multiple_of(self.tasks_per_message)
+            || tasks == 0
+            || tasks > self.tasks_per_message
+        {
+            return None;
+        }
+        let count: u64 = counts.iter().sum();
+        let (last, before) = counts.split_last()?;
+        // Every task but the last is whole; the last may be short.
+        let cut_right = before.iter().all(|&c| c == self.chunk) && (1..=self.chunk).contains(last);
+        let fits = match self.elements {
+            // Known size: exactly the message the reader cuts there.
+            Some(elements) => {
+                let start = first.checked_mul(self.chunk)?;
+                let expected = elements
+                    .checked_sub(start)?
+                    .min(self.chunk * self.tasks_per_message);
+                count == expected
+            }
+            // Unknown size (text, stdin): a short message can only be the
+            // last, which the final task count checks.
+            None => true,
+        };
+        (cut_right && fits).then(|| SumTask {
+            job: job.clone(),
+            index: first,
+            dtype,
+            count,
+            tasks,
+            chunk: self.chunk,
+        })
+    }
+}
+
+/// A sum job's checkpoint, as its record keeps it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SumCheckpoint {
+    /// The exact total of the answered tasks.
+    total: Option<PartialSum>,
+    /// The answered tasks, as `[start, end)` ranges.
+    answered: Vec<(u64, u64)>,
+    /// Messages published and confirmed but not answered yet, as
+    /// `[first task, elements, tasks, elements per task]`.
+    outstanding: Vec<[u64; 4]>,
+    /// Every task below this is published and confirmed, or answered.
+    through: u64,
+    duplicates: u64,
+    workers: BTreeSet<String>,
+}
+
+impl SumCheckpoint {
+    fn parse(state: &serde_json::Value, session: &JobSession) -> Result<SumCheckpoint> {
+        serde_json::from_value(state.clone()).map_err(|e| Error::BadRecord {
+            queue: session.topology.job_queue(&session.job),
+            reason: format!("its sum checkpoint: {e}"),
+        })
+    }
 }
 
 impl SumCollector {
+    fn new(session: &JobSession, dtype: Dtype) -> Self {
+        SumCollector {
+            job: session.job.clone(),
+            dtype,
+            total: Total::new(dtype),
+            duplicates: 0,
+            workers: BTreeSet::new(),
+            outstanding: Outstanding::default(),
+            dead_letter_queue: session.topology.dead_letter_queue(),
+            through: 0,
+            shape: None,
+            durable: session.record().is_some(),
+        }
+    }
+
+    /// Takes up where a checkpoint left off.
+    ///
+    /// # Errors
+    /// [`Error::Warren`] (malformed) when the saved total does not fit the
+    /// job's dtype.
+    fn restore(&mut self, checkpoint: SumCheckpoint, shape: Option<Shape>) -> Result<()> {
+        if let Some(total) = &checkpoint.total {
+            self.total.add(total)?;
+        }
+        let mut ledger = lock(&self.outstanding);
+        for (start, end) in checkpoint.answered {
+            if start < end {
+                ledger.answered.insert(start..end);
+            }
+        }
+        for [index, count, tasks, chunk] in checkpoint.outstanding {
+            let message = SumTask {
+                job: self.job.clone(),
+                index,
+                dtype: self.dtype,
+                count,
+                tasks,
+                chunk,
+            };
+            ledger.outstanding.insert(index, message);
+        }
+        drop(ledger);
+        self.through = checkpoint.through;
+        self.duplicates = checkpoint.duplicates;
+        self.workers = checkpoint.workers;
+        self.shape = shape;
+        Ok(())
+    }
+
+    /// Tasks answered so far.
+    fn answered_count(&self) -> u64 {
+        let ledger = lock(&self.outstanding);
+        ledger.answered.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Tasks in the messages published and not answered yet.
+    fn outstanding_tasks(&self) -> u64 {
+        lock(&self.outstanding)
+            .outstanding
+            .values()
+            .map(|m| m.tasks)
+            .sum()
+    }
+
     /// Adds the partial sums answering the message whose first task is
     /// `first`, unless it was answered before; returns how many tasks were
     /// new.
@@ -502,43 +1110,65 @@ impl SumCollector {
     /// the job rather than leaving tasks unanswered.
     fn add(&mut self, first: u64, partials: &[PartialSum], worker: &str) -> Result<u64> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
-        let mut outstanding = self
-            .outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(message) = outstanding.get(&first) else {
-            if self.answered.contains(&first) {
-                self.duplicates += 1;
-                tracing::debug!(task = first, worker, "duplicate result ignored");
-                return Ok(0);
-            }
-            return Err(malformed(format!(
-                "worker {worker} answered task {first}, which no unanswered message starts with"
-            )));
+        let mut ledger = lock(&self.outstanding);
+        if ledger.answered.contains(&first) {
+            self.duplicates += 1;
+            tracing::debug!(task = first, worker, "duplicate result ignored");
+            return Ok(0);
+        }
+        let message = match ledger.outstanding.remove(&first) {
+            Some(message) => message,
+            None => self.unrecorded(first, partials).ok_or_else(|| {
+                malformed(format!(
+                    "worker {worker} answered task {first}, which no unanswered message starts with"
+                ))
+            })?,
         };
-        if partials.len() as u64 != message.tasks {
-            return Err(malformed(format!(
-                "worker {worker} answered the {} task(s) from {first} with {} partial sum(s)",
-                message.tasks,
-                partials.len()
-            )));
+        let checked = check_answer(&message, partials, worker);
+        if let Err(e) = checked {
+            ledger.outstanding.insert(first, message);
+            return Err(e);
         }
-        for ((index, expected), partial) in message.task_counts().zip(partials) {
-            if partial.count() != expected {
-                return Err(malformed(format!(
-                    "task {index} has {expected} elements but worker {worker} summed {}",
-                    partial.count()
-                )));
-            }
-        }
-        let tasks = message.tasks;
         for partial in partials {
             self.total.add(partial)?;
         }
-        outstanding.remove(&first);
-        self.answered.insert(first..first + tasks);
-        Ok(tasks)
+        ledger.answered.insert(first..first + message.tasks);
+        Ok(message.tasks)
     }
+
+    /// The message a result answers that no record holds: one the earlier
+    /// producer of a resumed job published after its last checkpoint, if
+    /// the input can hold it.
+    fn unrecorded(&self, first: u64, partials: &[PartialSum]) -> Option<SumTask> {
+        if first < self.through {
+            return None;
+        }
+        let counts: Vec<u64> = partials.iter().map(PartialSum::count).collect();
+        self.shape?.message(&self.job, self.dtype, first, &counts)
+    }
+}
+
+/// Checks that `partials` answer `message` whole: one partial sum per task,
+/// each over that task's element count.
+fn check_answer(message: &SumTask, partials: &[PartialSum], worker: &str) -> Result<()> {
+    let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
+    let first = message.index;
+    if partials.len() as u64 != message.tasks {
+        return Err(malformed(format!(
+            "worker {worker} answered the {} task(s) from {first} with {} partial sum(s)",
+            message.tasks,
+            partials.len()
+        )));
+    }
+    for ((index, expected), partial) in message.task_counts().zip(partials) {
+        if partial.count() != expected {
+            return Err(malformed(format!(
+                "task {index} has {expected} elements but worker {worker} summed {}",
+                partial.count()
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Collector for SumCollector {
@@ -581,12 +1211,33 @@ impl Collector for SumCollector {
         Ok(Accepted::Answered(answered))
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        self.durable
+    }
+
+    /// The total, the answered tasks and the messages that an earlier
+    /// producer published and that are still to be answered: those below
+    /// `through` (the ones above will be published again).
+    fn checkpoint(&self, through: u64) -> serde_json::Value {
+        let ledger = lock(&self.outstanding);
+        let checkpoint = SumCheckpoint {
+            total: Some(self.total.to_partial()),
+            answered: ledger.answered.iter().map(|r| (r.start, r.end)).collect(),
+            outstanding: ledger
+                .outstanding
+                .range(..through)
+                .map(|(_, m)| [m.index, m.count, m.tasks, m.chunk])
+                .collect(),
+            through,
+            duplicates: self.duplicates,
+            workers: self.workers.clone(),
+        };
+        serde_json::to_value(checkpoint).expect("a checkpoint always serializes") // invariant: plain data
+    }
+
     fn unanswered(&self) -> Vec<u64> {
-        let outstanding = self
+        lock(&self.outstanding)
             .outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        outstanding
             .iter()
             .flat_map(|(first, message)| *first..first + message.tasks)
             .collect()

@@ -770,6 +770,8 @@ fn a_worker_reconnects_after_its_connection_is_closed() {
 #[test]
 fn a_producer_whose_connection_is_closed_says_what_to_do_issue_12() {
     let mut s = Scenario::new("producer_conn_closed");
+    // A job that ends with its producer: a durable one reconnects instead
+    // (durable::a_producer_whose_connection_is_closed_mid_job_reconnects_and_ends_exact).
     let producer = s
         .producer(&[
             "sum",
@@ -777,6 +779,8 @@ fn a_producer_whose_connection_is_closed_says_what_to_do_issue_12() {
             "1000",
             "--seed",
             "1",
+            "--job-ttl",
+            "0",
             "--timeout",
             "60s",
             "--json",

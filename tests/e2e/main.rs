@@ -18,6 +18,10 @@ mod sum;
 /// HTTP URL or an S3 object; exact answers, changed and refused sources.
 mod by_reference;
 
+/// Jobs that outlive their producer: attach after a SIGKILL, jobs,
+/// cancel, the attach lock, a changed input, the job TTL.
+mod durable;
+
 /// Download jobs: files from a local HTTP server, both delivery modes,
 /// retries, limits, unsafe names, re-runs.
 mod download;

@@ -227,6 +227,12 @@ impl Error {
         self.amqp_reply_code() == Some(406)
     }
 
+    /// True when another connection holds the queue exclusively (AMQP 405
+    /// RESOURCE_LOCKED).
+    pub fn is_resource_locked(&self) -> bool {
+        self.amqp_reply_code() == Some(405)
+    }
+
     /// True when the broker refused our credentials or the virtual host:
     /// retrying with the same settings cannot help.
     pub fn is_access_refused(&self) -> bool {

@@ -586,6 +586,24 @@ impl Total {
         self.count
     }
 
+    /// The total so far as one exact partial sum, for a checkpoint:
+    /// `Total::new(dtype)` plus this partial is this total again.
+    pub fn to_partial(&self) -> PartialSum {
+        if self.dtype.is_float() {
+            PartialSum::Float {
+                count: self.count,
+                mantissa: self.exact.clone(),
+                exponent: UNIT_EXPONENT,
+                nonfinite: self.nonfinite,
+            }
+        } else {
+            PartialSum::Int {
+                count: self.count,
+                sum: self.exact.clone(),
+            }
+        }
+    }
+
     /// Rounds (floats) or formats (integers) the total.
     pub fn answer(&self) -> Answer {
         if self.dtype.is_float() {
@@ -1007,5 +1025,30 @@ mod tests {
         for (x, expected) in cases {
             assert_eq!(python_repr(x), expected, "{x:e}");
         }
+    }
+
+    #[test]
+    fn a_total_restored_from_its_partial_is_the_same_total() {
+        let mut total = Total::new(Dtype::Float64);
+        for chunk in [[0.1f64, 1e300, -1e300], [1e-310, 3.0, -0.25]] {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            total
+                .add(&sum_chunk(Dtype::Float64, &bytes).unwrap())
+                .unwrap();
+        }
+        let mut restored = Total::new(Dtype::Float64);
+        restored.add(&total.to_partial()).unwrap();
+        assert_eq!(restored.answer(), total.answer());
+        assert_eq!(restored.count(), 6);
+
+        let mut ints = Total::new(Dtype::Int64);
+        let bytes: Vec<u8> = [i64::MAX, i64::MAX, -5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        ints.add(&sum_chunk(Dtype::Int64, &bytes).unwrap()).unwrap();
+        let mut restored = Total::new(Dtype::Int64);
+        restored.add(&ints.to_partial()).unwrap();
+        assert_eq!(restored.answer(), ints.answer());
     }
 }

@@ -7,12 +7,15 @@
 //! | `P.tasks` | durable quorum queue all workers consume |
 //! | `P.dead-letter` | headers exchange that dead-lettered tasks go to |
 //! | `P.dead` | durable quorum queue bound to `P.dead-letter`: keeps the latest dead letters (100,000 messages, 1 GiB at most) |
-//! | `P.reply.<job>` | one job's results; also bound to `P.dead-letter` for that job's tasks |
+//! | `P.reply.<job>` | one job's results: a durable quorum queue (an auto-delete classic one for downloads), also bound to `P.dead-letter` for that job's tasks |
+//! | `P.job.<job>` | one job's record (what it is and its latest checkpoint): a durable quorum queue holding one message |
+//! | `P.attached.<job>` | exclusive to the producer attached to the job: a second one cannot attach |
 //!
-//! A job is alive exactly as long as its reply queue exists: it is
-//! auto-delete, so it goes away when the producer stops consuming (it
-//! finished, was cancelled, or its process died), and workers drop tasks
-//! whose reply queue is gone. See
+//! A job is alive exactly as long as its reply queue exists. The producer
+//! deletes it when the job ends or is cancelled; if the producer dies, the
+//! queue and the job's record stay, so another producer can attach, until
+//! nobody has consumed the queue for the job's TTL (`x-expires`). Workers
+//! drop tasks whose reply queue is gone. See
 //! <https://www.rabbitmq.com/docs/quorum-queues> for the task queue's
 //! semantics and <https://www.rabbitmq.com/docs/dlx> for dead-lettering.
 
@@ -33,9 +36,30 @@ pub const DEAD_LETTER_MAX_MESSAGES: i64 = 100_000;
 /// ...and at most this many bytes of them (1 GiB).
 pub const DEAD_LETTER_MAX_BYTES: i64 = 1 << 30;
 
-/// A reply queue that never got a consumer (its producer died right after
-/// declaring it) is deleted after this many milliseconds.
-const REPLY_QUEUE_EXPIRES_MS: i64 = 60_000;
+/// How long a job outlives its producer by default: its reply queue and
+/// record expire after this long without a consumer.
+pub const DEFAULT_JOB_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a job's reply queue lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobLifetime {
+    /// A durable quorum queue: results survive a broker restart and the
+    /// loss of a cluster node, and a producer that dies can be replaced by
+    /// another (`producer attach`) until nobody has consumed the queue for
+    /// `ttl`.
+    Durable {
+        /// How long the queue stays without a consumer.
+        ttl: std::time::Duration,
+    },
+    /// A classic auto-delete queue, gone with its producer's consumer: for
+    /// jobs that keep no checkpoints (downloads, for now).
+    WithProducer,
+}
+
+/// A reply queue of [`JobLifetime::WithProducer`] that never got a
+/// consumer (its producer died right after declaring it) is deleted after
+/// this many milliseconds.
+const UNCONSUMED_REPLY_QUEUE_EXPIRES_MS: i64 = 60_000;
 
 /// The names and declarations of one queue prefix.
 #[derive(Debug, Clone)]
@@ -72,6 +96,22 @@ impl Topology {
     /// A job's reply queue: `P.reply.<job>`.
     pub fn reply_queue(&self, job: &JobId) -> String {
         format!("{}.reply.{job}", self.prefix)
+    }
+
+    /// A job's record queue: `P.job.<job>`.
+    pub fn job_queue(&self, job: &JobId) -> String {
+        format!("{}.job.{job}", self.prefix)
+    }
+
+    /// The prefix of every job record queue's name, `P.job.`, for listing.
+    pub fn job_queue_prefix(&self) -> String {
+        format!("{}.job.", self.prefix)
+    }
+
+    /// The queue whose exclusive declaration marks a job as attached:
+    /// `P.attached.<job>`.
+    pub fn attach_lock(&self, job: &JobId) -> String {
+        format!("{}.attached.{job}", self.prefix)
     }
 
     /// Declares the exchange and queues every job shares. Idempotent: the
@@ -130,29 +170,92 @@ impl Topology {
 
     /// Declares a job's reply queue and routes the job's dead-lettered tasks
     /// into it, so the producer hears at once when a task is given up on.
+    /// See [`JobLifetime`] for the two kinds. Idempotent for the same
+    /// lifetime.
     ///
     /// # Errors
     /// [`Error::Broker`].
-    pub async fn declare_reply_queue(&self, channel: &Channel, job: &JobId) -> Result<String> {
+    pub async fn declare_reply_queue(
+        &self,
+        channel: &Channel,
+        job: &JobId,
+        lifetime: JobLifetime,
+    ) -> Result<String> {
         let name = self.reply_queue(job);
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), string("classic"));
-        args.insert(
-            "x-expires".into(),
-            AMQPValue::LongLongInt(REPLY_QUEUE_EXPIRES_MS),
-        );
-        let options = QueueDeclareOptions {
-            durable: false,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        declare_queue(channel, &name, options, args).await?;
+        match lifetime {
+            JobLifetime::Durable { ttl } => {
+                declare_queue(
+                    channel,
+                    &name,
+                    QueueDeclareOptions::durable(),
+                    expiring(ttl),
+                )
+                .await?;
+            }
+            JobLifetime::WithProducer => {
+                let mut args = FieldTable::default();
+                args.insert("x-queue-type".into(), string("classic"));
+                args.insert(
+                    "x-expires".into(),
+                    AMQPValue::LongLongInt(UNCONSUMED_REPLY_QUEUE_EXPIRES_MS),
+                );
+                let options = QueueDeclareOptions {
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                };
+                declare_queue(channel, &name, options, args).await?;
+            }
+        }
         let mut this_job = FieldTable::default();
         this_job.insert("x-match".into(), string("all"));
         this_job.insert(header::JOB.into(), string(job.as_str()));
         bind(channel, &name, &self.dead_letter_exchange(), this_job).await?;
         Ok(name)
     }
+
+    /// Declares a job's record queue: it holds only the newest message
+    /// (older ones are dropped) and expires with the reply queue.
+    ///
+    /// # Errors
+    /// [`Error::Broker`].
+    pub async fn declare_job_queue(
+        &self,
+        channel: &Channel,
+        job: &JobId,
+        ttl: std::time::Duration,
+    ) -> Result<String> {
+        let name = self.job_queue(job);
+        let mut args = expiring(ttl);
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        declare_queue(channel, &name, QueueDeclareOptions::durable(), args).await?;
+        Ok(name)
+    }
+
+    /// Declares the job's attach lock: an exclusive queue, so that while
+    /// this connection lives no other producer can attach to the job.
+    ///
+    /// # Errors
+    /// [`Error::Broker`]; [`Error::is_resource_locked`] when another
+    /// producer holds the job.
+    pub async fn lock_job(&self, channel: &Channel, job: &JobId) -> Result<()> {
+        let name = self.attach_lock(job);
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("classic"));
+        declare_queue(channel, &name, options, args).await
+    }
+}
+
+/// Quorum queue arguments that expire the queue after `ttl` unused.
+fn expiring(ttl: std::time::Duration) -> FieldTable {
+    let mut args = quorum();
+    let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+    args
 }
 
 fn quorum() -> FieldTable {
@@ -203,5 +306,8 @@ mod tests {
         assert_eq!(topology.dead_letter_queue(), "t1.dead");
         assert_eq!(topology.dead_letter_exchange(), "t1.dead-letter");
         assert_eq!(topology.reply_queue(&job), "t1.reply.abc");
+        assert_eq!(topology.job_queue(&job), "t1.job.abc");
+        assert_eq!(topology.job_queue_prefix(), "t1.job.");
+        assert_eq!(topology.attach_lock(&job), "t1.attached.abc");
     }
 }

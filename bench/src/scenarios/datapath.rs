@@ -61,6 +61,8 @@ pub async fn run(
         }
     }
 
+    checkpoint_rows(cluster, scale, &small, &large, rows).await?;
+
     // The sweep: which chunk size moves data fastest.
     let (file, count) = if scale.quick {
         (&small, 10_000_000u64)
@@ -89,4 +91,63 @@ pub async fn run(
         ));
     }
     cluster.stop(workers).await
+}
+
+/// What checkpoints cost the sum path: the same sum with them (the default)
+/// and without (`--job-ttl 0`, a job that ends with its producer), runs
+/// alternating so that drift hits both alike. Small chunks make many more
+/// results, and so many more checkpoints, per byte.
+async fn checkpoint_rows(
+    cluster: &mut Cluster,
+    scale: Scale,
+    small: &Path,
+    large: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let (file, count, label) = if scale.quick {
+        (small, 10_000_000u64, "1e7 float64")
+    } else {
+        (large, 100_000_000, "1e8 float64")
+    };
+    let path = file.to_str().expect("data paths are UTF-8");
+    for chunk in ["131072", "16384"] {
+        let mut with = Vec::new();
+        let mut without = Vec::new();
+        for _ in 0..scale.runs {
+            for (ttl, rates) in [("10m", &mut with), ("0", &mut without)] {
+                let run = cluster
+                    .producer(&[
+                        "sum",
+                        path,
+                        "--chunk-size",
+                        chunk,
+                        "--job-ttl",
+                        ttl,
+                        "--json",
+                    ])
+                    .await?;
+                ensure!(
+                    run.json()?["count"] == count,
+                    "unexpected count: {}",
+                    run.stdout
+                );
+                rates.push(count as f64 * 8.0 / run.wall.as_secs_f64() / 1e6);
+            }
+        }
+        let reference = Sample::of(&without).median;
+        let mut row = Row::new(
+            "sum with checkpoints, 2 workers",
+            &format!("{label}, chunks of {chunk}"),
+            Sample::of(&with),
+            "MB/s",
+        )
+        .against(
+            format!("--job-ttl 0, no checkpoints ({} MB/s)", human(reference)),
+            reference,
+        );
+        let ratio = row.ratio.unwrap_or(0.0);
+        row = row.target(">= 95% (cost <= 5%)", ratio >= 0.95);
+        rows.push(row);
+    }
+    Ok(())
 }

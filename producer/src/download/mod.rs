@@ -40,7 +40,6 @@ mod verify;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -51,7 +50,7 @@ use warren::{BrokerConfig, JobId};
 pub use config::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 
 use crate::error::{Error, Result};
-use crate::job::{self, Drive, JobSession};
+use crate::job::{self, Drive, JobSession, Opening, PublishCounts};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use collect::DownloadCollector;
@@ -237,7 +236,13 @@ async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_
     let (config, progress) = (run.config, run.progress);
     let job = collector.job.clone();
     progress.set_job(&job);
-    let mut session = JobSession::open(run.broker, job.clone(), run.local, run.shutdown).await?;
+    let mut session = JobSession::open(
+        run.broker,
+        Opening::WithProducer(job.clone()),
+        run.local,
+        run.shutdown,
+    )
+    .await?;
     let files = collector.tasks().count();
     tracing::info!(job_id = %job, files, "download job started");
     progress.start("files", Some(files as u64));
@@ -253,16 +258,13 @@ async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_
         session.reply_queue.clone(),
     );
     let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let published = Arc::new(AtomicU64::new(0));
-    let publisher = job::spawn_publisher(
-        &session,
-        outgoing,
-        Arc::clone(&window),
-        Arc::clone(&published),
-    );
+    let counts = Arc::new(PublishCounts::default());
+    let publisher =
+        job::spawn_publisher(&session, outgoing, Arc::clone(&window), Arc::clone(&counts));
     let drive = Drive {
         window: &window,
-        published: &published,
+        counts: &counts,
+        answered_before: 0,
         timeout: config.timeout,
         stall_timeout: config.stall_timeout,
         progress,

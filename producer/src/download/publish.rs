@@ -77,6 +77,7 @@ async fn make_messages(
         let carried = batch.tasks().len() as u64;
         batching.sent(batch.index(), carried);
         let outgoing = OutgoingTask {
+            first: batch.index(),
             body: batch.body(),
             properties: batch.properties(&reply_queue),
             tasks: carried as u32,

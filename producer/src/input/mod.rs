@@ -56,7 +56,8 @@ pub trait ChunkReader: Send {
 }
 
 /// Where input bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Standard input (`-` on the command line).
     Stdin,
@@ -113,7 +114,10 @@ impl fmt::Display for Source {
 }
 
 /// How to read the input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `.npy` if the input starts with numpy's magic bytes, else text
     Auto,
@@ -125,8 +129,10 @@ pub enum Format {
     Text,
 }
 
-/// A fully specified input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A fully specified input. A job's record keeps it (see
+/// `crate::durable`), except a reference, which is kept as its plan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InputSpec {
     /// Read `source` in `format`; `dtype` is required for raw input and
     /// selects the parsed type for text (float64 by default).
@@ -142,6 +148,7 @@ pub enum InputSpec {
     },
     /// A source the workers read themselves, in ranges: only its header
     /// passes through the producer (see [`crate::reference`]).
+    #[serde(skip)]
     Reference(crate::reference::ReferenceSpec),
     /// `count` uniform [0, 1) doubles from numpy's legacy MT19937 stream.
     Random {

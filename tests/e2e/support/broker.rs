@@ -109,7 +109,11 @@ impl Broker {
             .unwrap();
         let queue = self
             .runtime
-            .block_on(self.topology.declare_reply_queue(&channel, job))
+            .block_on(self.topology.declare_reply_queue(
+                &channel,
+                job,
+                warren::topology::JobLifetime::WithProducer,
+            ))
             .unwrap();
         let consumer = self
             .runtime

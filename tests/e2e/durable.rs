@@ -1,0 +1,389 @@
+//! Jobs that outlive their producer: a producer SIGKILLed mid-job, and
+//! `producer attach` finishing the job exactly; `producer jobs`, `producer
+//! cancel`, the attach lock, a changed input and the job TTL.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::broker::queues_with_prefix;
+use crate::support::process::RunningProducer;
+use crate::support::python::reference;
+use crate::support::{RABBITMQCTL_NEEDED, Scenario};
+
+/// The job's entry in `producer jobs --json`, if it is listed.
+fn listed_job(s: &Scenario, job: &warren::JobId) -> Option<serde_json::Value> {
+    let run = s.producer(&["jobs", "--json"]).run();
+    run.expect_success();
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(run.answer()).unwrap_or_else(|e| panic!("jobs --json: {e}\n{run}"));
+    jobs.into_iter().find(|j| j["job_id"] == job.as_str())
+}
+
+/// Waits until `producer jobs` lists the job in a state `ready` accepts.
+fn wait_for_listing(
+    s: &Scenario,
+    job: &warren::JobId,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = listed_job(s, job);
+        if let Some(entry) = listed.as_ref().filter(|e| ready(e)) {
+            return entry.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; last listing: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The id of the job a producer started, from the line it prints on
+/// stderr when the job starts.
+fn started_job(producer: &RunningProducer) -> warren::JobId {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stderr = producer.stderr();
+        if let Some(line) = stderr.lines().find(|l| l.starts_with("job ")) {
+            let id = line
+                .split_whitespace()
+                .nth(1)
+                .expect("the line names the job");
+            return warren::JobId::parse(id.trim_end_matches(';')).expect("a job id");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the producer did not print its job id within 30 s: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the broker still holds a queue of this job (its reply queue or
+/// its record).
+fn job_queues_exist(s: &Scenario, job: &warren::JobId) -> bool {
+    let queues = queues_with_prefix(&s.prefix).expect(RABBITMQCTL_NEEDED);
+    queues.iter().any(|(name, _)| name.ends_with(job.as_str()))
+}
+
+#[test]
+fn a_sum_whose_producer_is_killed_mid_job_ends_exact_with_attach() {
+    let mut s = Scenario::new("attach_sum");
+    let expected = reference(&["numpy-random-sum", "40000000", "11"]);
+    let _worker = s.start_worker("w0", &["--concurrency", "1"]);
+    s.broker.wait_for_consumers(1);
+    let first = s
+        .producer(&[
+            "sum",
+            "--random",
+            "4e7",
+            "--seed",
+            "11",
+            "--chunk-size",
+            "20000",
+            "--json",
+        ])
+        .spawn();
+    let job = started_job(&first);
+    wait_for_listing(&s, &job, "100 of its 2000 tasks are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 100
+    });
+    first.signal(Signal::SIGKILL);
+    let killed = first.wait(Duration::from_secs(10));
+    assert!(
+        killed.stderr.contains(&format!("producer attach {job}")),
+        "the producer names the job when it starts: {killed}"
+    );
+
+    let run = s
+        .producer(&["attach", job.as_str(), "--json"])
+        .run_within(Duration::from_secs(120));
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str(), "{run}");
+    assert_eq!(json["count"], 40_000_000, "{run}");
+    assert_eq!(json["chunks"], 2000, "{run}");
+    assert_eq!(json["job_id"], job.as_str(), "{run}");
+    assert_eq!(json["seed"], 11, "{run}");
+    s.assert_clean();
+}
+
+#[test]
+fn a_sum_by_reference_whose_producer_is_killed_ends_exact_with_attach() {
+    let mut s = Scenario::new("attach_ref");
+    let data = s.path_str("data.npy");
+    reference(&["random-npy", &data, "4000000", "5"]);
+    let expected = crate::support::python::expected_npy_sum(s.path("data.npy").as_path());
+    let dir = s.path_str("");
+    let _worker = s.start_worker("w0", &["--shared-dir", &dir, "--concurrency", "1"]);
+    s.broker.wait_for_consumers(1);
+    let first = s
+        .producer(&[
+            "sum",
+            &data,
+            "--shared",
+            "--shared-dir",
+            &dir,
+            "--range-size",
+            "64KiB",
+            "--max-in-flight",
+            "16",
+        ])
+        .spawn();
+    let job = started_job(&first);
+    wait_for_listing(&s, &job, "50 of its 489 ranges are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 50
+    });
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+
+    let run = s
+        .producer(&["attach", job.as_str()])
+        .run_within(Duration::from_secs(120));
+    run.expect_success();
+    assert_eq!(run.answer(), expected, "{run}");
+    s.assert_clean();
+}
+
+#[test]
+fn attach_refuses_a_job_that_another_producer_is_attached_to() {
+    let mut s = Scenario::new("attach_locked");
+    // No worker: the job waits.
+    let first = s.spawn_small_job("1");
+    let job = started_job(&first);
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("is attached to another producer"),
+        "{run}"
+    );
+    // The refused attach left the job alone; Ctrl-C on its producer ends it.
+    first.signal(Signal::SIGINT);
+    first.wait(Duration::from_secs(20)).expect_code(130);
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+#[test]
+fn jobs_lists_a_job_whose_producer_was_killed_and_cancel_ends_it() {
+    let mut s = Scenario::new("jobs_cancel");
+    let first = s.spawn_small_job("1");
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let entry = wait_for_listing(&s, &job, "the job is listed without a producer", |e| {
+        e["attached"] == false
+    });
+    assert_eq!(entry["kind"], "sum", "{entry}");
+    assert_eq!(entry["ttl_s"], 600, "{entry}");
+
+    s.producer(&["cancel", job.as_str()]).run().expect_success();
+    assert!(
+        !job_queues_exist(&s, &job),
+        "cancel deletes the job's queues"
+    );
+    let again = s.producer(&["attach", job.as_str()]).run();
+    again.expect_code(2);
+    assert!(again.stderr.contains("no job"), "{again}");
+    // The queued tasks of the cancelled job are dropped by the workers.
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+#[test]
+fn a_job_left_without_a_producer_expires_after_its_ttl() {
+    let mut s = Scenario::new("job_ttl");
+    let first = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--seed",
+            "1",
+            "--chunk-size",
+            "100",
+            "--job-ttl",
+            "2s",
+        ])
+        .spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    // RabbitMQ checks queue expiry every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while job_queues_exist(&s, &job) {
+        assert!(
+            Instant::now() < deadline,
+            "the job's queues outlived its 2 s TTL by 40 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+#[test]
+fn attach_refuses_an_input_that_changed_since_the_job_started() {
+    let mut s = Scenario::new("attach_changed");
+    let values: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| f64::from(i).to_le_bytes())
+        .collect();
+    std::fs::write(s.path("data.f64"), &values).unwrap();
+    // No worker, and a small window: most of the input is not published.
+    let first = s
+        .producer(&[
+            "sum",
+            &s.path_str("data.f64"),
+            "--format",
+            "raw",
+            "--dtype",
+            "float64",
+            "--chunk-size",
+            "1000",
+            "--max-in-flight",
+            "4",
+        ])
+        .spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let mut changed = values.clone();
+    changed[8..16].copy_from_slice(&1e300f64.to_le_bytes());
+    std::fs::write(s.path("data.f64"), &changed).unwrap();
+
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("the input changed since the job started"),
+        "{run}"
+    );
+    s.producer(&["cancel", job.as_str()]).run().expect_success();
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+/// The broker closes the producer's connection mid-job (as
+/// `rabbitmqctl close_connection` does for an operator, or a broker
+/// restart does): the same producer run connects again and ends exact.
+#[test]
+fn a_producer_whose_connection_is_closed_mid_job_reconnects_and_ends_exact() {
+    let mut s = Scenario::new("reconnect");
+    let expected = reference(&["numpy-random-sum", "40000000", "11"]);
+    let _worker = s.start_worker("w0", &["--concurrency", "1"]);
+    s.broker.wait_for_consumers(1);
+    let producer = s
+        .producer(&[
+            "sum",
+            "--random",
+            "4e7",
+            "--seed",
+            "11",
+            "--chunk-size",
+            "20000",
+            "--json",
+        ])
+        .spawn();
+    let job = started_job(&producer);
+    wait_for_listing(&s, &job, "100 of its 2000 tasks are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 100
+    });
+    close_connection(&format!("warren-producer {job}"));
+    let run = producer.wait(Duration::from_secs(120));
+    run.expect_success();
+    assert_eq!(run.json()["sum"], expected.as_str(), "{run}");
+    assert_eq!(run.json()["chunks"], 2000, "{run}");
+    assert!(run.stderr.contains("lost the broker connection"), "{run}");
+    s.assert_clean();
+}
+
+/// Closes the broker connection named `name`, as an operator would.
+fn close_connection(name: &str) {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect(RABBITMQCTL_NEEDED);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&format!("\"{name}\"")))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"));
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by a warren test"])
+        .status()
+        .expect(RABBITMQCTL_NEEDED);
+    assert!(
+        closed.success(),
+        "rabbitmqctl close_connection {pid} failed"
+    );
+}
+
+#[test]
+fn a_detached_sum_by_reference_is_collected_by_attach() {
+    let mut s = Scenario::new("detach");
+    let data = s.path_str("data.npy");
+    reference(&["random-npy", &data, "1000000", "9"]);
+    let expected = crate::support::python::expected_npy_sum(s.path("data.npy").as_path());
+    let dir = s.path_str("");
+    let submitted = s
+        .producer(&[
+            "sum",
+            &data,
+            "--shared",
+            "--shared-dir",
+            &dir,
+            "--range-size",
+            "1MiB",
+            "--detach",
+        ])
+        .run();
+    submitted.expect_success();
+    let job = warren::JobId::parse(submitted.answer()).expect("--detach prints the job id");
+    // Nothing runs the job until a worker comes; the tasks wait.
+    let _worker = s.start_worker("w0", &["--shared-dir", &dir]);
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_success();
+    assert_eq!(run.answer(), expected, "{run}");
+    // A streamed input cannot be detached: it needs its producer.
+    let refused = s.producer(&["sum", "--random", "100", "--detach"]).run();
+    refused.expect_code(2);
+    assert!(refused.stderr.contains("--detach needs"), "{refused}");
+    s.assert_clean();
+}
+
+#[test]
+fn a_job_with_no_ttl_ends_with_its_producer() {
+    let mut s = Scenario::new("ttl_zero");
+    let first = s
+        .producer(&[
+            "sum",
+            "--random",
+            "1000",
+            "--chunk-size",
+            "100",
+            "--job-ttl",
+            "0",
+        ])
+        .spawn();
+    let (_, job) = s.running_job();
+    assert!(
+        !first.stderr().contains("producer attach"),
+        "no attach hint for a job that ends with its producer"
+    );
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_queues_exist(&s, &job) {
+        assert!(
+            Instant::now() < deadline,
+            "the reply queue of a --job-ttl 0 job outlived its producer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
