@@ -278,13 +278,12 @@ fn killing_the_workers_node_mid_download_still_delivers_every_file() {
 }
 
 #[test]
-#[ignore = "needs the durable reply queue (issue 12 item 1)"]
 fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum() {
     let mut job = ClusterJob::start("cluster_reply");
-    let expected = reference(&["numpy-random-sum", "20000000", "12"]);
+    let expected = reference(&["numpy-random-sum", "40000000", "12"]);
     // The producer starts at node 0, where its reply queue then lives; the
     // workers at node 1.
-    // Slow workers: the job must outlast a node's restart.
+    // A longer job and slow workers: the job must outlast a node's restart.
     job.start_workers(2, 1, &["--concurrency", "1"]);
     let workers_node = job.workers_node();
     let urls = job.urls_from(0);
@@ -295,7 +294,7 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
             &urls,
             "sum",
             "--random",
-            "2e7",
+            "4e7",
             "--seed",
             "12",
             "--chunk-size",
@@ -325,18 +324,18 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
     let run = producer.wait(Duration::from_secs(120));
     ClusterJob::assert_mid_job(
         finished_at_first_kill,
-        1000,
+        2000,
         "the reply queue's node was killed",
     );
     ClusterJob::assert_mid_job(
         finished_at_second_kill,
-        1000,
+        2000,
         "the workers' node was killed",
     );
     run.expect_success();
     let json = run.json();
     assert_eq!(json["sum"], expected.as_str(), "{run}");
-    assert_eq!(json["count"], 20_000_000);
+    assert_eq!(json["count"], 40_000_000);
     job.assert_clean();
 }
 
