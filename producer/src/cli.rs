@@ -30,7 +30,8 @@ Exit status:
   1    the job finished without a complete answer: the exact sum overflows float64,
        or some downloads failed (they are listed)
   2    usage, input, broker or task error (the message says which)
-  130  cancelled with Ctrl-C or SIGTERM; the job's queued tasks are dropped";
+  130  cancelled with Ctrl-C or SIGTERM, or by `producer cancel`; the job's
+       queued tasks are dropped and its running ones stopped";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -177,7 +178,7 @@ Exit status:
   0    every URL was downloaded (or was already there)
   1    the job finished but some URLs failed; they are listed
   2    usage, list, broker or output error (nothing or only part was attempted)
-  130  cancelled with Ctrl-C or SIGTERM";
+  130  cancelled with Ctrl-C or SIGTERM, or by `producer cancel`";
 
 /// Flags of `producer download`.
 #[derive(Debug, Args)]

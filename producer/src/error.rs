@@ -179,6 +179,14 @@ pub enum Error {
         queue: String,
     },
 
+    /// Someone else ended the job (`producer cancel`): its reply queue was
+    /// deleted.
+    #[error("job {job} was cancelled: its reply queue was deleted (`producer cancel`)")]
+    CancelledElsewhere {
+        /// The job.
+        job: warren::JobId,
+    },
+
     /// The connection to the broker was lost mid-job; the job lives on.
     #[error("lost the connection to the broker during job {job}")]
     BrokerLost {
@@ -264,7 +272,7 @@ impl Error {
     /// `--help` documents.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Cancelled => 130,
+            Error::Cancelled | Error::CancelledElsewhere { .. } => 130,
             _ => 2,
         }
     }

@@ -276,21 +276,27 @@ impl JobSession {
     /// The next message on the reply queue.
     ///
     /// # Errors
-    /// [`Error::ReplyQueueLost`] when the consumer ends: the connection
-    /// dropped or someone deleted the queue.
+    /// [`Error::CancelledElsewhere`] when someone deleted the queue,
+    /// [`Error::ReplyQueueLost`] when the connection dropped.
     async fn next_reply(&mut self) -> Result<Delivery> {
-        match self.replies.next().await {
-            Some(Ok(delivery)) => Ok(delivery),
+        let ended = match self.replies.next().await {
+            Some(Ok(delivery)) => return Ok(delivery),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "reply consumer failed");
-                Err(Error::ReplyQueueLost {
-                    queue: self.reply_queue.clone(),
-                })
+                false
             }
-            None => Err(Error::ReplyQueueLost {
-                queue: self.reply_queue.clone(),
-            }),
+            None => true,
+        };
+        // The broker cancels the consumer of a deleted queue; the
+        // connection stays.
+        if ended && self.is_connected() {
+            return Err(Error::CancelledElsewhere {
+                job: self.job.clone(),
+            });
         }
+        Err(Error::ReplyQueueLost {
+            queue: self.reply_queue.clone(),
+        })
     }
 
     /// Whether the task queue holds nothing, ready or in work, by the

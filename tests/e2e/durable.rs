@@ -1,6 +1,7 @@
 //! Jobs that outlive their producer: a producer SIGKILLed mid-job, and
 //! `producer attach` finishing the job exactly; `producer jobs`, `producer
-//! cancel`, the attach lock, a changed input and the job TTL.
+//! cancel` (which also stops running downloads), the attach lock, a changed
+//! input and the job TTL.
 
 use std::time::{Duration, Instant};
 
@@ -385,5 +386,67 @@ fn a_job_with_no_ttl_ends_with_its_producer() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+/// Sizes of the files in a download's temporary area (the job marker is
+/// empty; a download in progress is not).
+fn temporary_bytes(out: &std::path::Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(out.join(".warren-tmp")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .filter(|&len| len > 0)
+        .collect()
+}
+
+#[test]
+fn cancel_stops_a_running_download_and_leaves_no_partial_file() {
+    let mut s = Scenario::new("cancel_download");
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    std::fs::write(s.path("files/big.bin"), vec![7u8; 8 << 20]).unwrap();
+    let server = warren_testkit::FileServer::start(&s.path("files"));
+    // 8 MiB at 512 KiB/s: 16 s if nothing stops it.
+    server.cap_rate(512 << 10);
+    let out = s.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let out_str = s.path_str("out");
+    let _worker = s.start_worker("w0", &["--shared-dir", &out_str]);
+    s.broker.wait_for_consumers(1);
+    let producer = s
+        .producer(&[
+            "download",
+            &server.url("big.bin"),
+            "-o",
+            &out_str,
+            "--shared",
+        ])
+        .spawn();
+    let (_, job) = s.running_job();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while temporary_bytes(&out).is_empty() {
+        assert!(Instant::now() < deadline, "the download never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let cancelled = Instant::now();
+    s.producer(&["cancel", job.as_str()]).run().expect_success();
+    let run = producer.wait(Duration::from_secs(15));
+    run.expect_code(130);
+    assert!(run.stderr.contains("was cancelled"), "{run}");
+    while !temporary_bytes(&out).is_empty() {
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(5),
+            "a partial file is still there 5 s after the cancel: {:?}",
+            temporary_bytes(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !out.join("big.bin").exists(),
+        "the cancelled file was placed"
+    );
     s.assert_clean();
 }

@@ -36,13 +36,17 @@ use warren::broker::{self, Acks, Publisher, Routed};
 use warren::protocol::{
     DownloadStatus, FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult,
 };
-use warren::{ExponentialBackoff, Jitter, PROTOCOL_VERSION, Topology};
+use warren::{ExponentialBackoff, Jitter, JobId, PROTOCOL_VERSION, Topology};
 
 use crate::cli::Config;
 use crate::error::Result;
 use crate::liveness::JobLiveness;
 use crate::metrics::{Kind, Metrics, TaskOutcome};
 use crate::tasks::{self, HttpClients, TaskContext};
+
+/// How often a running task's job is checked: a cancelled job's tasks stop
+/// within about this long (plus the liveness cache's second).
+const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// After the shutdown timeout, how long abandoned tasks get to return their
 /// deliveries to the queue.
@@ -450,6 +454,14 @@ async fn run_task(
             context.metrics.tasks(kind, TaskOutcome::Requeued, tasks);
             return;
         }
+        // Dropping the work stops it: reads and downloads end at their
+        // next await, and a download's temporary file is removed.
+        () = job_gone(context, job, &reply_to) => {
+            tracing::info!("job is gone (cancelled or ended); stopped its task");
+            ack(delivery).await;
+            context.metrics.tasks(kind, TaskOutcome::Dropped, tasks);
+            return;
+        }
     };
     let counts = Counts::of(kind, tasks, sum_bytes, &outcome);
     let result = TaskResult {
@@ -461,6 +473,24 @@ async fn run_task(
         outcome,
     };
     publish_then_ack(context, delivery, &task, &result, &counts, started).await;
+}
+
+/// Completes once the job's reply queue is gone: the job was cancelled
+/// (`producer cancel`, Ctrl-C), ended, or expired. Checked every
+/// [`JOB_WATCH_INTERVAL`] while a task runs.
+async fn job_gone(context: &TaskContext, job: &JobId, reply_to: &str) {
+    let first = tokio::time::Instant::now() + JOB_WATCH_INTERVAL;
+    let mut checks = tokio::time::interval_at(first, JOB_WATCH_INTERVAL);
+    loop {
+        checks.tick().await;
+        if !context
+            .liveness
+            .is_alive(&context.connection, job, reply_to)
+            .await
+        {
+            return;
+        }
+    }
 }
 
 /// What a carried-out message adds to the metrics.
