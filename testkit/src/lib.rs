@@ -1,7 +1,8 @@
 //! Fixtures shared by warren's end-to-end tests and its benchmarks: the
 //! scripted [`HttpFixture`] below, [`FileServer`], a static file server
-//! with Range support for sums by reference, and [`eventually`], the
-//! bounded wait every test uses.
+//! with Range support for sums by reference, [`eventually`], the bounded
+//! wait every test uses, and [`RabbitCluster`], three RabbitMQ nodes in a
+//! cluster on this machine.
 //!
 //! [`HttpFixture`] is a real HTTP/1.1 server (axum on hyper) on
 //! `127.0.0.1:0`, with scripted behaviours chosen by the request path:
@@ -23,10 +24,12 @@
 //! test computes what a download must contain with [`content`]. Every
 //! request is recorded with its time ([`HttpFixture::hits`]).
 
+pub mod cluster;
 mod eventually;
 mod range;
 mod server;
 
+pub use cluster::RabbitCluster;
 pub use eventually::eventually;
 pub use range::FileServer;
 use server::ServerThread;

@@ -44,6 +44,9 @@ mod security;
 /// checked against the binaries.
 mod deploy;
 
+/// A lost node of a 3-node RabbitMQ cluster: failover to the next broker URL.
+mod cluster;
+
 /// Operating workers and jobs: metrics and health endpoints, JSON logs,
 /// status, local workers, message limits.
 mod ops;

@@ -21,7 +21,7 @@ use lapin::{
 };
 
 use crate::backoff::{ExponentialBackoff, Jitter};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, RedactedUrl};
 use crate::error::{Error, Result};
 
 /// First pause between attempts to reach the broker; it doubles up to
@@ -36,61 +36,74 @@ const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a wait for the broker says it is still waiting.
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(10);
 
-/// Opens a named connection. A broker that cannot be reached yet (nothing
-/// listens, the handshake times out, the host does not resolve yet) is
-/// tried again with backoff for up to `config.broker_wait`, saying so on
-/// stderr (`waiting for the broker at ...`) so that a wait is never silent.
-/// Failures that other settings must fix (credentials, vhost, TLS) return
-/// at once.
+/// A connection, and which of the configured broker URLs answered.
+#[derive(Debug)]
+pub struct Connected {
+    /// The open connection.
+    pub connection: Connection,
+    /// The URL's place in [`BrokerConfig::urls`]: a later walk that starts
+    /// after it moves on to the next broker.
+    pub index: usize,
+    /// The URL that answered, password hidden.
+    pub url: RedactedUrl,
+}
+
+/// Opens a named connection to the first broker of `config.urls()` that
+/// answers; see [`connect_from`].
 ///
 /// # Errors
-/// [`Error::Connect`] naming the redacted URL; after retries it also says
-/// how long we kept trying.
+/// As [`connect_from`].
 pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Connection> {
+    Ok(connect_from(config, connection_name, 0).await?.connection)
+}
+
+/// Opens a named connection, trying the broker URLs in turn from the one
+/// at `start` (wrapping around), like Celery's failover list: a client
+/// that lost its broker passes the index after the lost one's to move on.
+/// While none answers (nothing listens, the handshake times out, the host
+/// does not resolve yet), the list is tried again with backoff for up to
+/// `config.broker_wait`, saying so on stderr (`waiting for the broker at
+/// ...`) so that a wait is never silent. Failures that other settings must
+/// fix (credentials, vhost, TLS) return at once: the brokers of one list
+/// share those settings.
+///
+/// # Errors
+/// [`Error::Connect`] naming the redacted URLs tried; after retries it
+/// also says how long we kept trying.
+pub async fn connect_from(
+    config: &BrokerConfig,
+    connection_name: &str,
+    start: usize,
+) -> Result<Connected> {
     let started = Instant::now();
     let mut backoff = ExponentialBackoff::new(MIN_RETRY_DELAY, MAX_RETRY_DELAY, Jitter::Equal);
     let mut noted: Option<Instant> = None;
     let mut attempt_timeout = config.connect_timeout;
     loop {
-        let error = match connect_once(config, connection_name, attempt_timeout).await {
-            Ok(connection) => {
+        let failures = match connect_round(config, connection_name, start, attempt_timeout).await {
+            Ok(connected) => {
                 if noted.is_some() {
                     tracing::info!(
                         "connected to the broker at {} after {:.1}s",
-                        config.url,
+                        connected.url,
                         started.elapsed().as_secs_f64()
                     );
                 }
-                return Ok(connection);
+                return Ok(connected);
             }
-            Err(error)
-                if !error.is_unreachable()
-                    || error.needs_other_settings()
-                    || error.is_tls_reset() =>
-            {
-                return Err(error);
-            }
-            Err(error) => error,
+            Err(Round::Refused(error)) => return Err(error),
+            Err(Round::Unreachable(failures)) => failures,
         };
         let elapsed = started.elapsed();
         let remaining = config.broker_wait.saturating_sub(elapsed);
         if remaining.is_zero() {
-            return Err(match error {
-                Error::Connect {
-                    url, tls, source, ..
-                } if noted.is_some() => Error::Connect {
-                    url,
-                    tls,
-                    waited: Some(elapsed),
-                    source,
-                },
-                error => error,
-            });
+            return Err(unreachable(failures, noted.map(|_| elapsed)));
         }
         // The last pause ends at the bound, for one last attempt there.
         let delay = backoff.next_delay().min(remaining);
         if noted.is_none_or(|at| at.elapsed() >= WAITING_NOTE_EVERY) {
-            note_waiting(config, &error, elapsed, delay, noted.is_some());
+            let last = failures.last().expect("a round tries at least one URL");
+            note_waiting(config, last, elapsed, delay, noted.is_some());
             noted = Some(Instant::now());
         }
         // Attempts must not run far past the bound either.
@@ -101,6 +114,82 @@ pub async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Con
     }
 }
 
+/// Why a round over the URL list found no broker.
+enum Round {
+    /// A broker refused us for a reason other settings must fix.
+    Refused(Error),
+    /// None answered: each URL's [`Error::Connect`], in the order tried.
+    Unreachable(Vec<Error>),
+}
+
+/// One attempt on each URL, from `start`, until one answers.
+async fn connect_round(
+    config: &BrokerConfig,
+    connection_name: &str,
+    start: usize,
+    timeout: Duration,
+) -> std::result::Result<Connected, Round> {
+    let urls: Vec<&RedactedUrl> = config.urls().collect();
+    let mut failures = Vec::new();
+    for offset in 0..urls.len() {
+        let index = (start + offset) % urls.len();
+        let url = urls[index];
+        match connect_once(config, url, connection_name, timeout).await {
+            Ok(connection) => {
+                return Ok(Connected {
+                    connection,
+                    index,
+                    url: url.clone(),
+                });
+            }
+            Err(error)
+                if !error.is_unreachable()
+                    || error.needs_other_settings()
+                    || error.is_tls_reset() =>
+            {
+                return Err(Round::Refused(error));
+            }
+            Err(error) => {
+                if urls.len() > 1 {
+                    tracing::debug!("no answer from the broker at {url}: {}", chain_of(&error));
+                }
+                failures.push(error);
+            }
+        }
+    }
+    Err(Round::Unreachable(failures))
+}
+
+/// The error for a round in which no broker answered: the last one's,
+/// naming the others and how long we kept trying.
+fn unreachable(mut failures: Vec<Error>, waited: Option<Duration>) -> Error {
+    let last = failures.pop().expect("a round tries at least one URL");
+    let tried_before = failures
+        .iter()
+        .filter_map(|error| match error {
+            Error::Connect { url, .. } => Some((url.clone(), chain_of(error))),
+            _ => None,
+        })
+        .collect();
+    match last {
+        Error::Connect {
+            url, tls, source, ..
+        } => Error::Connect {
+            url,
+            tls,
+            waited,
+            tried_before,
+            source,
+        },
+        error => error,
+    }
+}
+
+/// What went wrong under a connection failure, without its own message.
+fn chain_of(error: &Error) -> String {
+    std::error::Error::source(error).map_or_else(|| error.to_string(), crate::error::display_chain)
+}
+
 /// Says on stderr that we are waiting for the broker, and why.
 fn note_waiting(
     config: &BrokerConfig,
@@ -109,37 +198,37 @@ fn note_waiting(
     delay: Duration,
     again: bool,
 ) {
-    let cause = std::error::Error::source(error)
-        .map_or_else(|| error.to_string(), crate::error::display_chain);
+    let cause = chain_of(error);
     let bound = humantime::format_duration(config.broker_wait);
+    let brokers = config.urls_display();
     if again {
         tracing::warn!(
-            "still waiting for the broker at {} after {:.0}s ({cause}); retrying in {:.1}s, for up to {bound} in all",
-            config.url,
+            "still waiting for the broker at {brokers} after {:.0}s ({cause}); retrying in {:.1}s, for up to {bound} in all",
             elapsed.as_secs_f64(),
             delay.as_secs_f64()
         );
     } else {
         tracing::warn!(
-            "waiting for the broker at {} ({cause}); retrying in {:.1}s, for up to {bound} (--broker-wait)",
-            config.url,
+            "waiting for the broker at {brokers} ({cause}); retrying in {:.1}s, for up to {bound} (--broker-wait)",
             delay.as_secs_f64()
         );
     }
 }
 
-/// One connection attempt, bounded by `timeout`.
+/// One connection attempt to `url`, bounded by `timeout`.
 async fn connect_once(
     config: &BrokerConfig,
+    url: &RedactedUrl,
     connection_name: &str,
     timeout: Duration,
 ) -> Result<Connection> {
-    let uri = config.url.to_uri()?;
+    let uri = url.to_uri()?;
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connect_error = |source| Error::Connect {
-        url: config.url.to_string(),
-        tls: config.url.is_tls(),
+        url: url.to_string(),
+        tls: url.is_tls(),
         waited: None,
+        tried_before: Vec::new(),
         source: Box::new(source),
     };
     // With amqps://, lapin verifies the broker's certificate against the

@@ -73,15 +73,23 @@ pub enum Error {
     },
 
     /// The TCP or AMQP connection to the broker could not be opened.
-    #[error("cannot connect to the broker at {url}{}", waited_note(.waited))]
+    #[error(
+        "cannot connect to {}{url}{}",
+        tried_before_note(.tried_before),
+        waited_note(.waited)
+    )]
     Connect {
-        /// The broker URL, password hidden (a `RedactedUrl`'s text).
+        /// The broker URL, password hidden (a `RedactedUrl`'s text): the
+        /// last one tried.
         url: String,
         /// True for an `amqps://` URL.
         tls: bool,
         /// How long we kept trying before giving up (`--broker-wait`), if
         /// we retried at all.
         waited: Option<std::time::Duration>,
+        /// The other URLs of a failover list, tried before `url` in the
+        /// last round, each with why it failed (empty for a single URL).
+        tried_before: Vec<(String, String)>,
         /// What the client library reported.
         #[source]
         source: Box<lapin::Error>,
@@ -342,6 +350,19 @@ impl Error {
     }
 }
 
+/// "the broker at " for one URL; for a failover list, "any broker of
+/// the list: URL (why), URL (why), nor " before the last one.
+fn tried_before_note(tried_before: &[(String, String)]) -> String {
+    if tried_before.is_empty() {
+        return "the broker at ".to_owned();
+    }
+    let tried: Vec<String> = tried_before
+        .iter()
+        .map(|(url, why)| format!("{url} ({why})"))
+        .collect();
+    format!("any broker of the list: {}, nor ", tried.join(", "))
+}
+
 /// " (kept trying for 1m)" for a connection failure after retries.
 fn waited_note(waited: &Option<std::time::Duration>) -> String {
     match *waited {
@@ -426,12 +447,36 @@ mod tests {
             url: "amqp://u:***@127.0.0.1:1/%2f".to_owned(),
             tls: false,
             waited: None,
+            tried_before: Vec::new(),
             source: Box::new(lapin::Error::from(io)),
         };
         assert_eq!(
             display_chain(&error),
             "cannot connect to the broker at amqp://u:***@127.0.0.1:1/%2f: IO error: connection refused"
         );
+    }
+
+    #[test]
+    fn a_failover_list_that_failed_names_every_url_tried() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let url = |port| format!("amqp://u:***@127.0.0.1:{port}/%2f");
+        let error = Error::Connect {
+            url: url(3),
+            tls: false,
+            waited: Some(std::time::Duration::from_millis(5300)),
+            tried_before: vec![
+                (url(1), "connection refused".to_owned()),
+                (url(2), "no answer within 10s".to_owned()),
+            ],
+            source: Box::new(lapin::Error::from(io)),
+        };
+        assert_eq!(
+            display_chain(&error),
+            "cannot connect to any broker of the list: amqp://u:***@127.0.0.1:1/%2f (connection \
+             refused), amqp://u:***@127.0.0.1:2/%2f (no answer within 10s), nor \
+             amqp://u:***@127.0.0.1:3/%2f (kept trying for 5s): IO error: connection refused"
+        );
+        assert!(error.is_unreachable());
     }
 
     #[test]

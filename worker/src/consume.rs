@@ -15,8 +15,9 @@
 //!
 //! Prefetch equals `--concurrency`, and each delivery gets its own task, so
 //! at most that many tasks are in hand. After a lost connection the worker
-//! reconnects (waiting up to `--broker-wait` for a broker that does not
-//! answer, see `warren::broker::connect`) and declares the topology again;
+//! reconnects, to the next URL of a failover list first (waiting up to
+//! `--broker-wait` for a broker that does not answer, see
+//! `warren::broker::connect_from`), and declares the topology again;
 //! deliveries of the old connection are abandoned (the broker requeues
 //! them). See <https://www.rabbitmq.com/docs/confirms>.
 
@@ -72,17 +73,23 @@ pub(crate) async fn run(
         Jitter::Equal,
     );
     let mut sessions = 0u64;
+    // Where the next connection starts in the broker URL list: after a
+    // loss, at the URL after the lost one (failover).
+    let mut first_url = 0;
     loop {
-        let Some(session) = open_session(config, &topology, &mut backoff, &shutdown).await? else {
+        let opening = open_session(config, &topology, first_url, &mut backoff, &shutdown);
+        let Some(session) = opening.await? else {
             return Ok(());
         };
         backoff.reset();
+        first_url = session.url_index + 1;
         sessions += 1;
         if sessions > 1 {
             metrics.reconnected();
         }
         tracing::info!(
             worker = %config.name,
+            broker = %session.url,
             queue = %topology.task_queue(),
             concurrency = config.concurrency,
             "consuming"
@@ -109,12 +116,13 @@ pub(crate) async fn run(
 async fn open_session(
     config: &Config,
     topology: &Topology,
+    first_url: usize,
     backoff: &mut ExponentialBackoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<Session>> {
     loop {
         let session = tokio::select! {
-            session = Session::open(config, topology) => session,
+            session = Session::open(config, topology, first_url) => session,
             () = shutdown.cancelled() => return Ok(None),
         };
         let e = match session {
@@ -202,6 +210,9 @@ fn format_seconds(duration: Duration) -> String {
 /// One connection's worth of consuming.
 struct Session {
     connection: Arc<Connection>,
+    /// The broker URL this session is on, and its place in the list.
+    url: warren::RedactedUrl,
+    url_index: usize,
     publisher: Publisher,
     consume_channel: Channel,
     consumer: Consumer,
@@ -213,8 +224,16 @@ enum Served {
 }
 
 impl Session {
-    async fn open(config: &Config, topology: &Topology) -> warren::Result<Session> {
-        let connection = broker::connect(&config.broker, &connection_name(config)).await?;
+    async fn open(
+        config: &Config,
+        topology: &Topology,
+        first_url: usize,
+    ) -> warren::Result<Session> {
+        let broker::Connected {
+            connection,
+            index: url_index,
+            url,
+        } = broker::connect_from(&config.broker, &connection_name(config), first_url).await?;
         let publisher = Publisher::open(&connection).await?;
         topology.declare_shared(publisher.channel()).await?;
         let consume_channel = broker::open_channel(&connection).await?;
@@ -229,6 +248,8 @@ impl Session {
         .await?;
         Ok(Session {
             connection: Arc::new(connection),
+            url,
+            url_index,
             publisher,
             consume_channel,
             consumer,

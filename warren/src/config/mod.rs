@@ -45,16 +45,17 @@ pub const DEFAULT_BROKER_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Broker options")]
 pub struct BrokerArgs {
-    /// AMQP URL of the RabbitMQ broker; env AMQP_URL
-    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    /// AMQP URL of the RabbitMQ broker, or several separated by commas (a
+    /// failover list: the first that answers is used, the next after a
+    /// loss); env AMQP_URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
     // AMQP_URL and AMQP_URL_FILE are read by `to_config`, not by clap, so
     // that a flag beats either variable and both variables together are an
     // error (clap would count a variable as a conflicting flag).
     #[arg(long, global = true, value_name = "URL")]
     pub amqp_url: Option<String>,
 
-    /// Read the AMQP URL from this file instead (a container secret, say);
-    /// env AMQP_URL_FILE
+    /// Read the AMQP URL (or several, one a line or separated by commas)
+    /// from this file instead (a container secret, say); env AMQP_URL_FILE
     #[arg(long, global = true, value_name = "PATH")]
     pub amqp_url_file: Option<PathBuf>,
 
@@ -147,16 +148,22 @@ impl BrokerArgs {
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<BrokerConfig> {
-        let mut url = self.resolve_url(&env)?;
+        let mut urls = self.resolve_urls(&env)?;
         if let Some(password) = self.resolve_password(&env)? {
-            url = url.with_password(&password)?;
+            // The brokers of one list share their users.
+            urls = urls
+                .into_iter()
+                .map(|url| url.with_password(&password))
+                .collect::<Result<_>>()?;
         }
         let tls = TlsFiles::load(
             self.tls_ca_file.as_deref(),
             self.tls_cert_file.as_deref(),
             self.tls_key_file.as_deref(),
         )?;
-        if !url.is_tls() && !tls.is_empty() {
+        if let Some(url) = urls.iter().find(|url| !url.is_tls())
+            && !tls.is_empty()
+        {
             return Err(Error::InvalidTls {
                 reason: format!(
                     "TLS files are set but the broker URL {url} is not amqps://; \
@@ -164,8 +171,11 @@ impl BrokerArgs {
                 ),
             });
         }
+        // `parse_list` returns at least one URL.
+        let url = urls.remove(0);
         Ok(BrokerConfig {
             url,
+            failover_urls: urls,
             prefix: QueuePrefix::new(&self.queue_prefix)?,
             connect_timeout: self.connect_timeout,
             broker_wait: self.broker_wait,
@@ -185,8 +195,12 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
 /// Validated broker settings.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Where the broker is.
+    /// Where the broker is: the first URL of a failover list, where
+    /// connections go first (and the management API is by default).
     pub url: RedactedUrl,
+    /// The other URLs of a failover list, in order (empty for one broker).
+    /// See [`BrokerConfig::urls`].
+    pub failover_urls: Vec<RedactedUrl>,
     /// The prefix of every queue name.
     pub prefix: QueuePrefix,
     /// The bound on one connection attempt.
@@ -198,20 +212,37 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// The local default broker with the given prefix (used by tests and
-    /// benchmarks).
+    /// The local default broker (or a failover list) with the given
+    /// prefix (used by tests and benchmarks).
     ///
     /// # Errors
-    /// [`Error::InvalidPrefix`].
-    pub fn local(url: &str, prefix: &str) -> Result<Self> {
+    /// [`Error::InvalidUrl`] or [`Error::InvalidPrefix`].
+    pub fn local(urls: &str, prefix: &str) -> Result<Self> {
+        // `parse_list` returns at least one URL.
+        let mut urls = RedactedUrl::parse_list(urls)?;
         Ok(BrokerConfig {
-            url: RedactedUrl::parse(url)?,
+            url: urls.remove(0),
+            failover_urls: urls,
             prefix: QueuePrefix::new(prefix)?,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             // Tests and benchmarks want a missing broker reported at once.
             broker_wait: Duration::ZERO,
             tls: TlsFiles::default(),
         })
+    }
+
+    /// Every broker URL, in the order connections try them: [`url`]
+    /// first, then the failover list.
+    ///
+    /// [`url`]: BrokerConfig::url
+    pub fn urls(&self) -> impl Iterator<Item = &RedactedUrl> {
+        std::iter::once(&self.url).chain(&self.failover_urls)
+    }
+
+    /// The URLs for messages, redacted and separated by commas.
+    pub fn urls_display(&self) -> String {
+        let urls: Vec<String> = self.urls().map(ToString::to_string).collect();
+        urls.join(", ")
     }
 }
 

@@ -13,29 +13,30 @@ use crate::DEFAULT_AMQP_URL;
 use crate::error::{Error, Result};
 
 impl BrokerArgs {
-    /// Where the URL comes from: a flag beats the environment; two sources
+    /// Where the URLs come from: a flag beats the environment; two sources
     /// at the same level are an error rather than a guess. Empty variables
-    /// count as unset.
-    pub(super) fn resolve_url(
+    /// count as unset. Each source may hold a failover list (see
+    /// [`RedactedUrl::parse_list`]).
+    pub(super) fn resolve_urls(
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Result<RedactedUrl> {
+    ) -> Result<Vec<RedactedUrl>> {
         let env = |name: &str| env(name).filter(|value| !value.is_empty());
         match (&self.amqp_url, &self.amqp_url_file) {
             (Some(_), Some(_)) => Err(Error::ConflictingSources {
                 first: "--amqp-url",
                 second: "--amqp-url-file",
             }),
-            (Some(url), None) => RedactedUrl::parse(url),
-            (None, Some(path)) => RedactedUrl::from_file(path),
+            (Some(urls), None) => RedactedUrl::parse_list(urls),
+            (None, Some(path)) => RedactedUrl::list_from_file(path),
             (None, None) => match (env("AMQP_URL"), env("AMQP_URL_FILE")) {
                 (Some(_), Some(_)) => Err(Error::ConflictingSources {
                     first: "AMQP_URL",
                     second: "AMQP_URL_FILE",
                 }),
-                (Some(url), None) => RedactedUrl::parse(&url.to_string_lossy()),
-                (None, Some(path)) => RedactedUrl::from_file(Path::new(&path)),
-                (None, None) => RedactedUrl::parse(DEFAULT_AMQP_URL),
+                (Some(urls), None) => RedactedUrl::parse_list(&urls.to_string_lossy()),
+                (None, Some(path)) => RedactedUrl::list_from_file(Path::new(&path)),
+                (None, None) => Ok(vec![RedactedUrl::parse(DEFAULT_AMQP_URL)?]),
             },
         }
     }
@@ -121,12 +122,46 @@ impl RedactedUrl {
         Ok(url)
     }
 
-    /// Reads the URL from a file, as a container secret provides it.
+    /// Parses a failover list: URLs separated by commas (a single URL is a
+    /// list of one). A piece without a scheme most often means a comma in a
+    /// password: the error then names the piece's place, never its text,
+    /// which could be part of the password.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`], whose text carries only redacted URLs.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>> {
+        let pieces: Vec<&str> = text.trim().split(',').map(str::trim).collect();
+        if pieces.len() == 1 {
+            return Ok(vec![Self::parse(text)?]);
+        }
+        let invalid = |n: usize, problem: &str| Error::InvalidUrl {
+            // Hides everything up to the last '@': more than the
+            // passwords, never less.
+            url: redact(text.trim()),
+            reason: format!("URL {n} of the {} in the list {problem}", pieces.len()),
+        };
+        for (i, piece) in pieces.iter().enumerate() {
+            if piece.is_empty() {
+                return Err(invalid(i + 1, "is empty: separate URLs with single commas"));
+            }
+            if !piece.contains("://") {
+                return Err(invalid(
+                    i + 1,
+                    "has no scheme: write amqp://HOST:PORT/%2f for each; a comma in a user \
+                     name or password must be percent-encoded as %2C",
+                ));
+            }
+        }
+        pieces.into_iter().map(Self::parse).collect()
+    }
+
+    /// Reads the URL, or a failover list, from a file, as a container
+    /// secret provides it; commas or lines separate the URLs.
     ///
     /// # Errors
     /// [`Error::ReadFile`], or [`Error::InvalidUrl`] (which never shows the
-    /// password) when the file is empty or the URL is invalid.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    /// password) when the file is empty or a URL is invalid.
+    pub fn list_from_file(path: &Path) -> Result<Vec<Self>> {
         let bytes = read_file("AMQP URL file", path)?;
         let text = String::from_utf8(bytes).map_err(|_| Error::InvalidUrl {
             url: format!("(from {})", path.display()),
@@ -138,7 +173,8 @@ impl RedactedUrl {
                 reason: "the file is empty".to_owned(),
             });
         }
-        Self::parse(&text)
+        let lines: Vec<&str> = text.trim().lines().map(str::trim).collect();
+        Self::parse_list(&lines.join(","))
     }
 
     /// The same URL with `password` in place of its own. The password is
@@ -395,6 +431,109 @@ mod tests {
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| value.into())
         }
+    }
+
+    /// The redacted URLs of a config, in order, or its error.
+    fn urls_of(
+        args: &BrokerArgs,
+        vars: &[(&str, &str)],
+    ) -> std::result::Result<Vec<String>, String> {
+        args.to_config_with_env(env(vars))
+            .map(|config| config.urls().map(ToString::to_string).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_failover_list_comes_from_the_flag_the_variable_or_the_file() {
+        let list = "amqp://u:pw1@a:5672/%2f, amqp://u:pw2@b:5673/%2f ,amqp://c";
+        let expected = [
+            "amqp://u:***@a:5672/%2f",
+            "amqp://u:***@b:5673/%2f",
+            "amqp://c",
+        ];
+        assert_eq!(urls_of(&args(Some(list), None), &[]).unwrap(), expected);
+        assert_eq!(
+            urls_of(&args(None, None), &[("AMQP_URL", list)]).unwrap(),
+            expected
+        );
+        let dir = tempfile_dir("url-list");
+        let file = dir.join("urls");
+        // In a file, lines separate URLs too.
+        std::fs::write(
+            &file,
+            "amqp://u:pw1@a:5672/%2f\n amqp://u:pw2@b:5673/%2f,amqp://c\n",
+        )
+        .unwrap();
+        assert_eq!(urls_of(&args(None, Some(&file)), &[]).unwrap(), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let config = args(Some(list), None).to_config_with_env(env(&[])).unwrap();
+        assert_eq!(config.url.to_string(), expected[0]);
+        assert_eq!(config.failover_urls.len(), 2);
+        assert_eq!(config.urls_display(), expected.join(", "));
+        // One URL is a list of one.
+        let single = args(Some("amqp://a/%2f"), None)
+            .to_config_with_env(env(&[]))
+            .unwrap();
+        assert_eq!(single.urls().count(), 1);
+    }
+
+    #[test]
+    fn a_password_given_apart_goes_to_every_url_of_the_list() {
+        let config = args(Some("amqp://u@a/%2f,amqp://u:old@b/%2f"), None)
+            .to_config_with_env(env(&[("AMQP_PASSWORD", AWKWARD_PASSWORD)]))
+            .unwrap();
+        for url in config.urls() {
+            let uri = url.to_uri().unwrap();
+            assert_eq!(uri.authority.userinfo.password, AWKWARD_PASSWORD);
+            assert!(!url.to_string().contains("old"), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_bad_failover_list_is_refused_without_showing_a_password() {
+        let refused = |list: &str| urls_of(&args(Some(list), None), &[]).unwrap_err();
+        // A comma inside a password splits it: neither half may show.
+        let error = refused("amqp://u:se,cret@a/%2f");
+        assert!(
+            error.contains("URL 2 of the 2 in the list has no scheme"),
+            "{error}"
+        );
+        assert!(error.contains("%2C"), "{error}");
+        assert!(!error.contains("cret"), "{error}");
+        let error = refused("amqp://u:pw@a/%2f,,amqp://b/%2f");
+        assert!(
+            error.contains("URL 2 of the 3 in the list is empty"),
+            "{error}"
+        );
+        assert!(!error.contains("pw"), "{error}");
+        let error = refused("amqp://u:pw@a/%2f,");
+        assert!(
+            error.contains("URL 2 of the 2 in the list is empty"),
+            "{error}"
+        );
+        // A bad URL in the list is named, redacted.
+        let error = refused("amqp://u:pw@a/%2f,http://v:secret@b/");
+        assert!(error.contains("http://v:***@b/"), "{error}");
+        assert!(error.contains("amqp or amqps"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+        // TLS files need every URL to be amqps://.
+        let dir = tempfile_dir("tls-list");
+        let ca = dir.join("ca.pem");
+        // Read as PEM, never parsed further before connecting.
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut tls_args = args(Some("amqps://a/%2f,amqp://u:pw@b/%2f"), None);
+        tls_args.tls_ca_file = Some(ca);
+        let error = urls_of(&tls_args, &[]).unwrap_err();
+        assert!(
+            error.contains("amqp://u:***@b/%2f is not amqps://"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
