@@ -176,32 +176,8 @@ impl JobSession {
         topology.declare_shared(publisher.channel()).await?;
         tracing::debug!("shared topology declared");
         let reply_channel = broker::open_channel(&connection).await?;
-        let (job, record) = match opening {
-            Opening::New(record) => {
-                let job = record.job.clone();
-                let lifetime = JobLifetime::Durable { ttl: record.ttl() };
-                topology.lock_job(&reply_channel, &job).await?;
-                topology
-                    .declare_reply_queue(&reply_channel, &job, lifetime)
-                    .await?;
-                let queue = topology
-                    .declare_job_queue(&reply_channel, &job, record.ttl())
-                    .await?;
-                record.save(&publisher, &queue).await?;
-                (job, Some(*record))
-            }
-            Opening::Attach(job) => {
-                let record = attach(&topology, &connection, &reply_channel, &job).await?;
-                (job, Some(record))
-            }
-            Opening::WithProducer(job) => {
-                let lifetime = JobLifetime::WithProducer;
-                topology
-                    .declare_reply_queue(&reply_channel, &job, lifetime)
-                    .await?;
-                (job, None)
-            }
-        };
+        let (job, record) =
+            open_job(&topology, &connection, &publisher, &reply_channel, opening).await?;
         let reply_queue = topology.reply_queue(&job);
         let replies = broker::consume(
             &reply_channel,
@@ -394,6 +370,44 @@ impl JobSession {
         broker::close_quietly(&self.connection).await;
         self.local_workers.stop().await;
         tracing::debug!("closed");
+    }
+}
+
+/// Declares a new job's queues (and, for one that outlives its producer,
+/// takes its attach lock and saves its first record), or attaches to an
+/// existing one; returns the job and its record.
+async fn open_job(
+    topology: &Topology,
+    connection: &Connection,
+    publisher: &Publisher,
+    channel: &Channel,
+    opening: Opening,
+) -> Result<(JobId, Option<JobRecord>)> {
+    match opening {
+        Opening::New(record) => {
+            let job = record.job.clone();
+            let lifetime = JobLifetime::Durable { ttl: record.ttl() };
+            topology.lock_job(channel, &job).await?;
+            topology
+                .declare_reply_queue(channel, &job, lifetime)
+                .await?;
+            let queue = topology
+                .declare_job_queue(channel, &job, record.ttl())
+                .await?;
+            record.save(publisher, &queue).await?;
+            Ok((job, Some(*record)))
+        }
+        Opening::Attach(job) => {
+            let record = attach(topology, connection, channel, &job).await?;
+            Ok((job, Some(record)))
+        }
+        Opening::WithProducer(job) => {
+            let lifetime = JobLifetime::WithProducer;
+            topology
+                .declare_reply_queue(channel, &job, lifetime)
+                .await?;
+            Ok((job, None))
+        }
     }
 }
 
@@ -691,14 +705,13 @@ pub(crate) async fn drive(
             () = sleep_until(deadline) => {
                 break Err(timed_out(&drive, state.answered, state.total, session));
             }
-            joined = &mut publisher, if state.total.is_none() => match joined {
-                Ok(Ok(tasks)) => {
-                    drive.progress.set_total(tasks);
-                    state.total = Some(tasks);
+            joined = &mut publisher, if state.total.is_none() => {
+                let published = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                match published {
+                    Ok(tasks) => state.published_all(tasks, &drive),
+                    Err(e) => break Err(e),
                 }
-                Ok(Err(e)) => break Err(e),
-                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-            },
+            }
             reply = session.next_reply() => {
                 if let Err(e) = state.take_reply(reply, session, collector, &drive).await {
                     break Err(e);
@@ -717,10 +730,7 @@ pub(crate) async fn drive(
                 }
             }
             _ = worker_check.tick() => {
-                let published = drive.counts.published.load(Ordering::Relaxed);
-                let waiting = published.saturating_sub(state.answered);
-                session.check_workers(drive.progress, waiting).await;
-                if let Err(e) = state.check_stalled(session, collector, &drive).await {
+                if let Err(e) = state.check_progress(session, collector, &drive).await {
                     break Err(e);
                 }
             }
@@ -775,6 +785,12 @@ impl DriveState {
         Ok(())
     }
 
+    /// The publisher is done: the job has `tasks` tasks.
+    fn published_all(&mut self, tasks: u64, drive: &Drive<'_>) {
+        drive.progress.set_total(tasks);
+        self.total = Some(tasks);
+    }
+
     fn count(&mut self, accepted: Accepted, drive: &Drive<'_>) {
         if let Accepted::Answered(tasks) = accepted {
             self.answered += tasks;
@@ -805,15 +821,19 @@ impl DriveState {
         }
     }
 
-    /// Every task is out, none has been answered for a while and the broker
-    /// holds none of them: whoever took the rest acked them without
+    /// Warns while no worker consumes the task queue, and fails the job
+    /// when every task is out, none has been answered for a while and the
+    /// broker holds none of them: whoever took the rest acked them without
     /// answering, and no answer will ever come.
-    async fn check_stalled(
+    async fn check_progress(
         &self,
-        session: &JobSession,
+        session: &mut JobSession,
         collector: &impl Collector,
         drive: &Drive<'_>,
     ) -> Result<()> {
+        let published = drive.counts.published.load(Ordering::Relaxed);
+        let waiting = published.saturating_sub(self.answered);
+        session.check_workers(drive.progress, waiting).await;
         if self.total.is_some_and(|t| t > self.answered)
             && self.last_reply.elapsed() >= drive.stall_timeout
             && !collector.has_pending()

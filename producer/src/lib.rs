@@ -76,21 +76,7 @@ pub async fn run(
             Ok(Report::Detached(job))
         }
         JobConfig::Sum { config: sum, seed } => {
-            match sum::run(&config.broker, sum, &local, progress, shutdown.clone()).await {
-                Ok(report) => Ok(Report::Sum {
-                    report,
-                    seed: *seed,
-                }),
-                Err(Error::BrokerLost { job }) => {
-                    let limits = sum::RunLimits {
-                        timeout: sum.timeout,
-                        stall_timeout: sum.stall_timeout,
-                    };
-                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
-                        .await
-                }
-                Err(e) => Err(e),
-            }
+            run_sum(config, sum, *seed, &local, progress, shutdown).await
         }
         JobConfig::Status(status) => Ok(Report::Status(status::run(&config.broker, status).await?)),
         JobConfig::Jobs(jobs) => Ok(Report::Jobs(
@@ -105,16 +91,15 @@ pub async fn run(
                 timeout: *timeout,
                 stall_timeout: *stall_timeout,
             };
-            match attach::attach(
+            let outcome = attach::attach(
                 &config.broker,
                 job,
                 limits,
                 &local,
                 progress,
                 shutdown.clone(),
-            )
-            .await
-            {
+            );
+            match outcome.await {
                 Err(Error::BrokerLost { job }) => {
                     attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
                         .await
@@ -131,5 +116,28 @@ pub async fn run(
                 download::run(&config.broker, download, &local, progress, shutdown).await?;
             Ok(Report::Download(summary))
         }
+    }
+}
+
+/// Runs a sum job; if the broker connection drops mid-job, connects again
+/// and carries the job on from its record.
+async fn run_sum(
+    config: &Config,
+    sum: &sum::SumConfig,
+    seed: Option<u32>,
+    local: &LocalPlan,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<Report> {
+    match sum::run(&config.broker, sum, local, progress, shutdown.clone()).await {
+        Ok(report) => Ok(Report::Sum { report, seed }),
+        Err(Error::BrokerLost { job }) => {
+            let limits = sum::RunLimits {
+                timeout: sum.timeout,
+                stall_timeout: sum.stall_timeout,
+            };
+            attach::reconnect(&config.broker, &job, limits, local, progress, shutdown).await
+        }
+        Err(e) => Err(e),
     }
 }

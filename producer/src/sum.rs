@@ -316,30 +316,18 @@ pub(crate) async fn submit(
     progress.set_job(&job);
     let mut session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
     let collector = SumCollector::new(&session, feed.dtype());
-    let counts = Arc::new(PublishCounts::default());
-    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
-    let (failure_tx, failure_rx) = oneshot::channel();
-    let end = Arc::new(AtomicU64::new(0));
-    let target = FeedTarget {
-        job: job.clone(),
-        reply_queue: session.reply_queue.clone(),
-        outstanding: Arc::clone(&collector.outstanding),
-        skip: Skip::default(),
-        end: Arc::clone(&end),
-    };
-    let feeder = feed.spawn(target, tasks_tx, failure_tx);
     // Every task at once: they are small control messages.
     let window = usize::try_from(tasks).unwrap_or(usize::MAX).max(1);
-    let window = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
-    let publisher = job::spawn_publisher(&session, tasks_rx, window, Arc::clone(&counts));
+    let window = window.min(Semaphore::MAX_PERMITS);
+    let publishing = Publishing::start(&session, feed, &collector, window, Skip::default());
     let published = tokio::select! {
-        published = fail_with_input(publisher, failure_rx, end) => match published {
+        published = publishing.publisher => match published {
             Ok(outcome) => outcome,
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
         },
         () = shutdown.cancelled() => Err(Error::Cancelled),
     };
-    feeder.abort();
+    publishing.feeder.abort();
     let saved = match published {
         Ok(total) => {
             let state = collector.checkpoint(total);
@@ -411,33 +399,21 @@ async fn collect(
     let answered_before = collector.answered_count();
     progress.start("chunks", feed.total_tasks());
     progress.advance(answered_before);
-    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
-    let (failure_tx, failure_rx) = oneshot::channel();
     // Tasks restored as outstanding were published by an earlier producer:
     // they count against the window already.
     let window = feed
         .max_in_flight()
         .saturating_sub(collector.outstanding_tasks() as usize);
     let source = feed.source_name();
-    let counts = Arc::new(PublishCounts::resuming_at(collector.through));
-    let end = Arc::new(AtomicU64::new(0));
-    let feeder = feed.spawn(
-        FeedTarget {
-            job: job.clone(),
-            reply_queue: session.reply_queue.clone(),
-            outstanding: Arc::clone(&collector.outstanding),
-            skip: Skip {
-                below: collector.through,
-            },
-            end: Arc::clone(&end),
-        },
-        tasks_tx,
-        failure_tx,
-    );
-    let window = Arc::new(Semaphore::new(window));
-    let publisher =
-        job::spawn_publisher(&session, tasks_rx, Arc::clone(&window), Arc::clone(&counts));
-    let publisher = fail_with_input(publisher, failure_rx, end);
+    let skip = Skip {
+        below: collector.through,
+    };
+    let Publishing {
+        feeder,
+        publisher,
+        window,
+        counts,
+    } = Publishing::start(&session, feed, &collector, window, skip);
     let drive = Drive {
         window: &window,
         counts: &counts,
@@ -470,6 +446,50 @@ async fn collect(
         elapsed: started.elapsed(),
         source,
     })
+}
+
+/// A feed running into the publisher.
+struct Publishing {
+    feeder: JoinHandle<()>,
+    /// The number of tasks once all are published and confirmed, or the
+    /// input's error.
+    publisher: JoinHandle<Result<u64>>,
+    window: Arc<Semaphore>,
+    counts: Arc<PublishCounts>,
+}
+
+impl Publishing {
+    /// Starts reading `feed` into messages (leaving out what `skip` says)
+    /// and publishing them, `window` tasks in flight at most.
+    fn start(
+        session: &JobSession,
+        feed: Feed,
+        collector: &SumCollector,
+        window: usize,
+        skip: Skip,
+    ) -> Publishing {
+        let counts = Arc::new(PublishCounts::resuming_at(skip.below));
+        let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
+        let (failure_tx, failure_rx) = oneshot::channel();
+        let end = Arc::new(AtomicU64::new(0));
+        let target = FeedTarget {
+            job: session.job.clone(),
+            reply_queue: session.reply_queue.clone(),
+            outstanding: Arc::clone(&collector.outstanding),
+            skip,
+            end: Arc::clone(&end),
+        };
+        let feeder = feed.spawn(target, tasks_tx, failure_tx);
+        let window = Arc::new(Semaphore::new(window));
+        let publisher =
+            job::spawn_publisher(session, tasks_rx, Arc::clone(&window), Arc::clone(&counts));
+        Publishing {
+            feeder,
+            publisher: fail_with_input(publisher, failure_rx, end),
+            window,
+            counts,
+        }
+    }
 }
 
 /// Where a job's tasks come from: the input streamed through the producer
@@ -559,75 +579,74 @@ impl Feed {
         published: Option<u64>,
         shutdown: &CancellationToken,
     ) -> Result<Feed> {
-        let (input, chunk_size, tasks_per_message, max_in_flight, pin) = match spec {
-            SumSpec::Ranges {
-                plan,
-                max_in_flight,
-            } => {
-                return Ok(Feed::Ranges {
-                    plan: plan.clone(),
-                    max_in_flight: *max_in_flight,
-                });
-            }
-            SumSpec::Stream {
-                dtype,
-                max_in_flight,
-                ..
-            } if published.is_some() => {
-                return Ok(Feed::Published {
-                    dtype: *dtype,
-                    tasks: published.unwrap_or_default(),
-                    max_in_flight: *max_in_flight,
-                });
-            }
-            SumSpec::Stream {
-                input,
-                chunk_size,
-                tasks_per_message,
-                max_in_flight,
-                pin,
-                ..
-            } => (
-                input.clone(),
-                *chunk_size,
-                *tasks_per_message,
-                *max_in_flight,
-                pin.clone(),
-            ),
-        };
-        if let InputSpec::Read {
-            source: Source::Stdin,
-            ..
-        } = &input
-        {
-            return Err(Error::CannotResume {
+        match (spec, published) {
+            (
+                SumSpec::Ranges {
+                    plan,
+                    max_in_flight,
+                },
+                _,
+            ) => Ok(Feed::Ranges {
+                plan: plan.clone(),
+                max_in_flight: *max_in_flight,
+            }),
+            (
+                SumSpec::Stream {
+                    dtype,
+                    max_in_flight,
+                    ..
+                },
+                Some(tasks),
+            ) => Ok(Feed::Published {
+                dtype: *dtype,
+                tasks,
+                max_in_flight: *max_in_flight,
+            }),
+            (SumSpec::Stream { input, .. }, None) if is_stdin(input) => Err(Error::CannotResume {
                 job: job.to_string(),
                 reason: "its input came from stdin and was not all published when its \
                          producer stopped; run the job again"
                     .into(),
+            }),
+            (stream, None) => {
+                let stream = stream.clone();
+                job::read_blocking(shutdown, move || Feed::reopen(stream)).await
+            }
+        }
+    }
+
+    /// Opens a streamed input again, as a record describes it, checking
+    /// that the file is still the version the job started with. Blocking.
+    fn reopen(spec: SumSpec) -> Result<Feed> {
+        let SumSpec::Stream {
+            input,
+            chunk_size,
+            tasks_per_message,
+            max_in_flight,
+            pin,
+            ..
+        } = spec
+        else {
+            unreachable!("only a streamed input is opened again"); // invariant: see resume
+        };
+        if file_pin(&input)? != pin {
+            return Err(Error::InputChanged {
+                input: input_name(&input),
             });
         }
-        job::read_blocking(shutdown, move || {
-            if file_pin(&input)? != pin {
-                return Err(Error::InputChanged {
-                    input: input_name(&input),
-                });
-            }
-            let mut reader = input::open(&input)?;
-            let batch = Batching {
-                chunk_size,
-                tasks_per_message,
-            };
-            let first = reader.next_chunk(batch.max_elements())?;
-            Ok(Feed::Stream {
-                input: reader,
-                batch,
-                max_in_flight,
-                first,
-                pin,
-            })
+        let mut reader = input::open(&input)?;
+        let batch = Batching {
+            chunk_size,
+            tasks_per_message,
+        };
+        let first = reader.next_chunk(batch.max_elements())?;
+        Ok(Feed::Stream {
+            input: reader,
+            batch,
+            max_in_flight,
+            first,
+            pin,
         })
-        .await
     }
 
     /// What the job's record keeps of this feed.
@@ -810,6 +829,16 @@ fn absolute(input: &InputSpec) -> Result<InputSpec> {
         })?;
     }
     Ok(input)
+}
+
+fn is_stdin(input: &InputSpec) -> bool {
+    matches!(
+        input,
+        InputSpec::Read {
+            source: Source::Stdin,
+            ..
+        }
+    )
 }
 
 fn input_name(input: &InputSpec) -> String {
