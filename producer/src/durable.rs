@@ -103,22 +103,34 @@ impl JobRecord {
     /// A broker failure, or [`warren::Error::Unroutable`] when the record
     /// queue is gone (the job was cancelled or expired).
     pub(crate) async fn save(&self, publisher: &Publisher, queue: &str) -> Result<()> {
+        let saving = self.start_saving(publisher, queue).await?;
+        saving.await
+    }
+
+    /// Publishes this record as the job's newest and returns what waits
+    /// for the broker to hold it, so that the caller goes on meanwhile.
+    ///
+    /// # Errors
+    /// A broker failure to publish; the returned future: a failure to
+    /// confirm, or [`warren::Error::Unroutable`] when the record queue is
+    /// gone (the job was cancelled or expired).
+    pub(crate) async fn start_saving(
+        &self,
+        publisher: &Publisher,
+        queue: &str,
+    ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
         let body = serde_json::to_vec(self).expect("a record always serializes"); // invariant: plain data
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"));
-        match publisher
-            .publish(queue, &body, properties)
-            .await?
-            .wait()
-            .await?
-        {
-            Routed::Queued => Ok(()),
-            Routed::Returned => Err(warren::Error::Unroutable {
-                queue: queue.to_owned(),
+        let pending = publisher.publish(queue, &body, properties).await?;
+        let queue = queue.to_owned();
+        Ok(async move {
+            match pending.wait().await? {
+                Routed::Queued => Ok(()),
+                Routed::Returned => Err(warren::Error::Unroutable { queue }.into()),
             }
-            .into()),
-        }
+        })
     }
 
     /// Reads the newest record in `queue`, leaving it there; `None` when the

@@ -96,6 +96,11 @@ impl std::fmt::Debug for JobSession {
     }
 }
 
+/// A checkpoint on its way: done once the broker holds it and the replies
+/// it covers are acked.
+pub(crate) type SavingCheckpoint =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// How a session starts.
 #[derive(Debug)]
 pub(crate) enum Opening {
@@ -232,32 +237,57 @@ impl JobSession {
     }
 
     /// Saves a checkpoint in the job's record and waits until the broker
-    /// holds it; then acks every reply up to `last_reply`, which it covers.
+    /// holds it.
     pub(crate) async fn checkpoint(
         &mut self,
         state: serde_json::Value,
         done: u64,
         total: Option<u64>,
-        last_reply: Option<u64>,
     ) -> Result<()> {
-        if let Some(record) = &mut self.record {
-            record.seq += 1;
-            record.done = done;
-            record.total = total;
-            record.checkpoint = Some(state);
-            record.save(&self.publisher, &self.record_queue).await?;
-        }
-        let Some(last_reply) = last_reply else {
-            return Ok(());
+        self.start_checkpoint(state, done, total, None).await?.await
+    }
+
+    /// Publishes a checkpoint in the job's record; the returned future
+    /// waits until the broker holds it, then acks every reply up to
+    /// `last_reply`, which it covers. The caller goes on meanwhile: a
+    /// checkpoint costs the job no round trip.
+    pub(crate) async fn start_checkpoint(
+        &mut self,
+        state: serde_json::Value,
+        done: u64,
+        total: Option<u64>,
+        last_reply: Option<u64>,
+    ) -> Result<SavingCheckpoint> {
+        let saved = match &mut self.record {
+            Some(record) => {
+                record.seq += 1;
+                record.done = done;
+                record.total = total;
+                record.checkpoint = Some(state);
+                Some(
+                    record
+                        .start_saving(&self.publisher, &self.record_queue)
+                        .await?,
+                )
+            }
+            None => None,
         };
-        let ack_all = BasicAckOptions { multiple: true };
-        self.reply_channel
-            .basic_ack(last_reply, ack_all)
-            .await
-            .map_err(|e| {
-                warren::Error::broker(format!("ack replies on {}", self.reply_queue), e)
-            })?;
-        Ok(())
+        let channel = self.reply_channel.clone();
+        let reply_queue = self.reply_queue.clone();
+        Ok(Box::pin(async move {
+            if let Some(saved) = saved {
+                saved.await?;
+            }
+            let Some(last_reply) = last_reply else {
+                return Ok(());
+            };
+            let ack_all = BasicAckOptions { multiple: true };
+            channel
+                .basic_ack(last_reply, ack_all)
+                .await
+                .map_err(|e| warren::Error::broker(format!("ack replies on {reply_queue}"), e))?;
+            Ok(())
+        }))
     }
 
     /// The next message on the reply queue.
@@ -686,6 +716,7 @@ pub(crate) async fn drive(
         answered: drive.answered_before,
         unacked: None,
         unacked_replies: 0,
+        saving: None,
         last_reply: Instant::now(),
     };
     // The first check waits a moment: workers starting with the job (local
@@ -729,6 +760,17 @@ pub(crate) async fn drive(
                     break Err(e);
                 }
             }
+            saved = saved(&mut state.saving), if state.saving.is_some() => {
+                state.saving = None;
+                let more = state.unacked_replies >= CHECKPOINT_EVERY_REPLIES;
+                let next = match saved {
+                    Ok(()) if more => state.save_checkpoint(session, collector, &drive).await,
+                    other => other,
+                };
+                if let Err(e) = next {
+                    break Err(e);
+                }
+            }
             _ = worker_check.tick() => {
                 if let Err(e) = state.check_progress(session, collector, &drive).await {
                     break Err(e);
@@ -750,7 +792,17 @@ struct DriveState {
     /// The newest reply not acked yet (jobs that keep checkpoints).
     unacked: Option<u64>,
     unacked_replies: u32,
+    /// The checkpoint on its way, if one is: one at a time.
+    saving: Option<SavingCheckpoint>,
     last_reply: Instant,
+}
+
+/// Waits for the checkpoint on its way (only polled while there is one).
+async fn saved(saving: &mut Option<SavingCheckpoint>) -> Result<()> {
+    match saving {
+        Some(saving) => saving.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl DriveState {
@@ -799,26 +851,34 @@ impl DriveState {
         }
     }
 
-    /// Saves the collector's state in the job's record, then acks the
-    /// replies it covers. Gives way to Ctrl-C: a broker that stopped
-    /// confirming (an alarm) must not hold the job.
+    /// Starts saving the collector's state in the job's record; once the
+    /// broker holds it, the replies it covers are acked (see [`saved`]).
+    /// With one checkpoint already on its way, waits for it to land first
+    /// (the next one covers these replies too). Gives way to Ctrl-C: a
+    /// broker that stopped taking publishes (an alarm) must not hold the
+    /// job.
     async fn save_checkpoint(
         &mut self,
         session: &mut JobSession,
         collector: &impl Collector,
         drive: &Drive<'_>,
     ) -> Result<()> {
+        if self.saving.is_some() {
+            return Ok(());
+        }
         let Some(last_reply) = self.unacked.take() else {
             return Ok(());
         };
         self.unacked_replies = 0;
         let through = drive.counts.through.load(Ordering::Relaxed);
         let state = collector.checkpoint(through);
-        let saving = session.checkpoint(state, self.answered, self.total, Some(last_reply));
-        tokio::select! {
-            saved = saving => saved,
-            () = drive.shutdown.cancelled() => Err(Error::Cancelled),
-        }
+        let starting = session.start_checkpoint(state, self.answered, self.total, Some(last_reply));
+        let saving = tokio::select! {
+            saving = starting => saving?,
+            () = drive.shutdown.cancelled() => return Err(Error::Cancelled),
+        };
+        self.saving = Some(saving);
+        Ok(())
     }
 
     /// Warns while no worker consumes the task queue, and fails the job

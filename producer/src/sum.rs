@@ -331,7 +331,7 @@ pub(crate) async fn submit(
     let saved = match published {
         Ok(total) => {
             let state = collector.checkpoint(total);
-            session.checkpoint(state, 0, Some(total), None).await
+            session.checkpoint(state, 0, Some(total)).await
         }
         Err(e) => Err(e),
     };
