@@ -280,10 +280,11 @@ fn killing_the_workers_node_mid_download_still_delivers_every_file() {
 #[test]
 fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum() {
     let mut job = ClusterJob::start("cluster_reply");
-    let expected = reference(&["numpy-random-sum", "40000000", "12"]);
+    let expected = reference(&["numpy-random-sum", "120000000", "12"]);
     // The producer starts at node 0, where its reply queue then lives; the
     // workers at node 1.
-    // A longer job and slow workers: the job must outlast a node's restart.
+    // A long job (6000 tasks) and slow workers: the job must outlast a
+    // node's restart, which takes 20 s or more on a busy machine.
     job.start_workers(2, 1, &["--concurrency", "1"]);
     let workers_node = job.workers_node();
     let urls = job.urls_from(0);
@@ -294,7 +295,7 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
             &urls,
             "sum",
             "--random",
-            "4e7",
+            "1.2e8",
             "--seed",
             "12",
             "--chunk-size",
@@ -316,26 +317,29 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
     // Quorum queues need two nodes of three: bring it back before the
     // second kill.
     job.cluster.restart_node(reply_node);
-    job.wait_until(Duration::from_secs(60), "w0 has finished 40 tasks", || {
-        finished_tasks(&job.workers[0].log()) >= 40
-    });
+    let w0_after_restart = finished_tasks(&job.workers[0].log());
+    job.wait_until(
+        Duration::from_secs(60),
+        "w0 has finished 20 more tasks",
+        || finished_tasks(&job.workers[0].log()) >= w0_after_restart + 20,
+    );
     let finished_at_second_kill = job.finished();
     job.kill_the_workers_node(workers_node);
-    let run = producer.wait(Duration::from_secs(120));
+    let run = producer.wait(Duration::from_secs(300));
     ClusterJob::assert_mid_job(
         finished_at_first_kill,
-        2000,
+        6000,
         "the reply queue's node was killed",
     );
     ClusterJob::assert_mid_job(
         finished_at_second_kill,
-        2000,
+        6000,
         "the workers' node was killed",
     );
     run.expect_success();
     let json = run.json();
     assert_eq!(json["sum"], expected.as_str(), "{run}");
-    assert_eq!(json["count"], 40_000_000);
+    assert_eq!(json["count"], 120_000_000);
     job.assert_clean();
 }
 
