@@ -706,11 +706,6 @@ pub(crate) async fn drive(
     mut publisher: JoinHandle<Result<u64>>,
     drive: Drive<'_>,
 ) -> Result<u64> {
-    // A timeout too far away to be a point in time is no timeout.
-    let deadline = drive
-        .timeout
-        .and_then(|t| drive.started.checked_add(t))
-        .map(tokio::time::Instant::from_std);
     let mut state = DriveState {
         total: None,
         answered: drive.answered_before,
@@ -719,69 +714,46 @@ pub(crate) async fn drive(
         saving: None,
         last_reply: Instant::now(),
     };
-    // The first check waits a moment: workers starting with the job (local
-    // ones, or a fleet coming up) are not "missing".
-    let mut worker_check = tokio::time::interval_at(
-        tokio::time::Instant::now() + WORKER_CHECK_GRACE,
-        WORKER_CHECK_INTERVAL,
-    );
-    let mut checkpoint_due = tokio::time::interval(CHECKPOINT_INTERVAL);
+    let mut timers = Timers::new(&drive);
     let result = loop {
         if state.total == Some(state.answered) {
             tracing::debug!(tasks = state.answered, "every task answered");
             break Ok(state.answered);
         }
-        tokio::select! {
-            () = drive.shutdown.cancelled() => break Err(Error::Cancelled),
-            () = sleep_until(deadline) => {
-                break Err(timed_out(&drive, state.answered, state.total, session));
-            }
-            joined = &mut publisher, if state.total.is_none() => {
-                let published = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                match published {
-                    Ok(tasks) => state.published_all(tasks, &drive),
-                    Err(e) => break Err(e),
-                }
-            }
-            reply = session.next_reply() => {
-                if let Err(e) = state.take_reply(reply, session, collector, &drive).await {
-                    break Err(e);
-                }
-            }
-            completed = collector.completion(), if collector.has_pending() => {
-                state.last_reply = Instant::now();
-                match completed {
-                    Ok(accepted) => state.count(accepted, &drive),
-                    Err(e) => break Err(e),
-                }
-            }
-            _ = checkpoint_due.tick(), if state.unacked.is_some() => {
-                if let Err(e) = state.save_checkpoint(session, collector, &drive).await {
-                    break Err(e);
-                }
-            }
-            saved = saved(&mut state.saving), if state.saving.is_some() => {
-                state.saving = None;
-                let more = state.unacked_replies >= CHECKPOINT_EVERY_REPLIES;
-                let next = match saved {
-                    Ok(()) if more => state.save_checkpoint(session, collector, &drive).await,
-                    other => other,
-                };
-                if let Err(e) = next {
-                    break Err(e);
-                }
-            }
-            _ = worker_check.tick() => {
-                if let Err(e) = state.check_progress(session, collector, &drive).await {
-                    break Err(e);
-                }
-            }
+        let step = state.step(session, collector, &mut publisher, &mut timers, &drive);
+        if let Err(e) = step.await {
+            break Err(e);
         }
     };
     if result.is_err() {
         publisher.abort();
     }
     result
+}
+
+/// The clocks of [`drive`].
+struct Timers {
+    /// `--timeout`; `None`: none, or too far away to be a point in time.
+    deadline: Option<tokio::time::Instant>,
+    worker_check: tokio::time::Interval,
+    checkpoint_due: tokio::time::Interval,
+}
+
+impl Timers {
+    fn new(drive: &Drive<'_>) -> Self {
+        let deadline = drive
+            .timeout
+            .and_then(|t| drive.started.checked_add(t))
+            .map(tokio::time::Instant::from_std);
+        // The first check waits a moment: workers starting with the job
+        // (local ones, or a fleet coming up) are not "missing".
+        let first_check = tokio::time::Instant::now() + WORKER_CHECK_GRACE;
+        Timers {
+            deadline,
+            worker_check: tokio::time::interval_at(first_check, WORKER_CHECK_INTERVAL),
+            checkpoint_due: tokio::time::interval(CHECKPOINT_INTERVAL),
+        }
+    }
 }
 
 /// What [`drive`] keeps track of.
@@ -806,6 +778,50 @@ async fn saved(saving: &mut Option<SavingCheckpoint>) -> Result<()> {
 }
 
 impl DriveState {
+    /// Waits for the next thing that happens to the job and handles it.
+    ///
+    /// # Errors
+    /// Whatever ends the job: a cancel, the timeout, a publishing error,
+    /// an error from the collector or the broker.
+    async fn step(
+        &mut self,
+        session: &mut JobSession,
+        collector: &mut impl Collector,
+        publisher: &mut JoinHandle<Result<u64>>,
+        timers: &mut Timers,
+        drive: &Drive<'_>,
+    ) -> Result<()> {
+        tokio::select! {
+            () = drive.shutdown.cancelled() => Err(Error::Cancelled),
+            () = sleep_until(timers.deadline) => {
+                Err(timed_out(drive, self.answered, self.total, session))
+            }
+            joined = publisher, if self.total.is_none() => {
+                let tasks = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                self.published_all(tasks, drive);
+                Ok(())
+            }
+            reply = session.next_reply() => self.take_reply(reply, session, collector, drive).await,
+            completed = collector.completion(), if collector.has_pending() => {
+                self.last_reply = Instant::now();
+                self.count(completed?, drive);
+                Ok(())
+            }
+            _ = timers.checkpoint_due.tick(), if self.unacked.is_some() => {
+                self.save_checkpoint(session, collector, drive).await
+            }
+            saved = saved(&mut self.saving), if self.saving.is_some() => {
+                self.saving = None;
+                saved?;
+                if self.unacked_replies >= CHECKPOINT_EVERY_REPLIES {
+                    self.save_checkpoint(session, collector, drive).await?;
+                }
+                Ok(())
+            }
+            _ = timers.worker_check.tick() => self.check_progress(session, collector, drive).await,
+        }
+    }
+
     /// Hands one reply to the collector, and acks it: at once, or with the
     /// next checkpoint.
     async fn take_reply(

@@ -74,33 +74,8 @@ impl Report {
     /// The stdout text: the bare answer, or one JSON object.
     pub fn stdout(&self, json: bool) -> String {
         match self {
-            Report::Sum { report, seed } => {
-                if !json {
-                    return report.answer.text.clone();
-                }
-                let mut object = json!({
-                    "job_id": report.job_id.as_str(),
-                    "sum": report.answer.text,
-                    "count": report.answer.count,
-                    "dtype": report.answer.dtype.name(),
-                    "chunks": report.chunks,
-                    "workers_seen": report.workers.len(),
-                    "workers": report.workers,
-                    "duplicates": report.duplicates,
-                    "elapsed_s": (report.elapsed.as_secs_f64() * 1e6).round() / 1e6,
-                });
-                if report.answer.dtype.is_float() {
-                    object["overflow"] = json!(report.answer.overflow);
-                    object["nonfinite"] = json!(report.answer.nonfinite);
-                }
-                if let Some(seed) = seed {
-                    object["seed"] = json!(seed);
-                }
-                if let Some(source) = &report.source {
-                    object["source"] = json!(source);
-                }
-                object.to_string()
-            }
+            Report::Sum { report, .. } if !json => report.answer.text.clone(),
+            Report::Sum { report, seed } => sum_json(report, *seed),
             Report::Jobs(jobs) => {
                 if json {
                     serde_json::to_string(jobs).expect("a job list always serializes") // invariant: plain data
@@ -120,42 +95,8 @@ impl Report {
                     report.table()
                 }
             }
-            Report::Download(summary) => {
-                let failed: Vec<_> = summary
-                    .with_status(ItemStatus::Failed)
-                    .map(|r| json!({"url": r.url, "path": r.path, "error": r.error}))
-                    .collect();
-                if json {
-                    return json!({
-                        "job_id": summary.job_id.as_ref().map(|j| j.as_str()),
-                        "succeeded": summary.with_status(ItemStatus::Ok).count(),
-                        "failed": failed,
-                        "skipped": summary.with_status(ItemStatus::Skipped).count(),
-                        "bytes": summary.bytes(),
-                        "workers_seen": summary.workers.len(),
-                        "out_dir": summary.out_dir.display().to_string(),
-                        "manifest": summary.manifest.as_ref().map(|m| m.display().to_string()),
-                        "elapsed_s": (summary.elapsed.as_secs_f64() * 1e6).round() / 1e6,
-                    })
-                    .to_string();
-                }
-                let mut lines = vec![format!(
-                    "downloaded {} file(s) ({} bytes), skipped {}, failed {} into {} in {:.2} s",
-                    summary.with_status(ItemStatus::Ok).count(),
-                    summary.bytes(),
-                    summary.with_status(ItemStatus::Skipped).count(),
-                    failed.len(),
-                    summary.out_dir.display(),
-                    summary.elapsed.as_secs_f64()
-                )];
-                lines.extend(failure_lines(summary.with_status(ItemStatus::Failed).map(
-                    |r| {
-                        let reason = r.error.as_deref().unwrap_or("unknown error");
-                        (r.url.as_str(), r.path.as_str(), reason)
-                    },
-                )));
-                lines.join("\n")
-            }
+            Report::Download(summary) if json => download_json(summary),
+            Report::Download(summary) => download_text(summary),
         }
     }
 
@@ -205,6 +146,77 @@ impl Report {
         }
         notes
     }
+}
+
+/// A finished sum job as one JSON object.
+fn sum_json(report: &SumReport, seed: Option<u32>) -> String {
+    let mut object = json!({
+        "job_id": report.job_id.as_str(),
+        "sum": report.answer.text,
+        "count": report.answer.count,
+        "dtype": report.answer.dtype.name(),
+        "chunks": report.chunks,
+        "workers_seen": report.workers.len(),
+        "workers": report.workers,
+        "duplicates": report.duplicates,
+        "elapsed_s": (report.elapsed.as_secs_f64() * 1e6).round() / 1e6,
+    });
+    if report.answer.dtype.is_float() {
+        object["overflow"] = json!(report.answer.overflow);
+        object["nonfinite"] = json!(report.answer.nonfinite);
+    }
+    if let Some(seed) = seed {
+        object["seed"] = json!(seed);
+    }
+    if let Some(source) = &report.source {
+        object["source"] = json!(source);
+    }
+    object.to_string()
+}
+
+/// The failed downloads as JSON objects.
+fn failed_json(summary: &DownloadSummary) -> Vec<serde_json::Value> {
+    summary
+        .with_status(ItemStatus::Failed)
+        .map(|r| json!({"url": r.url, "path": r.path, "error": r.error}))
+        .collect()
+}
+
+/// A finished download job as one JSON object.
+fn download_json(summary: &DownloadSummary) -> String {
+    json!({
+        "job_id": summary.job_id.as_ref().map(|j| j.as_str()),
+        "succeeded": summary.with_status(ItemStatus::Ok).count(),
+        "failed": failed_json(summary),
+        "skipped": summary.with_status(ItemStatus::Skipped).count(),
+        "bytes": summary.bytes(),
+        "workers_seen": summary.workers.len(),
+        "out_dir": summary.out_dir.display().to_string(),
+        "manifest": summary.manifest.as_ref().map(|m| m.display().to_string()),
+        "elapsed_s": (summary.elapsed.as_secs_f64() * 1e6).round() / 1e6,
+    })
+    .to_string()
+}
+
+/// A finished download job as text: the counts, then the failures grouped
+/// by reason.
+fn download_text(summary: &DownloadSummary) -> String {
+    let mut lines = vec![format!(
+        "downloaded {} file(s) ({} bytes), skipped {}, failed {} into {} in {:.2} s",
+        summary.with_status(ItemStatus::Ok).count(),
+        summary.bytes(),
+        summary.with_status(ItemStatus::Skipped).count(),
+        summary.with_status(ItemStatus::Failed).count(),
+        summary.out_dir.display(),
+        summary.elapsed.as_secs_f64()
+    )];
+    lines.extend(failure_lines(summary.with_status(ItemStatus::Failed).map(
+        |r| {
+            let reason = r.error.as_deref().unwrap_or("unknown error");
+            (r.url.as_str(), r.path.as_str(), reason)
+        },
+    )));
+    lines.join("\n")
 }
 
 /// The text lines for failed downloads, given as (url, path, reason): one

@@ -70,13 +70,11 @@ fn job_queues_exist(s: &Scenario, job: &warren::JobId) -> bool {
     queues.iter().any(|(name, _)| name.ends_with(job.as_str()))
 }
 
-#[test]
-fn a_sum_whose_producer_is_killed_mid_job_ends_exact_with_attach() {
-    let mut s = Scenario::new("attach_sum");
-    let expected = reference(&["numpy-random-sum", "40000000", "11"]);
-    let _worker = s.start_worker("w0", &["--concurrency", "1"]);
+/// Starts a sum of 4e7 random doubles (seed 11) in 2000 tasks, once the
+/// test's worker consumes, and waits until 100 of them are checkpointed.
+fn long_sum_under_way(s: &mut Scenario) -> (RunningProducer, warren::JobId) {
     s.broker.wait_for_consumers(1);
-    let first = s
+    let producer = s
         .producer(&[
             "sum",
             "--random",
@@ -88,10 +86,19 @@ fn a_sum_whose_producer_is_killed_mid_job_ends_exact_with_attach() {
             "--json",
         ])
         .spawn();
-    let job = started_job(&first);
-    wait_for_listing(&s, &job, "100 of its 2000 tasks are checkpointed", |e| {
+    let job = started_job(&producer);
+    wait_for_listing(s, &job, "100 of its 2000 tasks are checkpointed", |e| {
         e["done"].as_u64().unwrap_or(0) >= 100
     });
+    (producer, job)
+}
+
+#[test]
+fn a_sum_whose_producer_is_killed_mid_job_ends_exact_with_attach() {
+    let mut s = Scenario::new("attach_sum");
+    let expected = reference(&["numpy-random-sum", "40000000", "11"]);
+    let _worker = s.start_worker("w0", &["--concurrency", "1"]);
+    let (first, job) = long_sum_under_way(&mut s);
     first.signal(Signal::SIGKILL);
     let killed = first.wait(Duration::from_secs(10));
     assert!(
@@ -275,23 +282,7 @@ fn a_producer_whose_connection_is_closed_mid_job_reconnects_and_ends_exact() {
     let mut s = Scenario::new("reconnect");
     let expected = reference(&["numpy-random-sum", "40000000", "11"]);
     let _worker = s.start_worker("w0", &["--concurrency", "1"]);
-    s.broker.wait_for_consumers(1);
-    let producer = s
-        .producer(&[
-            "sum",
-            "--random",
-            "4e7",
-            "--seed",
-            "11",
-            "--chunk-size",
-            "20000",
-            "--json",
-        ])
-        .spawn();
-    let job = started_job(&producer);
-    wait_for_listing(&s, &job, "100 of its 2000 tasks are checkpointed", |e| {
-        e["done"].as_u64().unwrap_or(0) >= 100
-    });
+    let (producer, job) = long_sum_under_way(&mut s);
     close_connection(&format!("warren-producer {job}"));
     let run = producer.wait(Duration::from_secs(120));
     run.expect_success();
