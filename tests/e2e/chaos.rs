@@ -11,6 +11,8 @@
 //! connection (docs/GUARANTEES.md says so), so cutting that connection would
 //! only show the documented failure.
 //!
+//! Also the broker alone restarted mid-sum, with nothing else going wrong.
+//!
 //! `WARREN_CHAOS_LONG=1` runs the long version (ten times the tasks and
 //! files, chaos for as long as they take, up to 30 minutes);
 //! `WARREN_CHAOS_SEED=N` replays the random choices of an earlier run.
@@ -331,5 +333,61 @@ fn chaos_soak_sum_and_download_end_exact_and_complete_through_kills_cuts_and_a_b
         soak.counts.workers_killed > 0 && soak.counts.cuts > 0,
         "the soak struck no worker or no connection: {:?}",
         soak.counts
+    );
+}
+
+/// The broker alone, SIGKILLed and restarted mid-sum, with nothing else
+/// going wrong: the same producer run waits for it, carries the job on from
+/// its record and prints the exact sum.
+#[test]
+fn a_broker_restarted_mid_sum_costs_the_producer_a_pause_not_the_job() {
+    let expected = reference(&["numpy-random-sum", "4000000", "29"]);
+    let mut soak = Soak::start();
+    for _ in 0..2 {
+        soak.start_worker();
+    }
+    soak.wait_for_consumers(2);
+    let node_url = soak.broker.nodes()[0].url();
+    let mut sum = soak
+        .s
+        .producer(&[
+            "--amqp-url",
+            &node_url,
+            "sum",
+            "--random",
+            "4000000",
+            "--seed",
+            "29",
+            "--chunk-size",
+            "2000",
+            "--tasks-per-message",
+            "1",
+            "--json",
+        ])
+        .spawn();
+    eventually(Duration::from_secs(60), || {
+        let done = soak.messages_done();
+        if done >= 100 {
+            Ok(())
+        } else {
+            Err(format!("{done} of 2000 tasks done"))
+        }
+    });
+    let done = soak.messages_done();
+    assert!(
+        is_running(&mut sum) && done < 2000,
+        "the sum was over ({done} of 2000 tasks) before the broker restart"
+    );
+    soak.restart_broker();
+
+    let run = sum.wait(Duration::from_secs(180));
+    run.expect_success();
+    let json = run.json();
+    assert_eq!(json["sum"], expected.as_str(), "{run}");
+    assert_eq!(json["count"], 4_000_000, "{run}");
+    assert_eq!(json["chunks"], 2000, "every task counted once: {run}");
+    assert!(
+        run.stderr.contains("lost the broker connection"),
+        "the producer did not notice the restart: {run}"
     );
 }

@@ -22,8 +22,9 @@ mod by_reference;
 /// cancel, the attach lock, a changed input, the job TTL.
 mod durable;
 
-/// The chaos soak: a sum and a download through killed workers, cut
-/// connections and a broker restart, on a broker of the test's own.
+/// On a broker of the test's own: a broker restart mid-sum, and the chaos
+/// soak (a sum and a download through killed workers, cut connections and
+/// a broker restart).
 mod chaos;
 
 /// Download jobs: files from a local HTTP server, both delivery modes,
