@@ -346,8 +346,8 @@ impl RunningProducer {
 
     /// Its exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        let child = self.child.as_mut().expect("the producer is running");
-        child.try_wait().ok().flatten()
+        // The child is only taken by `wait`, which consumes the producer.
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// Waits for the end (at most `timeout`).
