@@ -53,6 +53,9 @@ const DECLARE_AFTER_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// own connection is blocked by a resource alarm.
 const CLEANUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often the producer looks whether the broker blocks its connection.
+const ALARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the producer says while the broker blocks its connection.
 const BLOCKED_BY_ALARM: &str = "the broker is blocking publishes: a resource alarm is in effect \
      (RabbitMQ stops every publisher while it runs low on memory or disk space), so no task \
@@ -91,8 +94,6 @@ pub(crate) struct JobSession {
     consumers: Option<u32>,
     /// A "no worker" warning is showing.
     warned: bool,
-    /// A "blocked by a resource alarm" warning is showing.
-    warned_blocked: bool,
     /// Where to connect to delete the job's queues when this connection
     /// is blocked.
     broker: BrokerConfig,
@@ -223,7 +224,6 @@ impl JobSession {
             probe: QueueProbe::new(),
             consumers: None,
             warned: false,
-            warned_blocked: false,
             broker: broker.clone(),
             local_workers: LocalWorkers::none(),
             management: ManagementApi::for_broker(broker, None)
@@ -360,19 +360,10 @@ impl JobSession {
     /// Checks whether any worker consumes the task queue and warns (once,
     /// until one appears) while none does and `waiting` tasks are pending.
     async fn check_workers(&mut self, progress: &Progress, waiting: u64) {
-        // A connection the broker blocked (connection.blocked: a memory or
-        // disk alarm) sends nothing, not even the probe below: say why the
-        // job stands still rather than guess at missing workers.
-        let blocked = self.connection.status().blocked();
-        if blocked != self.warned_blocked {
-            self.warned_blocked = blocked;
-            progress.warn(if blocked {
-                BLOCKED_BY_ALARM
-            } else {
-                "the broker takes publishes again: the resource alarm cleared"
-            });
-        }
-        if blocked {
+        // A connection the broker blocked (a memory or disk alarm) sends
+        // nothing, not even the probe below: `watch_for_alarms` says why
+        // the job stands still, rather than guess at missing workers.
+        if self.connection.status().blocked() {
             return;
         }
         let queue = self.topology.task_queue();
@@ -404,6 +395,31 @@ impl JobSession {
             self.warned = false;
             progress.warn(&format!("{consumers} worker(s) now consuming {queue}"));
         }
+    }
+
+    /// Warns, from a task of its own, while the broker blocks this
+    /// connection (connection.blocked: a memory or disk alarm), and when it
+    /// stops: the job's own broker calls wait meanwhile, and the collector
+    /// loop with them. Abort the task when the job ends.
+    pub(crate) fn watch_for_alarms(&self, progress: &Progress) -> JoinHandle<()> {
+        let status = self.connection.status().clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            let mut check = tokio::time::interval(ALARM_CHECK_INTERVAL);
+            loop {
+                check.tick().await;
+                let blocked = status.blocked();
+                if blocked != warned {
+                    warned = blocked;
+                    progress.warn(if blocked {
+                        BLOCKED_BY_ALARM
+                    } else {
+                        "the broker takes publishes again: the resource alarm cleared"
+                    });
+                }
+            }
+        })
     }
 
     /// Ends the job on the broker: deletes the reply queue (so workers drop
@@ -790,6 +806,7 @@ pub(crate) async fn drive(
         last_reply: Instant::now(),
     };
     let mut timers = Timers::new(&drive);
+    let alarms = session.watch_for_alarms(drive.progress);
     let result = loop {
         if state.total == Some(state.answered) {
             tracing::debug!(tasks = state.answered, "every task answered");
@@ -800,6 +817,7 @@ pub(crate) async fn drive(
             break Err(e);
         }
     };
+    alarms.abort();
     if result.is_err() {
         publisher.abort();
     }

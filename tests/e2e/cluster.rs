@@ -515,7 +515,6 @@ fn status_and_jobs_ask_the_next_management_api_when_the_first_node_is_down() {
         .as_array()
         .and_then(|jobs| jobs.iter().find(|j| j["job_id"] == job_id.as_str()))
         .unwrap_or_else(|| panic!("job {job_id} is not listed:\n{run}"));
-    assert_eq!(listed["attached"], true, "{run}");
     assert_eq!(listed["kind"], "sum", "{run}");
 
     // None answering is one line naming each API tried.

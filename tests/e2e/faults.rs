@@ -938,11 +938,13 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
     s.assert_clean();
 }
 
-/// Issue 12: a memory alarm blocks every publisher. The producer said "no
-/// worker is consuming" and took 15 s to end on Ctrl-C; it now names the
-/// alarm, and Ctrl-C still cancels the job (deleting its queues through a
-/// spare connection) and exits 130 at once. On an extra node of its own:
-/// the shared test broker is never alarmed.
+/// Issue 12: a memory alarm blocks every publisher. The producer said
+/// nothing of it and took 10 s to end on Ctrl-C; it now names the alarm,
+/// and Ctrl-C still cancels the job (deleting its queues through a spare
+/// connection) and exits 130 at once. On an extra node of its own: the
+/// shared test broker is never alarmed. (A job that keeps no record, as a
+/// durable one waits for the alarm before its record is saved: see
+/// GUARANTEES.md.)
 #[test]
 fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
     let node = RabbitCluster::start_with(ClusterOptions {
@@ -952,7 +954,7 @@ fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
     let url = node.urls().remove(0);
     let s = Scenario::new("memory_alarm");
     let task_queue = format!("{}.tasks", s.prefix);
-    let worker = s.start_worker("w0", &["--amqp-url", &url]);
+    let _worker = s.start_worker("w0", &["--amqp-url", &url]);
     eventually(Duration::from_secs(30), || {
         let consumers = node.list("queues", &["name", "consumers"]);
         if consumers
@@ -964,27 +966,21 @@ fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
             Err(format!("no consumer on {task_queue} yet: {consumers:?}"))
         }
     });
+    let alarm = node.rabbitmqctl(0, &["set_vm_memory_high_watermark", "0.0000001"]);
+    assert!(alarm.status.success(), "{alarm:?}");
     let producer = s
         .producer(&[
             "--amqp-url",
             &url,
             "sum",
             "--random",
-            "2e7",
+            "2e6",
             "--chunk-size",
             "20000",
+            "--job-ttl",
+            "0",
         ])
         .spawn();
-    eventually(Duration::from_secs(60), || {
-        let done = worker.log().lines().filter(|l| l.contains(" done")).count();
-        if done >= 10 {
-            Ok(())
-        } else {
-            Err(format!("{done} tasks done"))
-        }
-    });
-    let alarm = node.rabbitmqctl(0, &["set_vm_memory_high_watermark", "0.0000001"]);
-    assert!(alarm.status.success(), "{alarm:?}");
     eventually(Duration::from_secs(30), || {
         let stderr = producer.stderr();
         if stderr.contains("a resource alarm is in effect") {

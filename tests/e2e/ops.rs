@@ -481,9 +481,9 @@ fn with_json_a_flag_or_usage_error_prints_one_object_with_its_error() {
             "error: --chunk-size must be at least 1",
         ),
         (
-            &["attach", "not-a-job", "--json"],
-            "\"not-a-job\" is not a job id",
-            "error: \"not-a-job\" is not a job id",
+            &["sum", "--json"],
+            "the following required arguments were not provided: <INPUT>",
+            "error: the following required arguments were not provided:",
         ),
     ];
     for (args, error, stderr) in cases {
