@@ -939,7 +939,8 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
 }
 
 /// Issue 12: a memory alarm blocks every publisher. The producer said
-/// nothing of it and took 10 s to end on Ctrl-C; it now names the alarm,
+/// nothing of it, and on Ctrl-C waited on deletes that its blocked
+/// connection could not send; it now names the alarm,
 /// and Ctrl-C still cancels the job (deleting its queues through a spare
 /// connection) and exits 130 at once. On an extra node of its own: the
 /// shared test broker is never alarmed. (A job that keeps no record, as a
