@@ -1,7 +1,7 @@
 //! [`RabbitCluster`]: a RabbitMQ cluster of three nodes on this machine, for
-//! tests of what survives the loss of a node; or a single extra node
-//! ([`ClusterOptions`]), for faults that must never touch the default node
-//! (a memory alarm).
+//! tests of what survives the loss of a node, or a single node of a test's
+//! own ([`RabbitCluster::start_with`]`(1)`), for tests that restart the
+//! whole broker or raise an alarm on it (never on the default node).
 //!
 //! The nodes come from the installed RabbitMQ (Debian's `rabbitmq-server`
 //! package; another install is found through `RABBITMQ_SBIN`). Each has its
@@ -88,7 +88,7 @@ impl Node {
     }
 }
 
-/// What [`RabbitCluster::start_with`] starts.
+/// What [`RabbitCluster::start_with_options`] starts.
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterOptions {
     /// How many nodes: [`NODES`] by default; 1 for a lone extra node.
@@ -126,7 +126,20 @@ impl RabbitCluster {
     /// When RabbitMQ is not installed or a node does not boot or join in
     /// time; the message names the node, the command and its log.
     pub fn start() -> RabbitCluster {
-        RabbitCluster::start_with(ClusterOptions::default())
+        RabbitCluster::start_with(NODES)
+    }
+
+    /// Starts `nodes` nodes in one cluster, as [`RabbitCluster::start`]
+    /// does; one node is a broker of the test's own, which it may kill and
+    /// restart as a whole.
+    ///
+    /// # Panics
+    /// As [`RabbitCluster::start`].
+    pub fn start_with(nodes: usize) -> RabbitCluster {
+        RabbitCluster::start_with_options(ClusterOptions {
+            nodes,
+            ..ClusterOptions::default()
+        })
     }
 
     /// Starts `options.nodes` nodes, joins the others to the first, and
@@ -134,7 +147,7 @@ impl RabbitCluster {
     ///
     /// # Panics
     /// As [`RabbitCluster::start`]; also for zero nodes.
-    pub fn start_with(options: ClusterOptions) -> RabbitCluster {
+    pub fn start_with_options(options: ClusterOptions) -> RabbitCluster {
         assert!(options.nodes > 0, "a cluster has at least one node");
         static CLUSTERS: AtomicU32 = AtomicU32::new(0);
         let started = Instant::now();

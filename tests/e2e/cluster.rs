@@ -37,7 +37,7 @@ impl ClusterJob {
         let serial = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let cluster = RabbitCluster::start_with(options);
+        let cluster = RabbitCluster::start_with_options(options);
         eprintln!(
             "{test}: the 3-node cluster started in {:.1}s",
             cluster.startup_time().as_secs_f64()

@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use warren::exact::sum_chunk;
 use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
-use warren_testkit::{ClusterOptions, RabbitCluster, eventually};
+use warren_testkit::{RabbitCluster, eventually};
 
 use crate::support::broker::queues_with_prefix;
 use crate::support::endpoints::{SUM_TASKS_DONE, metric, wait_for_metric_at_least};
@@ -948,10 +948,7 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
 /// GUARANTEES.md.)
 #[test]
 fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
-    let node = RabbitCluster::start_with(ClusterOptions {
-        nodes: 1,
-        ..ClusterOptions::default()
-    });
+    let node = RabbitCluster::start_with(1);
     let url = node.urls().remove(0);
     let s = Scenario::new("memory_alarm");
     let task_queue = format!("{}.tasks", s.prefix);
