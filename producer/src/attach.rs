@@ -16,7 +16,6 @@ use crate::job::{JobSession, Opening};
 use crate::local::LocalPlan;
 use crate::output::Report;
 use crate::progress::Progress;
-use crate::status::managed_queues;
 use crate::sum::{self, RunLimits};
 
 /// Carries on a job whose producer stopped, and reports as that producer
@@ -136,10 +135,12 @@ pub(crate) async fn list(
     management_url: Option<&str>,
 ) -> Result<Vec<JobListing>> {
     let topology = Topology::new(broker.prefix.clone());
-    let api = ManagementApi::for_broker(&broker.url, management_url)?;
-    let queues = managed_queues(&api, broker.tls.ca_pem())
+    let api = ManagementApi::for_broker(broker, management_url)?;
+    let queues = api
+        .queues(broker.tls.ca_pem())
         .await
-        .map_err(|reason| Error::NoJobList { reason })?;
+        .map_err(|reason| Error::NoJobList { reason })?
+        .queues;
     let connection = broker::connect(broker, "warren-producer jobs").await?;
     let mut jobs = Vec::new();
     let record_prefix = topology.job_queue_prefix();

@@ -155,7 +155,9 @@ Examples:
 /// Flags of `producer status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Base URL of RabbitMQ's management API [default: the broker's host, port 15672]
+    /// Base URL of RabbitMQ's management API, or several separated by
+    /// commas, asked in order until one answers [default: each broker
+    /// URL's host, port 15672]
     #[arg(long, env = "WARREN_MANAGEMENT_URL", value_name = "URL")]
     pub management_url: Option<String>,
 
@@ -390,7 +392,7 @@ impl Cli {
         match self.command {
             Command::Status(args) => {
                 if let Some(url) = &args.management_url {
-                    crate::management::ManagementApi::for_broker(&broker.url, Some(url))?;
+                    crate::management::ManagementApi::for_broker(&broker, Some(url))?;
                 }
                 Ok(Config {
                     broker,

@@ -49,6 +49,20 @@ const STALL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// declaring and consuming its reply queue, so that it can be deleted.
 const DECLARE_AFTER_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bound on opening a spare connection to delete a job's queues when its
+/// own connection is blocked by a resource alarm.
+const CLEANUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often the producer looks whether the broker blocks its connection.
+const ALARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the producer says while the broker blocks its connection.
+const BLOCKED_BY_ALARM: &str = "the broker is blocking publishes: a resource alarm is in effect \
+     (RabbitMQ stops every publisher while it runs low on memory or disk space), so no task \
+     or result moves. The job waits until the alarm clears: free memory or disk space on the \
+     broker, or raise its limits (rabbitmqctl set_vm_memory_high_watermark, \
+     set_disk_free_limit); `rabbitmq-diagnostics alarms` shows which alarm is on";
+
 /// Publishes whose confirms may be outstanding at once.
 const CONFIRM_WINDOW: usize = 16;
 
@@ -80,6 +94,9 @@ pub(crate) struct JobSession {
     consumers: Option<u32>,
     /// A "no worker" warning is showing.
     warned: bool,
+    /// Where to connect to delete the job's queues when this connection
+    /// is blocked.
+    broker: BrokerConfig,
     /// Workers running inside the producer for this job (`--workers`).
     local_workers: LocalWorkers,
     /// Where to ask for the task queue's in-work count (AMQP gives only
@@ -207,8 +224,9 @@ impl JobSession {
             probe: QueueProbe::new(),
             consumers: None,
             warned: false,
+            broker: broker.clone(),
             local_workers: LocalWorkers::none(),
-            management: ManagementApi::for_broker(&broker.url, None)
+            management: ManagementApi::for_broker(broker, None)
                 .ok()
                 .map(|api| (api, broker.tls.ca_pem().map(str::to_owned))),
         })
@@ -322,9 +340,9 @@ impl JobSession {
         let (api, ca_pem) = self.management.as_ref()?;
         // Bounded like the worker check: the collector loop must keep
         // seeing Ctrl-C and the job's timeout.
-        let listing = crate::status::managed_queues(api, ca_pem.as_deref());
+        let listing = api.queues(ca_pem.as_deref());
         let queues = match tokio::time::timeout(STALL_CHECK_TIMEOUT, listing).await {
-            Ok(Ok(queues)) => queues,
+            Ok(Ok(listing)) => listing.queues,
             Ok(Err(reason)) => {
                 tracing::debug!(%reason, "no in-work count from the management API");
                 return None;
@@ -342,6 +360,12 @@ impl JobSession {
     /// Checks whether any worker consumes the task queue and warns (once,
     /// until one appears) while none does and `waiting` tasks are pending.
     async fn check_workers(&mut self, progress: &Progress, waiting: u64) {
+        // A connection the broker blocked (a memory or disk alarm) sends
+        // nothing, not even the probe below: `watch_for_alarms` says why
+        // the job stands still, rather than guess at missing workers.
+        if self.connection.status().blocked() {
+            return;
+        }
         let queue = self.topology.task_queue();
         // Bounded: a broker that stopped answering (a memory or disk alarm
         // blocks publishing connections) must not keep the collector loop
@@ -373,6 +397,31 @@ impl JobSession {
         }
     }
 
+    /// Warns, from a task of its own, while the broker blocks this
+    /// connection (connection.blocked: a memory or disk alarm), and when it
+    /// stops: the job's own broker calls wait meanwhile, and the collector
+    /// loop with them. Abort the task when the job ends.
+    pub(crate) fn watch_for_alarms(&self, progress: &Progress) -> JoinHandle<()> {
+        let status = self.connection.status().clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            let mut check = tokio::time::interval(ALARM_CHECK_INTERVAL);
+            loop {
+                check.tick().await;
+                let blocked = status.blocked();
+                if blocked != warned {
+                    warned = blocked;
+                    progress.warn(if blocked {
+                        BLOCKED_BY_ALARM
+                    } else {
+                        "the broker takes publishes again: the resource alarm cleared"
+                    });
+                }
+            }
+        })
+    }
+
     /// Ends the job on the broker: deletes the reply queue (so workers drop
     /// any task of this job still queued) and the job's record, and closes
     /// the connection. Errors are logged, not returned: the job's outcome is
@@ -380,8 +429,20 @@ impl JobSession {
     pub(crate) async fn close(self) {
         tracing::debug!("closing the job");
         let record_queue = self.record.as_ref().map(|_| &self.record_queue);
-        for queue in std::iter::once(&self.reply_queue).chain(record_queue) {
-            let delete = broker::delete_queue(&self.reply_channel, queue);
+        // A blocked connection sends nothing: delete through a spare one,
+        // which publishes nothing and so is not blocked.
+        let blocked = self.connection.status().blocked();
+        let spare = if blocked {
+            self.spare_channel().await
+        } else {
+            None
+        };
+        let channel = spare.as_ref().map_or(&self.reply_channel, |(_, c)| c);
+        let queues = std::iter::once(&self.reply_queue).chain(record_queue);
+        // Without a spare, a blocked connection would only wait out the
+        // timeouts: the queues stay until the job's TTL ends them.
+        for queue in queues.filter(|_| !blocked || spare.is_some()) {
+            let delete = broker::delete_queue(channel, queue);
             match tokio::time::timeout(Duration::from_secs(5), delete).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -390,14 +451,44 @@ impl JobSession {
                 Err(_) => tracing::warn!(%queue, "deleting the job's queue timed out"),
             }
         }
+        if let Some((connection, _)) = spare {
+            broker::close_quietly(&connection).await;
+        }
         self.detach().await;
+    }
+
+    /// A connection and channel beside the job's own, for deleting its
+    /// queues while the broker blocks the job's connection; `None` when it
+    /// cannot be opened within [`CLEANUP_CONNECT_TIMEOUT`].
+    async fn spare_channel(&self) -> Option<(Connection, Channel)> {
+        let name = format!("warren-producer {} cleanup", self.job);
+        let opening = async {
+            let connection = broker::connect(&self.broker, &name).await?;
+            let channel = broker::open_channel(&connection).await?;
+            Ok::<_, warren::Error>((connection, channel))
+        };
+        match tokio::time::timeout(CLEANUP_CONNECT_TIMEOUT, opening).await {
+            Ok(Ok(spare)) => Some(spare),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "no connection to delete the job's queues");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("no connection to delete the job's queues in time");
+                None
+            }
+        }
     }
 
     /// Leaves the job on the broker for another producer to attach to:
     /// closes the connection (which releases the attach lock) and stops the
     /// local workers.
     pub(crate) async fn detach(self) {
-        broker::close_quietly(&self.connection).await;
+        // A blocked connection cannot send its close: the broker drops it
+        // when the process ends.
+        if !self.connection.status().blocked() {
+            broker::close_quietly(&self.connection).await;
+        }
         self.local_workers.stop().await;
         tracing::debug!("closed");
     }
@@ -715,6 +806,7 @@ pub(crate) async fn drive(
         last_reply: Instant::now(),
     };
     let mut timers = Timers::new(&drive);
+    let alarms = session.watch_for_alarms(drive.progress);
     let result = loop {
         if state.total == Some(state.answered) {
             tracing::debug!(tasks = state.answered, "every task answered");
@@ -725,6 +817,7 @@ pub(crate) async fn drive(
             break Err(e);
         }
     };
+    alarms.abort();
     if result.is_err() {
         publisher.abort();
     }
@@ -952,6 +1045,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 fn timed_out(drive: &Drive<'_>, done: u64, total: Option<u64>, session: &JobSession) -> Error {
     let task_queue = session.topology.task_queue();
     let hint = match session.consumers {
+        _ if session.connection.status().blocked() => {
+            " (the broker is blocking publishes: a memory or disk alarm)".to_owned()
+        }
         Some(0) | None => format!(" (no worker is consuming {task_queue})"),
         Some(n) => format!(" ({n} worker(s) consuming {task_queue})"),
     };

@@ -3,20 +3,35 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use producer::output::error_json;
+use producer::output::{error_json, json_requested, usage_error_text};
 use producer::progress::Progress;
 use producer::{Cli, Error};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Known before the flags parse: a script that asked for JSON gets an
+    // object even when they do not.
+    let json = json_requested(std::env::args_os());
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_failure(&e, json),
+    };
     warren::logging::install(cli.log.log_format, "warn");
     let config = match cli.into_config() {
         Ok(config) => config,
-        Err(e) => return fail(&e),
+        Err(e) => {
+            if json {
+                print_json(&error_json(
+                    &warren::display_chain(&e),
+                    &Progress::hidden(),
+                    Duration::ZERO,
+                ));
+            }
+            return fail(&e);
+        }
     };
     // Multi-threaded: the collector folds results while publishing and the
     // blocking input reader run beside it.
@@ -64,10 +79,11 @@ fn main() -> ExitCode {
         Err(e) => {
             progress.finish();
             if config.json {
-                let object = error_json(&warren::display_chain(&e), &progress, started.elapsed());
-                // Nothing more to tell when stdout is gone: the exit
-                // status and stderr still say what happened.
-                let _ = writeln!(std::io::stdout().lock(), "{object}");
+                print_json(&error_json(
+                    &warren::display_chain(&e),
+                    &progress,
+                    started.elapsed(),
+                ));
             }
             if e.is_cancelled() {
                 eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
@@ -77,6 +93,27 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Help and version as clap prints them; a flag error as clap prints it
+/// (status 2), after its `--json` object on stdout when one was asked for.
+fn usage_failure(error: &clap::Error, json: bool) -> ! {
+    if json && error.use_stderr() {
+        print_json(&error_json(
+            &usage_error_text(error),
+            &Progress::hidden(),
+            Duration::ZERO,
+        ));
+    }
+    error.exit()
+}
+
+/// The `--json` object of a failed run on stdout. Nothing more to tell when
+/// stdout is gone: the exit status and stderr still say what happened.
+fn print_json(object: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{object}");
+    let _ = stdout.flush();
 }
 
 fn fail(error: &Error) -> ExitCode {

@@ -36,6 +36,24 @@ pub fn error_json(error: &str, progress: &Progress, elapsed: std::time::Duration
     object.to_string()
 }
 
+/// Whether the command line asks for `--json` (before a `--` that ends the
+/// flags), read from the raw arguments: flags that fail to parse still
+/// get their JSON object.
+pub fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// The gist of a flag error for `--json`: clap's first paragraph (without
+/// its `error: ` and the usage that follows), on one line.
+pub fn usage_error_text(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let first = rendered.trim().split("\n\n").next().unwrap_or_default();
+    let first = first.strip_prefix("error:").unwrap_or(first);
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub enum Report {
@@ -256,6 +274,39 @@ fn failure_lines<'a>(failures: impl Iterator<Item = (&'a str, &'a str, &'a str)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn json_is_requested_by_a_flag_before_the_end_of_flags() {
+        let args = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        assert!(json_requested(args(&[
+            "producer", "sum", "--json", "--bogus"
+        ])));
+        assert!(!json_requested(args(&["producer", "sum", "--", "--json"])));
+        assert!(!json_requested(args(&["producer", "sum", "--jsonx"])));
+    }
+
+    #[test]
+    fn a_flag_error_is_one_line_without_usage() {
+        let error =
+            crate::Cli::try_parse_from(["producer", "sum", "--bogus", "--json"]).unwrap_err();
+        assert_eq!(
+            usage_error_text(&error),
+            "unexpected argument '--bogus' found"
+        );
+        let error = crate::Cli::try_parse_from(["producer", "attach"]).unwrap_err();
+        let text = usage_error_text(&error);
+        assert!(
+            text.starts_with("the following required arguments were not provided:")
+                && text.contains("<JOB_ID>")
+                && !text.contains('\n'),
+            "{text}"
+        );
+    }
 
     #[test]
     fn failures_with_one_reason_are_one_line_with_a_count_and_a_few_urls() {

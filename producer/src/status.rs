@@ -7,22 +7,18 @@
 //! reply queues, one per running job. Without the management plugin the
 //! report says what it cannot know.
 
-use std::time::Duration;
-
 use crate::management::ManagementApi;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use warren::broker::{self, QueueProbe};
 use warren::{BrokerConfig, Topology};
 
 use crate::error::Result;
 
-/// How long the management API may take to answer.
-const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// `producer status` settings.
 #[derive(Debug, Clone)]
 pub struct StatusConfig {
-    /// The management API's base URL, if not the broker's host on 15672.
+    /// The management APIs' base URLs, comma-separated, if not each
+    /// broker URL's host on 15672.
     pub management_url: Option<String>,
 }
 
@@ -77,15 +73,6 @@ pub struct StatusReport {
     pub management: String,
 }
 
-/// One queue as the management API lists it.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ManagedQueue {
-    pub(crate) name: String,
-    pub(crate) messages_ready: Option<u64>,
-    pub(crate) messages_unacknowledged: Option<u64>,
-    pub(crate) consumers: Option<u64>,
-}
-
 /// Gathers the report.
 ///
 /// # Errors
@@ -111,9 +98,10 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
     }
     broker::close_quietly(&connection).await;
 
-    let api = ManagementApi::for_broker(&broker.url, config.management_url.as_deref())?;
-    let (jobs, management) = match managed_queues(&api, broker.tls.ca_pem()).await {
-        Ok(managed) => {
+    let api = ManagementApi::for_broker(broker, config.management_url.as_deref())?;
+    let (jobs, management) = match api.queues(broker.tls.ca_pem()).await {
+        Ok(listing) => {
+            let managed = listing.queues;
             let reply_prefix = format!("{}.reply.", topology.prefix());
             for queue in &mut queues {
                 if let Some(found) = managed.iter().find(|m| m.name == queue.name) {
@@ -132,14 +120,13 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
                     })
                 })
                 .collect();
-            (Some(jobs), format!("management API at {}", api.base()))
+            (Some(jobs), format!("management API at {}", listing.base))
         }
         Err(reason) => (
             None,
             format!(
-                "no management API at {} ({reason}): for in-work counts and jobs, \
-                 rabbitmq-plugins enable rabbitmq_management or pass --management-url",
-                api.base()
+                "no management API at {reason}: for in-work counts and jobs, \
+                 rabbitmq-plugins enable rabbitmq_management or pass --management-url"
             ),
         ),
     };
@@ -149,58 +136,6 @@ pub async fn run(broker: &BrokerConfig, config: &StatusConfig) -> Result<StatusR
         jobs,
         management,
     })
-}
-
-/// Lists the virtual host's queues through the management API.
-pub(crate) async fn managed_queues(
-    api: &ManagementApi,
-    ca_pem: Option<&str>,
-) -> std::result::Result<Vec<ManagedQueue>, String> {
-    let mut client = reqwest::Client::builder().timeout(MANAGEMENT_TIMEOUT);
-    if let Some(pem) = ca_pem {
-        for certificate in
-            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
-        {
-            client = client.add_root_certificate(certificate);
-        }
-    }
-    let client = client.build().map_err(|e| e.to_string())?;
-    let (user, password) = api.credentials();
-    let response = client
-        .get(api.queues_url(&[
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ]))
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .map_err(|e| short_reason(&e))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("HTTP {status}"));
-    }
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
-}
-
-/// The gist of a failed request, for one short line: "connection refused"
-/// rather than the whole chain from the HTTP client down to the socket.
-fn short_reason(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        return format!("no answer within {}s", MANAGEMENT_TIMEOUT.as_secs());
-    }
-    let mut innermost: &dyn std::error::Error = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    if let Some(io) = innermost.downcast_ref::<std::io::Error>()
-        && io.kind() == std::io::ErrorKind::ConnectionRefused
-    {
-        return "connection refused".to_owned();
-    }
-    innermost.to_string()
 }
 
 impl StatusReport {

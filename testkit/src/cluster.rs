@@ -1,7 +1,7 @@
 //! [`RabbitCluster`]: a RabbitMQ cluster of three nodes on this machine, for
 //! tests of what survives the loss of a node, or a single node of a test's
 //! own ([`RabbitCluster::start_with`]`(1)`), for tests that restart the
-//! whole broker.
+//! whole broker or raise an alarm on it (never on the default node).
 //!
 //! The nodes come from the installed RabbitMQ (Debian's `rabbitmq-server`
 //! package; another install is found through `RABBITMQ_SBIN`). Each has its
@@ -10,8 +10,9 @@
 //! in a temporary directory; they share the Erlang cookie of the machine's
 //! default node, so that a plain `rabbitmqctl -n NODE ...` reaches them too.
 //! The second and third nodes join the first with `rabbitmqctl
-//! join_cluster`. No plugin is enabled: no management listener can clash
-//! with the default node's.
+//! join_cluster`. No plugin is enabled unless asked for: with
+//! [`ClusterOptions::management`], each node serves the management API on
+//! its own port of 127.0.0.1 (never 15672, the default node's).
 //!
 //! Every command names its node with `-n`: the default node (`rabbit@...`
 //! on port 5672, which the other tests share) is never stopped, reset or
@@ -37,7 +38,7 @@ const DEBIAN_SBIN: &str = "/usr/lib/rabbitmq/bin";
 /// Short node names need a host that resolves to this machine; the Debian
 /// package names its default node `rabbit@localhost` too.
 const NODE_HOST: &str = "localhost";
-/// How many nodes a cluster has.
+/// How many nodes a cluster has by default.
 pub const NODES: usize = 3;
 /// Bound on a node's boot (the Erlang VM and the broker application).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -57,6 +58,8 @@ pub struct Node {
     pub port: u16,
     /// Its Erlang distribution port.
     dist_port: u16,
+    /// Its management API's port on 127.0.0.1, when the plugin is on.
+    management_port: Option<u16>,
     /// Its data, log and configuration directory.
     dir: PathBuf,
     /// The `rabbitmq-server` script, which stays as the VM's parent.
@@ -72,13 +75,39 @@ impl Node {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// `http://127.0.0.1:PORT`, its management API, when
+    /// [`ClusterOptions::management`] enabled it.
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
     /// Whether the node still runs (it was not killed).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
 }
 
-/// Three RabbitMQ nodes joined in a cluster; killed and removed on drop.
+/// What [`RabbitCluster::start_with_options`] starts.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterOptions {
+    /// How many nodes: [`NODES`] by default; 1 for a lone extra node.
+    pub nodes: usize,
+    /// Whether each node runs the management plugin, on a port of its own
+    /// (it slows the boot by a few seconds).
+    pub management: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: NODES,
+            management: false,
+        }
+    }
+}
+
+/// RabbitMQ nodes joined in a cluster; killed and removed on drop.
 #[derive(Debug)]
 pub struct RabbitCluster {
     nodes: Vec<Node>,
@@ -107,6 +136,19 @@ impl RabbitCluster {
     /// # Panics
     /// As [`RabbitCluster::start`].
     pub fn start_with(nodes: usize) -> RabbitCluster {
+        RabbitCluster::start_with_options(ClusterOptions {
+            nodes,
+            ..ClusterOptions::default()
+        })
+    }
+
+    /// Starts `options.nodes` nodes, joins the others to the first, and
+    /// waits until all run in one cluster.
+    ///
+    /// # Panics
+    /// As [`RabbitCluster::start`]; also for zero nodes.
+    pub fn start_with_options(options: ClusterOptions) -> RabbitCluster {
+        assert!(options.nodes > 0, "a cluster has at least one node");
         static CLUSTERS: AtomicU32 = AtomicU32::new(0);
         let started = Instant::now();
         let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
@@ -124,22 +166,23 @@ impl RabbitCluster {
             sbin: find_sbin(),
             startup: Duration::ZERO,
         };
-        let ports = free_ports(2 * nodes);
-        for (i, pair) in ports.chunks(2).enumerate() {
+        let per_node = if options.management { 3 } else { 2 };
+        let ports = free_ports(per_node * options.nodes);
+        for (i, ports) in ports.chunks(per_node).enumerate() {
             let name = format!("warren-c{}-{}-{k}@{NODE_HOST}", i + 1, std::process::id());
-            let node = cluster.spawn_node(name, pair[0], pair[1]);
+            let node = cluster.spawn_node(name, ports[0], ports[1], ports.get(2).copied());
             cluster.nodes.push(node);
         }
-        for i in 0..nodes {
+        for i in 0..options.nodes {
             cluster.await_boot(i);
         }
         let first = cluster.nodes[0].name.clone();
-        for i in 1..nodes {
+        for i in 1..options.nodes {
             cluster.ctl_ok(i, &["stop_app"]);
             cluster.ctl_ok(i, &["join_cluster", &first]);
             cluster.ctl_ok(i, &["start_app"]);
         }
-        cluster.await_running_nodes(nodes);
+        cluster.await_running_nodes(options.nodes);
         cluster.startup = started.elapsed();
         cluster
     }
@@ -229,11 +272,16 @@ impl RabbitCluster {
     pub fn restart_node(&mut self, i: usize) {
         assert!(!self.nodes[i].is_running(), "node {i} still runs");
         let running = self.nodes.iter().filter(|node| node.is_running()).count();
-        let (name, port, dist_port) = {
+        let (name, port, dist_port, management_port) = {
             let node = &self.nodes[i];
-            (node.name.clone(), node.port, node.dist_port)
+            (
+                node.name.clone(),
+                node.port,
+                node.dist_port,
+                node.management_port,
+            )
         };
-        self.nodes[i] = self.spawn_node(name, port, dist_port);
+        self.nodes[i] = self.spawn_node(name, port, dist_port, management_port);
         self.await_boot(i);
         self.await_running_nodes(running + 1);
     }
@@ -270,18 +318,30 @@ impl RabbitCluster {
             .expect("a node of the cluster still runs")
     }
 
-    /// Starts one node's VM (not yet booted on return).
-    fn spawn_node(&self, name: String, port: u16, dist_port: u16) -> Node {
+    /// Starts one node's VM (not yet booted on return), with the
+    /// management plugin listening on `management_port` if given.
+    fn spawn_node(
+        &self,
+        name: String,
+        port: u16,
+        dist_port: u16,
+        management_port: Option<u16>,
+    ) -> Node {
         let dir = self.home.join(name.split('@').next().unwrap_or(&name));
         fs::create_dir_all(&dir).expect("the temp dir is writable");
         let write = |file: &str, text: String| {
             fs::write(dir.join(file), text).expect("the temp dir is writable");
         };
-        write(
-            "rabbitmq.conf",
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-        );
-        write("enabled_plugins", "[].\n".to_owned());
+        let mut conf = format!("listeners.tcp.1 = 127.0.0.1:{port}\n");
+        let mut plugins = "[].\n".to_owned();
+        if let Some(management_port) = management_port {
+            conf += &format!(
+                "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+            );
+            plugins = "[rabbitmq_management].\n".to_owned();
+        }
+        write("rabbitmq.conf", conf);
+        write("enabled_plugins", plugins);
         let log = fs::File::create(dir.join("stdout.log")).expect("the temp dir is writable");
         let mut command = Command::new(self.sbin.join("rabbitmq-server"));
         command
@@ -305,6 +365,7 @@ impl RabbitCluster {
             name,
             port,
             dist_port,
+            management_port,
             dir,
             child: Some(child),
             os_pid: None,

@@ -29,7 +29,7 @@ mod eventually;
 mod range;
 mod server;
 
-pub use cluster::RabbitCluster;
+pub use cluster::{ClusterOptions, RabbitCluster};
 pub use eventually::eventually;
 pub use range::FileServer;
 use server::ServerThread;

@@ -8,7 +8,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use warren_testkit::{HttpFixture, RabbitCluster, content, eventually};
+use warren_testkit::{ClusterOptions, HttpFixture, RabbitCluster, content, eventually};
 
 use crate::support::python::reference;
 use crate::support::{Run, Scenario, Worker};
@@ -30,10 +30,14 @@ struct ClusterJob {
 
 impl ClusterJob {
     fn start(test: &str) -> ClusterJob {
+        ClusterJob::start_with(test, ClusterOptions::default())
+    }
+
+    fn start_with(test: &str, options: ClusterOptions) -> ClusterJob {
         let serial = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let cluster = RabbitCluster::start();
+        let cluster = RabbitCluster::start_with_options(options);
         eprintln!(
             "{test}: the 3-node cluster started in {:.1}s",
             cluster.startup_time().as_secs_f64()
@@ -417,4 +421,115 @@ fn producer_and_worker_skip_a_url_of_the_list_that_does_not_answer() {
     );
     assert!(!run.stderr.contains("s3cret"), "{run}");
     s.assert_clean();
+}
+
+/// The management API follows the failover list: with the first node of
+/// the cluster down, `producer status` and `producer jobs` ask the next
+/// node's API and still see the running job. (The nodes share this
+/// machine, so each API has its own port and the test names them with
+/// `--management-url`; by default each broker URL's host on 15672 is
+/// asked, in the same order.)
+#[test]
+fn status_and_jobs_ask_the_next_management_api_when_the_first_node_is_down() {
+    let mut job = ClusterJob::start_with(
+        "cluster_management",
+        ClusterOptions {
+            management: true,
+            ..ClusterOptions::default()
+        },
+    );
+    let urls = job.urls_from(0);
+    let apis: Vec<String> = job
+        .cluster
+        .nodes()
+        .iter()
+        .map(|node| node.management_url().expect("the plugin is on"))
+        .collect();
+    let apis = apis.join(",");
+    // A job with no worker waits: it stays on the list. Its producer uses
+    // node 1, which stays up.
+    let producer = job
+        .s
+        .producer(&[
+            "--amqp-url",
+            &job.urls_from(1),
+            "sum",
+            "--random",
+            "1000",
+            "--chunk-size",
+            "100",
+        ])
+        .spawn();
+    let (reply_queue, _) = job.reply_queue_leader();
+    let job_id = reply_queue.rsplit('.').next().unwrap().to_owned();
+    job.cluster.kill_node(0);
+
+    let status = |job: &ClusterJob| {
+        let run = job
+            .s
+            .producer(&[
+                "--amqp-url",
+                &urls,
+                "status",
+                "--json",
+                "--management-url",
+                &apis,
+            ])
+            .run();
+        run.expect_success();
+        run
+    };
+    let second_api = job.cluster.nodes()[1].management_url().unwrap();
+    // The management API's counts lag a few seconds behind.
+    let mut last = None;
+    job.wait_until(Duration::from_secs(30), "status lists the job", || {
+        let run = status(&job);
+        let json = run.json();
+        let found = json["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| j["job_id"] == job_id.as_str()));
+        last = Some(run);
+        found
+    });
+    let run = last.expect("status ran");
+    assert_eq!(
+        run.json()["management"],
+        format!("management API at {second_api}"),
+        "{run}"
+    );
+
+    let run = job
+        .s
+        .producer(&[
+            "--amqp-url",
+            &urls,
+            "jobs",
+            "--json",
+            "--management-url",
+            &apis,
+        ])
+        .run();
+    run.expect_success();
+    let jobs = run.json();
+    let listed = jobs
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["job_id"] == job_id.as_str()))
+        .unwrap_or_else(|| panic!("job {job_id} is not listed:\n{run}"));
+    assert_eq!(listed["kind"], "sum", "{run}");
+
+    // None answering is one line naming each API tried.
+    let dead = "http://127.0.0.1:1,http://127.0.0.1:2";
+    let run = job
+        .s
+        .producer(&["--amqp-url", &urls, "jobs", "--management-url", dead])
+        .run();
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "the management API did not answer: http://127.0.0.1:1 (connection refused), \
+             nor http://127.0.0.1:2 (connection refused)"
+        ),
+        "{run}"
+    );
+    drop(producer);
 }

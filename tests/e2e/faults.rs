@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use warren::exact::sum_chunk;
 use warren::protocol::{DeadLetter, Outcome, PROTOCOL_VERSION, TaskResult};
 use warren::{Dtype, JobId};
-use warren_testkit::eventually;
+use warren_testkit::{RabbitCluster, eventually};
 
 use crate::support::broker::queues_with_prefix;
 use crate::support::endpoints::{SUM_TASKS_DONE, metric, wait_for_metric_at_least};
@@ -936,4 +936,77 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
     );
     s.broker.close_channel(&channel);
     s.assert_clean();
+}
+
+/// Issue 12: a memory alarm blocks every publisher. The producer said
+/// nothing of it, and on Ctrl-C waited on deletes that its blocked
+/// connection could not send; it now names the alarm,
+/// and Ctrl-C still cancels the job (deleting its queues through a spare
+/// connection) and exits 130 at once. On an extra node of its own: the
+/// shared test broker is never alarmed. (A job that keeps no record, as a
+/// durable one waits for the alarm before its record is saved: see
+/// GUARANTEES.md.)
+#[test]
+fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
+    let node = RabbitCluster::start_with(1);
+    let url = node.urls().remove(0);
+    let s = Scenario::new("memory_alarm");
+    let task_queue = format!("{}.tasks", s.prefix);
+    let _worker = s.start_worker("w0", &["--amqp-url", &url]);
+    eventually(Duration::from_secs(30), || {
+        let consumers = node.list("queues", &["name", "consumers"]);
+        if consumers
+            .iter()
+            .any(|row| row[0] == task_queue && row[1] == "1")
+        {
+            Ok(())
+        } else {
+            Err(format!("no consumer on {task_queue} yet: {consumers:?}"))
+        }
+    });
+    let alarm = node.rabbitmqctl(0, &["set_vm_memory_high_watermark", "0.0000001"]);
+    assert!(alarm.status.success(), "{alarm:?}");
+    let producer = s
+        .producer(&[
+            "--amqp-url",
+            &url,
+            "sum",
+            "--random",
+            "2e6",
+            "--chunk-size",
+            "20000",
+            "--job-ttl",
+            "0",
+        ])
+        .spawn();
+    eventually(Duration::from_secs(30), || {
+        let stderr = producer.stderr();
+        if stderr.contains("a resource alarm is in effect") {
+            Ok(())
+        } else {
+            Err(format!("the alarm is not named yet:\n{stderr}"))
+        }
+    });
+    let interrupted = std::time::Instant::now();
+    producer.signal(Signal::SIGINT);
+    let run = producer.wait(Duration::from_secs(60));
+    let took = interrupted.elapsed();
+    run.expect_code(130);
+    assert!(
+        took < Duration::from_secs(8),
+        "Ctrl-C took {took:?} to end the run during the alarm\n{run}"
+    );
+    assert!(run.stderr.contains("rabbitmq-diagnostics alarms"), "{run}");
+    assert!(!run.stderr.contains("no worker is consuming"), "{run}");
+    // Cancelled everywhere: the job's queues are gone although its own
+    // connection could send nothing.
+    let left: Vec<_> = node
+        .queues_with_prefix(&s.prefix)
+        .into_iter()
+        .filter(|(name, _)| name.contains(".reply.") || name.contains(".job."))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the job's queues are left: {left:?}\n{run}"
+    );
 }

@@ -457,3 +457,49 @@ fn status_says_when_no_queue_exists_under_the_prefix_issue_16() {
          and jobs, rabbitmq-plugins enable rabbitmq_management or pass --management-url"
     );
 }
+
+/// Issue 12: with `--json`, flags that do not parse (clap's own error) or
+/// do not go together still give a script one JSON object with `error` on
+/// stdout, and status 2; stderr still tells people.
+#[test]
+fn with_json_a_flag_or_usage_error_prints_one_object_with_its_error() {
+    let s = Scenario::new("json_usage");
+    let cases: [(&[&str], &str, &str); 4] = [
+        (
+            &["sum", "--random", "10", "--no-such-flag", "--json"],
+            "unexpected argument '--no-such-flag' found",
+            "error: unexpected argument '--no-such-flag' found",
+        ),
+        (
+            &["sum", "--random", "10", "--timeout", "soon", "--json"],
+            "invalid value 'soon' for '--timeout <DURATION>'",
+            "error: invalid value 'soon'",
+        ),
+        (
+            &["sum", "--random", "10", "--chunk-size", "0", "--json"],
+            "--chunk-size must be at least 1",
+            "error: --chunk-size must be at least 1",
+        ),
+        (
+            &["sum", "--json"],
+            "the following required arguments were not provided: <INPUT>",
+            "error: the following required arguments were not provided:",
+        ),
+    ];
+    for (args, error, stderr) in cases {
+        let run = s.producer(args).run_within(Duration::from_secs(30));
+        run.expect_code(2);
+        let object: serde_json::Value = serde_json::from_str(run.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{run}"));
+        let said = object["error"].as_str().unwrap_or_default();
+        assert!(said.starts_with(error), "{said:?}\n{run}");
+        assert_eq!(object["done"], 0, "{run}");
+        assert!(run.stderr.contains(stderr), "{run}");
+    }
+    // Without --json, stdout stays empty as before.
+    let run = s
+        .producer(&["sum", "--random", "10", "--no-such-flag"])
+        .run();
+    run.expect_code(2);
+    assert_eq!(run.stdout, "", "{run}");
+}
