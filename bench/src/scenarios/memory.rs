@@ -73,7 +73,9 @@ pub async fn run(
 /// The producer's peak RSS for a long URL list (1,000,000 URLs, 100,000
 /// with `--quick`), every one a 404 from the local server: each fails at
 /// once, so the run measures what the producer keeps per URL, not the
-/// bytes. Target (issue 13): under 200 MB.
+/// bytes. Target (issue 13): under 200 MB. The job is bounded by
+/// `--timeout` ([`MANY_URLS_TIMEOUT`]); a job cut short says so in its row
+/// and meets the target only if it finished.
 async fn many_urls(
     cluster: &mut Cluster,
     scale: Scale,
@@ -100,31 +102,46 @@ async fn many_urls(
             "--out-dir",
             out.to_str().context("scratch paths are UTF-8")?,
             "--quiet",
+            "--timeout",
+            MANY_URLS_TIMEOUT,
         ])
         .await?;
     cluster.stop(workers).await?;
     let _ = std::fs::remove_dir_all(&out);
     std::fs::remove_file(&list_path)?;
-    let expected = format!("failed {count} ");
+    let finished = run.stdout.contains(&format!("failed {count} "));
+    // The producer's own words when it gave up: "timed out after ...".
+    let cut_short = run.stderr.lines().find(|l| l.contains("timed out after"));
     anyhow::ensure!(
-        run.stdout.contains(&expected),
+        finished || cut_short.is_some(),
         "expected {count} failed downloads ({}): {}{}",
         run.status,
         run.stdout.lines().next().unwrap_or(""),
-        run.stderr
+        run.stderr.lines().last().unwrap_or("")
     );
     let peak = run.peak_rss as f64 / MB;
+    let how = match cut_short {
+        None => format!("all failed as expected, {:.0} s", run.wall.as_secs_f64()),
+        Some(line) => format!(
+            "stopped by --timeout {MANY_URLS_TIMEOUT}: {}",
+            line.split("timed out after ").nth(1).unwrap_or(line).trim()
+        ),
+    };
     let label = format!(
-        "download of {} URLs (404s), {:.0} s",
-        crate::report::human(count as f64),
-        run.wall.as_secs_f64()
+        "download of {} URLs (404s; {how})",
+        crate::report::human(count as f64)
     );
     rows.push(
         Row::new("peak RSS, producer", &label, Sample::of(&[peak]), "MB")
-            .target("< 200 MB", peak < 200.0),
+            .target("< 200 MB, job finished", finished && peak < 200.0),
     );
     Ok(())
 }
+
+/// How long the many-URL job may run: on the 2-core machine it fails
+/// about 100 URLs a second when loaded (2026-12-06), so a million takes
+/// far longer than a benchmark should.
+const MANY_URLS_TIMEOUT: &str = "180s";
 
 /// The producer's peak (with its target) and the largest worker's.
 fn push_rows(rows: &mut Vec<Row>, label: &str, producer_peak: u64, worker_peak: u64) {
