@@ -40,7 +40,9 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
 #[derive(Debug)]
 pub struct ProducerRun {
     pub wall: Duration,
+    pub status: std::process::ExitStatus,
     pub stdout: String,
+    pub stderr: String,
     /// Peak RSS in bytes, as last sampled before it exited.
     pub peak_rss: u64,
 }
@@ -198,8 +200,24 @@ impl Cluster {
             .context("starting the producer")
     }
 
-    /// Runs a producer to its end, sampling its memory.
+    /// Runs a producer to its end, sampling its memory; a producer that
+    /// fails is an error.
     pub async fn producer(&self, args: &[&str]) -> Result<ProducerRun> {
+        let run = self.producer_outcome(args).await?;
+        if !run.status.success() {
+            bail!(
+                "producer {} failed ({}): {}",
+                args.join(" "),
+                run.status,
+                run.stderr
+            );
+        }
+        Ok(run)
+    }
+
+    /// Runs a producer to its end, sampling its memory, whatever its exit
+    /// status (a job whose downloads all fail exits with 1).
+    pub async fn producer_outcome(&self, args: &[&str]) -> Result<ProducerRun> {
         let started = Instant::now();
         let child = self.spawn_producer(args)?;
         let pid = child.id();
@@ -216,17 +234,11 @@ impl Cluster {
             .context("the producer ran for over 10 minutes")??;
         let wall = started.elapsed();
         let peak_rss = sampler.await.unwrap_or(0);
-        if !output.status.success() {
-            bail!(
-                "producer {} failed ({}): {}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
         Ok(ProducerRun {
             wall,
+            status: output.status,
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             peak_rss,
         })
     }

@@ -63,6 +63,8 @@ pub enum Scenario {
     Small,
     /// 1e7 and 1e8 float64 .npy sums, and the chunk-size sweep
     Sum,
+    /// The same sum with checkpoints and with --job-ttl 0, pair by pair
+    Checkpoints,
     /// The exact-summation kernel and the combine step
     Kernel,
     /// One-chunk job latency with warm workers
@@ -108,8 +110,10 @@ async fn run_async(options: &Options) -> Result<()> {
         let ceiling = if selected(Scenario::Ceiling)
             || selected(Scenario::Small)
             || selected(Scenario::Sum)
+            || selected(Scenario::Download)
         {
-            Some(scenarios::ceiling::run(&mut cluster, scale, &mut rows).await?)
+            let with_relay = selected(Scenario::Ceiling) || selected(Scenario::Download);
+            Some(scenarios::ceiling::run(&mut cluster, scale, with_relay, &mut rows).await?)
         } else {
             None
         };
@@ -120,6 +124,10 @@ async fn run_async(options: &Options) -> Result<()> {
             scenarios::datapath::run(&mut cluster, scale, ceiling, &options.data_dir, &mut rows)
                 .await?;
         }
+        if selected(Scenario::Checkpoints) {
+            scenarios::datapath::checkpoints(&mut cluster, scale, &options.data_dir, &mut rows)
+                .await?;
+        }
         if selected(Scenario::Kernel) {
             scenarios::kernel::run(&cluster, scale, &mut rows)?;
         }
@@ -127,7 +135,7 @@ async fn run_async(options: &Options) -> Result<()> {
             scenarios::latency::run(&mut cluster, scale, &mut rows).await?;
         }
         if selected(Scenario::Download) {
-            scenarios::downloads::run(&mut cluster, scale, &mut rows).await?;
+            scenarios::downloads::run(&mut cluster, scale, ceiling, &mut rows).await?;
         }
         if selected(Scenario::Reference) {
             scenarios::reference::run(&mut cluster, scale, &options.data_dir, &mut rows).await?;

@@ -1,135 +1,270 @@
-//! The reference: what the broker itself sustains with raw lapin, with the
-//! same queue type (quorum), message sizes and headers as warren's tasks,
-//! persistent messages, pipelined publisher confirms and a consumer with
-//! manual acks (one multiple-ack per batch), on separate connections.
+//! The reference: what the broker itself sustains with a plain raw-lapin
+//! loop, with the same queue types, message sizes, headers and delivery
+//! modes as warren's messages: one publisher with pipelined confirms and
+//! one consumer with manual acks, one multiple-ack per quarter of its
+//! prefetch, on separate connections.
+//!
+//! - warren's tasks and sum results: persistent messages on quorum queues,
+//!   64 B (a small sum task) and 1 MiB (the default chunk);
+//! - the body chunks of broker-mode downloads: transient messages on the
+//!   job's classic reply queue, 256 KiB (a 256 KiB file is one chunk) and
+//!   1 MiB (larger files go in chunks of the default 1 MiB).
+//!
+//! Every ratio refers to these, measured in the same run; a weak ceiling
+//! would flatter them all, so each is the best setting of the loop found
+//! (see [`Shape::best`]). One more row measures the 64 B ceiling as it
+//! was measured before issue 13, an ack per delivery, beside it.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::Result;
 use futures_lite::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren::broker::{self, Acks, Publisher};
+use warren::protocol::{BodyChunk, SumTask};
 use warren::{BrokerConfig, Dtype, JobId};
 
 use crate::Scale;
 use crate::cluster::Cluster;
-use crate::report::{Row, Sample};
+use crate::report::{Row, Sample, human};
 
-/// The ceiling, per message size.
+const MIB: usize = 1 << 20;
+
+/// The ceilings, per queue type and message size.
 #[derive(Debug, Clone, Copy)]
 pub struct Ceiling {
-    /// Messages/s with a small sum task's message (8 float64).
+    /// Messages/s, 64 B persistent messages on a quorum queue (a small
+    /// sum task).
     pub small_msgs: f64,
-    /// Bytes/s with 1 MiB messages (the default chunk).
+    /// Bytes/s, 1 MiB persistent messages on a quorum queue.
+    pub large_bytes: f64,
+    /// Bytes/s of download body chunks (transient, classic queue) of 256
+    /// KiB and of 1 MiB; `None` unless downloads run.
+    pub relay: Option<RelayCeiling>,
+}
+
+/// The ceilings of broker-mode downloads' body chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayCeiling {
+    /// Bytes/s with 256 KiB messages.
+    pub small_bytes: f64,
+    /// Bytes/s with 1 MiB messages.
     pub large_bytes: f64,
 }
 
-pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<Ceiling> {
-    let small_count = if scale.quick { 20_000 } else { 40_000 };
-    let large_count = if scale.quick { 500 } else { 1_500 };
-    let mut small = Vec::new();
-    let mut large = Vec::new();
-    for _ in 0..scale.runs.min(3) {
-        small.push(measure(cluster, 64, small_count, 2_000, 1_000).await?);
-        large.push(measure(cluster, 1 << 20, large_count, 256, 100).await? * f64::from(1u32 << 20));
+impl RelayCeiling {
+    /// The ceiling for chunks of files of `file_size` bytes: one message
+    /// per file up to 1 MiB, 1 MiB messages beyond.
+    pub fn for_file_size(&self, file_size: usize) -> (f64, &'static str) {
+        if file_size < MIB {
+            (self.small_bytes, "256 KiB")
+        } else {
+            (self.large_bytes, "1 MiB")
+        }
     }
-    let small = Sample::of(&small);
-    let large = Sample::of(&large);
-    let ceiling = Ceiling {
-        small_msgs: small.median,
-        large_bytes: large.median,
-    };
-    rows.push(Row::new(
-        "broker ceiling (raw lapin, quorum)",
-        "64 B messages",
-        small,
-        "msg/s",
-    ));
-    let large_mb = Sample {
-        median: large.median / 1e6,
-        min: large.min / 1e6,
-        max: large.max / 1e6,
-        runs: large.runs,
-    };
-    rows.push(Row::new(
-        "broker ceiling (raw lapin, quorum)",
-        "1 MiB messages",
-        large_mb,
-        "MB/s",
-    ));
-    Ok(ceiling)
 }
 
-/// Publishes `count` messages of `body` bytes while a second connection
-/// consumes and acks them; returns messages per second.
-async fn measure(
-    cluster: &Cluster,
-    body: usize,
-    count: u64,
-    window: usize,
-    prefetch: u16,
-) -> Result<f64> {
+/// A queue type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Durable, replicated: warren's task queue and sum reply queues.
+    Quorum,
+    /// Non-durable: the reply queue of a download job.
+    Classic,
+}
+
+/// How the consumer acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acking {
+    /// One ack per delivery.
+    EachDelivery,
+    /// One multiple-ack every this many deliveries.
+    Multiple(u64),
+}
+
+/// One kind of traffic and the loop's settings for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub queue: QueueType,
+    /// Message body in bytes.
+    pub body: usize,
+    /// Messages per measurement.
+    pub count: u64,
+    /// Publishes awaiting their confirms at most.
+    pub window: usize,
+    pub prefetch: u16,
+    pub acking: Acking,
+}
+
+impl Shape {
+    /// The best setting of the loop for `queue` and `body`: a confirm
+    /// window and prefetch of a few MiB in flight (at least 1,000 small
+    /// messages), one multiple-ack per quarter of the prefetch.
+    pub fn best(queue: QueueType, body: usize, count: u64) -> Shape {
+        let window = (32 * MIB / body).clamp(16, 4_000);
+        let prefetch = (16 * MIB / body).clamp(16, 2_000) as u16;
+        Shape {
+            queue,
+            body,
+            count,
+            window,
+            prefetch,
+            acking: Acking::Multiple(u64::from(prefetch / 4).max(1)),
+        }
+    }
+}
+
+pub async fn run(
+    cluster: &mut Cluster,
+    scale: Scale,
+    with_relay: bool,
+    rows: &mut Vec<Row>,
+) -> Result<Ceiling> {
+    let runs = scale.runs.min(3);
+    let small_count = if scale.quick { 20_000 } else { 40_000 };
+    let large_count = if scale.quick { 500 } else { 1_500 };
+    let small = Shape::best(QueueType::Quorum, 64, small_count);
+    // As measured before issue 13: an ack per delivery, a window of 2,000
+    // and a prefetch of 1,000.
+    let small_before = Shape {
+        window: 2_000,
+        prefetch: 1_000,
+        acking: Acking::EachDelivery,
+        ..small
+    };
+    let large = Shape::best(QueueType::Quorum, MIB, large_count);
+    // Alternating, so that drift on the shared machine hits both alike.
+    let mut small_rates = Vec::new();
+    let mut before_rates = Vec::new();
+    let mut large_rates = Vec::new();
+    for _ in 0..runs {
+        small_rates.push(measure(cluster, &small).await?);
+        before_rates.push(measure(cluster, &small_before).await?);
+        large_rates.push(measure(cluster, &large).await? * MIB as f64);
+    }
+    let small_sample = Sample::of(&small_rates);
+    let name = "broker ceiling (raw lapin, quorum, persistent)";
+    rows.push(Row::new(
+        name,
+        "64 B messages",
+        small_sample.clone(),
+        "msg/s",
+    ));
+    rows.push(
+        Row::new(
+            "broker ceiling as measured before issue 13 (an ack per delivery)",
+            "64 B messages",
+            Sample::of(&before_rates),
+            "msg/s",
+        )
+        .against(
+            format!("the ceiling ({} msg/s)", human(small_sample.median)),
+            small_sample.median,
+        ),
+    );
+    let large_sample = Sample::of(&large_rates);
+    rows.push(Row::new(
+        name,
+        "1 MiB messages",
+        megabytes(&large_sample),
+        "MB/s",
+    ));
+    let relay = if with_relay {
+        Some(relay(cluster, scale, rows).await?)
+    } else {
+        None
+    };
+    Ok(Ceiling {
+        small_msgs: small_sample.median,
+        large_bytes: large_sample.median,
+        relay,
+    })
+}
+
+/// The ceilings of download body chunks: classic queue, transient.
+async fn relay(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<RelayCeiling> {
+    let (small_count, large_count) = if scale.quick {
+        (800, 300)
+    } else {
+        (2_000, 800)
+    };
+    let small = Shape::best(QueueType::Classic, 256 << 10, small_count);
+    let large = Shape::best(QueueType::Classic, MIB, large_count);
+    let mut small_rates = Vec::new();
+    let mut large_rates = Vec::new();
+    for _ in 0..scale.runs.min(3) {
+        small_rates.push(measure(cluster, &small).await? * small.body as f64);
+        large_rates.push(measure(cluster, &large).await? * large.body as f64);
+    }
+    let name = "broker ceiling (raw lapin, classic, transient: download chunks)";
+    let small_sample = Sample::of(&small_rates);
+    let large_sample = Sample::of(&large_rates);
+    rows.push(Row::new(
+        name,
+        "256 KiB messages",
+        megabytes(&small_sample),
+        "MB/s",
+    ));
+    rows.push(Row::new(
+        name,
+        "1 MiB messages",
+        megabytes(&large_sample),
+        "MB/s",
+    ));
+    Ok(RelayCeiling {
+        small_bytes: small_sample.median,
+        large_bytes: large_sample.median,
+    })
+}
+
+/// A sample in bytes/s as MB/s.
+fn megabytes(sample: &Sample) -> Sample {
+    Sample {
+        median: sample.median / 1e6,
+        min: sample.min / 1e6,
+        max: sample.max / 1e6,
+        runs: sample.runs,
+    }
+}
+
+/// Publishes `shape.count` messages while a second connection consumes
+/// and acks them; returns messages per second, from the first publish to
+/// the last delivery.
+pub async fn measure(cluster: &Cluster, shape: &Shape) -> Result<f64> {
     let queue = format!("{}.ceiling", cluster.prefix);
     let config = BrokerConfig::local(&cluster.url, &cluster.prefix)?;
     let channel = broker::open_channel(cluster.connection()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
-        .await?;
+    declare(&channel, &queue, shape.queue).await?;
 
     let consumer_connection = broker::connect(&config, "warren-bench ceiling consumer").await?;
     let consume_channel = broker::open_channel(&consumer_connection).await?;
-    let mut consumer = broker::consume(
+    let consumer = broker::consume(
         &consume_channel,
         &queue,
         "ceiling",
-        Acks::Manual { prefetch },
+        Acks::Manual {
+            prefetch: shape.prefetch,
+        },
     )
     .await?;
-    // One multiple-ack per quarter of the prefetch window, as a tuned raw
-    // consumer does (and as the independent loop of issue 13 did): an ack
-    // per delivery costs a frame and an await per message, a likely cause
-    // of this reference measuring 2.5x below that loop for 64 B messages.
-    let ack_every = u64::from(prefetch / 4).max(1);
-    let consumed = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < count {
-            match consumer.next().await {
-                Some(Ok(delivery)) => {
-                    seen += 1;
-                    if seen % ack_every == 0 || seen == count {
-                        let all_so_far = BasicAckOptions { multiple: true };
-                        delivery.acker.ack(all_so_far).await?;
-                    }
-                }
-                Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                None => anyhow::bail!("the ceiling consumer was cancelled"),
-            }
-        }
-        anyhow::Ok(Instant::now())
-    });
+    let consumed = tokio::spawn(consume(consumer, shape.count, shape.acking));
 
     let publisher_connection = broker::connect(&config, "warren-bench ceiling publisher").await?;
     let publisher = Publisher::open(&publisher_connection).await?;
-    // A warren task's properties, so header encoding costs the same.
-    let task =
-        warren::protocol::SumTask::single(JobId::random(), 0, Dtype::Float64, (body / 8) as u64);
-    let payload = vec![7u8; body];
+    let properties = properties(shape, &queue);
+    let payload = vec![7u8; shape.body];
     let started = Instant::now();
-    let mut pending = VecDeque::with_capacity(window);
-    for _ in 0..count {
+    let mut pending = VecDeque::with_capacity(shape.window);
+    for _ in 0..shape.count {
         pending.push_back(
             publisher
-                .publish(&queue, &payload, task.properties(&queue))
+                .publish(&queue, &payload, properties.clone())
                 .await?,
         );
-        if pending.len() >= window
+        if pending.len() >= shape.window
             && let Some(oldest) = pending.pop_front()
         {
             let _ = oldest.wait().await?;
@@ -139,9 +274,68 @@ async fn measure(
         let _ = oldest.wait().await?;
     }
     let finished = consumed.await??;
-    let rate = count as f64 / (finished - started).as_secs_f64();
+    let rate = shape.count as f64 / (finished - started).as_secs_f64();
     broker::delete_queue(&channel, &queue).await?;
     broker::close_quietly(&publisher_connection).await;
     broker::close_quietly(&consumer_connection).await;
     Ok(rate)
+}
+
+async fn declare(channel: &lapin::Channel, queue: &str, queue_type: QueueType) -> Result<()> {
+    let mut args = FieldTable::default();
+    let (kind, options) = match queue_type {
+        QueueType::Quorum => ("quorum", QueueDeclareOptions::durable()),
+        QueueType::Classic => ("classic", QueueDeclareOptions::default()),
+    };
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(kind)),
+    );
+    channel.queue_declare(queue.into(), options, args).await?;
+    Ok(())
+}
+
+/// warren's properties for such a message, so that header encoding costs
+/// the same: a sum task's (persistent) on a quorum queue, a download body
+/// chunk's (transient) on a classic one.
+fn properties(shape: &Shape, queue: &str) -> BasicProperties {
+    match shape.queue {
+        QueueType::Quorum => {
+            let elements = (shape.body / 8) as u64;
+            SumTask::single(JobId::random(), 0, Dtype::Float64, elements).properties(queue)
+        }
+        QueueType::Classic => BodyChunk {
+            job: JobId::random(),
+            task: 0,
+            attempt: "a1b2c3d4".to_owned(),
+            offset: 0,
+        }
+        .properties(),
+    }
+}
+
+/// Consumes `count` deliveries, acking as `acking` says; returns when the
+/// last arrived.
+async fn consume(mut consumer: lapin::Consumer, count: u64, acking: Acking) -> Result<Instant> {
+    let mut seen = 0;
+    while seen < count {
+        match consumer.next().await {
+            Some(Ok(delivery)) => {
+                seen += 1;
+                match acking {
+                    Acking::EachDelivery => {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                    Acking::Multiple(every) if seen % every == 0 || seen == count => {
+                        let all_so_far = BasicAckOptions { multiple: true };
+                        delivery.acker.ack(all_so_far).await?;
+                    }
+                    Acking::Multiple(_) => {}
+                }
+            }
+            Some(Err(e)) => return Err(anyhow::Error::from(e)),
+            None => anyhow::bail!("the ceiling consumer was cancelled"),
+        }
+    }
+    Ok(Instant::now())
 }

@@ -1,10 +1,19 @@
 //! Downloads: many small files and a few large ones from a local HTTP
-//! server (axum, in this process), fetched by two workers in both delivery
-//! modes, beside the same files fetched by a plain concurrent reqwest loop
-//! in one process (the no-broker ceiling). A second loop also does in one
-//! process what warren guarantees for every file (its SHA-256, a temporary
-//! file synced to disk, then renamed under its final name), to show what
-//! those guarantees cost without any broker.
+//! server (axum, in this process), fetched by two workers in each delivery
+//! mode, each against its own reference (issue 13):
+//!
+//! - into a shared directory, default policy (SHA-256 in the same pass,
+//!   a rename, one `syncfs` per job): against a plain concurrent reqwest
+//!   loop in one process, the best of several concurrencies;
+//! - into a shared directory with `--fsync` (each file synced before it is
+//!   reported): against the same loop hashing, syncing and renaming each
+//!   file;
+//! - through the broker: against the broker's own ceiling for the body
+//!   chunks' message size and queue type (transient messages on a classic
+//!   queue; see [`super::ceiling`]), measured in the same run.
+//!
+//! Runs of all five alternate, round by round, so that drift on the shared
+//! machine hits them alike.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,29 +21,85 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use warren_testkit::HttpFixture;
 
+use super::ceiling::Ceiling;
 use crate::Scale;
 use crate::cluster::Cluster;
 use crate::cpu::CpuTimes;
 use crate::report::{Row, Sample, human};
 
-/// Concurrent fetches of the reqwest loop: what two workers with the
-/// default concurrency of 8 run at once.
-const CEILING_CONCURRENCY: usize = 16;
+/// Concurrencies tried for the plain loop; the fastest is its reference.
+/// Two workers with the default concurrency of 8 run 16 fetches at once.
+const LOOP_CONCURRENCIES: [usize; 4] = [4, 8, 16, 64];
 
-pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<()> {
+/// What one set of files is measured with.
+struct FileSet {
+    label: &'static str,
+    files: usize,
+    size: usize,
+    urls: Vec<String>,
+    list: String,
+}
+
+impl FileSet {
+    fn megabytes(&self) -> f64 {
+        (self.files * self.size) as f64 / 1e6
+    }
+}
+
+/// One thing measured per round: a reference loop or a warren run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    PlainLoop,
+    DurableLoop,
+    Broker,
+    Shared,
+    SharedFsync,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant::PlainLoop,
+        Variant::DurableLoop,
+        Variant::Broker,
+        Variant::Shared,
+        Variant::SharedFsync,
+    ];
+
+    fn scenario(self) -> &'static str {
+        match self {
+            Variant::PlainLoop => "downloads: plain reqwest loop (no broker)",
+            Variant::DurableLoop => {
+                "downloads: reqwest loop hashing, syncing and renaming each file (no broker)"
+            }
+            Variant::Broker => "downloads through the broker, 2 workers",
+            Variant::Shared => "downloads into a shared directory, 2 workers (default policy)",
+            Variant::SharedFsync => "downloads into a shared directory, 2 workers, --fsync",
+        }
+    }
+}
+
+/// What each variant measured over the rounds.
+#[derive(Default)]
+struct Measured {
+    rates: Vec<f64>,
+    cpu: Vec<CpuTimes>,
+}
+
+pub async fn run(
+    cluster: &mut Cluster,
+    scale: Scale,
+    ceiling: Option<Ceiling>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let http = HttpFixture::start();
     let shared = cluster.path("shared");
     std::fs::create_dir_all(&shared)?;
-    let shared_arg = shared
-        .to_str()
-        .context("scratch paths are UTF-8")?
-        .to_owned();
+    let shared_arg = utf8(&shared)?;
     let workers = cluster.workers(2, &["--shared-dir", &shared_arg]).await?;
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.pid()).collect();
-    let sets: [(&str, usize, usize); 2] = if scale.quick {
+    let sets: [(&'static str, usize, usize); 2] = if scale.quick {
         [
             ("100 × 256 KiB", 100, 256 << 10),
             ("10 × 8 MiB", 10, 8 << 20),
@@ -51,103 +116,185 @@ pub async fn run(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Re
             .collect();
         let list = cluster.path(&format!("urls-{size}.txt"));
         std::fs::write(&list, urls.join("\n"))?;
-        let list = list.to_str().context("scratch paths are UTF-8")?.to_owned();
-        let megabytes = (files * size) as f64 / 1e6;
-
-        // The references; the first run also fills the server's cache. Like
-        // warren's runs, each starts with an empty directory: creating files
-        // costs more than overwriting them.
-        let target_dir = cluster.path("ceiling");
-        fetch_all(&urls, &target_dir, Sync::No).await?;
-        let mut references = Vec::new();
-        for (scenario, sync) in [
-            ("downloads: plain reqwest loop (no broker)", Sync::No),
-            (
-                "downloads: reqwest loop hashing, syncing and renaming each file (no broker)",
-                Sync::EachFile,
-            ),
-        ] {
-            let mut rates = Vec::new();
-            let mut cpu = Vec::new();
-            for _ in 0..scale.runs.min(3) {
-                empty(&target_dir)?;
+        let set = FileSet {
+            label,
+            files,
+            size,
+            urls,
+            list: utf8(&list)?,
+        };
+        let target_dir = cluster.path("loop");
+        // The first pass also fills the server's cache.
+        let concurrency = fastest_concurrency(&set, &target_dir).await?;
+        let mut measured: Vec<Measured> =
+            Variant::ALL.iter().map(|_| Measured::default()).collect();
+        for _ in 0..scale.runs.min(3) {
+            for (variant, m) in Variant::ALL.iter().zip(&mut measured) {
                 let before = CpuTimes::now(&worker_pids);
-                let started = Instant::now();
-                fetch_all(&urls, &target_dir, sync).await?;
-                rates.push(megabytes / started.elapsed().as_secs_f64());
-                cpu.push(CpuTimes::now(&worker_pids).since(&before));
+                let rate = match variant {
+                    Variant::PlainLoop => {
+                        time_loop(&set, &target_dir, concurrency, Sync::No).await?
+                    }
+                    Variant::DurableLoop => {
+                        time_loop(&set, &target_dir, concurrency, Sync::EachFile).await?
+                    }
+                    Variant::Broker => {
+                        time_warren(cluster, &set, &cluster.path("out"), &[]).await?
+                    }
+                    Variant::Shared => time_warren(cluster, &set, &shared, &["--shared"]).await?,
+                    Variant::SharedFsync => {
+                        time_warren(cluster, &set, &shared, &["--shared", "--fsync"]).await?
+                    }
+                };
+                m.rates.push(rate);
+                m.cpu.push(CpuTimes::now(&worker_pids).since(&before));
             }
-            let sample = Sample::of(&rates);
-            references.push(sample.median);
-            rows.push(Row::new(scenario, label, sample, "MB/s"));
-            rows.push(cpu_row(scenario, label, &cpu, megabytes));
         }
         std::fs::remove_dir_all(&target_dir)?;
-        let reference = references[0];
-        let durable = references[1];
-
-        for (mode, out, extra, target) in [
-            (
-                "downloads through the broker, 2 workers",
-                cluster.path("out"),
-                None,
-                0.6,
-            ),
-            (
-                "downloads into a shared directory, 2 workers",
-                shared.clone(),
-                Some("--shared"),
-                0.8,
-            ),
-        ] {
-            let out_arg = out.to_str().context("scratch paths are UTF-8")?.to_owned();
-            let mut rates = Vec::new();
-            let mut file_rates = Vec::new();
-            let mut cpu = Vec::new();
-            for _ in 0..scale.runs.min(3) {
-                empty(&out)?;
-                let before = CpuTimes::now(&worker_pids);
-                let mut args = vec![
-                    "download",
-                    list.as_str(),
-                    "--out-dir",
-                    out_arg.as_str(),
-                    "--json",
-                    "--quiet",
-                ];
-                args.extend(extra);
-                let run = cluster.producer(&args).await?;
-                ensure!(
-                    run.json()?["succeeded"] == files,
-                    "not every file arrived: {}",
-                    run.stdout
-                );
-                rates.push(megabytes / run.wall.as_secs_f64());
-                file_rates.push(files as f64 / run.wall.as_secs_f64());
-                cpu.push(CpuTimes::now(&worker_pids).since(&before));
-            }
-            empty(&out)?;
-            let row = Row::new(mode, label, Sample::of(&rates), "MB/s").against(
-                format!("reqwest loop ({} MB/s)", human(reference)),
-                reference,
-            );
-            let met = row.ratio.unwrap_or(0.0) >= target;
-            rows.push(row.target(
-                &format!(">= {:.0}% of the reqwest loop", target * 100.0),
-                met,
-            ));
-            rows.push(Row::new(mode, label, Sample::of(&rates), "MB/s").against(
-                format!(
-                    "the loop with warren's guarantees ({} MB/s)",
-                    human(durable)
-                ),
-                durable,
-            ));
-            rows.push(Row::new(mode, label, Sample::of(&file_rates), "files/s"));
-            rows.push(cpu_row(mode, label, &cpu, megabytes));
-        }
+        push_rows(rows, &set, concurrency, ceiling, &measured);
     }
     cluster.stop(workers).await
+}
+
+/// The plain loop's concurrency that fetches this set fastest (one run of
+/// each, after one that fills the server's cache).
+async fn fastest_concurrency(set: &FileSet, dir: &Path) -> Result<usize> {
+    time_loop(set, dir, 16, Sync::No).await?;
+    let mut best = (0.0, 16);
+    for concurrency in LOOP_CONCURRENCIES {
+        let rate = time_loop(set, dir, concurrency, Sync::No).await?;
+        if rate > best.0 {
+            best = (rate, concurrency);
+        }
+    }
+    Ok(best.1)
+}
+
+/// One run of a reference loop into an empty directory (creating files
+/// costs more than overwriting them, and warren's runs start empty too):
+/// MB/s.
+async fn time_loop(set: &FileSet, dir: &Path, concurrency: usize, sync: Sync) -> Result<f64> {
+    empty(dir)?;
+    let started = Instant::now();
+    fetch_all(&set.urls, dir, concurrency, sync).await?;
+    Ok(set.megabytes() / started.elapsed().as_secs_f64())
+}
+
+/// One `producer download` of the set into an empty `out`: MB/s.
+async fn time_warren(cluster: &Cluster, set: &FileSet, out: &Path, extra: &[&str]) -> Result<f64> {
+    empty(out)?;
+    let out_arg = utf8(out)?;
+    let mut args = vec![
+        "download",
+        set.list.as_str(),
+        "--out-dir",
+        out_arg.as_str(),
+        "--json",
+        "--quiet",
+    ];
+    args.extend(extra);
+    let run = cluster.producer(&args).await?;
+    ensure!(
+        run.json()?["succeeded"] == set.files,
+        "not every file arrived: {}",
+        run.stdout
+    );
+    empty(out)?;
+    Ok(set.megabytes() / run.wall.as_secs_f64())
+}
+
+/// The rows of one set: each variant's MB/s against its reference (with
+/// issue 13's targets), files/s, and CPU per MB.
+fn push_rows(
+    rows: &mut Vec<Row>,
+    set: &FileSet,
+    concurrency: usize,
+    ceiling: Option<Ceiling>,
+    measured: &[Measured],
+) {
+    // Variant::ALL's order: the plain loop first, then the durable one.
+    let plain = Sample::of(&measured[0].rates).median;
+    let durable = Sample::of(&measured[1].rates).median;
+    for (&variant, m) in Variant::ALL.iter().zip(measured) {
+        let name = variant.scenario();
+        let rates = Sample::of(&m.rates);
+        let row = Row::new(name, set.label, rates.clone(), "MB/s");
+        let (row, target) = match variant {
+            Variant::PlainLoop => (
+                row.note(format!(
+                    "{concurrency} fetches at once, the fastest of {LOOP_CONCURRENCIES:?}"
+                )),
+                None,
+            ),
+            Variant::DurableLoop => (row, None),
+            Variant::Shared => (
+                row.against(format!("the plain loop ({} MB/s)", human(plain)), plain),
+                Some(0.8),
+            ),
+            Variant::SharedFsync => (
+                row.against(
+                    format!(
+                        "the loop hashing, syncing, renaming ({} MB/s)",
+                        human(durable)
+                    ),
+                    durable,
+                ),
+                Some(0.8),
+            ),
+            Variant::Broker => match ceiling.and_then(|c| c.relay) {
+                Some(relay) => {
+                    let (bytes, message) = relay.for_file_size(set.size);
+                    let reference = bytes / 1e6;
+                    (
+                        row.against(
+                            format!(
+                                "the broker ceiling, classic, {message} ({} MB/s)",
+                                human(reference)
+                            ),
+                            reference,
+                        ),
+                        Some(0.7),
+                    )
+                }
+                None => (row, None),
+            },
+        };
+        rows.push(match target {
+            Some(target) => {
+                let met = row.ratio.unwrap_or(0.0) >= target;
+                let of = if variant == Variant::Broker {
+                    "ceiling"
+                } else {
+                    "the loop"
+                };
+                row.target(&format!(">= {:.0}% of {of}", target * 100.0), met)
+            }
+            None => row,
+        });
+        if variant == Variant::Broker {
+            // Beside the plain loop too, for scale (no target).
+            rows.push(
+                Row::new(name, set.label, rates, "MB/s")
+                    .against(format!("the plain loop ({} MB/s)", human(plain)), plain),
+            );
+        }
+        if matches!(
+            variant,
+            Variant::Broker | Variant::Shared | Variant::SharedFsync
+        ) {
+            let files: Vec<f64> = m
+                .rates
+                .iter()
+                .map(|r| r * set.files as f64 / set.megabytes())
+                .collect();
+            rows.push(Row::new(name, set.label, Sample::of(&files), "files/s"));
+        }
+        rows.push(cpu_row(name, set.label, &m.cpu, set.megabytes()));
+    }
+}
+
+fn utf8(path: &Path) -> Result<String> {
+    Ok(path.to_str().context("scratch paths are UTF-8")?.to_owned())
 }
 
 /// CPU milliseconds per megabyte, machine-wide, over `runs`, with where
@@ -163,19 +310,21 @@ fn cpu_row(scenario: &str, size: &str, runs: &[CpuTimes], megabytes: f64) -> Row
 }
 
 /// Whether the reference loop only writes each file, or also does what
-/// warren guarantees for it: hash it, sync it under a temporary name, then
-/// rename it.
+/// warren's `--fsync` guarantees for it: hash it, sync it under a
+/// temporary name, then rename it.
 #[derive(Debug, Clone, Copy)]
 enum Sync {
     No,
     EachFile,
 }
 
-/// Fetches every URL, `CEILING_CONCURRENCY` at a time, into files.
-async fn fetch_all(urls: &[String], dir: &Path, sync: Sync) -> Result<()> {
+/// Fetches every URL, `concurrency` at a time, into files: the whole body
+/// in memory, then one blocking write (and, with [`Sync::EachFile`], a
+/// hash, a sync and a rename) on tokio's blocking pool.
+async fn fetch_all(urls: &[String], dir: &Path, concurrency: usize, sync: Sync) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(CEILING_CONCURRENCY));
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, url) in urls.iter().enumerate() {
         let permit = Arc::clone(&permits).acquire_owned().await?;
@@ -191,26 +340,29 @@ async fn fetch_all(urls: &[String], dir: &Path, sync: Sync) -> Result<()> {
                 .error_for_status()?
                 .bytes()
                 .await?;
-            match sync {
-                Sync::No => {
-                    let mut file = tokio::fs::File::create(&path).await?;
-                    file.write_all(&body).await?;
-                    file.flush().await?;
-                }
-                Sync::EachFile => {
-                    let temp = path.with_extension("tmp");
-                    let mut file = tokio::fs::File::create(&temp).await?;
-                    file.write_all(&body).await?;
-                    file.sync_all().await?;
-                    std::hint::black_box(Sha256::digest(&body));
-                    tokio::fs::rename(&temp, &path).await?;
-                }
-            }
+            tokio::task::spawn_blocking(move || store(&path, &body, sync)).await??;
             anyhow::Ok(())
         });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
+    }
+    Ok(())
+}
+
+/// Writes one fetched file as the loop's `sync` says.
+fn store(path: &Path, body: &[u8], sync: Sync) -> Result<()> {
+    match sync {
+        Sync::No => std::fs::write(path, body)?,
+        Sync::EachFile => {
+            use std::io::Write;
+            let temp = path.with_extension("tmp");
+            let mut file = std::fs::File::create(&temp)?;
+            file.write_all(body)?;
+            std::hint::black_box(Sha256::digest(body));
+            file.sync_all()?;
+            std::fs::rename(&temp, path)?;
+        }
     }
     Ok(())
 }
