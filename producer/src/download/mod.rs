@@ -114,9 +114,22 @@ pub(crate) async fn run(
     let started = Instant::now();
     let (named, repeats) = read_urls(config, progress, &shutdown).await?;
     let out_dir = make_out_dir(&config.out_dir)?;
+    // Read before the writer truncates this run's partial manifest: the
+    // partial one of a run that never finished is part of the history.
+    let history = config
+        .manifest
+        .as_deref()
+        .map(History::read)
+        .unwrap_or_default();
     let manifest = ManifestWriter::create(config.manifest.as_deref(), &out_dir)?;
-    let (plan, mut manifest) =
-        decide(&out_dir, (named, repeats), config, manifest, &shutdown).await?;
+    let decided = decide(
+        &out_dir,
+        (named, repeats),
+        (history, manifest),
+        config,
+        &shutdown,
+    );
+    let (plan, mut manifest) = decided.await?;
     let run = Run {
         broker,
         config,
@@ -181,20 +194,16 @@ fn make_out_dir(out_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Decides about the files already in `out_dir` (this hashes them), with
-/// the previous manifest, before anything is published: the plan, with
-/// the records of the entries skipped, refused or repeated in `manifest`.
+/// what earlier runs' manifests say, before anything is published: the
+/// plan, with the records of the entries skipped, refused or repeated in
+/// `manifest`.
 async fn decide(
     out_dir: &Path,
     (named, repeats): (Vec<NamedEntry>, Vec<Repeat>),
+    (history, mut manifest): (History, ManifestWriter),
     config: &DownloadConfig,
-    mut manifest: ManifestWriter,
     shutdown: &CancellationToken,
 ) -> Result<(Plan, ManifestWriter)> {
-    let history = config
-        .manifest
-        .as_deref()
-        .map(History::read)
-        .unwrap_or_default();
     let out_dir = out_dir.to_owned();
     let overwrite = config.overwrite;
     // Hashing thousands of existing files takes a while: Ctrl-C stops it.
