@@ -63,7 +63,9 @@ pub(crate) async fn attach(
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
 /// Carries on a job after the producer lost its broker connection: attaches
-/// to it again, retrying while the broker is away, for [`RECONNECT_FOR`].
+/// to it again, retrying while the broker is away, for [`RECONNECT_FOR`]
+/// after each loss (a job that lives through many short outages is carried
+/// on through all of them).
 ///
 /// # Errors
 /// The last error once retrying is over, or the first that retrying cannot
@@ -76,7 +78,7 @@ pub(crate) async fn reconnect(
     progress: &Progress,
     shutdown: CancellationToken,
 ) -> Result<Report> {
-    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut deadline = tokio::time::Instant::now() + RECONNECT_FOR;
     let mut backoff = Duration::from_millis(250);
     loop {
         progress.warn(&format!(
@@ -86,7 +88,16 @@ pub(crate) async fn reconnect(
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.cancelled() => return Err(Error::Cancelled),
         }
+        let done_before = progress.counts().0;
         match attach(broker, job, limits, local, progress, shutdown.clone()).await {
+            // The job moved on before this loss: a new outage, with its own
+            // time. A broker that drops every connection before any task is
+            // answered still ends the retrying.
+            Err(e) if e.is_worth_reconnecting() && progress.counts().0 > done_before => {
+                tracing::debug!(error = %warren::display_chain(&e), "lost again after progress");
+                deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+                backoff = Duration::from_millis(250);
+            }
             Err(e) if e.is_worth_reconnecting() && tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %warren::display_chain(&e), "reconnecting failed");
                 backoff = (backoff * 2).min(Duration::from_secs(5));

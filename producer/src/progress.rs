@@ -59,9 +59,13 @@ impl Progress {
         }
     }
 
-    /// Starts the bar. `total_tasks` is `None` when the input size is
-    /// unknown (text, stdin): a spinner counts up instead.
+    /// Starts the bar from zero. `total_tasks` is `None` when the input
+    /// size is unknown (text, stdin): a spinner counts up instead. A
+    /// producer that carries its job on after losing the broker starts it
+    /// again, then advances it by what its job's record holds.
     pub fn start(&self, unit: &str, total_tasks: Option<u64>) {
+        self.bar.set_position(0);
+        self.done.store(0, Ordering::Relaxed);
         let template = match total_tasks {
             Some(total) => {
                 self.bar.set_length(total);
@@ -133,5 +137,21 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn a_restarted_bar_counts_from_zero_so_a_reattached_job_is_not_counted_twice() {
+        let progress = Progress::hidden();
+        progress.start("chunks", Some(100));
+        progress.advance(60);
+        // Carried on from a record holding 50 answered tasks.
+        progress.start("chunks", None);
+        progress.advance(50);
+        assert_eq!(progress.counts().0, 50);
     }
 }

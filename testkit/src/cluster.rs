@@ -1,5 +1,7 @@
 //! [`RabbitCluster`]: a RabbitMQ cluster of three nodes on this machine, for
-//! tests of what survives the loss of a node.
+//! tests of what survives the loss of a node, or a single node of a test's
+//! own ([`RabbitCluster::start_with`]`(1)`), for tests that restart the
+//! whole broker.
 //!
 //! The nodes come from the installed RabbitMQ (Debian's `rabbitmq-server`
 //! package; another install is found through `RABBITMQ_SBIN`). Each has its
@@ -95,6 +97,16 @@ impl RabbitCluster {
     /// When RabbitMQ is not installed or a node does not boot or join in
     /// time; the message names the node, the command and its log.
     pub fn start() -> RabbitCluster {
+        RabbitCluster::start_with(NODES)
+    }
+
+    /// Starts `nodes` nodes in one cluster, as [`RabbitCluster::start`]
+    /// does; one node is a broker of the test's own, which it may kill and
+    /// restart as a whole.
+    ///
+    /// # Panics
+    /// As [`RabbitCluster::start`].
+    pub fn start_with(nodes: usize) -> RabbitCluster {
         static CLUSTERS: AtomicU32 = AtomicU32::new(0);
         let started = Instant::now();
         let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
@@ -112,22 +124,22 @@ impl RabbitCluster {
             sbin: find_sbin(),
             startup: Duration::ZERO,
         };
-        let ports = free_ports(2 * NODES);
+        let ports = free_ports(2 * nodes);
         for (i, pair) in ports.chunks(2).enumerate() {
             let name = format!("warren-c{}-{}-{k}@{NODE_HOST}", i + 1, std::process::id());
             let node = cluster.spawn_node(name, pair[0], pair[1]);
             cluster.nodes.push(node);
         }
-        for i in 0..NODES {
+        for i in 0..nodes {
             cluster.await_boot(i);
         }
         let first = cluster.nodes[0].name.clone();
-        for i in 1..NODES {
+        for i in 1..nodes {
             cluster.ctl_ok(i, &["stop_app"]);
             cluster.ctl_ok(i, &["join_cluster", &first]);
             cluster.ctl_ok(i, &["start_app"]);
         }
-        cluster.await_running_nodes(NODES);
+        cluster.await_running_nodes(nodes);
         cluster.startup = started.elapsed();
         cluster
     }

@@ -22,6 +22,11 @@ mod by_reference;
 /// cancel, the attach lock, a changed input, the job TTL.
 mod durable;
 
+/// On a broker of the test's own: a broker restart mid-sum, and the chaos
+/// soak (a sum and a download through killed workers, cut connections and
+/// a broker restart).
+mod chaos;
+
 /// Download jobs: files from a local HTTP server, both delivery modes,
 /// retries, limits, unsafe names, re-runs.
 mod download;

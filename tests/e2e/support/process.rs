@@ -344,6 +344,12 @@ impl RunningProducer {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the producer is running");
+        child.try_wait().ok().flatten()
+    }
+
     /// Waits for the end (at most `timeout`).
     pub fn wait(mut self, timeout: Duration) -> Run {
         let mut child = self.child.take().expect("the producer is running");

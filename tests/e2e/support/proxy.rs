@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
@@ -303,4 +304,94 @@ impl ClosedPort {
             .and_then(tokio::net::TcpListener::into_std)
             .expect("a bound socket can listen")
     }
+}
+
+/// A TCP proxy to any broker address that can cut every connection it
+/// carries at once, as a network fault would: both sockets of each pair are
+/// shut down, so the client sees its connection drop mid-conversation. New
+/// connections are accepted as before. It stops accepting when dropped.
+pub struct CuttingProxy {
+    addr: SocketAddr,
+    live: std::sync::Arc<Mutex<Vec<TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a cutting proxy serves at most if the test never drops it.
+const CUTTING_PROXY_AT_MOST: Duration = Duration::from_secs(30 * 60);
+
+impl CuttingProxy {
+    /// Listens on `127.0.0.1:0` and forwards each connection to `upstream`.
+    pub fn start(upstream: SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a local port is free");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        listener
+            .set_nonblocking(true)
+            .expect("listeners can be non-blocking");
+        let live = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sockets, stopped) = (std::sync::Arc::clone(&live), std::sync::Arc::clone(&stop));
+        // A server's lifetime, bounded as the forwarder's is.
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + CUTTING_PROXY_AT_MOST;
+            while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => forward_and_keep(client, upstream, &sockets),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        CuttingProxy { addr, live, stop }
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` through the proxy.
+    pub fn url(&self) -> String {
+        broker_url_at(self.addr)
+    }
+
+    /// Cuts every connection the proxy carries now; returns how many.
+    pub fn cut_all(&self) -> usize {
+        let sockets = std::mem::take(&mut *lock(&self.live));
+        for socket in &sockets {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        sockets.len() / 2
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`forward_both_ways`], keeping a handle on both sockets for
+/// [`CuttingProxy::cut_all`]. A broker that does not answer (it is being
+/// restarted) closes the client's connection at once.
+fn forward_and_keep(client: TcpStream, upstream: SocketAddr, live: &Mutex<Vec<TcpStream>>) {
+    let _ = client.set_nonblocking(false);
+    let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
+        return;
+    };
+    let handles = (client.try_clone(), server.try_clone());
+    let (Ok(client_handle), Ok(server_handle)) = handles else {
+        return;
+    };
+    lock(live).extend([client_handle, server_handle]);
+    let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || forward_server(client_in, server_out));
+    std::thread::spawn(move || forward_server(server, client));
 }
