@@ -326,7 +326,10 @@ impl ManifestWriter {
     /// Writes the record of the URL at `place` in the list (exact repeats
     /// after the others), and flushes it to a manifest's partial file.
     pub(crate) fn record(&mut self, place: usize, record: &ManifestRecord) -> Result<()> {
-        let mut line = serde_json::to_vec(record).expect("a record always serializes"); // invariant: plain data
+        let mut line = serde_json::to_vec(record).map_err(|e| Error::Write {
+            output: self.output(),
+            source: e.into(),
+        })?;
         line.push(b'\n');
         let Some(out) = &mut self.out else {
             return Err(Error::Write {
