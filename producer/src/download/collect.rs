@@ -688,16 +688,16 @@ mod tests {
         let three = vec![failed("a"), failed("b"), failed("c")];
         let accepted = collector.answer(1, "w".into(), three.clone()).await;
         assert_eq!(accepted.unwrap(), Accepted::Answered(3));
-        let open: Vec<_> = collector
+        let open: Vec<(u64, u64)> = collector
             .batching
             .messages
             .lock()
             .open_messages()
-            .map(|(t, _)| t)
+            .map(|(t, _)| (t.start, t.end))
             .collect();
         assert_eq!(
             open,
-            [0..1],
+            [(0, 1)],
             "an answered message is forgotten; message 0 is still open"
         );
         assert_eq!(collector.unanswered(), [0]);
