@@ -11,9 +11,10 @@
 //! (`crate::durable`): replies are acked only once a checkpoint that
 //! covers them is saved.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::management::ManagementApi;
@@ -22,6 +23,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
+use rangemap::RangeSet;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -601,6 +603,177 @@ pub(crate) async fn read_blocking<T: Send + 'static>(
     }
 }
 
+/// The messages a job published and has not seen fully answered, and the
+/// tasks answered: one registry for every kind of job (sum and download
+/// collectors alike).
+///
+/// A message carries the consecutive tasks `first..first + tasks`; `M` is
+/// what the job keeps of it (a sum: its element counts; a download:
+/// nothing). It is recorded before it can be published, so every result
+/// finds it. Tasks are answered one at a time or a message at a time, and
+/// a message is forgotten as soon as all its tasks are answered: the
+/// registry holds the messages in flight (the in-flight window bounds
+/// them) and the answered tasks as ranges (results come roughly in order,
+/// so there are few), so the producer's memory does not grow with the job.
+#[derive(Debug)]
+pub(crate) struct MessageRegistry<M> {
+    /// Messages with a task not answered yet, by their first task.
+    open: BTreeMap<u64, OpenMessage<M>>,
+    /// Every task answered, published by this producer or an earlier one.
+    answered: RangeSet<u64>,
+}
+
+#[derive(Debug)]
+struct OpenMessage<M> {
+    tasks: u64,
+    /// Of `tasks`, how many are not answered yet.
+    unanswered: u64,
+    data: M,
+}
+
+impl<M> Default for MessageRegistry<M> {
+    fn default() -> Self {
+        MessageRegistry {
+            open: BTreeMap::new(),
+            answered: RangeSet::new(),
+        }
+    }
+}
+
+impl<M> MessageRegistry<M> {
+    /// Records a message of `tasks` tasks from `first`, about to be
+    /// published; `false` (and nothing recorded) when its first task is
+    /// answered already: it must not be published again.
+    pub(crate) fn publish(&mut self, first: u64, tasks: u64, data: M) -> bool {
+        if tasks == 0 || self.answered.contains(&first) {
+            return false;
+        }
+        let carried = first..first.saturating_add(tasks);
+        let unanswered = self.answered.gaps(&carried).map(|g| g.end - g.start).sum();
+        let message = OpenMessage {
+            tasks,
+            unanswered,
+            data,
+        };
+        self.open.insert(first, message);
+        true
+    }
+
+    /// The tasks and data of the open message that starts with task
+    /// `first`.
+    pub(crate) fn starting_at(&self, first: u64) -> Option<(Range<u64>, &M)> {
+        let message = self.open.get(&first)?;
+        Some((first..first + message.tasks, &message.data))
+    }
+
+    /// The first task of the open message that carries task `task`.
+    pub(crate) fn carrying(&self, task: u64) -> Option<u64> {
+        let (&first, message) = self.open.range(..=task).next_back()?;
+        (task < first + message.tasks).then_some(first)
+    }
+
+    /// Whether task `task` is answered.
+    pub(crate) fn is_answered(&self, task: u64) -> bool {
+        self.answered.contains(&task)
+    }
+
+    /// Marks the tasks of `tasks` answered (a whole message, one of its
+    /// tasks, or a message no record holds); returns how many were not
+    /// before. Messages left with nothing to answer are forgotten.
+    pub(crate) fn answer(&mut self, tasks: Range<u64>) -> u64 {
+        let new: Vec<Range<u64>> = self.answered.gaps(&tasks).collect();
+        let mut count = 0;
+        for gap in new {
+            count += gap.end - gap.start;
+            self.settle(&gap);
+            self.answered.insert(gap);
+        }
+        count
+    }
+
+    /// Takes the newly answered tasks of `gap` off the open messages that
+    /// carry them.
+    fn settle(&mut self, gap: &Range<u64>) {
+        let from = self.carrying(gap.start).unwrap_or(gap.start);
+        let mut done = Vec::new();
+        for (&first, message) in self.open.range_mut(from..gap.end) {
+            let overlap = (first + message.tasks).min(gap.end) - first.max(gap.start);
+            message.unanswered = message.unanswered.saturating_sub(overlap);
+            if message.unanswered == 0 {
+                done.push(first);
+            }
+        }
+        for first in done {
+            self.open.remove(&first);
+        }
+    }
+
+    /// Marks the tasks of `tasks` answered, as a checkpoint recorded them.
+    pub(crate) fn restore_answered(&mut self, tasks: Range<u64>) {
+        if tasks.start < tasks.end {
+            self.answer(tasks);
+        }
+    }
+
+    /// Tasks answered so far.
+    pub(crate) fn answered_count(&self) -> u64 {
+        self.answered.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// The answered tasks, as ranges in order.
+    pub(crate) fn answered_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.answered.iter().cloned()
+    }
+
+    /// The open messages in order: their tasks and data.
+    pub(crate) fn open_messages(&self) -> impl Iterator<Item = (Range<u64>, &M)> {
+        self.open
+            .iter()
+            .map(|(&first, m)| (first..first + m.tasks, &m.data))
+    }
+
+    /// Tasks published (recorded) and not answered yet.
+    pub(crate) fn unanswered_count(&self) -> u64 {
+        self.open.values().map(|m| m.unanswered).sum()
+    }
+
+    /// The tasks published (recorded) and not answered yet, in order.
+    pub(crate) fn unanswered(&self) -> Vec<u64> {
+        let mut tasks = Vec::new();
+        for (&first, message) in &self.open {
+            let carried = first..first + message.tasks;
+            tasks.extend(self.answered.gaps(&carried).flatten());
+        }
+        tasks
+    }
+}
+
+/// A [`MessageRegistry`] shared by the side that publishes (which records
+/// each message before it goes out) and the collector.
+#[derive(Debug)]
+pub(crate) struct SharedRegistry<M>(Arc<Mutex<MessageRegistry<M>>>);
+
+impl<M> Clone for SharedRegistry<M> {
+    fn clone(&self) -> Self {
+        SharedRegistry(Arc::clone(&self.0))
+    }
+}
+
+impl<M> Default for SharedRegistry<M> {
+    fn default() -> Self {
+        SharedRegistry(Arc::default())
+    }
+}
+
+impl<M> SharedRegistry<M> {
+    /// The registry, locked. A poisoned lock still holds a consistent
+    /// registry (no update panics halfway), so poisoning is ignored rather
+    /// than turned into a panic.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, MessageRegistry<M>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// One message ready to publish, carrying `tasks` tasks (batched sum
 /// messages carry several).
 #[derive(Debug)]
@@ -1084,5 +1257,67 @@ mod tests {
         let text = describe_tasks(&many);
         assert!(text.starts_with("tasks 0, 1, 2,"), "{text}");
         assert!(text.ends_with("18, 19 and 5 more"), "{text}");
+    }
+
+    #[test]
+    fn a_message_is_found_by_any_of_its_tasks_and_forgotten_once_all_are_answered() {
+        let mut registry = MessageRegistry::default();
+        assert!(registry.publish(0, 1, 'a'));
+        assert!(registry.publish(1, 3, 'b'));
+        assert_eq!(registry.starting_at(1), Some((1..4, &'b')));
+        assert_eq!(registry.starting_at(2), None, "no message starts there");
+        assert_eq!(registry.carrying(3), Some(1));
+        assert_eq!(registry.carrying(4), None);
+        assert_eq!(registry.unanswered(), [0, 1, 2, 3]);
+        assert_eq!(registry.answer(2..3), 1);
+        assert_eq!(registry.unanswered(), [0, 1, 3]);
+        assert_eq!(registry.unanswered_count(), 3);
+        assert!(registry.starting_at(1).is_some(), "tasks 1 and 3 are open");
+        assert_eq!(registry.answer(1..2), 1);
+        assert_eq!(registry.answer(3..4), 1);
+        assert_eq!(registry.starting_at(1), None, "all its tasks answered");
+        assert_eq!(registry.open_messages().count(), 1);
+        assert!(registry.is_answered(2) && !registry.is_answered(0));
+        assert_eq!(registry.answered_count(), 3);
+    }
+
+    #[test]
+    fn answering_twice_counts_once_and_an_answered_message_is_not_published_again() {
+        let mut registry = MessageRegistry::default();
+        assert!(registry.publish(0, 4, ()));
+        assert_eq!(registry.answer(0..4), 4);
+        assert_eq!(registry.answer(0..4), 0, "a duplicate answers nothing");
+        assert_eq!(registry.answer(2..6), 2, "only tasks 4 and 5 are new");
+        assert_eq!(registry.open_messages().count(), 0);
+        assert!(!registry.publish(0, 4, ()), "answered already");
+        assert!(!registry.publish(4, 1, ()), "answered without a record");
+        let answered: Vec<(u64, u64)> = registry
+            .answered_ranges()
+            .map(|r| (r.start, r.end))
+            .collect();
+        assert_eq!(answered, [(0, 6)]);
+        // A message published after some of its tasks were answered (a
+        // resumed job) waits only for the others.
+        registry.restore_answered(7..8);
+        assert!(registry.publish(6, 3, ()));
+        assert_eq!(registry.unanswered(), [6, 8]);
+        assert_eq!(registry.answer(6..9), 2);
+        assert_eq!(registry.open_messages().count(), 0);
+        assert_eq!(registry.answered_count(), 9);
+    }
+
+    #[test]
+    fn many_answered_tasks_leave_nothing_open_and_one_range() {
+        let mut registry = MessageRegistry::default();
+        for first in (0..100_000u64).step_by(8) {
+            assert!(registry.publish(first, 8, ()));
+            // Out of order within the message, as files finish.
+            for task in (first..first + 8).rev() {
+                assert_eq!(registry.answer(task..task + 1), 1);
+            }
+        }
+        assert_eq!(registry.open_messages().count(), 0);
+        assert_eq!(registry.answered_ranges().count(), 1);
+        assert_eq!(registry.answered_count(), 100_000);
     }
 }

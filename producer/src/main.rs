@@ -65,8 +65,11 @@ fn main() -> ExitCode {
             for note in report.notes(config.quiet) {
                 eprintln!("{note}");
             }
-            let answer = report.stdout(config.json);
-            match writeln!(std::io::stdout().lock(), "{answer}") {
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = report
+                .write_stdout(config.json, &mut stdout)
+                .and_then(|()| stdout.flush());
+            match written {
                 // A reader that stopped reading (`| head -c0`) wanted
                 // nothing more: the job itself went fine.
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

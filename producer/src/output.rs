@@ -2,12 +2,14 @@
 //! stderr, and the exit status that goes with them.
 
 use std::collections::HashMap;
+use std::io::Write;
 
+use serde::Serialize;
 use serde_json::json;
 use warren::exact::NonFinite;
 
 use crate::download::DownloadSummary;
-use crate::download::manifest::ItemStatus;
+use crate::download::manifest::{ManifestRecord, Records};
 use crate::progress::Progress;
 use crate::status::StatusReport;
 use crate::sum::SumReport;
@@ -82,11 +84,24 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         match self {
             Report::Sum { report, .. } => u8::from(report.answer.overflow),
-            Report::Download(summary) => {
-                u8::from(summary.with_status(ItemStatus::Failed).next().is_some())
-            }
+            Report::Download(summary) => u8::from(summary.tally().failed > 0),
             Report::Status(_) | Report::Jobs(_) | Report::Cancelled(_) | Report::Detached(_) => 0,
         }
+    }
+
+    /// Writes the stdout text and a newline: the bare answer, or one JSON
+    /// object. A download job's failures are read back from its manifest
+    /// lines as they are written, never all held at once.
+    ///
+    /// # Errors
+    /// Writing to `out`, or reading the failures back.
+    pub fn write_stdout(&self, json: bool, out: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            Report::Download(summary) if json => download_json(summary, &mut *out)?,
+            Report::Download(summary) => download_text(summary, &mut *out)?,
+            other => out.write_all(other.stdout(json).as_bytes())?,
+        }
+        writeln!(out)
     }
 
     /// The stdout text: the bare answer, or one JSON object.
@@ -113,8 +128,16 @@ impl Report {
                     report.table()
                 }
             }
-            Report::Download(summary) if json => download_json(summary),
-            Report::Download(summary) => download_text(summary),
+            Report::Download(_) => {
+                let mut text = Vec::new();
+                self.write_stdout(json, &mut text).map_or_else(
+                    |e| e.to_string(),
+                    |()| {
+                        text.pop();
+                        String::from_utf8_lossy(&text).into_owned()
+                    },
+                )
+            }
         }
     }
 
@@ -192,79 +215,143 @@ fn sum_json(report: &SumReport, seed: Option<u32>) -> String {
     object.to_string()
 }
 
-/// The failed downloads as JSON objects.
-fn failed_json(summary: &DownloadSummary) -> Vec<serde_json::Value> {
-    summary
-        .with_status(ItemStatus::Failed)
-        .map(|r| json!({"url": r.url, "path": r.path, "error": r.error}))
-        .collect()
+/// A finished download job as one JSON object, its fields in the order of
+/// `serde_json`'s maps (by name), as `json!` made it before the failures
+/// were streamed.
+#[derive(Serialize)]
+struct DownloadJson<'a> {
+    bytes: u64,
+    elapsed_s: f64,
+    failed: FailedJson<'a>,
+    job_id: Option<&'a str>,
+    manifest: Option<String>,
+    out_dir: String,
+    skipped: u64,
+    succeeded: u64,
+    workers_seen: usize,
 }
 
-/// A finished download job as one JSON object.
-fn download_json(summary: &DownloadSummary) -> String {
-    json!({
-        "job_id": summary.job_id.as_ref().map(|j| j.as_str()),
-        "succeeded": summary.with_status(ItemStatus::Ok).count(),
-        "failed": failed_json(summary),
-        "skipped": summary.with_status(ItemStatus::Skipped).count(),
-        "bytes": summary.bytes(),
-        "workers_seen": summary.workers.len(),
-        "out_dir": summary.out_dir.display().to_string(),
-        "manifest": summary.manifest.as_ref().map(|m| m.display().to_string()),
-        "elapsed_s": (summary.elapsed.as_secs_f64() * 1e6).round() / 1e6,
-    })
-    .to_string()
+/// The failed downloads, as JSON objects read back one at a time.
+struct FailedJson<'a>(&'a Records);
+
+impl Serialize for FailedJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut failed = serializer.serialize_seq(None)?;
+        for record in self.0.failures() {
+            let record = record.map_err(S::Error::custom)?;
+            failed.serialize_element(&json!({
+                "url": record.url,
+                "path": record.path,
+                "error": record.error,
+            }))?;
+        }
+        failed.end()
+    }
 }
 
-/// A finished download job as text: the counts, then the failures grouped
-/// by reason.
-fn download_text(summary: &DownloadSummary) -> String {
-    let mut lines = vec![format!(
+/// Writes a finished download job as one JSON object.
+fn download_json(summary: &DownloadSummary, out: &mut impl Write) -> std::io::Result<()> {
+    let tally = summary.tally();
+    let object = DownloadJson {
+        bytes: tally.bytes,
+        elapsed_s: (summary.elapsed.as_secs_f64() * 1e6).round() / 1e6,
+        failed: FailedJson(&summary.records),
+        job_id: summary.job_id.as_ref().map(|j| j.as_str()),
+        manifest: summary.manifest.as_ref().map(|m| m.display().to_string()),
+        out_dir: summary.out_dir.display().to_string(),
+        skipped: tally.skipped,
+        succeeded: tally.ok,
+        workers_seen: summary.workers.len(),
+    };
+    serde_json::to_writer(out, &object).map_err(std::io::Error::other)
+}
+
+/// Writes a finished download job as text: the counts, then the failures
+/// grouped by reason.
+fn download_text(summary: &DownloadSummary, out: &mut impl Write) -> std::io::Result<()> {
+    let tally = summary.tally();
+    write!(
+        out,
         "downloaded {} file(s) ({} bytes), skipped {}, failed {} into {} in {:.2} s",
-        summary.with_status(ItemStatus::Ok).count(),
-        summary.bytes(),
-        summary.with_status(ItemStatus::Skipped).count(),
-        summary.with_status(ItemStatus::Failed).count(),
+        tally.ok,
+        tally.bytes,
+        tally.skipped,
+        tally.failed,
         summary.out_dir.display(),
         summary.elapsed.as_secs_f64()
-    )];
-    lines.extend(failure_lines(summary.with_status(ItemStatus::Failed).map(
-        |r| {
-            let reason = r.error.as_deref().unwrap_or("unknown error");
-            (r.url.as_str(), r.path.as_str(), reason)
-        },
-    )));
-    lines.join("\n")
+    )?;
+    let mut unreadable = None;
+    let failures = summary.records.failures().map_while(|record| match record {
+        Ok(record) => Some(record),
+        Err(e) => {
+            unreadable = Some(e);
+            None
+        }
+    });
+    let lines = failure_lines(failures.map(|r: ManifestRecord| {
+        let reason = r.error.unwrap_or_else(|| "unknown error".into());
+        (r.url, r.path, reason)
+    }));
+    if let Some(e) = unreadable {
+        return Err(e);
+    }
+    for line in lines {
+        write!(out, "\n{line}")?;
+    }
+    Ok(())
 }
 
 /// The text lines for failed downloads, given as (url, path, reason): one
 /// line per reason, in order of first appearance, with its count and at
 /// most [`URLS_SHOWN_PER_REASON`] of its URLs below it. Twenty downloads
 /// that fail the same way are one problem, and read as one.
-fn failure_lines<'a>(failures: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<String> {
-    let mut groups: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
+fn failure_lines<S: AsRef<str>>(failures: impl Iterator<Item = (S, S, S)>) -> Vec<String> {
+    /// One reason: how many failed for it, and the first few of them.
+    struct Group {
+        reason: String,
+        count: usize,
+        shown: Vec<(String, String)>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
     for (url, path, reason) in failures {
-        let index = *group_of.entry(reason).or_insert_with(|| {
-            groups.push((reason, Vec::new()));
-            groups.len() - 1
-        });
-        groups[index].1.push((url, path));
+        let index = match group_of.get(reason.as_ref()) {
+            Some(&index) => index,
+            None => {
+                groups.push(Group {
+                    reason: reason.as_ref().to_owned(),
+                    count: 0,
+                    shown: Vec::new(),
+                });
+                group_of.insert(reason.as_ref().to_owned(), groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[index];
+        group.count += 1;
+        if group.shown.len() < URLS_SHOWN_PER_REASON {
+            let shown = (url.as_ref().to_owned(), path.as_ref().to_owned());
+            group.shown.push(shown);
+        }
     }
     let mut lines = Vec::new();
-    for (reason, items) in groups {
-        if let [(url, path)] = items[..] {
+    for group in groups {
+        let reason = &group.reason;
+        if let [(url, path)] = &group.shown[..]
+            && group.count == 1
+        {
             lines.push(format!("failed: {url} -> {path}: {reason}"));
             continue;
         }
-        lines.push(format!("failed: {} URLs: {reason}", items.len()));
-        for (url, path) in items.iter().take(URLS_SHOWN_PER_REASON) {
+        lines.push(format!("failed: {} URLs: {reason}", group.count));
+        for (url, path) in &group.shown {
             lines.push(format!("  {url} -> {path}"));
         }
-        if items.len() > URLS_SHOWN_PER_REASON {
+        if group.count > URLS_SHOWN_PER_REASON {
             lines.push(format!(
                 "  and {} more (--json or --manifest lists every one)",
-                items.len() - URLS_SHOWN_PER_REASON
+                group.count - URLS_SHOWN_PER_REASON
             ));
         }
     }
@@ -337,6 +424,74 @@ mod tests {
             failure_lines(two.into_iter()),
             ["failed: 2 URLs: r", "  u1 -> p1", "  u2 -> p2"]
         );
-        assert!(failure_lines(std::iter::empty()).is_empty());
+        assert!(failure_lines(std::iter::empty::<(&str, &str, &str)>()).is_empty());
+    }
+
+    #[test]
+    fn a_download_summary_streams_the_same_json_and_text_as_one_built_whole() {
+        use crate::download::manifest::{ItemStatus, ManifestWriter};
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = ManifestWriter::create(None, dir.path()).unwrap();
+        let record = |url: &str, status, error: Option<&str>| ManifestRecord {
+            url: url.into(),
+            path: url.rsplit('/').next().unwrap().into(),
+            status,
+            bytes: 5,
+            sha256: None,
+            http_status: Some(404),
+            attempts: 1,
+            error: error.map(str::to_owned),
+            last_ok: None,
+        };
+        writer
+            .record(
+                2,
+                &record("http://h/c", ItemStatus::Failed, Some("HTTP 404")),
+            )
+            .unwrap();
+        writer
+            .record(0, &record("http://h/a", ItemStatus::Ok, None))
+            .unwrap();
+        writer
+            .record(
+                1,
+                &record("http://h/b", ItemStatus::Failed, Some("HTTP 404")),
+            )
+            .unwrap();
+        writer
+            .record(3, &record("http://h/d", ItemStatus::Skipped, None))
+            .unwrap();
+        writer.commit().unwrap();
+        let summary = DownloadSummary {
+            job_id: Some(warren::JobId::parse("j").unwrap()),
+            records: writer.into_records(),
+            out_dir: "/out".into(),
+            manifest: None,
+            workers: ["w1".to_owned()].into(),
+            elapsed: std::time::Duration::from_millis(1500),
+        };
+        let report = Report::Download(summary);
+        // What `json!` made of the whole summary before it was streamed.
+        let whole = json!({
+            "job_id": "j",
+            "succeeded": 1,
+            "failed": [
+                {"url": "http://h/b", "path": "b", "error": "HTTP 404"},
+                {"url": "http://h/c", "path": "c", "error": "HTTP 404"},
+            ],
+            "skipped": 1,
+            "bytes": 5,
+            "workers_seen": 1,
+            "out_dir": "/out",
+            "manifest": null,
+            "elapsed_s": 1.5,
+        });
+        assert_eq!(report.stdout(true), whole.to_string());
+        assert_eq!(
+            report.stdout(false),
+            "downloaded 1 file(s) (5 bytes), skipped 1, failed 2 into /out in 1.50 s\n\
+             failed: 2 URLs: HTTP 404\n  http://h/b -> b\n  http://h/c -> c"
+        );
+        assert_eq!(report.exit_code(), 1);
     }
 }

@@ -12,12 +12,11 @@
 //! on the first failure, timeout or cancel; whichever it is, the reply
 //! queue is deleted on the way out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rangemap::RangeSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -31,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::input::{self, InputSpec, Source};
 use crate::job::{
     self, Accepted, Collector, Drive, JobSession, Opening, OutgoingTask, PublishCounts,
-    explain_dead_letter,
+    SharedRegistry, explain_dead_letter,
 };
 use crate::local::LocalPlan;
 use crate::progress::Progress;
@@ -140,40 +139,19 @@ pub struct SumReport {
     pub source: Option<String>,
 }
 
-/// Which tasks are out and which are answered, shared by the input reader
-/// and the collector under one lock, so that a message is never recorded
-/// as out once it is answered (that would count its next result twice).
-#[derive(Debug, Default)]
-struct Ledger {
-    /// The messages published and not yet answered, by the index of their
-    /// first task: the reader records each before it can be published, the
-    /// collector takes it out when its result arrives. The in-flight window
-    /// bounds it, so the producer's memory does not grow with the number of
-    /// tasks.
-    outstanding: BTreeMap<u64, SumTask>,
-    /// The tasks whose results have been counted, as ranges: results arrive
-    /// roughly in order, so this stays small.
-    answered: RangeSet<u64>,
-}
+/// The messages published and not answered yet (each kept as its
+/// [`SumTask`], to check its result) and the tasks answered, shared by the
+/// input reader and the collector under one lock, so that a message is
+/// never recorded as out once it is answered (that would count its next
+/// result twice).
+type Outstanding = SharedRegistry<SumTask>;
 
-impl Ledger {
-    /// Records a message about to be published; `false` (and nothing
-    /// recorded) when it is answered already and must not be published.
-    fn record(&mut self, message: SumTask) -> bool {
-        if self.answered.contains(&message.index) {
-            return false;
-        }
-        self.outstanding.insert(message.index, message);
-        true
-    }
-}
-
-// A poisoned lock still holds a consistent ledger (every update is one
-// insert or remove), so poisoning is ignored rather than turned into a panic.
-type Outstanding = Arc<Mutex<Ledger>>;
-
-fn lock(ledger: &Outstanding) -> std::sync::MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+/// Records `message`, about to be published, in `outstanding`; `false`
+/// (and nothing recorded) when it is answered already and must not be
+/// published.
+fn record(outstanding: &Outstanding, message: SumTask) -> bool {
+    let (first, tasks) = (message.index, message.tasks);
+    outstanding.lock().publish(first, tasks, message)
 }
 
 /// What a sum job's record keeps: enough for another producer to publish
@@ -475,7 +453,7 @@ impl Publishing {
         let target = FeedTarget {
             job: session.job.clone(),
             reply_queue: session.reply_queue.clone(),
-            outstanding: Arc::clone(&collector.outstanding),
+            outstanding: collector.outstanding.clone(),
             skip,
             end: Arc::clone(&end),
         };
@@ -527,7 +505,7 @@ struct FeedTarget {
 
 /// The messages a resumed job does not publish again: those below `below`,
 /// published and confirmed by an earlier producer, or answered. (Answered
-/// ones above are left out by [`Ledger::record`].)
+/// ones above are left out by [`record`].)
 #[derive(Debug, Default)]
 struct Skip {
     below: u64,
@@ -782,7 +760,7 @@ impl Feed {
                     // Recorded before the message can be published, so no
                     // result can arrive first.
                     let recorded = SumTask::single(target.job.clone(), index, plan.dtype, count);
-                    if !lock(&target.outstanding).record(recorded) {
+                    if !record(&target.outstanding, recorded) {
                         continue;
                     }
                     if tasks.send(message).await.is_err() {
@@ -931,7 +909,7 @@ impl TaskReader<'_> {
                 };
                 // Recorded before the message can be published, so no
                 // result can arrive first.
-                if lock(&target.outstanding).record(message) && tasks.blocking_send(task).is_err() {
+                if record(&target.outstanding, message) && tasks.blocking_send(task).is_err() {
                     return Ok(next_index);
                 }
             }
@@ -1090,11 +1068,9 @@ impl SumCollector {
         if let Some(total) = &checkpoint.total {
             self.total.add(total)?;
         }
-        let mut ledger = lock(&self.outstanding);
+        let mut registry = self.outstanding.lock();
         for (start, end) in checkpoint.answered {
-            if start < end {
-                ledger.answered.insert(start..end);
-            }
+            registry.restore_answered(start..end);
         }
         for [index, count, tasks, chunk] in checkpoint.outstanding {
             let message = SumTask {
@@ -1105,9 +1081,9 @@ impl SumCollector {
                 tasks,
                 chunk,
             };
-            ledger.outstanding.insert(index, message);
+            registry.publish(index, tasks, message);
         }
-        drop(ledger);
+        drop(registry);
         self.through = checkpoint.through;
         self.duplicates = checkpoint.duplicates;
         self.workers = checkpoint.workers;
@@ -1117,17 +1093,12 @@ impl SumCollector {
 
     /// Tasks answered so far.
     fn answered_count(&self) -> u64 {
-        let ledger = lock(&self.outstanding);
-        ledger.answered.iter().map(|r| r.end - r.start).sum()
+        self.outstanding.lock().answered_count()
     }
 
     /// Tasks in the messages published and not answered yet.
     fn outstanding_tasks(&self) -> u64 {
-        lock(&self.outstanding)
-            .outstanding
-            .values()
-            .map(|m| m.tasks)
-            .sum()
+        self.outstanding.lock().unanswered_count()
     }
 
     /// Adds the partial sums answering the message whose first task is
@@ -1139,29 +1110,25 @@ impl SumCollector {
     /// the job rather than leaving tasks unanswered.
     fn add(&mut self, first: u64, partials: &[PartialSum], worker: &str) -> Result<u64> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
-        let mut ledger = lock(&self.outstanding);
-        if ledger.answered.contains(&first) {
+        let mut registry = self.outstanding.lock();
+        if registry.is_answered(first) {
             self.duplicates += 1;
             tracing::debug!(task = first, worker, "duplicate result ignored");
             return Ok(0);
         }
-        let message = match ledger.outstanding.remove(&first) {
-            Some(message) => message,
+        let message = match registry.starting_at(first) {
+            Some((_, message)) => message.clone(),
             None => self.unrecorded(first, partials).ok_or_else(|| {
                 malformed(format!(
                     "worker {worker} answered task {first}, which no unanswered message starts with"
                 ))
             })?,
         };
-        let checked = check_answer(&message, partials, worker);
-        if let Err(e) = checked {
-            ledger.outstanding.insert(first, message);
-            return Err(e);
-        }
+        check_answer(&message, partials, worker)?;
         for partial in partials {
             self.total.add(partial)?;
         }
-        ledger.answered.insert(first..first + message.tasks);
+        registry.answer(first..first + message.tasks);
         Ok(message.tasks)
     }
 
@@ -1248,13 +1215,16 @@ impl Collector for SumCollector {
     /// producer published and that are still to be answered: those below
     /// `through` (the ones above will be published again).
     fn checkpoint(&self, through: u64) -> serde_json::Value {
-        let ledger = lock(&self.outstanding);
+        let registry = self.outstanding.lock();
         let checkpoint = SumCheckpoint {
             total: Some(self.total.to_partial()),
-            answered: ledger.answered.iter().map(|r| (r.start, r.end)).collect(),
-            outstanding: ledger
-                .outstanding
-                .range(..through)
+            answered: registry
+                .answered_ranges()
+                .map(|r| (r.start, r.end))
+                .collect(),
+            outstanding: registry
+                .open_messages()
+                .take_while(|(tasks, _)| tasks.start < through)
                 .map(|(_, m)| [m.index, m.count, m.tasks, m.chunk])
                 .collect(),
             through,
@@ -1265,11 +1235,7 @@ impl Collector for SumCollector {
     }
 
     fn unanswered(&self) -> Vec<u64> {
-        lock(&self.outstanding)
-            .outstanding
-            .iter()
-            .flat_map(|(first, message)| *first..first + message.tasks)
-            .collect()
+        self.outstanding.lock().unanswered()
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {

@@ -9,11 +9,13 @@
 //! first downloads finish: messages start with one download each, and the
 //! collector's [`Batching::observe`] of finished files sets how many the
 //! next messages carry, aiming at [`TARGET_MESSAGE_BYTES`] of files per
-//! message.
+//! message. The messages sent are recorded in the job's
+//! [`MessageRegistry`](crate::job::MessageRegistry).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::job::SharedRegistry;
 
 /// About this many bytes of files per message.
 pub(crate) const TARGET_MESSAGE_BYTES: u64 = 2 << 20;
@@ -29,10 +31,10 @@ pub(crate) struct Batching {
     max: u64,
     /// Bytes and count of the files finished so far.
     seen: Arc<Mutex<(u64, u64)>>,
-    /// The messages sent and not yet closed: first task index → tasks
-    /// carried. Written before a message is published, so every result
-    /// finds its message here.
-    messages: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// The messages sent and the tasks answered. A message is recorded
+    /// before it is published, so every result finds it here, and
+    /// forgotten once all its tasks are answered.
+    pub(crate) messages: SharedRegistry<()>,
 }
 
 impl Batching {
@@ -42,7 +44,7 @@ impl Batching {
             per_message: Arc::new(AtomicU64::new(1)),
             max: (max_in_flight as u64 / 8).max(1),
             seen: Arc::default(),
-            messages: Arc::default(),
+            messages: SharedRegistry::default(),
         }
     }
 
@@ -63,37 +65,7 @@ impl Batching {
 
     /// Records a message about to be sent.
     pub(crate) fn sent(&self, first: u64, tasks: u64) {
-        self.messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(first, tasks);
-    }
-
-    /// Forgets the message whose first task is `first`, once every task it
-    /// carried is answered or being finished: a job's memory then does not
-    /// grow with its length (issue 13). A late duplicate of its result is
-    /// told apart by its tasks being done.
-    pub(crate) fn close(&self, first: u64) {
-        self.messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&first);
-    }
-
-    /// Messages sent and not yet closed.
-    #[cfg(test)]
-    pub(crate) fn open_messages(&self) -> usize {
-        self.messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// The tasks carried by the message whose first task is `first`, if
-    /// one was sent.
-    pub(crate) fn message(&self, first: u64) -> Option<std::ops::Range<u64>> {
-        let messages = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
-        messages.get(&first).map(|&tasks| first..first + tasks)
+        self.messages.lock().publish(first, tasks, ());
     }
 }
 
@@ -118,18 +90,5 @@ mod tests {
         let narrow = Batching::new(4);
         narrow.observe(1);
         assert_eq!(narrow.per_message(), 1, "never zero");
-    }
-
-    #[test]
-    fn messages_are_remembered_by_their_first_task() {
-        let batching = Batching::new(64);
-        batching.sent(0, 1);
-        batching.sent(1, 8);
-        assert_eq!(batching.message(1), Some(1..9));
-        assert_eq!(batching.message(0), Some(0..1));
-        assert_eq!(batching.message(2), None);
-        batching.close(1);
-        assert_eq!(batching.message(1), None);
-        assert_eq!(batching.open_messages(), 1);
     }
 }

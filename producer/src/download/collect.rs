@@ -12,7 +12,7 @@
 //! message's second result, or a replaced attempt's report, changes
 //! nothing. Not here: what goes out ([`publish`](super::publish)).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,10 +34,10 @@ use super::verify::Saved;
 use crate::error::{Error, Result};
 use crate::job::{Accepted, Collector, explain_dead_letter};
 
-/// A file finished on a blocking thread: its slot, its record so far, and
+/// A file finished on a blocking thread: its task, its record so far, and
 /// the outcome ([`Error::FileRejected`] fails the download; any other
 /// error is a local failure that ends the job).
-type Finished = (usize, ManifestRecord, Result<Saved>);
+type Finished = (u64, ManifestRecord, Result<Saved>);
 
 /// Gathers chunks and reports, finishing each file.
 pub(super) struct DownloadCollector<'a> {
@@ -51,16 +51,17 @@ pub(super) struct DownloadCollector<'a> {
     to_fetch: &'a [usize],
     /// By slot: what warren last verified at the name, carried forward in
     /// a failed record (see `manifest`).
-    last_ok: &'a [Option<Verified>],
-    /// By slot: whether the file may replace other content at its name
+    last_ok: &'a HashMap<usize, Verified>,
+    /// By task: whether the file may replace other content at its name
     /// (`plan::Decision::Fetch`).
     replace: &'a [bool],
-    records: &'a mut [Option<ManifestRecord>],
+    /// Where each outcome goes: the manifest is the record of what is
+    /// done; which tasks are answered is in `batching`'s registry.
     manifest: &'a mut ManifestWriter,
     /// Files being placed or checked on blocking threads.
     finishing: JoinSet<Finished>,
-    /// Slots whose file is in `finishing`.
-    finishing_slots: HashSet<usize>,
+    /// Tasks whose file is in `finishing`.
+    finishing_tasks: HashSet<u64>,
     /// Downloads per message, and the messages sent.
     pub(super) batching: Batching,
     /// Body bytes received, for the throughput display.
@@ -77,7 +78,7 @@ impl<'a> DownloadCollector<'a> {
         job: JobId,
         config: &DownloadConfig,
         out_dir: &Path,
-        plan: &'a mut Plan,
+        plan: &'a Plan,
         manifest: &'a mut ManifestWriter,
     ) -> Self {
         DownloadCollector {
@@ -85,14 +86,13 @@ impl<'a> DownloadCollector<'a> {
             job,
             delivery: config.delivery,
             out_dir: out_dir.to_owned(),
-            named: &plan.named,
-            to_fetch: &plan.to_fetch,
+            named: &plan.named[..],
+            to_fetch: &plan.to_fetch[..],
             last_ok: &plan.last_ok,
             replace: &plan.replace,
-            records: &mut plan.records,
             manifest,
             finishing: JoinSet::new(),
-            finishing_slots: HashSet::new(),
+            finishing_tasks: HashSet::new(),
             batching: Batching::new(config.max_in_flight),
             received: 0,
             failures: 0,
@@ -108,32 +108,45 @@ impl<'a> DownloadCollector<'a> {
 
     /// The entry of task `index`, unless it is unknown, already done, or
     /// being finished (a redelivered task's second report is ignored).
-    fn open_task(&self, index: u64) -> Option<usize> {
+    fn open_task(&self, index: u64) -> Option<&'a NamedEntry> {
         let slot = *self.to_fetch.get(usize::try_from(index).ok()?)?;
-        (self.records[slot].is_none() && !self.finishing_slots.contains(&slot)).then_some(slot)
+        (!self.is_done(index)).then_some(&self.named[slot])
     }
 
-    /// Whether task `index` has its record or is being finished.
+    /// Whether task `index` is answered or being finished.
     fn is_done(&self, index: u64) -> bool {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.to_fetch.get(i))
-            .is_some_and(|&slot| {
-                self.records[slot].is_some() || self.finishing_slots.contains(&slot)
-            })
+        self.finishing_tasks.contains(&index) || self.batching.messages.lock().is_answered(index)
     }
 
-    fn finish(&mut self, slot: usize, mut record: ManifestRecord) -> Result<Accepted> {
-        self.finishing_slots.remove(&slot);
+    /// The tasks of the open message that starts with task `first`.
+    fn message(&self, first: u64) -> Option<std::ops::Range<u64>> {
+        let messages = self.batching.messages.lock();
+        messages.starting_at(first).map(|(tasks, _)| tasks)
+    }
+
+    /// The entry of task `index`, which is known.
+    fn entry(&self, index: u64) -> &'a NamedEntry {
+        &self.named[self.slot(index)]
+    }
+
+    fn slot(&self, index: u64) -> usize {
+        self.to_fetch[usize::try_from(index).expect("a task index within the list")] // invariant: tasks are numbered within to_fetch
+    }
+
+    /// Writes task `index`'s `record` to the manifest and marks the task
+    /// answered.
+    fn finish(&mut self, index: u64, mut record: ManifestRecord) -> Result<Accepted> {
+        self.finishing_tasks.remove(&index);
+        let slot = self.slot(index);
         if record.status == ItemStatus::Failed {
             self.failures += 1;
             // The file at the name is as it was: the next run must still
             // know what it should hold.
-            record.last_ok = self.last_ok[slot].clone();
+            record.last_ok = self.last_ok.get(&slot).cloned();
         }
-        self.manifest.record(&record)?;
-        self.records[slot] = Some(record);
-        Ok(Accepted::Answered(1))
+        self.manifest.record(slot, &record)?;
+        let answered = self.batching.messages.lock().answer(index..index + 1);
+        Ok(Accepted::answered(answered))
     }
 
     /// Records what became of a file: saved, or rejected (the download
@@ -143,7 +156,7 @@ impl<'a> DownloadCollector<'a> {
     /// Any other error, which ends the job, and manifest write failures.
     fn settle(
         &mut self,
-        slot: usize,
+        index: u64,
         mut record: ManifestRecord,
         outcome: Result<Saved>,
     ) -> Result<Accepted> {
@@ -157,7 +170,7 @@ impl<'a> DownloadCollector<'a> {
             Err(Error::FileRejected { reason }) => record.error = Some(reason),
             Err(e) => return Err(e),
         }
-        self.finish(slot, record)
+        self.finish(index, record)
     }
 
     /// After the job ended early (`--timeout`, Ctrl-C, a broker or local
@@ -178,13 +191,13 @@ impl<'a> DownloadCollector<'a> {
             "the job ended before it finished: {}",
             warren::display_chain(ended)
         );
-        for &slot in self.to_fetch {
-            if self.records[slot].is_none() {
+        for index in 0..self.to_fetch.len() as u64 {
+            if !self.is_done(index) {
                 let record = ManifestRecord {
                     error: Some(reason.clone()),
-                    ..ManifestRecord::for_entry(&self.named[slot])
+                    ..ManifestRecord::for_entry(self.entry(index))
                 };
-                self.finish(slot, record)?;
+                self.finish(index, record)?;
             }
         }
         Ok(())
@@ -202,7 +215,8 @@ impl<'a> DownloadCollector<'a> {
         reports: Vec<DownloadReport>,
     ) -> Result<Accepted> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
-        let Some(tasks) = self.batching.message(first) else {
+        let message = self.message(first);
+        let Some(tasks) = message else {
             if self.is_done(first) {
                 // A redelivered message's second result, after its first
                 // closed the message.
@@ -223,14 +237,12 @@ impl<'a> DownloadCollector<'a> {
         self.workers.insert(worker);
         let mut answered = 0;
         for (index, report) in tasks.zip(reports) {
-            let Some(slot) = self.open_task(index) else {
+            if self.open_task(index).is_none() {
                 tracing::debug!(task = index, "duplicate download report ignored");
                 continue;
-            };
-            answered += self.finish_download(index, slot, report).await?.tasks();
+            }
+            answered += self.finish_download(index, report).await?.tasks();
         }
-        // Every task of it is now recorded or being finished.
-        self.batching.close(first);
         Ok(Accepted::answered(answered))
     }
 
@@ -238,44 +250,38 @@ impl<'a> DownloadCollector<'a> {
     /// `first` (a worker refused the message, or the broker dead-lettered
     /// it), for `reason`.
     fn fail_message(&mut self, first: u64, reason: &str) -> Result<Accepted> {
-        let tasks = self.batching.message(first).unwrap_or(first..first + 1);
+        let tasks = self.message(first).unwrap_or(first..first + 1);
         let mut answered = 0;
         for index in tasks {
-            let Some(slot) = self.open_task(index) else {
+            let Some(entry) = self.open_task(index) else {
                 continue;
             };
             self.assembler.forget(index);
             let record = ManifestRecord {
                 error: Some(reason.to_owned()),
-                ..ManifestRecord::for_entry(&self.named[slot])
+                ..ManifestRecord::for_entry(entry)
             };
-            answered += self.finish(slot, record)?.tasks();
+            answered += self.finish(index, record)?.tasks();
         }
-        self.batching.close(first);
         Ok(Accepted::answered(answered))
     }
 
-    /// Finishes task `index` (entry `slot`) by its worker's report: a
-    /// failure is recorded now; a file is checked and placed on a blocking
-    /// thread (see [`Collector::completion`]).
-    async fn finish_download(
-        &mut self,
-        index: u64,
-        slot: usize,
-        report: DownloadReport,
-    ) -> Result<Accepted> {
+    /// Finishes task `index` by its worker's report: a failure is
+    /// recorded now; a file is checked and placed on a blocking thread
+    /// (see [`Collector::completion`]).
+    async fn finish_download(&mut self, index: u64, report: DownloadReport) -> Result<Accepted> {
         let record = ManifestRecord {
             http_status: report.http_status,
             attempts: report.attempts,
             bytes: report.bytes,
-            ..ManifestRecord::for_entry(&self.named[slot])
+            ..ManifestRecord::for_entry(self.entry(index))
         };
         if report.status == DownloadStatus::Failed {
-            return self.finish_failed(index, slot, record, report);
+            return self.finish_failed(index, record, report);
         }
         match self.delivery {
-            FileRoute::Broker => self.finish_received(index, slot, record, &report),
-            FileRoute::Shared => self.finish_stored(index, slot, record, &report),
+            FileRoute::Broker => self.finish_received(index, record, &report),
+            FileRoute::Shared => self.finish_stored(index, record, &report),
         }
     }
 
@@ -283,7 +289,6 @@ impl<'a> DownloadCollector<'a> {
     fn finish_failed(
         &mut self,
         index: u64,
-        slot: usize,
         mut record: ManifestRecord,
         report: DownloadReport,
     ) -> Result<Accepted> {
@@ -312,7 +317,7 @@ impl<'a> DownloadCollector<'a> {
                 .error
                 .map_or_else(|| "failed without a reason".to_owned(), |e| e.message),
         );
-        self.finish(slot, record)
+        self.finish(index, record)
     }
 
     /// Broker delivery: the file's chunks are all in; it is checked now
@@ -320,11 +325,10 @@ impl<'a> DownloadCollector<'a> {
     fn finish_received(
         &mut self,
         index: u64,
-        slot: usize,
         record: ManifestRecord,
         report: &DownloadReport,
     ) -> Result<Accepted> {
-        let entry = &self.named[slot];
+        let entry = self.entry(index);
         let completion = self.assembler.complete(
             index,
             &entry.name,
@@ -334,16 +338,25 @@ impl<'a> DownloadCollector<'a> {
         );
         match completion {
             Ok(Completion::Ready(ready)) => {
-                let replace = self.replace[slot];
-                self.finish_in_background(slot, record, move || ready.place(replace));
+                let replace = self.replace_at(index);
+                self.finish_in_background(index, record, move || ready.place(replace));
                 Ok(Accepted::Other)
             }
             Ok(Completion::Stale) => {
                 tracing::debug!(task = index, "a replaced attempt's report ignored");
                 Ok(Accepted::Other)
             }
-            Err(e) => self.settle(slot, record, Err(e)),
+            Err(e) => self.settle(index, record, Err(e)),
         }
+    }
+
+    /// Whether task `index`'s file may replace other content at its name.
+    fn replace_at(&self, index: u64) -> bool {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.replace.get(i))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Shared delivery: the worker stored the file; it is checked and
@@ -351,7 +364,6 @@ impl<'a> DownloadCollector<'a> {
     fn finish_stored(
         &mut self,
         index: u64,
-        slot: usize,
         mut record: ManifestRecord,
         report: &DownloadReport,
     ) -> Result<Accepted> {
@@ -360,18 +372,18 @@ impl<'a> DownloadCollector<'a> {
             record.error = Some(format!(
                 "the worker reported an unusable path for the file it stored: {stored:?}"
             ));
-            return self.finish(slot, record);
+            return self.finish(index, record);
         };
         // The bytes came in through the workers all the same: they count
         // for the throughput shown.
         self.received += report.bytes;
-        let entry = &self.named[slot];
+        let entry = self.entry(index);
         let out_dir = self.out_dir.clone();
         let name = entry.name.clone();
         let expected = entry.listed.sha256.clone();
         let reported = (report.bytes, report.sha256.clone().unwrap_or_default());
-        let replace = self.replace[slot];
-        self.finish_in_background(slot, record, move || {
+        let replace = self.replace_at(index);
+        self.finish_in_background(index, record, move || {
             let (bytes, sha256) = &reported;
             let expected = expected.as_deref();
             shared::finish_stored(&out_dir, &temp, &name, (*bytes, sha256), expected, replace)
@@ -384,13 +396,13 @@ impl<'a> DownloadCollector<'a> {
     /// the outcome comes back through [`Collector::completion`].
     fn finish_in_background(
         &mut self,
-        slot: usize,
+        index: u64,
         record: ManifestRecord,
         finish: impl FnOnce() -> Result<Saved> + Send + 'static,
     ) {
-        self.finishing_slots.insert(slot);
+        self.finishing_tasks.insert(index);
         self.finishing
-            .spawn_blocking(move || (slot, record, finish()));
+            .spawn_blocking(move || (index, record, finish()));
     }
 
     /// A dead-lettered message: every task it carried fails.
@@ -408,15 +420,15 @@ impl<'a> DownloadCollector<'a> {
     /// A body chunk, written to its file as it comes.
     fn accept_chunk(&mut self, chunk: &BodyChunk, data: &[u8]) -> Result<Accepted> {
         self.job.check_reply("body chunk", &chunk.job)?;
-        let Some(slot) = self.open_task(chunk.task) else {
+        let Some(entry) = self.open_task(chunk.task) else {
             return Ok(Accepted::Other);
         };
         match self.assembler.chunk(chunk, data) {
             Ok(ChunkOutcome::Written(bytes)) => self.received += bytes,
             Ok(ChunkOutcome::Ignored) => {}
             Err(e) => {
-                let record = ManifestRecord::for_entry(&self.named[slot]);
-                return self.settle(slot, record, Err(e));
+                let record = ManifestRecord::for_entry(entry);
+                return self.settle(chunk.task, record, Err(e));
             }
         }
         Ok(Accepted::Other)
@@ -467,18 +479,14 @@ impl Collector for DownloadCollector<'_> {
         let Some(joined) = self.finishing.join_next().await else {
             return Ok(Accepted::Other);
         };
-        let (slot, record, outcome) = joined.expect("placing and verifying do not panic"); // invariant: both return their failures
-        self.settle(slot, record, outcome)
+        let (index, record, outcome) = joined.expect("placing and verifying do not panic"); // invariant: both return their failures
+        self.settle(index, record, outcome)
     }
 
     fn unanswered(&self) -> Vec<u64> {
-        (0u64..)
-            .zip(self.to_fetch.iter())
-            .filter(|&(_, &slot)| {
-                self.records[slot].is_none() && !self.finishing_slots.contains(&slot)
-            })
-            .map(|(index, _)| index)
-            .collect()
+        let mut unanswered = self.batching.messages.lock().unanswered();
+        unanswered.retain(|index| !self.finishing_tasks.contains(index));
+        unanswered
     }
 
     fn progress_message(&self, elapsed: Duration) -> String {
@@ -490,6 +498,7 @@ impl Collector for DownloadCollector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::download::manifest::Tally;
     use crate::download::urls::UrlEntry;
     use sha2::{Digest, Sha256};
     use warren::filename::{RelativePath, TEMP_DIR};
@@ -500,7 +509,8 @@ mod tests {
     struct Fixture {
         dir: tempfile::TempDir,
         named: Vec<NamedEntry>,
-        records: Vec<Option<ManifestRecord>>,
+        /// Holds the manifest, apart from the output directory.
+        manifest_dir: tempfile::TempDir,
         manifest: ManifestWriter,
     }
 
@@ -529,18 +539,32 @@ mod tests {
                     }
                 })
                 .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let manifest_dir = tempfile::tempdir().unwrap();
+            let path = manifest_dir.path().join("manifest.jsonl");
             Fixture {
-                dir: tempfile::tempdir().unwrap(),
+                manifest: ManifestWriter::create(Some(&path), dir.path()).unwrap(),
+                dir,
                 named,
-                records: vec![None; n],
-                manifest: ManifestWriter::create(None).unwrap(),
+                manifest_dir,
             }
+        }
+
+        /// The manifest's lines so far, by URL.
+        fn records(&self) -> HashMap<String, ManifestRecord> {
+            let path = self.manifest_dir.path().join("manifest.jsonl");
+            let text = std::fs::read_to_string(super::super::manifest::partial_path(&path));
+            text.unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<ManifestRecord>(line).unwrap())
+                .map(|record| (record.url.clone(), record))
+                .collect()
         }
 
         fn collector<'a>(
             &'a mut self,
             delivery: FileRoute,
-            last_ok: &'a [Option<Verified>],
+            last_ok: &'a HashMap<usize, Verified>,
         ) -> DownloadCollector<'a> {
             let job = JobId::parse("j").unwrap();
             DownloadCollector {
@@ -552,10 +576,9 @@ mod tests {
                 to_fetch: &[0, 1, 2, 3][..self.named.len()],
                 last_ok,
                 replace: &[false; 4][..self.named.len()],
-                records: &mut self.records,
                 manifest: &mut self.manifest,
                 finishing: tokio::task::JoinSet::new(),
-                finishing_slots: std::collections::HashSet::new(),
+                finishing_tasks: std::collections::HashSet::new(),
                 batching: Batching::new(64),
                 received: 0,
                 failures: 0,
@@ -586,13 +609,21 @@ mod tests {
         let data = vec![7u8; 2_000_000];
         std::fs::create_dir(dir.join(TEMP_DIR)).unwrap();
         std::fs::write(dir.join(TEMP_DIR).join("j-0-1"), &data).unwrap();
-        let mut collector = fixture.collector(FileRoute::Shared, &[None]);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Shared, &none);
+        collector.batching.sent(0, 1);
         let report = DownloadReport {
             path: Some(format!("{TEMP_DIR}/j-0-1")),
             ..report(DownloadStatus::Ok, &data)
         };
-        let accepted = collector.finish_download(0, 0, report).await.unwrap();
-        assert_eq!(accepted, Accepted::Other, "answered once placed");
+        let accepted = collector.answer(0, "w".into(), vec![report]).await;
+        assert_eq!(accepted.unwrap(), Accepted::Other, "answered once placed");
+        assert_eq!(
+            collector.batching.messages.lock().open_messages().count(),
+            1,
+            "the message stays until its file is placed"
+        );
+        assert!(collector.unanswered().is_empty(), "being finished");
         assert_eq!(
             collector.progress_message(Duration::from_secs(1)),
             "2.0 MB/s, 0 failed"
@@ -601,7 +632,20 @@ mod tests {
         assert_eq!(collector.completion().await.unwrap(), Accepted::Answered(1));
         assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
         assert!(!dir.join(TEMP_DIR).join("j-0-1").exists());
-        assert_eq!(fixture.records[0].as_ref().unwrap().status, ItemStatus::Ok);
+        assert_eq!(
+            collector.batching.messages.lock().open_messages().count(),
+            0
+        );
+        drop(collector);
+        assert_eq!(fixture.records()["https://h/f.bin"].status, ItemStatus::Ok);
+        assert_eq!(
+            fixture.manifest.tally(),
+            Tally {
+                ok: 1,
+                bytes: 2_000_000,
+                ..Tally::default()
+            }
+        );
     }
 
     fn failed(url: &str) -> DownloadReport {
@@ -619,9 +663,11 @@ mod tests {
     #[tokio::test]
     async fn a_result_answers_its_whole_message_and_only_that() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(FileRoute::Broker, &[None, None, None, None]);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Broker, &none);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
+        assert_eq!(collector.unanswered(), [0, 1, 2, 3]);
         let err = collector
             .answer(1, "w".into(), vec![failed("a"), failed("b")])
             .await
@@ -642,30 +688,47 @@ mod tests {
         let three = vec![failed("a"), failed("b"), failed("c")];
         let accepted = collector.answer(1, "w".into(), three.clone()).await;
         assert_eq!(accepted.unwrap(), Accepted::Answered(3));
+        let open: Vec<(u64, u64)> = collector
+            .batching
+            .messages
+            .lock()
+            .open_messages()
+            .map(|(t, _)| (t.start, t.end))
+            .collect();
         assert_eq!(
-            collector.batching.open_messages(),
-            1,
+            open,
+            [(0, 1)],
             "an answered message is forgotten; message 0 is still open"
         );
+        assert_eq!(collector.unanswered(), [0]);
         // A redelivered message's second result counts nothing.
         let again = collector.answer(1, "w".into(), three).await;
         assert_eq!(again.unwrap(), Accepted::Other);
-        assert!(fixture.records[0].is_none(), "task 0 is another message");
-        assert!(fixture.records[1..].iter().all(Option::is_some));
+        drop(collector);
+        let records = fixture.records();
+        assert!(
+            !records.contains_key("https://h/f.bin"),
+            "task 0 is another message"
+        );
+        assert_eq!(records.len(), 3, "each of tasks 1 to 3 once");
     }
 
     #[test]
     fn a_refused_or_dead_lettered_message_fails_every_task_it_carried() {
         let mut fixture = Fixture::with_files(4);
-        let mut collector = fixture.collector(FileRoute::Shared, &[None, None, None, None]);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Shared, &none);
         collector.batching.sent(0, 1);
         collector.batching.sent(1, 3);
         let accepted = collector.fail_message(1, "the broker gave up on it");
         assert_eq!(accepted.unwrap(), Accepted::Answered(3));
         assert_eq!(collector.fail_message(1, "again").unwrap(), Accepted::Other);
-        assert!(fixture.records[0].is_none());
-        for record in &fixture.records[1..] {
-            let record = record.as_ref().unwrap();
+        drop(collector);
+        let records = fixture.records();
+        assert!(!records.contains_key("https://h/f.bin"));
+        assert_eq!(records.len(), 3);
+        assert_eq!(fixture.manifest.tally().failed, 3);
+        for record in records.values() {
             assert_eq!(record.status, ItemStatus::Failed);
             assert_eq!(record.error.as_deref(), Some("the broker gave up on it"));
         }
@@ -678,8 +741,9 @@ mod tests {
             bytes: 3,
             sha256: "ab".into(),
         };
-        let last_ok = [Some(good.clone())];
+        let last_ok = HashMap::from([(0, good.clone())]);
         let mut collector = fixture.collector(FileRoute::Broker, &last_ok);
+        collector.batching.sent(0, 1);
         let failed = DownloadReport {
             error: Some(DownloadError {
                 kind: DownloadErrorKind::HttpStatus,
@@ -688,9 +752,10 @@ mod tests {
             sha256: None,
             ..report(DownloadStatus::Failed, b"")
         };
-        let accepted = collector.finish_download(0, 0, failed).await.unwrap();
+        let accepted = collector.finish_download(0, failed).await.unwrap();
         assert_eq!(accepted, Accepted::Answered(1));
-        let record = fixture.records[0].clone().unwrap();
+        drop(collector);
+        let record = fixture.records()["https://h/f.bin"].clone();
         assert_eq!(record.status, ItemStatus::Failed);
         assert_eq!(record.last_ok, Some(good.clone()));
         assert_eq!(record.verified(), Some(good));

@@ -19,11 +19,19 @@
 //! `last_ok`, what warren last verified at its path, so that knowledge
 //! survives runs that fail or refuse the file (the manifest is rewritten
 //! by every run).
+//!
+//! The lines on disk are the run's only record of its URLs' outcomes: the
+//! producer keeps counts and, for the failures, where their lines are
+//! ([`Records`]), and reads those back for the summary, so its memory does
+//! not grow with the list. Without `--manifest` the lines go to an
+//! anonymous temporary file in the output directory, gone when the
+//! producer exits.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -181,13 +189,16 @@ pub(crate) fn sync_file_system(dir: &Path) -> Result<()> {
 /// and on NFS to the server), and only then the manifest that lists them,
 /// so a manifest never names a file that a power cut can take back.
 ///
+/// Returns what the run recorded.
+///
 /// # Errors
 /// [`Error::Write`] when syncing or writing the manifest fails.
-pub(crate) async fn make_durable(out_dir: &Path, mut manifest: ManifestWriter) -> Result<()> {
+pub(crate) async fn make_durable(out_dir: &Path, mut manifest: ManifestWriter) -> Result<Records> {
     let out_dir = out_dir.to_owned();
     tokio::task::spawn_blocking(move || {
         sync_file_system(&out_dir)?;
-        manifest.commit()
+        manifest.commit()?;
+        Ok(manifest.into_records())
     })
     .await
     .expect("syncing does not panic") // invariant: both calls return their failures
@@ -199,61 +210,162 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Appends records to the manifest as items finish.
+/// How many URLs ended each way in a run, and the bytes downloaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Downloaded and verified.
+    pub ok: u64,
+    /// Already present and matching, or exact repeats.
+    pub skipped: u64,
+    /// Not downloaded.
+    pub failed: u64,
+    /// Bytes downloaded (of the `ok` files).
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, record: &ManifestRecord) {
+        match record.status {
+            ItemStatus::Ok => {
+                self.ok += 1;
+                self.bytes += record.bytes;
+            }
+            ItemStatus::Skipped => self.skipped += 1,
+            ItemStatus::Failed => self.failed += 1,
+        }
+    }
+}
+
+/// What a run recorded: its counts, and its manifest lines on disk, from
+/// which the failures are read back in list order.
+#[derive(Debug, Clone)]
+pub struct Records {
+    /// How many ended each way.
+    pub tally: Tally,
+    /// The file holding the lines (the manifest, or an anonymous file).
+    file: Arc<File>,
+    /// The failed lines: (the URL's place in the list, where its line
+    /// starts), in list order.
+    failures: Arc<[(u64, u64)]>,
+}
+
+impl Records {
+    /// The failed records, in list order (exact repeats after the rest),
+    /// read back from the file.
+    pub fn failures(&self) -> impl Iterator<Item = std::io::Result<ManifestRecord>> + '_ {
+        let mut reader = BufReader::new(&*self.file);
+        // Where the reader is: lines are read near each other, mostly in
+        // order, so a short seek keeps the buffer.
+        let mut at: Option<u64> = None;
+        let mut line = String::new();
+        self.failures.iter().map(move |&(_, offset)| {
+            use std::io::Seek;
+            match at {
+                Some(at) => reader.seek_relative(offset as i64 - at as i64)?,
+                None => {
+                    reader.seek(std::io::SeekFrom::Start(offset))?;
+                }
+            }
+            line.clear();
+            let read = reader.read_line(&mut line)?;
+            at = Some(offset + read as u64);
+            serde_json::from_str(&line).map_err(std::io::Error::other)
+        })
+    }
+}
+
+/// Appends records to the manifest as items finish (to its partial file),
+/// or without `--manifest` to an anonymous temporary file; counts them.
 #[derive(Debug)]
 pub(crate) struct ManifestWriter {
     /// The manifest's own name; the lines go to its partial name until
-    /// [`ManifestWriter::commit`].
-    path: PathBuf,
+    /// [`ManifestWriter::commit`]. `None`: no manifest.
+    path: Option<PathBuf>,
     out: Option<BufWriter<File>>,
+    /// The same file, to read the lines back.
+    file: Arc<File>,
+    /// Bytes written so far: where the next line starts.
+    written: u64,
+    tally: Tally,
+    failures: Vec<(u64, u64)>,
 }
 
 impl ManifestWriter {
-    /// A writer for `path` (its partial file is truncated), or one that
-    /// writes nothing.
-    pub(crate) fn create(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else {
-            return Ok(ManifestWriter {
-                path: PathBuf::new(),
-                out: None,
-            });
+    /// A writer for `path` (its partial file is truncated), or, without
+    /// one, for an anonymous file in `out_dir`.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the file cannot be created.
+    pub(crate) fn create(path: Option<&Path>, out_dir: &Path) -> Result<Self> {
+        let file = match path {
+            Some(path) => create_partial(path)?,
+            None => anonymous_file(out_dir)?,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::Write {
-                output: parent.display().to_string(),
-                source: e,
-            })?;
-        }
-        let partial = partial_path(path);
-        let file = File::create(&partial).map_err(|e| Error::Write {
-            output: partial.display().to_string(),
+        let reader = file.try_clone().map_err(|e| Error::Write {
+            output: out_dir.display().to_string(),
             source: e,
         })?;
         Ok(ManifestWriter {
-            path: path.to_owned(),
+            path: path.map(Path::to_owned),
             out: Some(BufWriter::new(file)),
+            file: Arc::new(reader),
+            written: 0,
+            tally: Tally::default(),
+            failures: Vec::new(),
         })
     }
 
-    /// Writes one line and flushes it (to the partial file).
-    pub(crate) fn record(&mut self, record: &ManifestRecord) -> Result<()> {
+    /// Where the lines are written, for error messages.
+    fn output(&self) -> String {
+        match &self.path {
+            Some(path) => partial_path(path).display().to_string(),
+            None => "the temporary record of the downloads".into(),
+        }
+    }
+
+    /// Writes the record of the URL at `place` in the list (exact repeats
+    /// after the others), and flushes it to a manifest's partial file.
+    pub(crate) fn record(&mut self, place: usize, record: &ManifestRecord) -> Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(|e| Error::Write {
+            output: self.output(),
+            source: e.into(),
+        })?;
+        line.push(b'\n');
         let Some(out) = &mut self.out else {
-            return Ok(());
+            return Err(Error::Write {
+                output: self.output(),
+                source: std::io::Error::other("the manifest was already committed"),
+            });
         };
-        serde_json::to_writer(&mut *out, record)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::Write {
-                output: partial_path(&self.path).display().to_string(),
+        let written = out.write_all(&line).and_then(|()| match self.path {
+            // A killed run still leaves its lines.
+            Some(_) => out.flush(),
+            None => Ok(()),
+        });
+        if let Err(e) = written {
+            return Err(Error::Write {
+                output: self.output(),
                 source: e,
-            })
+            });
+        }
+        if record.status == ItemStatus::Failed {
+            self.failures.push((place as u64, self.written));
+        }
+        self.written += line.len() as u64;
+        self.tally.count(record);
+        Ok(())
+    }
+
+    /// The counts so far.
+    #[cfg(test)]
+    pub(crate) fn tally(&self) -> Tally {
+        self.tally
     }
 
     /// Makes the manifest durable under its own name: syncs the partial
     /// file, renames it over the manifest and syncs the directory. Call it
     /// only after the files it lists are durable ([`sync_file_system`]).
-    /// Blocking.
+    /// Without a manifest, only flushes the lines. Blocking.
     ///
     /// # Errors
     /// [`Error::Write`] for a local I/O failure; the partial file is then
@@ -262,22 +374,79 @@ impl ManifestWriter {
         let Some(out) = self.out.take() else {
             return Ok(());
         };
-        let partial = partial_path(&self.path);
         let write_error = |path: &Path, e: std::io::Error| Error::Write {
             output: path.display().to_string(),
             source: e,
         };
+        let Some(path) = &self.path else {
+            return out.into_inner().map(drop).map_err(|e| Error::Write {
+                output: self.output(),
+                source: e.into_error(),
+            });
+        };
+        let partial = partial_path(path);
         let file = out
             .into_inner()
             .map_err(|e| write_error(&partial, e.into_error()))?;
         file.sync_all().map_err(|e| write_error(&partial, e))?;
-        std::fs::rename(&partial, &self.path).map_err(|e| write_error(&self.path, e))?;
-        let dir = match self.path.parent() {
+        std::fs::rename(&partial, path).map_err(|e| write_error(path, e))?;
+        let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
         sync_dir(dir).map_err(|e| write_error(dir, e))
     }
+
+    /// What was recorded, once [committed](ManifestWriter::commit).
+    pub(crate) fn into_records(mut self) -> Records {
+        self.failures.sort_unstable();
+        Records {
+            tally: self.tally,
+            file: self.file,
+            failures: self.failures.into(),
+        }
+    }
+}
+
+/// A new file in `dir` that has no name: created under a unique one and
+/// removed at once, so nothing is left behind whatever becomes of the
+/// producer.
+fn anonymous_file(dir: &Path) -> Result<File> {
+    let path = dir.join(format!(".warren-records-{}", uuid::Uuid::new_v4().simple()));
+    let write_error = |e| Error::Write {
+        output: path.display().to_string(),
+        source: e,
+    };
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(write_error)?;
+    std::fs::remove_file(&path).map_err(write_error)?;
+    Ok(file)
+}
+
+/// Creates (truncates) the partial file of the manifest at `path`.
+fn create_partial(path: &Path) -> Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Write {
+            output: parent.display().to_string(),
+            source: e,
+        })?;
+    }
+    let partial = partial_path(path);
+    // Read back for the summary, so opened for reading too.
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .map_err(|e| Error::Write {
+            output: partial.display().to_string(),
+            source: e,
+        })
 }
 
 #[cfg(test)]
@@ -302,12 +471,12 @@ mod tests {
     fn lines_are_pinned_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m/manifest.jsonl");
-        let mut writer = ManifestWriter::create(Some(&path)).unwrap();
+        let mut writer = ManifestWriter::create(Some(&path), dir.path()).unwrap();
         writer
-            .record(&record("https://h/a", ItemStatus::Ok))
+            .record(0, &record("https://h/a", ItemStatus::Ok))
             .unwrap();
         writer
-            .record(&record("https://h/b", ItemStatus::Failed))
+            .record(0, &record("https://h/b", ItemStatus::Failed))
             .unwrap();
         assert!(
             !path.exists(),
@@ -337,7 +506,7 @@ mod tests {
     fn a_failed_line_carries_the_last_verified_file_forward() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.jsonl");
-        let mut writer = ManifestWriter::create(Some(&path)).unwrap();
+        let mut writer = ManifestWriter::create(Some(&path), dir.path()).unwrap();
         let refused = ManifestRecord {
             bytes: 0,
             sha256: None,
@@ -348,7 +517,7 @@ mod tests {
             }),
             ..record("https://h/a", ItemStatus::Failed)
         };
-        writer.record(&refused).unwrap();
+        writer.record(0, &refused).unwrap();
         writer.commit().unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap().trim_end(),
@@ -369,19 +538,22 @@ mod tests {
     fn a_run_that_never_committed_leaves_only_a_partial_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.jsonl");
-        let mut first = ManifestWriter::create(Some(&path)).unwrap();
+        let mut first = ManifestWriter::create(Some(&path), dir.path()).unwrap();
         first
-            .record(&record("https://h/a", ItemStatus::Ok))
+            .record(0, &record("https://h/a", ItemStatus::Ok))
             .unwrap();
         first.commit().unwrap();
         // The next run is killed after one line: the durable manifest is
         // the first run's, and the killed run's line is only pending.
-        let mut killed = ManifestWriter::create(Some(&path)).unwrap();
+        let mut killed = ManifestWriter::create(Some(&path), dir.path()).unwrap();
         killed
-            .record(&ManifestRecord {
-                sha256: Some("cd".into()),
-                ..record("https://h/a", ItemStatus::Ok)
-            })
+            .record(
+                0,
+                &ManifestRecord {
+                    sha256: Some("cd".into()),
+                    ..record("https://h/a", ItemStatus::Ok)
+                },
+            )
             .unwrap();
         drop(killed);
         let history = History::read(&path);
@@ -396,5 +568,44 @@ mod tests {
         sync_file_system(dir.path()).unwrap();
         let err = sync_file_system(&dir.path().join("none")).unwrap_err();
         assert!(err.to_string().contains("none"), "{err}");
+    }
+
+    #[test]
+    fn failures_are_read_back_in_list_order_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [Some(dir.path().join("manifest.jsonl")), None] {
+            let mut writer = ManifestWriter::create(path.as_deref(), dir.path()).unwrap();
+            // Written as outcomes come, not in list order.
+            let failed = |url: &str| ManifestRecord {
+                error: Some(format!("{url} failed")),
+                ..record(url, ItemStatus::Failed)
+            };
+            writer.record(3, &failed("https://h/d")).unwrap();
+            writer
+                .record(0, &record("https://h/a", ItemStatus::Ok))
+                .unwrap();
+            writer.record(1, &failed("https://h/b")).unwrap();
+            writer
+                .record(2, &record("https://h/c", ItemStatus::Skipped))
+                .unwrap();
+            writer.commit().unwrap();
+            let records = writer.into_records();
+            let tally = Tally {
+                ok: 1,
+                skipped: 1,
+                failed: 2,
+                bytes: 3,
+            };
+            assert_eq!(records.tally, tally);
+            let urls: Vec<String> = records.failures().map(|r| r.unwrap().url).collect();
+            assert_eq!(urls, ["https://h/b", "https://h/d"], "{path:?}");
+            // Read again, the same.
+            assert_eq!(records.failures().count(), 2);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["manifest.jsonl"], "the anonymous file has no name");
     }
 }

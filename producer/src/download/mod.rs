@@ -18,9 +18,11 @@
 //!    then `placement` moves the file under its final name, the only step
 //!    that touches final names.
 //! 6. [`manifest`]: one line per URL (ok, failed with the reason, or
-//!    skipped). At the end, one `syncfs` makes the job's files durable, and
-//!    only then the manifest (group commit; `--fsync` adds a sync per file;
-//!    see docs/DOWNLOADS.md).
+//!    skipped), written as each outcome is known: the lines on disk, not
+//!    memory, are the run's record of its URLs, and the summary reads its
+//!    failures back from them. At the end, one `syncfs` makes the job's
+//!    files durable, and only then the manifest (group commit; `--fsync`
+//!    adds a sync per file; see docs/DOWNLOADS.md).
 //!
 //! This file holds [`run`], which strings the steps together, and
 //! [`DownloadSummary`], what it returns; the settings are in `config`.
@@ -55,7 +57,7 @@ use crate::job::{self, Drive, JobSession, Opening, PublishCounts};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use collect::DownloadCollector;
-use manifest::{History, ItemStatus, ManifestRecord, ManifestWriter};
+use manifest::{History, ManifestWriter, Records, Tally};
 use plan::Plan;
 use urls::{NamedEntry, Repeat};
 
@@ -64,8 +66,9 @@ use urls::{NamedEntry, Repeat};
 pub struct DownloadSummary {
     /// The job's id; `None` when nothing needed downloading.
     pub job_id: Option<JobId>,
-    /// One record per URL: in list order, then exact repeats.
-    pub records: Vec<ManifestRecord>,
+    /// What became of the URLs: the counts, and the manifest lines to read
+    /// the failures back from (in list order, then exact repeats).
+    pub records: Records,
     /// The output directory.
     pub out_dir: PathBuf,
     /// Where the manifest was written.
@@ -77,14 +80,9 @@ pub struct DownloadSummary {
 }
 
 impl DownloadSummary {
-    /// Records with the given status.
-    pub fn with_status(&self, status: ItemStatus) -> impl Iterator<Item = &ManifestRecord> {
-        self.records.iter().filter(move |r| r.status == status)
-    }
-
-    /// Bytes downloaded in this run.
-    pub fn bytes(&self) -> u64 {
-        self.with_status(ItemStatus::Ok).map(|r| r.bytes).sum()
+    /// How many URLs ended each way, and the bytes downloaded.
+    pub fn tally(&self) -> Tally {
+        self.records.tally
     }
 }
 
@@ -116,10 +114,22 @@ pub(crate) async fn run(
     let started = Instant::now();
     let (named, repeats) = read_urls(config, progress, &shutdown).await?;
     let out_dir = make_out_dir(&config.out_dir)?;
-    let (named, decisions) = decide(&out_dir, named, config, &shutdown).await?;
-    let mut manifest = ManifestWriter::create(config.manifest.as_deref())?;
-    let mut plan = Plan::new(named, repeats, decisions, &mut manifest)?;
-    let repeated = plan.record_repeats(&mut manifest)?;
+    // Read before the writer truncates this run's partial manifest: the
+    // partial one of a run that never finished is part of the history.
+    let history = config
+        .manifest
+        .as_deref()
+        .map(History::read)
+        .unwrap_or_default();
+    let manifest = ManifestWriter::create(config.manifest.as_deref(), &out_dir)?;
+    let decided = decide(
+        &out_dir,
+        (named, repeats),
+        (history, manifest),
+        config,
+        &shutdown,
+    );
+    let (plan, mut manifest) = decided.await?;
     let run = Run {
         broker,
         config,
@@ -129,13 +139,14 @@ pub(crate) async fn run(
         started,
         out_dir: &out_dir,
     };
-    let fetched = fetch_missing(&run, &mut plan, &mut manifest).await;
+    let fetched = fetch_missing(&run, &plan, &mut manifest).await;
+    drop(plan);
     // Also when the job ended early: the files placed so far are as good
     // as those of a finished job, made durable and listed, so a re-run can
     // trust them.
     let durable = manifest::make_durable(&out_dir, manifest).await;
-    let (job_id, workers) = match (fetched, durable) {
-        (Ok(fetched), durable) => durable.map(|()| fetched)?,
+    let ((job_id, workers), records) = match (fetched, durable) {
+        (Ok(fetched), durable) => (fetched, durable?),
         (Err(e), durable) => {
             if let Err(commit) = durable {
                 tracing::warn!("{}", warren::display_chain(&commit));
@@ -145,7 +156,7 @@ pub(crate) async fn run(
     };
     Ok(DownloadSummary {
         job_id,
-        records: plan.into_records(repeated),
+        records,
         out_dir,
         manifest: config.manifest.clone(),
         workers,
@@ -183,24 +194,23 @@ fn make_out_dir(out_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Decides about the files already in `out_dir` (this hashes them), with
-/// the previous manifest, before anything is published.
+/// what earlier runs' manifests say, before anything is published: the
+/// plan, with the records of the entries skipped, refused or repeated in
+/// `manifest`.
 async fn decide(
     out_dir: &Path,
-    named: Vec<NamedEntry>,
+    (named, repeats): (Vec<NamedEntry>, Vec<Repeat>),
+    (history, mut manifest): (History, ManifestWriter),
     config: &DownloadConfig,
     shutdown: &CancellationToken,
-) -> Result<(Vec<NamedEntry>, Vec<plan::Decision>)> {
-    let history = config
-        .manifest
-        .as_deref()
-        .map(History::read)
-        .unwrap_or_default();
+) -> Result<(Plan, ManifestWriter)> {
     let out_dir = out_dir.to_owned();
     let overwrite = config.overwrite;
     // Hashing thousands of existing files takes a while: Ctrl-C stops it.
     job::read_blocking(shutdown, move || {
-        let decisions = plan::decide_all(&out_dir, &named, &history, overwrite);
-        Ok((named, decisions))
+        let decide = |entry: &NamedEntry| plan::decide(&out_dir, entry, &history, overwrite);
+        let plan = Plan::new(named, &repeats, decide, &mut manifest)?;
+        Ok((plan, manifest))
     })
     .await
 }
@@ -210,7 +220,7 @@ async fn decide(
 /// (no job when nothing is to fetch).
 async fn fetch_missing(
     run: &Run<'_>,
-    plan: &mut Plan,
+    plan: &Plan,
     manifest: &mut ManifestWriter,
 ) -> Result<(Option<JobId>, BTreeSet<String>)> {
     if plan.to_fetch.is_empty() {
@@ -219,7 +229,8 @@ async fn fetch_missing(
     let job = JobId::random();
     let mut collector =
         DownloadCollector::new(job.clone(), run.config, run.out_dir, plan, manifest);
-    let outcome = publish_and_collect(run, &mut collector).await;
+    let tasks = (Arc::clone(&plan.named), Arc::clone(&plan.to_fetch));
+    let outcome = publish_and_collect(run, &mut collector, tasks).await;
     if let Err(e) = &outcome {
         // Every URL still gets its manifest line: files being placed
         // finish first (their threads would run on anyway), the rest fail
@@ -233,7 +244,11 @@ async fn fetch_missing(
 }
 
 /// Publishes one task per entry to fetch and collects until all are done.
-async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_>) -> Result<()> {
+async fn publish_and_collect(
+    run: &Run<'_>,
+    collector: &mut DownloadCollector<'_>,
+    tasks: (Arc<Vec<NamedEntry>>, Arc<Vec<usize>>),
+) -> Result<()> {
     let (config, progress) = (run.config, run.progress);
     let job = collector.job.clone();
     progress.set_job(&job);
@@ -259,7 +274,7 @@ async fn publish_and_collect(run: &Run<'_>, collector: &mut DownloadCollector<'_
         FileRoute::Shared => Some(shared::make_marker(run.out_dir, &job)?),
         FileRoute::Broker => None,
     };
-    let tasks = publish::build_tasks(&job, collector.tasks(), config, marker.as_deref())?;
+    let tasks = publish::TaskSource::new(&job, tasks, config, marker.as_deref())?;
     let (messages, outgoing) = publish::spawn_messages(
         tasks,
         collector.batching.clone(),

@@ -18,11 +18,14 @@
 //! `--overwrite` still skips files that check out. Symbolic links are
 //! never written through.
 //!
-//! [`Plan`] holds the outcome for the whole list: the entries, which are
-//! to be fetched, and the records of those skipped or refused. Not here:
-//! reading the list ([`urls`](super::urls)) or fetching.
+//! [`Plan`] holds the outcome for the whole list: the entries and which
+//! are to be fetched; the records of those skipped or refused go straight
+//! to the manifest. Not here: reading the list ([`urls`](super::urls)) or
+//! fetching.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::manifest::{History, ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use super::urls::{NamedEntry, Repeat};
@@ -57,20 +60,6 @@ pub(crate) enum Decision {
         /// As for [`Decision::Fetch`].
         last_ok: Option<Verified>,
     },
-}
-
-/// Decides for every entry, in order. Blocking: it hashes the files that
-/// exist.
-pub(crate) fn decide_all(
-    out_dir: &Path,
-    named: &[NamedEntry],
-    history: &History,
-    overwrite: bool,
-) -> Vec<Decision> {
-    named
-        .iter()
-        .map(|entry| decide(out_dir, entry, history, overwrite))
-        .collect()
 }
 
 /// Decides for one entry.
@@ -198,117 +187,99 @@ fn blocked_path(out_dir: &Path, named: &NamedEntry) -> Option<String> {
 }
 
 /// The job's entries and, by slot (index in `named`), what is known of
-/// each before anything is published.
+/// each before anything is published. The outcomes are in the manifest,
+/// not here: the plan's size is the list's, a few bytes a URL beyond the
+/// entries themselves.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    /// Every entry but exact repeats, in list order.
-    pub(crate) named: Vec<NamedEntry>,
-    /// Exact repeats of entries in `named`, fetched once.
-    pub(crate) repeats: Vec<Repeat>,
+    /// Every entry but exact repeats, in list order (shared with the
+    /// task publisher).
+    pub(crate) named: Arc<Vec<NamedEntry>>,
     /// Slots of the entries to download; task `i` is `named[to_fetch[i]]`.
-    pub(crate) to_fetch: Vec<usize>,
-    /// By slot: what warren last verified at the name ([`Decision::Fetch`]).
-    pub(crate) last_ok: Vec<Option<Verified>>,
-    /// By slot: whether the download may replace other content at its name
-    /// ([`Decision::Fetch`]).
+    pub(crate) to_fetch: Arc<Vec<usize>>,
+    /// By slot, for the entries that have it: what warren last verified
+    /// at the name ([`Decision::Fetch`]).
+    pub(crate) last_ok: HashMap<usize, Verified>,
+    /// By task: whether the download may replace other content at its
+    /// name ([`Decision::Fetch`]).
     pub(crate) replace: Vec<bool>,
-    /// By slot: the manifest record, once the entry's outcome is known.
-    pub(crate) records: Vec<Option<ManifestRecord>>,
 }
 
 impl Plan {
-    /// Sorts the entries by their `decisions` (one per entry): skipped and
-    /// refused ones get their record, written to `manifest` at once; the
-    /// others are to fetch.
+    /// Decides for every entry, in order, with `decide` (which hashes the
+    /// files that exist: blocking): skipped and refused ones get their
+    /// record in `manifest` at once; the others are to fetch. The exact
+    /// `repeats` get theirs after all the others.
     ///
     /// # Errors
     /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
     /// written.
     pub(crate) fn new(
         named: Vec<NamedEntry>,
-        repeats: Vec<Repeat>,
-        decisions: Vec<Decision>,
+        repeats: &[Repeat],
+        decide: impl Fn(&NamedEntry) -> Decision,
         manifest: &mut ManifestWriter,
     ) -> Result<Plan> {
         let mut plan = Plan {
-            to_fetch: Vec::new(),
-            last_ok: vec![None; named.len()],
-            replace: vec![false; named.len()],
-            records: vec![None; named.len()],
-            named,
-            repeats,
+            to_fetch: Arc::default(),
+            last_ok: HashMap::new(),
+            replace: Vec::new(),
+            named: Arc::default(),
         };
-        for (slot, decision) in decisions.into_iter().enumerate() {
-            let entry = ManifestRecord::for_entry(&plan.named[slot]);
-            let record = match decision {
+        let mut to_fetch = Vec::new();
+        for (slot, entry) in named.iter().enumerate() {
+            let record = match decide(entry) {
                 Decision::Fetch { last_ok, replace } => {
-                    plan.to_fetch.push(slot);
-                    plan.last_ok[slot] = last_ok;
-                    plan.replace[slot] = replace;
+                    to_fetch.push(slot);
+                    plan.replace.push(replace);
+                    if let Some(last_ok) = last_ok {
+                        plan.last_ok.insert(slot, last_ok);
+                    }
                     continue;
                 }
                 Decision::Skip { bytes, sha256 } => ManifestRecord {
                     status: ItemStatus::Skipped,
                     bytes,
                     sha256: Some(sha256),
-                    ..entry
+                    ..ManifestRecord::for_entry(entry)
                 },
                 Decision::Refuse { reason, last_ok } => ManifestRecord {
                     error: Some(reason),
                     last_ok,
-                    ..entry
+                    ..ManifestRecord::for_entry(entry)
                 },
             };
-            manifest.record(&record)?;
-            plan.records[slot] = Some(record);
+            manifest.record(slot, &record)?;
         }
+        record_repeats(&named, repeats, manifest)?;
+        plan.named = Arc::new(named);
+        plan.to_fetch = Arc::new(to_fetch);
         Ok(plan)
     }
+}
 
-    /// The records of the exact repeats, each saying which entry it
-    /// repeats, written to `manifest`.
-    ///
-    /// # Errors
-    /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
-    /// written.
-    pub(crate) fn record_repeats(
-        &self,
-        manifest: &mut ManifestWriter,
-    ) -> Result<Vec<ManifestRecord>> {
-        let repeated: Vec<ManifestRecord> = self
-            .repeats
-            .iter()
-            .map(|repeat| {
-                let original = &self.named[repeat.of];
-                ManifestRecord {
-                    url: repeat.entry.url.to_string(),
-                    status: ItemStatus::Skipped,
-                    error: Some(format!("repeats {}: fetched once", original.listed.origin)),
-                    ..ManifestRecord::for_entry(original)
-                }
-            })
-            .collect();
-        for record in &repeated {
-            manifest.record(record)?;
-        }
-        Ok(repeated)
+/// Writes the records of the exact `repeats` of `named` to `manifest`,
+/// each saying which entry it repeats, after every other entry.
+///
+/// # Errors
+/// [`Error::Write`](crate::Error::Write) when the manifest cannot be
+/// written.
+fn record_repeats(
+    named: &[NamedEntry],
+    repeats: &[Repeat],
+    manifest: &mut ManifestWriter,
+) -> Result<()> {
+    for (i, repeat) in repeats.iter().enumerate() {
+        let original = &named[repeat.of];
+        let record = ManifestRecord {
+            url: repeat.entry.url.to_string(),
+            status: ItemStatus::Skipped,
+            error: Some(format!("repeats {}: fetched once", original.listed.origin)),
+            ..ManifestRecord::for_entry(original)
+        };
+        manifest.record(named.len() + i, &record)?;
     }
-
-    /// Every entry's record, in list order (an entry without an outcome
-    /// failed), then the `repeated` ones.
-    pub(crate) fn into_records(self, repeated: Vec<ManifestRecord>) -> Vec<ManifestRecord> {
-        self.records
-            .into_iter()
-            .zip(&self.named)
-            .map(|(record, entry)| {
-                record.unwrap_or_else(|| ManifestRecord {
-                    error: Some("no result arrived".into()),
-                    ..ManifestRecord::for_entry(entry)
-                })
-            })
-            .chain(repeated)
-            .collect()
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,17 +2,20 @@
 //! grouped into `DownloadBatch` messages as the in-flight window lets them
 //! go.
 //!
-//! The tasks are small, so all are built before the first goes out; the
+//! Every task is checked before the first goes out, then made again with
+//! its message, so that a long list's tasks never all sit in memory; the
 //! messages are made one at a time, each with as many tasks as
 //! [`batching`](super::batching) says when it is made (the sizes of the
 //! files finished so far decide). The shared publisher (`job.rs`) sends
 //! them with confirms. Not here: what comes back
 //! ([`collect`](super::collect)).
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warren::JobId;
-use warren::protocol::{DownloadBatch, DownloadSpec, DownloadTask};
+use warren::protocol::{DownloadBatch, DownloadLimits, DownloadSpec, DownloadTask, FileRoute};
 
 use super::batching::Batching;
 use super::config::DownloadConfig;
@@ -20,37 +23,75 @@ use super::urls::NamedEntry;
 use crate::error::Result;
 use crate::job::OutgoingTask;
 
-/// The tasks of `job`, one per entry, numbered from 0 in order. `marker`
-/// is the job's marker file in shared mode.
-///
-/// # Errors
-/// [`Error::Warren`](crate::Error::Warren) when a task cannot be encoded.
-pub(super) fn build_tasks<'a>(
-    job: &JobId,
-    entries: impl Iterator<Item = &'a NamedEntry>,
-    config: &DownloadConfig,
-    marker: Option<&str>,
-) -> Result<Vec<DownloadTask>> {
-    let mut tasks = Vec::new();
-    for (index, entry) in (0u64..).zip(entries) {
-        let spec = DownloadSpec {
-            url: entry.listed.url.to_string(),
-            name: entry.name.to_string(),
-            sha256: entry.listed.sha256.clone(),
+/// What a job's tasks are made of: one per entry to fetch, numbered from 0
+/// in order. Each task is made when its message is, so that the tasks of a
+/// long list do not all sit in memory at once.
+#[derive(Debug, Clone)]
+pub(super) struct TaskSource {
+    job: JobId,
+    named: Arc<Vec<NamedEntry>>,
+    /// Task `i` fetches `named[to_fetch[i]]`.
+    to_fetch: Arc<Vec<usize>>,
+    delivery: FileRoute,
+    limits: DownloadLimits,
+    fsync: bool,
+    /// The job's marker file in shared mode.
+    marker: Option<String>,
+}
+
+impl TaskSource {
+    /// The tasks of `job`, each checked once now, so that a bad one fails
+    /// the job before anything is published.
+    ///
+    /// # Errors
+    /// [`Error::Warren`](crate::Error::Warren) when a task cannot be made.
+    pub(super) fn new(
+        job: &JobId,
+        (named, to_fetch): (Arc<Vec<NamedEntry>>, Arc<Vec<usize>>),
+        config: &DownloadConfig,
+        marker: Option<&str>,
+    ) -> Result<TaskSource> {
+        let source = TaskSource {
+            job: job.clone(),
+            named,
+            to_fetch,
             delivery: config.delivery,
             limits: config.limits,
             fsync: config.fsync,
             marker: marker.map(str::to_owned),
         };
-        tasks.push(DownloadTask::new(job.clone(), index, spec)?);
+        for index in 0..source.to_fetch.len() as u64 {
+            source.task(index)?;
+        }
+        Ok(source)
     }
-    Ok(tasks)
+
+    /// Task `index`.
+    fn task(&self, index: u64) -> Result<DownloadTask> {
+        let slot = self.to_fetch[usize::try_from(index).unwrap_or(usize::MAX)];
+        let entry = &self.named[slot];
+        let spec = DownloadSpec {
+            url: entry.listed.url.to_string(),
+            name: entry.name.to_string(),
+            sha256: entry.listed.sha256.clone(),
+            delivery: self.delivery,
+            limits: self.limits,
+            fsync: self.fsync,
+            marker: self.marker.clone(),
+        };
+        Ok(DownloadTask::new(self.job.clone(), index, spec)?)
+    }
+
+    /// How many tasks.
+    fn len(&self) -> u64 {
+        self.to_fetch.len() as u64
+    }
 }
 
 /// Makes messages of `tasks` in the background, for the publisher to take
 /// from the returned channel; abort the handle when the job ends.
 pub(super) fn spawn_messages(
-    tasks: Vec<DownloadTask>,
+    tasks: TaskSource,
     batching: Batching,
     reply_queue: String,
 ) -> (JoinHandle<()>, mpsc::Receiver<OutgoingTask>) {
@@ -64,16 +105,23 @@ pub(super) fn spawn_messages(
 /// Groups `tasks` into messages for the publisher, in order, each with as
 /// many tasks as `batching` says when it is made.
 async fn make_messages(
-    tasks: Vec<DownloadTask>,
+    tasks: TaskSource,
     batching: Batching,
     reply_queue: String,
     messages: mpsc::Sender<OutgoingTask>,
 ) {
-    let mut tasks = tasks.into_iter().peekable();
-    while tasks.peek().is_some() {
-        let take = usize::try_from(batching.per_message()).unwrap_or(1);
-        let batch = DownloadBatch::new(tasks.by_ref().take(take).collect())
-            .expect("consecutive tasks of one job make a message"); // invariant: indices 0, 1, 2, ... of one job
+    let mut next = 0;
+    while next < tasks.len() {
+        let end = tasks.len().min(next + batching.per_message());
+        let batch: Vec<DownloadTask> = (next..end)
+            .map(|index| {
+                tasks
+                    .task(index)
+                    .expect("every task was checked when the job started")
+            }) // invariant: see TaskSource::new
+            .collect();
+        next = end;
+        let batch = DownloadBatch::new(batch).expect("consecutive tasks of one job make a message"); // invariant: indices 0, 1, 2, ... of one job
         let carried = batch.tasks().len() as u64;
         batching.sent(batch.index(), carried);
         let outgoing = OutgoingTask {

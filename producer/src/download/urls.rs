@@ -235,16 +235,23 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repe
             taken.insert(name);
         }
     }
-    let mut seen: HashMap<(url::Url, Option<RelativePath>), usize> = HashMap::new();
-    let mut named = Vec::with_capacity(entries.len());
+    let repeat_of = exact_repeats(&entries);
+    let repeated: HashSet<usize> = repeat_of.values().copied().collect();
+    // Where the entries that others repeat land among the named ones.
+    let mut named_at: HashMap<usize, usize> = HashMap::new();
+    let mut named = Vec::with_capacity(entries.len() - repeat_of.len());
     let mut repeats = Vec::new();
-    for entry in entries {
-        let key = (entry.url.clone(), entry.name.clone());
-        if let Some(&of) = seen.get(&key) {
-            repeats.push(Repeat { entry, of });
+    for (i, entry) in entries.into_iter().enumerate() {
+        if let Some(original) = repeat_of.get(&i) {
+            repeats.push(Repeat {
+                entry,
+                of: named_at[original],
+            });
             continue;
         }
-        seen.insert(key, named.len());
+        if repeated.contains(&i) {
+            named_at.insert(i, named.len());
+        }
         let name = match &entry.name {
             Some(name) => name.clone(),
             None => {
@@ -259,6 +266,30 @@ pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repe
         });
     }
     Ok((named, repeats))
+}
+
+/// For each entry that repeats an earlier one exactly (same URL, same
+/// given name or none), the index of the first of them. Found by sorting
+/// indexes rather than hashing copies of the entries: it costs a few bytes
+/// an entry however long the list.
+fn exact_repeats(entries: &[UrlEntry]) -> HashMap<usize, usize> {
+    let key = |i: usize| {
+        let entry = &entries[i];
+        (
+            entry.url.as_str(),
+            entry.name.as_ref().map(RelativePath::as_str),
+        )
+    };
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    // Stable: among equal entries the first listed comes first.
+    order.sort_by(|&a, &b| key(a).cmp(&key(b)));
+    let mut repeat_of = HashMap::new();
+    for equal in order.chunk_by(|&a, &b| key(a) == key(b)) {
+        for &later in &equal[1..] {
+            repeat_of.insert(later, equal[0]);
+        }
+    }
+    repeat_of
 }
 
 /// The name a URL suggests, or, when that is taken, the same name tagged
