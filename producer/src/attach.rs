@@ -59,7 +59,10 @@ pub(crate) async fn attach(
 
 /// How long a producer that lost its broker keeps trying to carry its job
 /// on: a broker restart, a failover to another node.
-const RECONNECT_FOR: Duration = Duration::from_secs(120);
+// A broker restart takes seconds on a quiet machine, but its quorum queues
+// (the job's record among them) answer only once they have recovered: up to
+// minutes on a busy one.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
 
 /// Carries on a job after the producer lost its broker connection: attaches
 /// to it again, retrying while the broker is away, for [`RECONNECT_FOR`]

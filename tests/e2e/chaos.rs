@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use warren_testkit::{HttpFixture, RabbitCluster, content, eventually};
@@ -26,7 +27,7 @@ use warren_testkit::{HttpFixture, RabbitCluster, content, eventually};
 use crate::support::process::RunningProducer;
 use crate::support::proxy::CuttingProxy;
 use crate::support::python::reference;
-use crate::support::{Scenario, Worker};
+use crate::support::{Scenario, Worker, one_extra_broker_at_a_time};
 
 /// How big the soak is.
 struct Size {
@@ -100,7 +101,8 @@ struct Counts {
 
 /// The soak's world: its broker, the proxy, the workers (the killed ones
 /// are kept for their logs).
-// Fields drop in this order: workers, then the proxy, then the broker.
+// Fields drop in this order: workers, then the proxy, then the broker,
+// then the right to start one.
 struct Soak {
     live: Vec<Worker>,
     killed: Vec<Worker>,
@@ -110,10 +112,12 @@ struct Soak {
     broker: RabbitCluster,
     dice: Dice,
     counts: Counts,
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Soak {
     fn start() -> Soak {
+        let serial = one_extra_broker_at_a_time();
         let broker = RabbitCluster::start_with(1);
         eprintln!(
             "chaos: the test's broker started in {:.1}s",
@@ -129,6 +133,7 @@ impl Soak {
             broker,
             dice: Dice::from_env(),
             counts: Counts::default(),
+            _serial: serial,
         }
     }
 
@@ -380,7 +385,9 @@ fn a_broker_restarted_mid_sum_costs_the_producer_a_pause_not_the_job() {
     );
     soak.restart_broker();
 
-    let run = sum.wait(Duration::from_secs(180));
+    // A restart on a crowded machine, quorum queues recovering, can take
+    // minutes; the producer retries for up to 5 after each loss.
+    let run = sum.wait(Duration::from_secs(420));
     run.expect_success();
     let json = run.json();
     assert_eq!(json["sum"], expected.as_str(), "{run}");

@@ -5,17 +5,13 @@
 //! their list and the job ends exact and complete. Also: a list whose first
 //! URL does not answer, on the shared test broker.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use warren_testkit::{ClusterOptions, HttpFixture, RabbitCluster, content, eventually};
 
 use crate::support::python::reference;
 use crate::support::{Run, Scenario, Worker};
-
-/// One cluster at a time: three nodes per test are plenty for the small
-/// machines the tests run on, beside the other tests.
-static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A test's cluster, its scenario (prefix and temp dir; its own broker
 /// handle talks to the default node and is not used here) and workers.
@@ -34,9 +30,7 @@ impl ClusterJob {
     }
 
     fn start_with(test: &str, options: ClusterOptions) -> ClusterJob {
-        let serial = ONE_CLUSTER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let serial = crate::support::one_extra_broker_at_a_time();
         let cluster = RabbitCluster::start_with_options(options);
         eprintln!(
             "{test}: the 3-node cluster started in {:.1}s",

@@ -948,6 +948,7 @@ fn tasks_acked_but_never_answered_fail_the_job_naming_them() {
 /// GUARANTEES.md.)
 #[test]
 fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
+    let _serial = crate::support::one_extra_broker_at_a_time();
     let node = RabbitCluster::start_with(1);
     let url = node.urls().remove(0);
     let s = Scenario::new("memory_alarm");

@@ -19,6 +19,17 @@ use warren_testkit::eventually;
 pub use broker::Broker;
 pub use process::{Producer, Run, Worker};
 
+/// Holds the right to start RabbitMQ nodes of a test's own (a cluster, a
+/// broker to restart or to alarm): one such test at a time, beside the
+/// other tests, is plenty for the small machines the tests run on, and a
+/// node that boots on a crowded machine can take minutes.
+pub fn one_extra_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static EXTRA_BROKERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    EXTRA_BROKERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Why a test cannot check the broker without `rabbitmqctl`.
 pub const RABBITMQCTL_NEEDED: &str = "rabbitmqctl must be able to manage the test broker \
      (run the tests as root or as the rabbitmq user, on the broker's host)";
