@@ -133,7 +133,7 @@ fn judge_existing(
         last_ok: known.clone(),
     };
     if let Some(expected) = &named.listed.sha256 {
-        return if *expected == sha256 {
+        return if **expected == *sha256 {
             Decision::Skip { bytes, sha256 }
         } else if overwrite || ours {
             fetch(true)
@@ -292,7 +292,7 @@ mod tests {
             listed: UrlEntry {
                 origin: Origin::argument(1),
                 url: "https://h/f".into(),
-                sha256,
+                sha256: sha256.map(String::into_boxed_str),
             },
             name: RelativePath::parse(name).unwrap(),
             given: false,
