@@ -275,7 +275,7 @@ pub fn assign_names(mut entries: Vec<NamedEntry>) -> Result<(Vec<NamedEntry>, Ve
     check_given_names(&entries)?;
     let repeats = set_repeats_aside(&mut entries);
     // Given names first, so that they win over derived ones.
-    let mut taken = Taken::new();
+    let mut taken = Taken::new(entries.len());
     for (i, _) in entries.iter().enumerate().filter(|(_, entry)| entry.given) {
         taken.insert(&entries, i);
     }
@@ -297,7 +297,7 @@ pub fn assign_names(mut entries: Vec<NamedEntry>) -> Result<(Vec<NamedEntry>, Ve
 /// # Errors
 /// As [`assign_names`].
 fn check_given_names(entries: &[NamedEntry]) -> Result<()> {
-    let mut taken = Taken::new();
+    let mut taken = Taken::new(entries.iter().filter(|entry| entry.given).count());
     for (i, entry) in entries.iter().enumerate().filter(|(_, entry)| entry.given) {
         let name = &entry.name;
         if let Some(other) = taken.file_holder(entries, &name.collision_key()) {
@@ -397,44 +397,53 @@ fn url_tag(url: &str) -> String {
 }
 
 /// Names in use, as files and as directories, compared case-insensitively.
-/// A file name is held as the hash of its key and the index of an entry
-/// that bears it (the name itself stays in the entry): a few bytes a name,
-/// where a set of the keys themselves cost some 80 bytes each. The rare
-/// name whose hash another name's has already is held whole.
+/// A file name is held as 32 bits of the hash of its key and the index of
+/// an entry that bears it (the name itself stays in the entry): some 9
+/// bytes a name, where a set of the keys themselves cost some 80. The few
+/// names whose short hash another name's has already are held whole.
 #[derive(Debug)]
 struct Taken<S = RandomState> {
     hasher: S,
-    /// Hash of a file name's key → index of the entry bearing the name.
-    files: HashMap<u64, usize>,
-    /// Keys of file names whose hash is in `files` for another key.
+    /// Short hash of a file name's key → index of the entry bearing it.
+    files: HashMap<u32, u32>,
+    /// Keys of the file names `files` cannot hold (their short hash is
+    /// there for another key, or their index exceeds `u32`), by index.
     colliding_files: HashMap<String, usize>,
     /// Directories the file names are in.
     dirs: HashSet<String>,
 }
 
 impl Taken {
-    fn new() -> Taken {
-        Taken::with_hasher(RandomState::new())
+    /// Room for `files` file names without growing (growing would hold
+    /// the old table and the new at once).
+    fn new(files: usize) -> Taken {
+        Taken::with_hasher(RandomState::new(), files)
     }
 }
 
 impl<S: BuildHasher> Taken<S> {
-    fn with_hasher(hasher: S) -> Taken<S> {
+    fn with_hasher(hasher: S, files: usize) -> Taken<S> {
         Taken {
             hasher,
-            files: HashMap::new(),
+            files: HashMap::with_capacity(files),
             colliding_files: HashMap::new(),
             dirs: HashSet::new(),
         }
     }
 
+    /// The low 32 bits of the hash of `key`.
+    fn short_hash(&self, key: &str) -> u32 {
+        self.hasher.hash_one(key) as u32
+    }
+
     /// The index of the entry whose file name has collision key `key`, if
     /// one is inserted.
     fn file_holder(&self, entries: &[NamedEntry], key: &str) -> Option<usize> {
-        match self.files.get(&self.hasher.hash_one(key)) {
-            Some(&i) if entries[i].name.collision_key() == key => Some(i),
-            Some(_) => self.colliding_files.get(key).copied(),
-            None => None,
+        let held = self.files.get(&self.short_hash(key)).map(|&i| i as usize);
+        match held {
+            Some(i) if entries[i].name.collision_key() == key => Some(i),
+            _ if self.colliding_files.is_empty() => None,
+            _ => self.colliding_files.get(key).copied(),
         }
     }
 
@@ -453,14 +462,14 @@ impl<S: BuildHasher> Taken<S> {
         for dir in parents(&key) {
             self.dirs.insert(dir.to_owned());
         }
-        match self.files.entry(self.hasher.hash_one(key.as_str())) {
-            Entry::Vacant(vacant) => {
-                vacant.insert(i);
+        match (self.files.entry(self.short_hash(&key)), u32::try_from(i)) {
+            (Entry::Vacant(vacant), Ok(index)) => {
+                vacant.insert(index);
             }
-            Entry::Occupied(occupied) => {
-                if entries[*occupied.get()].name.collision_key() != key {
-                    self.colliding_files.insert(key, i);
-                }
+            (Entry::Occupied(held), _)
+                if entries[*held.get() as usize].name.collision_key() == key => {}
+            _ => {
+                self.colliding_files.insert(key, i);
             }
         }
     }
@@ -668,7 +677,8 @@ mod tests {
     #[test]
     fn taken_names_are_exact_when_their_hashes_collide() {
         let entries = list("https://h/1 x/y.jpg\nhttps://h/b.jpg\nhttps://h/c.jpg\n").unwrap();
-        let mut taken = Taken::with_hasher(std::hash::BuildHasherDefault::<SameHash>::default());
+        let same_hash = std::hash::BuildHasherDefault::<SameHash>::default();
+        let mut taken = Taken::with_hasher(same_hash, entries.len());
         for i in 0..entries.len() {
             taken.insert(&entries, i);
         }
