@@ -499,7 +499,7 @@ impl Collector for DownloadCollector<'_> {
 mod tests {
     use super::*;
     use crate::download::manifest::Tally;
-    use crate::download::urls::UrlEntry;
+    use crate::download::urls::{Origin, UrlEntry};
     use sha2::{Digest, Sha256};
     use warren::filename::{RelativePath, TEMP_DIR};
     use warren::protocol::{DownloadError, DownloadErrorKind, DownloadReport};
@@ -530,12 +530,12 @@ mod tests {
                     };
                     NamedEntry {
                         listed: UrlEntry {
-                            origin: format!("argument {}", i + 1),
-                            url: url::Url::parse(&format!("https://h/{file}")).unwrap(),
-                            name: None,
+                            origin: Origin::argument(i as u64 + 1),
+                            url: format!("https://h/{file}").into(),
                             sha256: None,
                         },
                         name: RelativePath::parse(&file).unwrap(),
+                        given: false,
                     }
                 })
                 .collect();

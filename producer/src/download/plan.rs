@@ -70,10 +70,7 @@ pub(crate) fn decide(
     overwrite: bool,
 ) -> Decision {
     let target = named.name.under(out_dir);
-    let key = (
-        named.listed.url.as_str().to_owned(),
-        named.name.as_str().to_owned(),
-    );
+    let key = (named.listed.url.to_string(), named.name.as_str().to_owned());
     let known = history.durable.get(&key).cloned();
     let pending = history.pending.get(&key);
     let refuse = |reason: String| Decision::Refuse {
@@ -136,7 +133,7 @@ fn judge_existing(
         last_ok: known.clone(),
     };
     if let Some(expected) = &named.listed.sha256 {
-        return if *expected == sha256 {
+        return if **expected == *sha256 {
             Decision::Skip { bytes, sha256 }
         } else if overwrite || ours {
             fetch(true)
@@ -285,7 +282,7 @@ fn record_repeats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::download::urls::UrlEntry;
+    use crate::download::urls::{Origin, UrlEntry};
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use warren::filename::RelativePath;
@@ -293,12 +290,12 @@ mod tests {
     fn entry(name: &str, sha256: Option<String>) -> NamedEntry {
         NamedEntry {
             listed: UrlEntry {
-                origin: "test".into(),
-                url: url::Url::parse("https://h/f").unwrap(),
-                name: None,
-                sha256,
+                origin: Origin::argument(1),
+                url: "https://h/f".into(),
+                sha256: sha256.map(String::into_boxed_str),
             },
             name: RelativePath::parse(name).unwrap(),
+            given: false,
         }
     }
 

@@ -73,7 +73,7 @@ impl TaskSource {
         let spec = DownloadSpec {
             url: entry.listed.url.to_string(),
             name: entry.name.to_string(),
-            sha256: entry.listed.sha256.clone(),
+            sha256: entry.listed.sha256.as_deref().map(str::to_owned),
             delivery: self.delivery,
             limits: self.limits,
             fsync: self.fsync,

@@ -14,8 +14,11 @@
 //! extension (and a counter after them in the rare case that name is taken
 //! too). Only exact repeats (same URL, same name) are fetched once.
 
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::io::{BufRead, Read};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use warren::filename::RelativePath;
@@ -29,27 +32,66 @@ use crate::input::Source;
 /// (browsers stop near 64 KiB too), and it bounds what one line can cost.
 pub const MAX_LINE_BYTES: usize = 64 << 10;
 
+/// Where an entry was listed, for error messages: `urls.txt:12` or
+/// `argument 3`. Every line of a list shares the list's label: an origin
+/// costs no allocation of its own, however long the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The list's label; `None` for a URL given as an argument. An
+    /// `Arc<String>` is one pointer wide, an `Arc<str>` two.
+    list: Option<Arc<String>>,
+    /// The line number in the list, or the argument's number.
+    number: u64,
+}
+
+impl Origin {
+    /// Line `number` (from 1) of the list labelled `list`.
+    pub fn line(list: &Arc<String>, number: u64) -> Origin {
+        Origin {
+            list: Some(Arc::clone(list)),
+            number,
+        }
+    }
+
+    /// The URL argument `number` (from 1).
+    pub fn argument(number: u64) -> Origin {
+        Origin { list: None, number }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.list {
+            Some(list) => write!(f, "{list}:{}", self.number),
+            None => write!(f, "argument {}", self.number),
+        }
+    }
+}
+
 /// One URL to fetch, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlEntry {
-    /// Where it was listed, for error messages: `urls.txt:12` or
-    /// `argument 3`.
-    pub origin: String,
-    /// The URL.
-    pub url: url::Url,
-    /// The name the user gave, if any.
-    pub name: Option<RelativePath>,
+    /// Where it was listed, for error messages.
+    pub origin: Origin,
+    /// The URL, checked, as `url::Url` serializes it. Kept as text: a
+    /// parsed `url::Url` is several times larger, and a list can hold
+    /// millions of URLs.
+    pub url: Box<str>,
     /// The expected SHA-256, lowercase hex.
-    pub sha256: Option<String>,
+    pub sha256: Option<Box<str>>,
 }
 
 /// A URL with the file name it will be saved under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedEntry {
-    /// The entry as listed (its `name` is the one the user gave, if any).
+    /// The entry as listed.
     pub listed: UrlEntry,
-    /// Its file name, relative to the output directory.
+    /// Its file name, relative to the output directory: the one the user
+    /// gave, or else the one its URL suggests, told apart from other
+    /// entries' names by [`assign_names`].
     pub name: RelativePath,
+    /// Whether the user gave `name`.
+    pub given: bool,
 }
 
 /// Reads every list and URL of `inputs`: the lists' entries in order, then
@@ -58,12 +100,21 @@ pub struct NamedEntry {
 /// # Errors
 /// As [`read_list`] and [`from_arguments`]; [`Error::Usage`] when there is
 /// no URL at all.
-pub fn read_all(inputs: &[UrlInput]) -> Result<Vec<UrlEntry>> {
+pub fn read_all(inputs: &[UrlInput]) -> Result<Vec<NamedEntry>> {
     let mut entries = Vec::new();
     let mut arguments = Vec::new();
     for input in inputs {
         match input {
-            UrlInput::List(source) => entries.extend(read_list(source)?),
+            UrlInput::List(source) => {
+                let list = read_list(source)?;
+                // Taken whole when it is the first: extending would copy
+                // it, and both copies would be in memory at once.
+                if entries.is_empty() {
+                    entries = list;
+                } else {
+                    entries.extend(list);
+                }
+            }
             UrlInput::Url(url) => arguments.push(url.clone()),
         }
     }
@@ -81,7 +132,7 @@ pub fn read_all(inputs: &[UrlInput]) -> Result<Vec<UrlEntry>> {
 /// # Errors
 /// [`Error::Open`]/[`Error::Read`] for I/O, [`Error::BadInput`] for the
 /// first bad line (including one over [`MAX_LINE_BYTES`] or not UTF-8).
-pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
+pub fn read_list(source: &Source) -> Result<Vec<NamedEntry>> {
     let (mut reader, label): (Box<dyn BufRead>, String) = match source {
         Source::Stdin => (Box::new(std::io::stdin().lock()), "stdin".into()),
         Source::File(path) => {
@@ -92,6 +143,7 @@ pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
             (Box::new(std::io::BufReader::new(file)), source.to_string())
         }
     };
+    let shared_label = Arc::new(label.clone());
     let mut entries = Vec::new();
     let mut buffer = Vec::new();
     for line_number in 1.. {
@@ -131,7 +183,8 @@ pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
         if content.is_empty() {
             continue;
         }
-        let entry = parse_line(content, format!("{label}:{line_number}")).map_err(bad_line)?;
+        let origin = Origin::line(&shared_label, line_number);
+        let entry = parse_line(content, origin).map_err(bad_line)?;
         entries.push(entry);
     }
     Ok(entries)
@@ -141,11 +194,11 @@ pub fn read_list(source: &Source) -> Result<Vec<UrlEntry>> {
 ///
 /// # Errors
 /// [`Error::Usage`] for the first bad URL.
-pub fn from_arguments(urls: &[String]) -> Result<Vec<UrlEntry>> {
-    urls.iter()
-        .enumerate()
-        .map(|(i, url)| {
-            let origin = format!("argument {}", i + 1);
+pub fn from_arguments(urls: &[String]) -> Result<Vec<NamedEntry>> {
+    (1..)
+        .zip(urls)
+        .map(|(number, url)| {
+            let origin = Origin::argument(number);
             parse_line(url, origin.clone())
                 .map_err(|reason| Error::Usage(format!("{origin}: {reason}")))
         })
@@ -165,7 +218,9 @@ fn strip_comment(line: &str) -> &str {
     line
 }
 
-fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, String> {
+/// The entry of one line (or argument), named as given or as its URL
+/// suggests.
+fn parse_line(content: &str, origin: Origin) -> std::result::Result<NamedEntry, String> {
     let mut fields = content.split_whitespace();
     let url = check_url(fields.next().unwrap_or_default())?;
     let mut name = None;
@@ -175,7 +230,7 @@ fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, St
             if sha256.is_some() {
                 return Err("more than one sha256: field".into());
             }
-            sha256 = Some(check_sha256(hex)?);
+            sha256 = Some(check_sha256(hex)?.into_boxed_str());
         } else if name.is_none() {
             name = Some(
                 RelativePath::parse(field)
@@ -187,11 +242,15 @@ fn parse_line(content: &str, origin: String) -> std::result::Result<UrlEntry, St
             ));
         }
     }
-    Ok(UrlEntry {
-        origin,
-        url,
-        name,
-        sha256,
+    let given = name.is_some();
+    Ok(NamedEntry {
+        name: name.unwrap_or_else(|| RelativePath::from_url(&url)),
+        given,
+        listed: UrlEntry {
+            origin,
+            url: url.as_str().into(),
+            sha256,
+        },
     })
 }
 
@@ -205,80 +264,103 @@ pub struct Repeat {
     pub of: usize,
 }
 
-/// Gives every entry its file name, setting exact repeats aside.
+/// Gives every entry its file name, setting exact repeats aside. Works in
+/// place: `entries` (as read, each named as given or as its URL suggests)
+/// become the named entries, with no second copy of the list.
 ///
 /// # Errors
 /// [`Error::Usage`] when two given names collide: only the user can decide.
-pub fn assign_names(entries: Vec<UrlEntry>) -> Result<(Vec<NamedEntry>, Vec<Repeat>)> {
-    let mut taken = Taken::default();
-    let mut given_by: HashMap<String, String> = HashMap::new();
+pub fn assign_names(mut entries: Vec<NamedEntry>) -> Result<(Vec<NamedEntry>, Vec<Repeat>)> {
+    // On the whole list as written, repeats included.
+    check_given_names(&entries)?;
+    let repeats = set_repeats_aside(&mut entries);
     // Given names first, so that they win over derived ones.
-    for entry in &entries {
-        if let Some(name) = &entry.name {
-            if let Some(other) = given_by.get(&name.collision_key()) {
-                // An error rather than a renaming: a name the user wrote is
-                // a promise of where the file lands, and two different URLs
-                // under one name is a mistake in the list.
-                return Err(Error::Usage(format!(
-                    "{} and {} both name the file {name}: give one of them another name \
-                     (names you give are never changed)",
-                    other, entry.origin
-                )));
-            }
-            if taken.conflicts(name) {
-                return Err(Error::Usage(format!(
-                    "{}: the name {name} clashes with a file or directory another entry names",
-                    entry.origin
-                )));
-            }
-            given_by.insert(name.collision_key(), entry.origin.clone());
-            taken.insert(name);
-        }
+    let mut taken = Taken::new(entries.len());
+    for (i, _) in entries.iter().enumerate().filter(|(_, entry)| entry.given) {
+        taken.insert(&entries, i);
     }
-    let repeat_of = exact_repeats(&entries);
-    let repeated: HashSet<usize> = repeat_of.values().copied().collect();
-    // Where the entries that others repeat land among the named ones.
-    let mut named_at: HashMap<usize, usize> = HashMap::new();
-    let mut named = Vec::with_capacity(entries.len() - repeat_of.len());
-    let mut repeats = Vec::new();
-    for (i, entry) in entries.into_iter().enumerate() {
-        if let Some(original) = repeat_of.get(&i) {
-            repeats.push(Repeat {
-                entry,
-                of: named_at[original],
-            });
+    for i in 0..entries.len() {
+        if entries[i].given {
             continue;
         }
-        if repeated.contains(&i) {
-            named_at.insert(i, named.len());
+        if taken.conflicts(&entries, &entries[i].name) {
+            entries[i].name = free_name(&taken, &entries, i);
         }
-        let name = match &entry.name {
-            Some(name) => name.clone(),
-            None => {
-                let name = free_name(&taken, &entry.url);
-                taken.insert(&name);
-                name
-            }
-        };
-        named.push(NamedEntry {
-            listed: entry,
-            name,
-        });
+        taken.insert(&entries, i);
     }
-    Ok((named, repeats))
+    Ok((entries, repeats))
+}
+
+/// Checks that no two given names collide, nor one is the directory of
+/// another.
+///
+/// # Errors
+/// As [`assign_names`].
+fn check_given_names(entries: &[NamedEntry]) -> Result<()> {
+    let mut taken = Taken::new(entries.iter().filter(|entry| entry.given).count());
+    for (i, entry) in entries.iter().enumerate().filter(|(_, entry)| entry.given) {
+        let name = &entry.name;
+        if let Some(other) = taken.file_holder(entries, &name.collision_key()) {
+            // An error rather than a renaming: a name the user wrote is a
+            // promise of where the file lands, and two different URLs under
+            // one name is a mistake in the list.
+            return Err(Error::Usage(format!(
+                "{} and {} both name the file {name}: give one of them another name \
+                 (names you give are never changed)",
+                entries[other].listed.origin, entry.listed.origin
+            )));
+        }
+        if taken.conflicts(entries, name) {
+            return Err(Error::Usage(format!(
+                "{}: the name {name} clashes with a file or directory another entry names",
+                entry.listed.origin
+            )));
+        }
+        taken.insert(entries, i);
+    }
+    Ok(())
+}
+
+/// Removes the exact repeats from `entries`, in place, and returns them,
+/// each with the index its original has among the entries that remain.
+fn set_repeats_aside(entries: &mut Vec<NamedEntry>) -> Vec<Repeat> {
+    let repeat_of = exact_repeats(entries);
+    if repeat_of.is_empty() {
+        return Vec::new();
+    }
+    let repeated: HashSet<usize> = repeat_of.values().copied().collect();
+    // Where the entries that others repeat land among the remaining ones.
+    let mut kept_at: HashMap<usize, usize> = HashMap::new();
+    let mut repeats = Vec::new();
+    let (mut index, mut kept) = (0, 0);
+    // `retain` visits the entries once each, in order.
+    entries.retain(|entry| {
+        let i = index;
+        index += 1;
+        if let Some(original) = repeat_of.get(&i) {
+            repeats.push(Repeat {
+                entry: entry.listed.clone(),
+                of: kept_at[original],
+            });
+            return false;
+        }
+        if repeated.contains(&i) {
+            kept_at.insert(i, kept);
+        }
+        kept += 1;
+        true
+    });
+    repeats
 }
 
 /// For each entry that repeats an earlier one exactly (same URL, same
 /// given name or none), the index of the first of them. Found by sorting
 /// indexes rather than hashing copies of the entries: it costs a few bytes
 /// an entry however long the list.
-fn exact_repeats(entries: &[UrlEntry]) -> HashMap<usize, usize> {
+fn exact_repeats(entries: &[NamedEntry]) -> HashMap<usize, usize> {
     let key = |i: usize| {
         let entry = &entries[i];
-        (
-            entry.url.as_str(),
-            entry.name.as_ref().map(RelativePath::as_str),
-        )
+        (&*entry.listed.url, entry.given.then(|| entry.name.as_str()))
     };
     let mut order: Vec<usize> = (0..entries.len()).collect();
     // Stable: among equal entries the first listed comes first.
@@ -292,20 +374,17 @@ fn exact_repeats(entries: &[UrlEntry]) -> HashMap<usize, usize> {
     repeat_of
 }
 
-/// The name a URL suggests, or, when that is taken, the same name tagged
-/// with the URL's hash; should that be taken too (another URL's name may
-/// happen to look like it), the tag gets a counter until the name is
-/// free. Deterministic for a given list.
-fn free_name(taken: &Taken, url: &url::Url) -> RelativePath {
-    let derived = RelativePath::from_url(url);
-    if !taken.conflicts(&derived) {
-        return derived;
-    }
-    let tag = url_tag(url);
+/// A free name for entry `i`, whose name (derived from its URL) is taken:
+/// that name tagged with the URL's hash; should that be taken too (another
+/// URL's name may happen to look like it), the tag gets a counter until
+/// the name is free. Deterministic for a given list.
+fn free_name(taken: &Taken, entries: &[NamedEntry], i: usize) -> RelativePath {
+    let derived = &entries[i].name;
+    let tag = url_tag(&entries[i].listed.url);
     let mut name = derived.with_tag(&tag);
     // Ends: each round tries a new name and only finitely many are taken.
     let mut counter = 2u64;
-    while taken.conflicts(&name) {
+    while taken.conflicts(entries, &name) {
         name = derived.with_tag(&format!("{tag}-{counter}"));
         counter += 1;
     }
@@ -313,31 +392,86 @@ fn free_name(taken: &Taken, url: &url::Url) -> RelativePath {
 }
 
 /// 8 hex digits of the URL's SHA-256: stable across runs and orders.
-fn url_tag(url: &url::Url) -> String {
-    hex::encode(&Sha256::digest(url.as_str().as_bytes())[..4])
+fn url_tag(url: &str) -> String {
+    hex::encode(&Sha256::digest(url.as_bytes())[..4])
 }
 
 /// Names in use, as files and as directories, compared case-insensitively.
-#[derive(Debug, Default)]
-struct Taken {
-    files: HashSet<String>,
+/// A file name is held as 32 bits of the hash of its key and the index of
+/// an entry that bears it (the name itself stays in the entry): some 9
+/// bytes a name, where a set of the keys themselves cost some 80. The few
+/// names whose short hash another name's has already are held whole.
+#[derive(Debug)]
+struct Taken<S = RandomState> {
+    hasher: S,
+    /// Short hash of a file name's key → index of the entry bearing it.
+    files: HashMap<u32, u32>,
+    /// Keys of the file names `files` cannot hold (their short hash is
+    /// there for another key, or their index exceeds `u32`), by index.
+    colliding_files: HashMap<String, usize>,
+    /// Directories the file names are in.
     dirs: HashSet<String>,
 }
 
 impl Taken {
-    fn conflicts(&self, name: &RelativePath) -> bool {
-        let key = name.collision_key();
-        self.files.contains(&key)
-            || self.dirs.contains(&key)
-            || parents(&key).any(|dir| self.files.contains(dir))
+    /// Room for `files` file names without growing (growing would hold
+    /// the old table and the new at once).
+    fn new(files: usize) -> Taken {
+        Taken::with_hasher(RandomState::new(), files)
+    }
+}
+
+impl<S: BuildHasher> Taken<S> {
+    fn with_hasher(hasher: S, files: usize) -> Taken<S> {
+        Taken {
+            hasher,
+            files: HashMap::with_capacity(files),
+            colliding_files: HashMap::new(),
+            dirs: HashSet::new(),
+        }
     }
 
-    fn insert(&mut self, name: &RelativePath) {
+    /// The low 32 bits of the hash of `key`.
+    fn short_hash(&self, key: &str) -> u32 {
+        self.hasher.hash_one(key) as u32
+    }
+
+    /// The index of the entry whose file name has collision key `key`, if
+    /// one is inserted.
+    fn file_holder(&self, entries: &[NamedEntry], key: &str) -> Option<usize> {
+        let held = self.files.get(&self.short_hash(key)).map(|&i| i as usize);
+        match held {
+            Some(i) if entries[i].name.collision_key() == key => Some(i),
+            _ if self.colliding_files.is_empty() => None,
+            _ => self.colliding_files.get(key).copied(),
+        }
+    }
+
+    /// Whether `name` is taken as a file or directory, or one of its
+    /// directories is taken as a file.
+    fn conflicts(&self, entries: &[NamedEntry], name: &RelativePath) -> bool {
         let key = name.collision_key();
+        self.file_holder(entries, &key).is_some()
+            || self.dirs.contains(&key)
+            || parents(&key).any(|dir| self.file_holder(entries, dir).is_some())
+    }
+
+    /// Takes the name of entry `i`.
+    fn insert(&mut self, entries: &[NamedEntry], i: usize) {
+        let key = entries[i].name.collision_key();
         for dir in parents(&key) {
             self.dirs.insert(dir.to_owned());
         }
-        self.files.insert(key);
+        match (self.files.entry(self.short_hash(&key)), u32::try_from(i)) {
+            (Entry::Vacant(vacant), Ok(index)) => {
+                vacant.insert(index);
+            }
+            (Entry::Occupied(held), _)
+                if entries[*held.get() as usize].name.collision_key() == key => {}
+            _ => {
+                self.colliding_files.insert(key, i);
+            }
+        }
     }
 }
 
@@ -351,7 +485,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn list(text: &str) -> Result<Vec<UrlEntry>> {
+    fn list(text: &str) -> Result<Vec<NamedEntry>> {
         read_list(&Source::File(written(text).path().to_owned()))
     }
 
@@ -375,12 +509,15 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[0].url.as_str(), "https://h/a.jpg#frag");
-        assert_eq!(entries[1].name.as_ref().unwrap().as_str(), "cats/b.jpg");
-        assert_eq!(entries[1].sha256.as_deref(), Some(sha.as_str()));
-        assert!(entries[1].origin.ends_with(":4"), "{}", entries[1].origin);
-        assert_eq!(entries[2].sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!(entries[2].name, None);
+        assert_eq!(&*entries[0].listed.url, "https://h/a.jpg#frag");
+        assert!(entries[1].given);
+        assert_eq!(entries[1].name.as_str(), "cats/b.jpg");
+        assert_eq!(entries[1].listed.sha256.as_deref(), Some(sha.as_str()));
+        let origin = entries[1].listed.origin.to_string();
+        assert!(origin.ends_with(":4"), "{origin}");
+        assert_eq!(entries[2].listed.sha256.as_deref(), Some(sha.as_str()));
+        assert!(!entries[2].given);
+        assert_eq!(entries[2].name.as_str(), "c", "named as its URL suggests");
     }
 
     #[test]
@@ -459,7 +596,7 @@ mod tests {
         assert_eq!(named.len(), 2, "the same URL under another name is fetched");
         assert_eq!(repeats.len(), 1);
         assert_eq!(repeats[0].of, 0);
-        assert!(repeats[0].entry.origin.ends_with(":2"));
+        assert!(repeats[0].entry.origin.to_string().ends_with(":2"));
         let err =
             assign_names(list("https://h/1 x.jpg\nhttps://h/2 X.JPG\n").unwrap()).unwrap_err();
         assert!(err.to_string().contains("both name the file"), "{err}");
@@ -469,8 +606,8 @@ mod tests {
 
     #[test]
     fn a_taken_tagged_name_gets_a_counter_and_no_url_is_dropped() {
-        let b = url::Url::parse("https://h/b/x.jpg").unwrap();
-        let tagged = format!("x-{}.jpg", url_tag(&b));
+        let b = "https://h/b/x.jpg";
+        let tagged = format!("x-{}.jpg", url_tag(b));
         let text = format!(
             "https://h/a/x.jpg\nhttps://h/c/{tagged}\n{b}\nhttps://h/d/x.jpg {tagged}-given\n\
              https://h/e/{tagged}\n"
@@ -481,7 +618,7 @@ mod tests {
         assert_eq!(got.len(), 5);
         assert_eq!(got[0], "x.jpg");
         assert_eq!(got[1], tagged);
-        assert_eq!(got[2], format!("x-{}-2.jpg", url_tag(&b)), "{got:?}");
+        assert_eq!(got[2], format!("x-{}-2.jpg", url_tag(b)), "{got:?}");
         let unique: HashSet<String> = got.iter().map(|n| n.to_lowercase()).collect();
         assert_eq!(unique.len(), 5, "{got:?}");
         assert_eq!(names(&text), got, "deterministic");
@@ -495,12 +632,77 @@ mod tests {
     }
 
     #[test]
+    fn origins_name_the_list_line_or_argument_and_share_the_label() {
+        let label = Arc::new("urls.txt".to_owned());
+        assert_eq!(Origin::line(&label, 12).to_string(), "urls.txt:12");
+        assert_eq!(Origin::argument(3).to_string(), "argument 3");
+        let entries = list("https://h/a\n\nhttps://h/b\n").unwrap();
+        let origins: Vec<&Origin> = entries.iter().map(|e| &e.listed.origin).collect();
+        assert!(origins[1].to_string().ends_with(":3"), "{}", origins[1]);
+        let (Some(first), Some(second)) = (&origins[0].list, &origins[1].list) else {
+            panic!("{origins:?}");
+        };
+        assert!(Arc::ptr_eq(first, second), "one label for the whole list");
+    }
+
+    #[test]
+    fn entries_stay_compact_and_are_named_in_place() {
+        // A list of a million URLs holds a million of these.
+        assert!(
+            std::mem::size_of::<NamedEntry>() <= 80,
+            "{}",
+            std::mem::size_of::<NamedEntry>()
+        );
+        let mut entries = list("https://h/a.jpg\nhttps://h/b/a.jpg\nhttps://h/c.jpg\n").unwrap();
+        // No room to give back: the buffer cannot move.
+        entries.shrink_to_fit();
+        let buffer = entries.as_ptr();
+        let (named, repeats) = assign_names(entries).unwrap();
+        assert_eq!(named.as_ptr(), buffer, "the same Vec, not a copy");
+        assert!(repeats.is_empty());
+        assert_eq!(named.len(), 3);
+        assert_eq!(&*named[1].listed.url, "https://h/b/a.jpg");
+        assert_ne!(named[1].name.as_str(), "a.jpg", "renamed in place");
+    }
+
+    /// Hashes everything alike: every name's hash collides.
+    #[derive(Default)]
+    struct SameHash;
+
+    impl std::hash::Hasher for SameHash {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn taken_names_are_exact_when_their_hashes_collide() {
+        let entries = list("https://h/1 x/y.jpg\nhttps://h/b.jpg\nhttps://h/c.jpg\n").unwrap();
+        let same_hash = std::hash::BuildHasherDefault::<SameHash>::default();
+        let mut taken = Taken::with_hasher(same_hash, entries.len());
+        for i in 0..entries.len() {
+            taken.insert(&entries, i);
+        }
+        assert_eq!(taken.colliding_files.len(), 2, "the test collides");
+        assert_eq!(taken.file_holder(&entries, "x/y.jpg"), Some(0));
+        assert_eq!(taken.file_holder(&entries, "b.jpg"), Some(1));
+        assert_eq!(taken.file_holder(&entries, "c.jpg"), Some(2));
+        assert_eq!(taken.file_holder(&entries, "d.jpg"), None);
+        let taken_as = |name: &str| taken.conflicts(&entries, &RelativePath::parse(name).unwrap());
+        assert!(taken_as("C.JPG"), "case-insensitive");
+        assert!(taken_as("x"), "a directory");
+        assert!(taken_as("b.jpg/z"), "under a file");
+        assert!(!taken_as("d.jpg"));
+        assert!(!taken_as("x/z.jpg"));
+    }
+
+    #[test]
     fn arguments_are_checked_too() {
         assert!(from_arguments(&["https://h/a".into()]).is_ok());
         let upper = from_arguments(&["HTTP://h/A".into()]).unwrap();
         assert_eq!(
-            upper[0].url.as_str(),
-            "http://h/A",
+            &*upper[0].listed.url, "http://h/A",
             "schemes are not case-sensitive"
         );
         let err = from_arguments(&["https://h/a".into(), "gopher://h".into()]).unwrap_err();
