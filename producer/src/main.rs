@@ -22,16 +22,7 @@ fn main() -> ExitCode {
     warren::logging::install(cli.log.log_format, "warn");
     let config = match cli.into_config() {
         Ok(config) => config,
-        Err(e) => {
-            if json {
-                print_json(&error_json(
-                    &warren::display_chain(&e),
-                    &Progress::hidden(),
-                    Duration::ZERO,
-                ));
-            }
-            return fail(&e);
-        }
+        Err(e) => return job_failure(&e, json, &Progress::hidden(), Duration::ZERO),
     };
     // Multi-threaded: the collector folds results while publishing and the
     // blocking input reader run beside it.
@@ -61,40 +52,43 @@ fn main() -> ExitCode {
     // Don't wait for a blocked stdin reader on the way out.
     runtime.shutdown_background();
     match outcome {
-        Ok(report) => {
-            for note in report.notes(config.quiet) {
-                eprintln!("{note}");
-            }
-            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = report
-                .write_stdout(config.json, &mut stdout)
-                .and_then(|()| stdout.flush());
-            match written {
-                // A reader that stopped reading (`| head -c0`) wanted
-                // nothing more: the job itself went fine.
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("error: cannot write the answer to stdout: {e}");
-                    ExitCode::from(2)
-                }
-                _ => ExitCode::from(report.exit_code()),
-            }
+        Ok(report) => print_report(&report, &config),
+        Err(e) => job_failure(&e, config.json, &progress, started.elapsed()),
+    }
+}
+
+/// Prints the job's notes and answer; the exit status the report gives.
+fn print_report(report: &producer::Report, config: &producer::Config) -> ExitCode {
+    for note in report.notes(config.quiet) {
+        eprintln!("{note}");
+    }
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = report
+        .write_stdout(config.json, &mut stdout)
+        .and_then(|()| stdout.flush());
+    match written {
+        // A reader that stopped reading (`| head -c0`) wanted nothing
+        // more: the job itself went fine.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the answer to stdout: {e}");
+            ExitCode::from(2)
         }
-        Err(e) => {
-            progress.finish();
-            if config.json {
-                print_json(&error_json(
-                    &warren::display_chain(&e),
-                    &progress,
-                    started.elapsed(),
-                ));
-            }
-            if e.is_cancelled() {
-                eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
-                ExitCode::from(e.exit_code())
-            } else {
-                fail(&e)
-            }
-        }
+        _ => ExitCode::from(report.exit_code()),
+    }
+}
+
+/// A job (or its configuration) that failed: the JSON object when asked
+/// for, the error on stderr, and its exit status.
+fn job_failure(e: &Error, json: bool, progress: &Progress, elapsed: Duration) -> ExitCode {
+    progress.finish();
+    if json {
+        print_json(&error_json(&warren::display_chain(e), progress, elapsed));
+    }
+    if e.is_cancelled() {
+        eprintln!("cancelled: the job's queued tasks will be dropped by the workers");
+        ExitCode::from(e.exit_code())
+    } else {
+        fail(e)
     }
 }
 

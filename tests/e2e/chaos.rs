@@ -145,6 +145,14 @@ impl Soak {
         self.live.push(self.s.start_worker(&name, &args));
     }
 
+    /// Starts `n` workers and waits until they all consume.
+    fn start_workers(&mut self, n: usize) {
+        for _ in 0..n {
+            self.start_worker();
+        }
+        self.wait_for_consumers(n);
+    }
+
     fn wait_for_consumers(&self, n: usize) {
         let queue = format!("{}.tasks", self.s.prefix);
         eventually(Duration::from_secs(60), || {
@@ -244,6 +252,51 @@ fn download_list(http: &HttpFixture, n: usize, path: &Path) -> Vec<(String, usiz
     files
 }
 
+/// A sum of random doubles, as `producer sum --random` runs it.
+struct SumJob {
+    values: u64,
+    seed: u32,
+    per_task: u64,
+    per_message: u64,
+}
+
+impl Soak {
+    /// Starts `producer sum --random` with `--json`, connected to `url`.
+    fn spawn_sum(&self, url: &str, job: &SumJob) -> RunningProducer {
+        let (values, seed) = (job.values.to_string(), job.seed.to_string());
+        let (chunk, per_message) = (job.per_task.to_string(), job.per_message.to_string());
+        self.s
+            .producer(&[
+                "--amqp-url",
+                url,
+                "sum",
+                "--random",
+                &values,
+                "--seed",
+                &seed,
+                "--chunk-size",
+                &chunk,
+                "--tasks-per-message",
+                &per_message,
+                "--json",
+            ])
+            .spawn()
+    }
+}
+
+/// Every file of `files` is in `out` with its content, and nothing is
+/// left in `.warren-tmp`.
+fn assert_files_complete(out: &Path, files: &[(String, usize)]) {
+    for (i, (path, size)) in files.iter().enumerate() {
+        let file = std::fs::read(out.join(format!("f{i}.bin"))).expect("every file is there");
+        assert!(file == content(path, *size), "f{i}.bin differs from {path}");
+    }
+    let temp: Vec<_> = std::fs::read_dir(out.join(".warren-tmp"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(temp.is_empty(), "temporary files left: {temp:?}");
+}
+
 fn is_running(producer: &mut RunningProducer) -> bool {
     producer.try_wait().is_none()
 }
@@ -255,32 +308,16 @@ fn chaos_soak_sum_and_download_end_exact_and_complete_through_kills_cuts_and_a_b
     let mut soak = Soak::start();
     let began = Instant::now();
     let deadline = began + size.deadline;
-    for _ in 0..size.workers {
-        soak.start_worker();
-    }
-    soak.wait_for_consumers(size.workers);
+    soak.start_workers(size.workers);
 
     let proxy_url = soak.proxy.url();
-    let values = size.values.to_string();
-    let chunk = VALUES_PER_TASK.to_string();
-    let per_message = TASKS_PER_MESSAGE.to_string();
-    let mut sum = soak
-        .s
-        .producer(&[
-            "--amqp-url",
-            &proxy_url,
-            "sum",
-            "--random",
-            &values,
-            "--seed",
-            "23",
-            "--chunk-size",
-            &chunk,
-            "--tasks-per-message",
-            &per_message,
-            "--json",
-        ])
-        .spawn();
+    let sum_job = SumJob {
+        values: size.values,
+        seed: 23,
+        per_task: VALUES_PER_TASK,
+        per_message: TASKS_PER_MESSAGE,
+    };
+    let mut sum = soak.spawn_sum(&proxy_url, &sum_job);
     let messages = (size.tasks() / TASKS_PER_MESSAGE) as usize;
     soak.strike_until(deadline, "the sum is under way", |soak| {
         soak.messages_done() >= messages / 20
@@ -327,14 +364,7 @@ fn chaos_soak_sum_and_download_end_exact_and_complete_through_kills_cuts_and_a_b
     let download = download.wait(Duration::from_secs(5));
     download.expect_success();
     assert_eq!(download.json()["succeeded"], files.len(), "{download}");
-    for (i, (path, size)) in files.iter().enumerate() {
-        let file = std::fs::read(out.join(format!("f{i}.bin"))).expect("every file is there");
-        assert!(file == content(path, *size), "f{i}.bin differs from {path}");
-    }
-    let temp: Vec<_> = std::fs::read_dir(out.join(".warren-tmp"))
-        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(temp.is_empty(), "temporary files left: {temp:?}");
+    assert_files_complete(&out, &files);
     eprintln!(
         "chaos: {} tasks in {} messages and {} files in {:.0}s; {:?}; \
          duplicate results ignored: {}; slow files fetched more than once: {}",
@@ -360,28 +390,15 @@ fn chaos_soak_sum_and_download_end_exact_and_complete_through_kills_cuts_and_a_b
 fn a_broker_restarted_mid_sum_costs_the_producer_a_pause_not_the_job() {
     let expected = reference(&["numpy-random-sum", "4000000", "29"]);
     let mut soak = Soak::start();
-    for _ in 0..2 {
-        soak.start_worker();
-    }
-    soak.wait_for_consumers(2);
+    soak.start_workers(2);
     let node_url = soak.broker.nodes()[0].url();
-    let mut sum = soak
-        .s
-        .producer(&[
-            "--amqp-url",
-            &node_url,
-            "sum",
-            "--random",
-            "4000000",
-            "--seed",
-            "29",
-            "--chunk-size",
-            "2000",
-            "--tasks-per-message",
-            "1",
-            "--json",
-        ])
-        .spawn();
+    let sum_job = SumJob {
+        values: 4_000_000,
+        seed: 29,
+        per_task: 2000,
+        per_message: 1,
+    };
+    let mut sum = soak.spawn_sum(&node_url, &sum_job);
     eventually(Duration::from_secs(60), || {
         let done = soak.messages_done();
         if done >= 100 {
