@@ -242,6 +242,12 @@ pub struct DownloadArgs {
     #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_DOWNLOADS_IN_FLIGHT)]
     pub max_in_flight: usize,
 
+    /// How long the job lives on if its producer stops, for `producer
+    /// attach` to carry it on; after that without a producer its queued
+    /// tasks are dropped. 0: the job ends with its producer
+    #[arg(long, env = "WARREN_JOB_TTL", value_parser = parse_duration, value_name = "DURATION", default_value = "10m")]
+    pub job_ttl: Duration,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -494,6 +500,7 @@ fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
             max_in_flight: args.max_in_flight,
             timeout: args.output.timeout,
             stall_timeout: args.output.stall_timeout,
+            job_ttl: args.job_ttl,
         }),
         json: args.output.json,
         quiet: args.output.quiet,

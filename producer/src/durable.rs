@@ -59,6 +59,8 @@ pub(crate) struct JobRecord {
 pub(crate) enum JobSpec {
     /// A sum job.
     Sum(crate::sum::SumSpec),
+    /// A download job.
+    Download(Box<crate::download::DownloadJobSpec>),
 }
 
 impl JobSpec {
@@ -66,6 +68,7 @@ impl JobSpec {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             JobSpec::Sum(_) => "sum",
+            JobSpec::Download(_) => "download",
         }
     }
 }

@@ -482,3 +482,112 @@ fn a_download_sweeps_the_temporary_files_of_jobs_that_are_over() {
         "a file of no job was swept"
     );
 }
+
+/// Files by name, with their content.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Ten 1 MiB files served at 1 MiB/s each, listed in `urls.txt`: the
+/// server (keep it alive), the files and the URLs in list order.
+fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<String>) {
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    let files: Files = (0..10u8)
+        .map(|i| (format!("f{i}.bin"), vec![i; 1 << 20]))
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(s.path("files").join(name), data).unwrap();
+    }
+    let server = warren_testkit::FileServer::start(&s.path("files"));
+    server.cap_rate(1 << 20);
+    let urls: Vec<String> = files.iter().map(|(name, _)| server.url(name)).collect();
+    std::fs::write(s.path("urls.txt"), urls.join("\n") + "\n").unwrap();
+    (server, files, urls)
+}
+
+/// Every file is in `out` with its content, the manifest lists each URL
+/// once as `ok`, and nothing is left in `.warren-tmp`.
+fn assert_download_complete(out: &std::path::Path, manifest: &str, files: &Files, urls: &[String]) {
+    for (name, data) in files {
+        let got = std::fs::read(out.join(name)).expect("every file is there");
+        assert!(got == *data, "{name} differs");
+    }
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut listed: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| {
+            (
+                r["url"].as_str().unwrap().to_owned(),
+                r["status"].to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = urls
+        .iter()
+        .map(|u| (u.clone(), "\"ok\"".to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "each URL once, ok");
+    let left: Vec<_> = std::fs::read_dir(out.join(".warren-tmp"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// Starts a download of [`ten_slow_files`] (shared delivery or through the
+/// broker) with one worker fetching two at a time, SIGKILLs its producer
+/// once three are checkpointed, and carries the job on with `producer
+/// attach`: it prints what the first run would have, every file arrives
+/// complete and once, and nothing is left behind.
+fn download_killed_then_attached(test: &str, shared: bool) {
+    let mut s = Scenario::new(test);
+    let (_server, files, urls) = ten_slow_files(&s);
+    let out = s.path("out");
+    let (out_str, manifest) = (s.path_str("out"), s.path_str("manifest.jsonl"));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut worker_args = vec!["--concurrency", "2"];
+    let mut args = vec!["download", "urls.txt", "-o", &out_str];
+    args.extend(["--manifest", &manifest, "--json"]);
+    if shared {
+        worker_args.extend(["--shared-dir", &out_str]);
+        args.push("--shared");
+    }
+    let _worker = s.start_worker("w0", &worker_args);
+    s.broker.wait_for_consumers(1);
+    let first = s.producer(&args).spawn();
+    let job = started_job(&first);
+    wait_for_listing(&s, &job, "3 of its 10 files are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 3 && e["kind"] == "download"
+    });
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+
+    let run = s
+        .producer(&["attach", job.as_str(), "--json"])
+        .run_within(Duration::from_secs(120));
+    run.expect_success();
+    assert!(
+        run.stderr.contains("attached to download job") && !run.stderr.contains("10 of 10"),
+        "attach took the job on before its end: {run}"
+    );
+    let json = run.json();
+    assert_eq!(json["succeeded"], 10, "{run}");
+    assert_eq!(json["failed"], serde_json::json!([]), "{run}");
+    assert_eq!(json["skipped"], 0, "{run}");
+    assert_eq!(json["bytes"], 10 << 20, "{run}");
+    assert_eq!(json["job_id"], job.as_str(), "{run}");
+    assert_eq!(json["manifest"], manifest.as_str(), "{run}");
+    assert_eq!(json["workers_seen"], 1, "{run}");
+    assert_download_complete(&out, &manifest, &files, &urls);
+    s.assert_clean();
+}
+
+#[test]
+fn a_shared_download_whose_producer_is_killed_completes_with_attach() {
+    download_killed_then_attached("attach_dl_shared", true);
+}
+
+#[test]
+fn a_broker_download_whose_producer_is_killed_completes_with_attach() {
+    download_killed_then_attached("attach_dl_broker", false);
+}
