@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::broker::queues_with_prefix;
-use crate::support::process::RunningProducer;
+use crate::support::process::{Run, RunningProducer};
 use crate::support::python::reference;
 use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 
@@ -400,7 +400,7 @@ fn cancel_stops_a_running_download_and_leaves_no_partial_file() {
     std::fs::write(s.path("files/big.bin"), vec![7u8; 8 << 20]).unwrap();
     let server = warren_testkit::FileServer::start(&s.path("files"));
     // 8 MiB at 512 KiB/s: 16 s if nothing stops it.
-    server.cap_rate(512 << 10);
+    server.cap_rate(256 << 10);
     let out = s.path("out");
     std::fs::create_dir_all(&out).unwrap();
     let out_str = s.path_str("out");
@@ -486,7 +486,7 @@ fn a_download_sweeps_the_temporary_files_of_jobs_that_are_over() {
 /// Files by name, with their content.
 type Files = Vec<(String, Vec<u8>)>;
 
-/// Ten 1 MiB files served at 1 MiB/s each, listed in `urls.txt`: the
+/// Ten 1 MiB files served at 256 KiB/s each (4 s a file), listed in `urls.txt`: the
 /// server (keep it alive), the files and the URLs in list order.
 fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<String>) {
     std::fs::create_dir_all(s.path("files")).unwrap();
@@ -497,7 +497,7 @@ fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<Strin
         std::fs::write(s.path("files").join(name), data).unwrap();
     }
     let server = warren_testkit::FileServer::start(&s.path("files"));
-    server.cap_rate(1 << 20);
+    server.cap_rate(512 << 10);
     let urls: Vec<String> = files.iter().map(|(name, _)| server.url(name)).collect();
     std::fs::write(s.path("urls.txt"), urls.join("\n") + "\n").unwrap();
     (server, files, urls)
@@ -534,12 +534,21 @@ fn assert_download_complete(out: &std::path::Path, manifest: &str, files: &Files
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
+/// What stops a download's producer mid-job.
+#[derive(Clone, Copy)]
+enum Interruption {
+    /// SIGKILL; `producer attach` carries the job on.
+    KillThenAttach,
+    /// The broker closes its connection; it connects again itself.
+    ClosedConnection,
+}
+
 /// Starts a download of [`ten_slow_files`] (shared delivery or through the
-/// broker) with one worker fetching two at a time, SIGKILLs its producer
-/// once three are checkpointed, and carries the job on with `producer
-/// attach`: it prints what the first run would have, every file arrives
-/// complete and once, and nothing is left behind.
-fn download_killed_then_attached(test: &str, shared: bool) {
+/// broker) with one worker fetching two at a time, interrupts its producer
+/// once two are checkpointed (16 s of work are left), and checks the run
+/// that ends the job: it prints what an uninterrupted run would have,
+/// every file arrives complete and once, and nothing is left behind.
+fn interrupted_download(test: &str, shared: bool, interruption: Interruption) {
     let mut s = Scenario::new(test);
     let (_server, files, urls) = ten_slow_files(&s);
     let out = s.path("out");
@@ -556,38 +565,60 @@ fn download_killed_then_attached(test: &str, shared: bool) {
     s.broker.wait_for_consumers(1);
     let first = s.producer(&args).spawn();
     let job = started_job(&first);
-    wait_for_listing(&s, &job, "3 of its 10 files are checkpointed", |e| {
-        e["done"].as_u64().unwrap_or(0) >= 3 && e["kind"] == "download"
+    wait_for_listing(&s, &job, "2 of its 10 files are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 2 && e["kind"] == "download"
     });
-    first.signal(Signal::SIGKILL);
-    first.wait(Duration::from_secs(10));
-
-    let run = s
-        .producer(&["attach", job.as_str(), "--json"])
-        .run_within(Duration::from_secs(120));
+    let (run, said) = match interruption {
+        Interruption::KillThenAttach => {
+            first.signal(Signal::SIGKILL);
+            first.wait(Duration::from_secs(10));
+            let attach = s.producer(&["attach", job.as_str(), "--json"]);
+            (
+                attach.run_within(Duration::from_secs(120)),
+                "attached to download job",
+            )
+        }
+        Interruption::ClosedConnection => {
+            close_connection(&format!("warren-producer {job}"));
+            (
+                first.wait(Duration::from_secs(120)),
+                "lost the broker connection",
+            )
+        }
+    };
     run.expect_success();
     assert!(
-        run.stderr.contains("attached to download job") && !run.stderr.contains("10 of 10"),
-        "attach took the job on before its end: {run}"
+        run.stderr.contains(said) && !run.stderr.contains("10 of 10"),
+        "the job was carried on before its end: {run}"
     );
+    assert_summary(&run, &job, &manifest);
+    assert_download_complete(&out, &manifest, &files, &urls);
+    s.assert_clean();
+}
+
+/// The summary of the ten files, all downloaded by one worker.
+fn assert_summary(run: &Run, job: &warren::JobId, manifest: &str) {
     let json = run.json();
     assert_eq!(json["succeeded"], 10, "{run}");
     assert_eq!(json["failed"], serde_json::json!([]), "{run}");
     assert_eq!(json["skipped"], 0, "{run}");
     assert_eq!(json["bytes"], 10 << 20, "{run}");
     assert_eq!(json["job_id"], job.as_str(), "{run}");
-    assert_eq!(json["manifest"], manifest.as_str(), "{run}");
+    assert_eq!(json["manifest"], manifest, "{run}");
     assert_eq!(json["workers_seen"], 1, "{run}");
-    assert_download_complete(&out, &manifest, &files, &urls);
-    s.assert_clean();
 }
 
 #[test]
 fn a_shared_download_whose_producer_is_killed_completes_with_attach() {
-    download_killed_then_attached("attach_dl_shared", true);
+    interrupted_download("attach_dl_shared", true, Interruption::KillThenAttach);
 }
 
 #[test]
 fn a_broker_download_whose_producer_is_killed_completes_with_attach() {
-    download_killed_then_attached("attach_dl_broker", false);
+    interrupted_download("attach_dl_broker", false, Interruption::KillThenAttach);
+}
+
+#[test]
+fn a_download_whose_producer_loses_its_connection_reconnects_and_completes() {
+    interrupted_download("reconnect_dl", false, Interruption::ClosedConnection);
 }

@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::protocol::FileRoute;
 use warren::{BrokerConfig, JobId};
@@ -311,6 +312,51 @@ async fn fetch_missing(
     outcome.map(|()| (Some(job), std::mem::take(&mut collector.workers)))
 }
 
+/// A job's messages being made and published.
+struct Publishing {
+    /// Makes the messages; abort it when the job ends.
+    messages: JoinHandle<()>,
+    /// Publishes them; returns the job's task count.
+    publisher: JoinHandle<Result<u64>>,
+    window: Arc<Semaphore>,
+    counts: Arc<PublishCounts>,
+}
+
+impl Publishing {
+    /// Starts publishing the tasks of `tasks` that `collector` does not
+    /// count as answered, `max_in_flight` in flight at most.
+    fn start(
+        session: &JobSession,
+        tasks: publish::TaskSource,
+        collector: &DownloadCollector<'_>,
+        max_in_flight: usize,
+    ) -> Publishing {
+        let files = collector.tasks().count() as u64;
+        let (messages, outgoing) = publish::spawn_messages(
+            tasks,
+            collector.batching.clone(),
+            session.reply_queue.clone(),
+        );
+        let window = Arc::new(Semaphore::new(max_in_flight));
+        let counts = Arc::new(PublishCounts::default());
+        let publisher =
+            job::spawn_publisher(session, outgoing, Arc::clone(&window), Arc::clone(&counts));
+        // The job has a task per file, whoever published it.
+        let publisher = tokio::spawn(async move {
+            match publisher.await {
+                Ok(published) => published.map(|_| files),
+                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            }
+        });
+        Publishing {
+            messages,
+            publisher,
+            window,
+            counts,
+        }
+    }
+}
+
 /// Publishes one task per entry to fetch (those its checkpoint does not
 /// answer, for a resumed job) and collects until all are done.
 async fn publish_and_collect(
@@ -340,22 +386,12 @@ async fn publish_and_collect(
         FileRoute::Broker => None,
     };
     let tasks = publish::TaskSource::new(&job, tasks, config, marker.as_deref())?;
-    let (messages, outgoing) = publish::spawn_messages(
-        tasks,
-        collector.batching.clone(),
-        session.reply_queue.clone(),
-    );
-    let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let counts = Arc::new(PublishCounts::default());
-    let publisher =
-        job::spawn_publisher(&session, outgoing, Arc::clone(&window), Arc::clone(&counts));
-    // The job has a task per file, whoever published it.
-    let publisher = tokio::spawn(async move {
-        match publisher.await {
-            Ok(published) => published.map(|_| files as u64),
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-        }
-    });
+    let Publishing {
+        messages,
+        publisher,
+        window,
+        counts,
+    } = Publishing::start(&session, tasks, collector, config.max_in_flight);
     let drive = Drive {
         window: &window,
         counts: &counts,
