@@ -24,6 +24,9 @@
 //!    files durable, and only then the manifest (group commit; `--fsync`
 //!    adds a sync per file; see docs/DOWNLOADS.md).
 //!
+//! 7. `resume`: unless `--job-ttl 0`, the job outlives its producer: its
+//!    record and checkpoints, and `producer attach` carrying it on.
+//!
 //! This file holds [`run`], which strings the steps together, and
 //! [`DownloadSummary`], what it returns; the settings are in `config`.
 
