@@ -274,6 +274,30 @@ fn attach_refuses_an_input_that_changed_since_the_job_started() {
     s.assert_clean();
 }
 
+#[test]
+fn attach_refuses_a_url_list_that_changed_since_the_download_started() {
+    let mut s = Scenario::new("attach_list_changed");
+    std::fs::write(s.path("urls.txt"), "http://127.0.0.1:9/never-fetched\n").unwrap();
+    // No worker: the job waits with its task queued.
+    let out = s.path_str("out");
+    let first = s.producer(&["download", "urls.txt", "-o", &out]).spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    std::fs::write(s.path("urls.txt"), "http://127.0.0.1:9/another\n").unwrap();
+
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_code(2);
+    let expected = format!(
+        "the input changed since the job started: {}",
+        s.path_str("urls.txt")
+    );
+    assert!(run.stderr.contains(&expected), "{run}");
+    s.producer(&["cancel", job.as_str()]).run().expect_success();
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
 /// The broker closes the producer's connection mid-job (as
 /// `rabbitmqctl close_connection` does for an operator, or a broker
 /// restart does): the same producer run connects again and ends exact.
