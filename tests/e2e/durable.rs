@@ -374,31 +374,29 @@ fn a_detached_sum_by_reference_is_collected_by_attach() {
 #[test]
 fn a_job_with_no_ttl_ends_with_its_producer() {
     let mut s = Scenario::new("ttl_zero");
-    let first = s
-        .producer(&[
-            "sum",
-            "--random",
-            "1000",
-            "--chunk-size",
-            "100",
-            "--job-ttl",
-            "0",
-        ])
-        .spawn();
-    let (_, job) = s.running_job();
-    assert!(
-        !first.stderr().contains("producer attach"),
-        "no attach hint for a job that ends with its producer"
-    );
-    first.signal(Signal::SIGKILL);
-    first.wait(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while job_queues_exist(&s, &job) {
+    let sum = ["sum", "--random", "1000", "--chunk-size", "100"];
+    let out = s.path_str("out");
+    let download = ["download", "http://127.0.0.1:9/never-fetched", "-o", &out];
+    for job_args in [&sum[..], &download[..]] {
+        let first = s
+            .producer(&[job_args, &["--job-ttl", "0"]].concat())
+            .spawn();
+        let (_, job) = s.running_job();
         assert!(
-            Instant::now() < deadline,
-            "the reply queue of a --job-ttl 0 job outlived its producer"
+            !first.stderr().contains("producer attach"),
+            "no attach hint for a job that ends with its producer"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        first.signal(Signal::SIGKILL);
+        first.wait(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while job_queues_exist(&s, &job) {
+            assert!(
+                Instant::now() < deadline,
+                "the reply queue of a --job-ttl 0 {} job outlived its producer",
+                job_args[0]
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let _drain = s.start_worker("drain", &[]);
     s.assert_clean();
