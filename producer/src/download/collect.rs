@@ -220,12 +220,7 @@ impl<'a> DownloadCollector<'a> {
     /// # Errors
     /// [`Error::Write`] when the manifest cannot be written.
     pub(super) async fn end_early(&mut self, ended: &Error) -> Result<()> {
-        while self.has_pending() {
-            if let Err(e) = self.completion().await {
-                // The local failure that stopped this file is its reason.
-                tracing::debug!(error = %e, "placing a file failed as the job ended");
-            }
-        }
+        self.finish_pending().await;
         let reason = format!(
             "the job ended before it finished: {}",
             warren::display_chain(ended)
@@ -240,6 +235,16 @@ impl<'a> DownloadCollector<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the files being placed or checked, and records them.
+    pub(super) async fn finish_pending(&mut self) {
+        while self.has_pending() {
+            if let Err(e) = self.completion().await {
+                // The local failure that stopped this file is its reason.
+                tracing::debug!(error = %e, "placing a file failed as the job ended");
+            }
+        }
     }
 
     /// Takes the reports answering the message whose first task is `first`:

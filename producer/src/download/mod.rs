@@ -300,7 +300,10 @@ async fn fetch_missing(
     let tasks = (Arc::clone(&plan.named), Arc::clone(&plan.to_fetch));
     let outcome = publish_and_collect(run, &mut collector, tasks, session).await;
     if let Err(Error::BrokerLost { .. }) = &outcome {
-        // Everything stays for the producer that carries the job on.
+        // Everything stays for the producer that carries the job on, once
+        // the files being placed are: it may receive them again, under the
+        // same temporary names.
+        collector.finish_pending().await;
         return outcome.map(|()| (None, BTreeSet::new()));
     }
     if let Err(e) = &outcome {
