@@ -89,8 +89,9 @@ pub enum Command {
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
 
-    /// List the sum jobs that outlive their producer and can be attached
-    /// to: id, kind, progress, age, whether a producer is attached
+    /// List the jobs (sums and downloads) that outlive their producer and
+    /// can be attached to: id, kind, progress, age, whether a producer is
+    /// attached
     #[command(after_help = JOBS_EXAMPLES)]
     Jobs(StatusArgs),
 
@@ -115,8 +116,8 @@ Examples:
   producer jobs --json";
 
 const ATTACH_EXAMPLES: &str = "\
-A sum job lives on without its producer for its --job-ttl (10 minutes by
-default) and can be carried on from its last checkpoint. Ctrl-C on the
+A sum or download job lives on without its producer for its --job-ttl (10
+minutes by default) and can be carried on from its last checkpoint. Ctrl-C on the
 attached producer cancels the job, as on the first.
 
 Examples:
