@@ -298,6 +298,36 @@ fn attach_refuses_a_url_list_that_changed_since_the_download_started() {
     s.assert_clean();
 }
 
+#[test]
+fn attach_with_local_workers_completes_a_shared_download() {
+    let mut s = Scenario::new("attach_dl_local");
+    let (_server, files, urls) = served_files(&s, 4, 1000, 0);
+    let (out, manifest) = (s.path_str("out"), s.path_str("manifest.jsonl"));
+    // No worker: the first producer publishes and waits.
+    let args = [
+        "download",
+        "urls.txt",
+        "-o",
+        &out,
+        "--shared",
+        "--manifest",
+        &manifest,
+    ];
+    let first = s.producer(&args).spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+
+    // The attached producer's own workers share the job's output directory.
+    let run = s
+        .producer(&["attach", job.as_str(), "--workers", "2", "--json"])
+        .run_within(Duration::from_secs(60));
+    run.expect_success();
+    assert_eq!(run.json()["succeeded"], 4, "{run}");
+    assert_download_complete(&s.path("out"), &manifest, &files, &urls);
+    s.assert_clean();
+}
+
 /// The broker closes the producer's connection mid-job (as
 /// `rabbitmqctl close_connection` does for an operator, or a broker
 /// restart does): the same producer run connects again and ends exact.
@@ -508,22 +538,33 @@ fn a_download_sweeps_the_temporary_files_of_jobs_that_are_over() {
 /// Files by name, with their content.
 type Files = Vec<(String, Vec<u8>)>;
 
-/// Ten 3 MiB files served at 1 MiB/s each (each comes through the broker
-/// in three chunks), listed in `urls.txt`: the
-/// server (keep it alive), the files and the URLs in list order.
-fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<String>) {
+/// `count` files of `size` bytes served at `rate` bytes/s each (0: no
+/// cap), listed in `urls.txt`: the server (keep it alive), the files and
+/// the URLs in list order.
+fn served_files(
+    s: &Scenario,
+    count: u8,
+    size: usize,
+    rate: u64,
+) -> (warren_testkit::FileServer, Files, Vec<String>) {
     std::fs::create_dir_all(s.path("files")).unwrap();
-    let files: Files = (0..10u8)
-        .map(|i| (format!("f{i}.bin"), vec![i; 3 << 20]))
+    let files: Files = (0..count)
+        .map(|i| (format!("f{i}.bin"), vec![i; size]))
         .collect();
     for (name, data) in &files {
         std::fs::write(s.path("files").join(name), data).unwrap();
     }
     let server = warren_testkit::FileServer::start(&s.path("files"));
-    server.cap_rate(512 << 10);
+    server.cap_rate(rate);
     let urls: Vec<String> = files.iter().map(|(name, _)| server.url(name)).collect();
     std::fs::write(s.path("urls.txt"), urls.join("\n") + "\n").unwrap();
     (server, files, urls)
+}
+
+/// Ten 3 MiB files served at 1 MiB/s each (each comes through the broker
+/// in three chunks).
+fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<String>) {
+    served_files(s, 10, 3 << 20, 1 << 20)
 }
 
 /// Every file is in `out` with its content, the manifest lists each URL

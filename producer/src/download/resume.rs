@@ -168,6 +168,12 @@ impl DownloadJobSpec {
         })
     }
 
+    /// The output directory, when the workers store files straight into
+    /// it (`--shared`).
+    pub(crate) fn shared_dir(&self) -> Option<&Path> {
+        (self.delivery == FileRoute::Shared).then_some(self.out_dir.as_path())
+    }
+
     /// The settings of the job, with this run's limits.
     fn config(&self, limits: RunLimits) -> DownloadConfig {
         let inputs = self
