@@ -1,12 +1,12 @@
 //! Settings of the broker-ceiling loop side by side, in alternation: which
 //! one the ceiling should use. `cargo run --release -p warren-bench
-//! --example ceiling_probe -- [ROUNDS] [quorum64|classic256k|classic1m|quorum1m]`
+//! --example ceiling_probe -- [ROUNDS] [quorum64|quorum1m|chunks256k|chunks1m|classic256k|classic1m]`
 //! prints each setting's rate per round and the median.
 
 use anyhow::Result;
 use warren_bench::cluster::Cluster;
 use warren_bench::report::Sample;
-use warren_bench::scenarios::ceiling::{Acking, QueueType, Shape, measure};
+use warren_bench::scenarios::ceiling::{Acking, Message, QueueType, Shape, measure};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -46,14 +46,18 @@ fn main() -> Result<()> {
 }
 
 fn shapes(which: &str) -> Result<Vec<(String, Shape)>> {
-    let (queue, body, count) = match which {
-        "quorum64" => (QueueType::Quorum, 64, 40_000),
-        "quorum1m" => (QueueType::Quorum, 1 << 20, 800),
-        "classic256k" => (QueueType::Classic, 256 << 10, 2_000),
-        "classic1m" => (QueueType::Classic, 1 << 20, 800),
+    use Message::{BodyChunk, SumTask};
+    use QueueType::{Classic, Quorum};
+    let (queue, message, body, count) = match which {
+        "quorum64" => (Quorum, SumTask, 64, 40_000),
+        "quorum1m" => (Quorum, SumTask, 1 << 20, 800),
+        "chunks256k" => (Quorum, BodyChunk, 256 << 10, 2_000),
+        "chunks1m" => (Quorum, BodyChunk, 1 << 20, 800),
+        "classic256k" => (Classic, BodyChunk, 256 << 10, 2_000),
+        "classic1m" => (Classic, BodyChunk, 1 << 20, 800),
         other => anyhow::bail!("unknown shape {other}"),
     };
-    let best = Shape::best(queue, body, count);
+    let best = Shape::best(queue, message, body, count);
     let mut shapes = vec![("best".to_owned(), best)];
     for (window, prefetch, acking) in [
         (2_000, 1_000, Acking::EachDelivery),
