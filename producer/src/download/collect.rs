@@ -312,6 +312,9 @@ impl<'a> DownloadCollector<'a> {
             return Ok(Accepted::Other);
         }
         self.assembler.forget(index);
+        // A failed download took a message's turn like a file of the
+        // bytes it received (a 404: next to none).
+        self.batching.observe(report.bytes);
         record.error = Some(
             report
                 .error
@@ -711,6 +714,34 @@ mod tests {
             "task 0 is another message"
         );
         assert_eq!(records.len(), 3, "each of tasks 1 to 3 once");
+    }
+
+    #[tokio::test]
+    async fn failed_downloads_count_for_batching_as_the_bytes_they_received() {
+        // Issue 13: a list of 404s went one URL per message.
+        let mut fixture = Fixture::with_files(2);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Broker, &none);
+        assert_eq!(collector.batching.per_message(), 1);
+        collector.batching.sent(0, 1);
+        let accepted = collector.answer(0, "w".into(), vec![failed("a")]).await;
+        assert_eq!(accepted.unwrap(), Accepted::Answered(1));
+        assert_eq!(
+            collector.batching.per_message(),
+            8,
+            "as many as the window allows, as for tiny files"
+        );
+        collector.batching.sent(1, 1);
+        let large = DownloadReport {
+            bytes: 64 << 20,
+            ..failed("b")
+        };
+        collector.answer(1, "w".into(), vec![large]).await.unwrap();
+        assert_eq!(
+            collector.batching.per_message(),
+            1,
+            "a download that failed late, after 64 MiB, counts its bytes"
+        );
     }
 
     #[test]
