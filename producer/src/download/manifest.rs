@@ -88,10 +88,10 @@ pub struct Verified {
 impl ManifestRecord {
     /// The record of `entry` before its outcome is known: failed, with
     /// nothing else said yet.
-    pub(crate) fn for_entry(entry: &NamedEntry) -> ManifestRecord {
+    pub(crate) fn for_entry(entry: NamedEntry<'_>) -> ManifestRecord {
         ManifestRecord {
-            url: entry.listed.url.to_string(),
-            path: entry.name.to_string(),
+            url: entry.url().to_owned(),
+            path: entry.name().to_owned(),
             status: ItemStatus::Failed,
             bytes: 0,
             sha256: None,
