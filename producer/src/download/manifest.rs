@@ -245,8 +245,10 @@ pub struct Records {
     /// The file holding the lines (the manifest, or an anonymous file).
     file: Arc<File>,
     /// The failed lines: (the URL's place in the list, where its line
-    /// starts), in list order.
-    failures: Arc<[(u64, u64)]>,
+    /// starts), in list order. The writer's own `Vec`: made an
+    /// `Arc<[_]>`, it would be copied, both copies held at once (16 MB
+    /// each for a million failed URLs).
+    failures: Arc<Vec<(u64, u64)>>,
 }
 
 impl Records {
@@ -403,7 +405,7 @@ impl ManifestWriter {
         Records {
             tally: self.tally,
             file: self.file,
-            failures: self.failures.into(),
+            failures: Arc::new(self.failures),
         }
     }
 }

@@ -89,8 +89,8 @@ pub struct UrlList {
 }
 
 /// One entry: where its fields are in [`UrlList::text`], and where it was
-/// listed. Some 40 bytes, where a `Box<str>` per field cost 16 for the
-/// pointer and 16 to 32 more for the allocator's rounding.
+/// listed. 32 bytes, where a `Box<str>` per field cost 16 for the pointer
+/// and 16 to 32 more for the allocator's rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     /// Where the URL starts. The SHA-256's 64 hex digits, when listed,
@@ -99,19 +99,19 @@ struct Slot {
     /// Where the file name starts: after the URL (and SHA-256), or later
     /// in the text when [`assign_names`] renamed the entry.
     name_start: u64,
-    /// The line in its list, or the argument's number.
-    number: u64,
     url_len: u32,
-    name_len: u32,
+    /// The line in its list, or the argument's number.
+    number: u32,
+    name_len: u16,
     /// Index of its list's label, or [`ARGUMENT`].
-    list: u32,
+    list: u16,
     has_sha256: bool,
     /// Whether the user gave the name.
     given: bool,
 }
 
 /// [`Slot::list`] of a URL given as an argument.
-const ARGUMENT: u32 = u32::MAX;
+const ARGUMENT: u16 = u16::MAX;
 
 /// Length of a SHA-256 in hex.
 const SHA256_HEX: usize = 64;
@@ -181,7 +181,7 @@ impl<'a> NamedEntry<'a> {
     pub fn origin(&self) -> Origin {
         Origin {
             list: self.list.labels.get(self.slot.list as usize).cloned(),
-            number: self.slot.number,
+            number: self.slot.number.into(),
         }
     }
 }
@@ -241,22 +241,26 @@ impl UrlList {
     }
 
     /// Appends the entry of one parsed line, listed at `list`:`number`.
-    fn push(&mut self, line: Line, (list, number): (u32, u64)) -> std::result::Result<(), String> {
+    fn push(&mut self, line: Line, (list, number): (u16, u64)) -> std::result::Result<(), String> {
         if u32::try_from(self.slots.len()).is_err() {
             return Err(format!("more than {} URLs in one job", u32::MAX));
         }
+        let number = u32::try_from(number)
+            .map_err(|_| format!("more than {} lines in one list", u32::MAX))?;
+        let name_len = u16::try_from(line.name.as_str().len())
+            .map_err(|_| format!("the file name is longer than {} bytes", u16::MAX))?;
         let url_start = self.append(&line.url);
         if let Some(sha256) = &line.sha256 {
             self.append(sha256);
         }
         let name_start = self.append(line.name.as_str());
-        // The lengths fit: a line is at most `MAX_LINE_BYTES`.
+        // Fits: a line is at most `MAX_LINE_BYTES`.
         self.slots.push(Slot {
             url_start,
             name_start,
             number,
             url_len: line.url.len() as u32,
-            name_len: line.name.as_str().len() as u32,
+            name_len,
             list,
             has_sha256: line.sha256.is_some(),
             given: line.given,
@@ -270,7 +274,9 @@ impl UrlList {
         let name_start = self.append(name.as_str());
         let slot = &mut self.slots[i];
         slot.name_start = name_start;
-        slot.name_len = name.as_str().len() as u32;
+        // Fits: a tagged name is a derived one (at most 200 bytes) and
+        // its tag.
+        slot.name_len = name.as_str().len() as u16;
     }
 }
 
@@ -314,7 +320,10 @@ pub fn read_list(source: &Source, into: &mut UrlList) -> Result<()> {
             (Box::new(std::io::BufReader::new(file)), source.to_string())
         }
     };
-    let list = into.labels.len() as u32;
+    let list = u16::try_from(into.labels.len())
+        .ok()
+        .filter(|&list| list != ARGUMENT)
+        .ok_or_else(|| Error::Usage(format!("more than {} URL lists", ARGUMENT - 1)))?;
     into.labels.push(Arc::new(label.clone()));
     let mut buffer = Vec::new();
     for line_number in 1.. {
@@ -830,9 +839,9 @@ mod tests {
             .map(|i| format!("http://127.0.0.1:8000/status/404?n={i:06} f{i:06}\n"))
             .collect();
         let entries = list(&text).unwrap();
-        assert!(size_of::<Slot>() <= 40, "{}", size_of::<Slot>());
+        assert!(size_of::<Slot>() <= 32, "{}", size_of::<Slot>());
         // The list's own text less the separators (a space and a
-        // newline a line), and nothing per entry beyond its slot: 88
+        // newline a line), and nothing per entry beyond its slot: 80
         // bytes an entry here, where an entry of 80 bytes with an
         // allocation for its URL and one for its name took 176.
         assert_eq!(entries.len(), 1000);
