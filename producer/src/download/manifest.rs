@@ -317,6 +317,11 @@ impl ManifestWriter {
         })
     }
 
+    /// Makes room for `records` more records without growing.
+    pub(crate) fn reserve(&mut self, records: usize) {
+        self.failures.reserve_exact(records);
+    }
+
     /// Where the lines are written, for error messages.
     fn output(&self) -> String {
         match &self.path {

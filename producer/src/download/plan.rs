@@ -219,13 +219,17 @@ impl Plan {
         decide: impl Fn(NamedEntry<'_>) -> Decision,
         manifest: &mut ManifestWriter,
     ) -> Result<Plan> {
+        // Room for every entry and record at once: a long list's vectors
+        // never grow by copying (a copy leaves the old one's pages in the
+        // heap), and room never written costs no memory.
+        manifest.reserve(named.len() + named.repeats().count());
         let mut plan = Plan {
             to_fetch: Arc::default(),
             last_ok: HashMap::new(),
-            replace: Vec::new(),
+            replace: Vec::with_capacity(named.len()),
             named: Arc::default(),
         };
-        let mut to_fetch = Vec::new();
+        let mut to_fetch = Vec::with_capacity(named.len());
         // Slots fit in `u32`: `UrlList` holds no more entries.
         for (slot, entry) in (0u32..).zip(named.iter()) {
             let record = match decide(entry) {
