@@ -16,7 +16,7 @@
 //!
 //! A list can hold millions of URLs, and the producer holds all of them
 //! until the job ends, so a [`UrlList`] keeps the text of every entry in
-//! one buffer and, per entry, only a fixed-size [`Slot`] of offsets into
+//! one buffer and, per entry, only a fixed-size `Slot` of offsets into
 //! it: no allocation of its own per URL or name.
 
 use std::collections::hash_map::RandomState;
