@@ -54,6 +54,13 @@ pub(crate) async fn attach(
                 seed: spec.seed(),
             })
         }
+        JobSpec::Download(spec) => {
+            let resuming = (broker, local);
+            let summary = crate::download::resume(
+                resuming, session, &record, spec, limits, progress, shutdown,
+            );
+            Ok(Report::Download(summary.await?))
+        }
     }
 }
 
@@ -114,7 +121,7 @@ pub(crate) async fn reconnect(
 pub struct JobListing {
     /// The job's id.
     pub job_id: String,
-    /// `sum`.
+    /// `sum` or `download`.
     pub kind: String,
     /// Tasks answered at the last checkpoint.
     pub done: u64,

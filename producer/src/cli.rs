@@ -89,8 +89,9 @@ pub enum Command {
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
 
-    /// List the sum jobs that outlive their producer and can be attached
-    /// to: id, kind, progress, age, whether a producer is attached
+    /// List the jobs (sums and downloads) that outlive their producer and
+    /// can be attached to: id, kind, progress, age, whether a producer is
+    /// attached
     #[command(after_help = JOBS_EXAMPLES)]
     Jobs(StatusArgs),
 
@@ -115,8 +116,8 @@ Examples:
   producer jobs --json";
 
 const ATTACH_EXAMPLES: &str = "\
-A sum job lives on without its producer for its --job-ttl (10 minutes by
-default) and can be carried on from its last checkpoint. Ctrl-C on the
+A sum or download job lives on without its producer for its --job-ttl (10
+minutes by default) and can be carried on from its last checkpoint. Ctrl-C on the
 attached producer cancels the job, as on the first.
 
 Examples:
@@ -241,6 +242,12 @@ pub struct DownloadArgs {
     /// Downloads queued or in work at once
     #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = DEFAULT_DOWNLOADS_IN_FLIGHT)]
     pub max_in_flight: usize,
+
+    /// How long the job lives on if its producer stops, for `producer
+    /// attach` to carry it on; after that without a producer its queued
+    /// tasks are dropped. 0: the job ends with its producer
+    #[arg(long, env = "WARREN_JOB_TTL", value_parser = parse_duration, value_name = "DURATION", default_value = "10m")]
+    pub job_ttl: Duration,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -494,6 +501,7 @@ fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
             max_in_flight: args.max_in_flight,
             timeout: args.output.timeout,
             stall_timeout: args.output.stall_timeout,
+            job_ttl: args.job_ttl,
         }),
         json: args.output.json,
         quiet: args.output.quiet,

@@ -59,13 +59,26 @@ pub(crate) struct JobRecord {
 pub(crate) enum JobSpec {
     /// A sum job.
     Sum(crate::sum::SumSpec),
+    /// A download job.
+    Download(Box<crate::download::DownloadJobSpec>),
 }
 
 impl JobSpec {
+    /// The directory the job shares with its workers, if any: a shared
+    /// download's output directory (local workers of `attach --workers`
+    /// need it).
+    pub(crate) fn shared_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            JobSpec::Sum(_) => None,
+            JobSpec::Download(spec) => spec.shared_dir(),
+        }
+    }
+
     /// The kind's name, as `producer jobs` shows it.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             JobSpec::Sum(_) => "sum",
+            JobSpec::Download(_) => "download",
         }
     }
 }

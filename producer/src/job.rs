@@ -178,7 +178,8 @@ impl JobSession {
                 return Err(Error::Cancelled);
             }
         };
-        match local.start(shutdown) {
+        let shared_dir = session.record.as_ref().and_then(|r| r.spec.shared_dir());
+        match local.sharing(shared_dir).start(shutdown) {
             Ok(workers) => session.local_workers = workers,
             Err(e) => {
                 session.close().await;

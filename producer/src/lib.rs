@@ -113,8 +113,19 @@ pub async fn run(
         }
         JobConfig::Download(download) => {
             let summary =
-                download::run(&config.broker, download, &local, progress, shutdown).await?;
-            Ok(Report::Download(summary))
+                download::run(&config.broker, download, &local, progress, shutdown.clone());
+            match summary.await {
+                Ok(summary) => Ok(Report::Download(summary)),
+                Err(Error::BrokerLost { job }) => {
+                    let limits = sum::RunLimits {
+                        timeout: download.timeout,
+                        stall_timeout: download.stall_timeout,
+                    };
+                    attach::reconnect(&config.broker, &job, limits, &local, progress, shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! consume loop, acks and guarantees), each with its own connection; workers
 //! on other hosts still share the job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -44,6 +44,15 @@ impl LocalPlan {
             count,
             broker,
             shared_dir,
+        }
+    }
+
+    /// This plan, sharing `dir` with the job unless it shares one already
+    /// (an attached job names its own: the flags of `attach` do not).
+    pub(crate) fn sharing(&self, dir: Option<&Path>) -> LocalPlan {
+        LocalPlan {
+            shared_dir: self.shared_dir.clone().or(dir.map(Path::to_owned)),
+            ..self.clone()
         }
     }
 

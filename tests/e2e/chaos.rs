@@ -5,11 +5,10 @@
 //! once. The sum must come out exact with every task counted
 //! once, and every file complete, with nothing left in `.warren-tmp`.
 //!
-//! The workers and the sum's producer reach the broker through the proxy.
-//! The download's producer does not, and the broker restarts before the
-//! download starts: a download job still ends with its producer's
-//! connection (docs/GUARANTEES.md says so), so cutting that connection would
-//! only show the documented failure.
+//! The workers and both producers reach the broker through the proxy: a
+//! producer whose connection is cut connects again and carries its job on
+//! from its last checkpoint. The broker restarts before the download
+//! starts.
 //!
 //! Also the broker alone restarted mid-sum, with nothing else going wrong.
 //!
@@ -334,12 +333,11 @@ fn chaos_soak_sum_and_download_end_exact_and_complete_through_kills_cuts_and_a_b
     let out = soak.s.path("out");
     let list = soak.s.path("urls.txt");
     let files = download_list(&http, size.files, &list);
-    let node_url = soak.broker.nodes()[0].url();
     let mut download = soak
         .s
         .producer(&[
             "--amqp-url",
-            &node_url,
+            &proxy_url,
             "download",
             list.to_str().expect("UTF-8 path"),
             "--out-dir",

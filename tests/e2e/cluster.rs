@@ -341,6 +341,83 @@ fn killing_the_reply_queue_node_then_the_workers_node_still_gives_the_exact_sum(
     job.assert_clean();
 }
 
+/// Sixteen 4 MB files that trickle (about 9 s each), listed in `urls.txt`
+/// as `slow<i>.bin`: their server paths, to check the files against.
+fn trickling_files(job: &ClusterJob, http: &HttpFixture) -> Vec<String> {
+    let paths: Vec<String> = (0..16).map(|i| format!("/trickle/reply{i}")).collect();
+    let lines: Vec<String> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let query = format!("?size={TRICKLE_SIZE}&chunk=65536&delay_ms=150");
+            format!("{} slow{i}.bin", http.url(&format!("{path}{query}")))
+        })
+        .collect();
+    std::fs::write(job.s.path("urls.txt"), lines.join("\n") + "\n").unwrap();
+    paths
+}
+
+const TRICKLE_SIZE: usize = 4_000_000;
+
+#[test]
+fn killing_the_reply_queue_node_then_the_workers_node_mid_download_still_delivers_every_file() {
+    let mut job = ClusterJob::start("cluster_reply_download");
+    let http = HttpFixture::start();
+    let paths = trickling_files(&job, &http);
+    let out = job.s.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // The producer starts at node 0, where its reply queue then lives; the
+    // workers at node 1, four files at a time.
+    job.start_workers(2, 1, &["--concurrency", "2"]);
+    let workers_node = job.workers_node();
+    let (urls, list) = (job.urls_from(0), job.s.path_str("urls.txt"));
+    let out_str = out.to_str().unwrap();
+    let args = [
+        "--amqp-url",
+        &urls,
+        "download",
+        &list,
+        "-o",
+        out_str,
+        "--json",
+    ];
+    let producer = job.s.producer(&args).spawn();
+    let (reply_queue, reply_node) = job.reply_queue_leader();
+    assert_ne!(reply_node, workers_node, "the test wants them apart");
+    job.wait_until(Duration::from_secs(60), "2 files are done", || {
+        job.finished() >= 2
+    });
+    eprintln!("killing node {reply_node}, leader of {reply_queue}");
+    let finished_at_first_kill = job.finished();
+    job.cluster.kill_node(reply_node);
+    job.cluster.restart_node(reply_node);
+    let after_restart = job.finished();
+    job.wait_until(Duration::from_secs(60), "2 more files are done", || {
+        job.finished() >= after_restart + 2
+    });
+    let finished_at_second_kill = job.finished();
+    job.kill_the_workers_node(workers_node);
+    let run = producer.wait(Duration::from_secs(300));
+    ClusterJob::assert_mid_job(
+        finished_at_first_kill,
+        16,
+        "the reply queue's node was killed",
+    );
+    ClusterJob::assert_mid_job(finished_at_second_kill, 16, "the workers' node was killed");
+    run.expect_success();
+    assert_eq!(run.json()["succeeded"], 16, "{run}");
+    assert!(run.stderr.contains("lost the broker connection"), "{run}");
+    for (i, path) in paths.iter().enumerate() {
+        let file = std::fs::read(out.join(format!("slow{i}.bin"))).unwrap();
+        assert!(file == content(path, TRICKLE_SIZE), "slow{i}.bin differs");
+    }
+    let left: Vec<_> = std::fs::read_dir(out.join(".warren-tmp"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    job.assert_clean();
+}
+
 impl ClusterJob {
     /// The job's reply queue and the node that holds it (a quorum queue's
     /// leader; a classic queue's process), once the queue exists.

@@ -656,7 +656,12 @@ fn a_cancelled_broker_download_does_not_flood_the_worker_log_issue_12() {
         }
     });
     let log = worker.log();
-    assert!(log.contains("job ended while the task ran"), "{log}");
+    // Whichever sees the end first: a returned chunk, or the worker's
+    // check that the job's reply queue still exists.
+    assert!(
+        log.contains("job ended while the task ran") || log.contains("job is gone"),
+        "{log}"
+    );
     assert!(
         log.len() < 64 * 1024,
         "the worker logged {} bytes; the last lines:\n{}",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::broker::queues_with_prefix;
-use crate::support::process::RunningProducer;
+use crate::support::process::{Run, RunningProducer};
 use crate::support::python::reference;
 use crate::support::{RABBITMQCTL_NEEDED, Scenario};
 
@@ -274,6 +274,60 @@ fn attach_refuses_an_input_that_changed_since_the_job_started() {
     s.assert_clean();
 }
 
+#[test]
+fn attach_refuses_a_url_list_that_changed_since_the_download_started() {
+    let mut s = Scenario::new("attach_list_changed");
+    std::fs::write(s.path("urls.txt"), "http://127.0.0.1:9/never-fetched\n").unwrap();
+    // No worker: the job waits with its task queued.
+    let out = s.path_str("out");
+    let first = s.producer(&["download", "urls.txt", "-o", &out]).spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    std::fs::write(s.path("urls.txt"), "http://127.0.0.1:9/another\n").unwrap();
+
+    let run = s.producer(&["attach", job.as_str()]).run();
+    run.expect_code(2);
+    let expected = format!(
+        "the input changed since the job started: {}",
+        s.path_str("urls.txt")
+    );
+    assert!(run.stderr.contains(&expected), "{run}");
+    s.producer(&["cancel", job.as_str()]).run().expect_success();
+    let _drain = s.start_worker("drain", &[]);
+    s.assert_clean();
+}
+
+#[test]
+fn attach_with_local_workers_completes_a_shared_download() {
+    let mut s = Scenario::new("attach_dl_local");
+    let (_server, files, urls) = served_files(&s, 4, 1000, 0);
+    let (out, manifest) = (s.path_str("out"), s.path_str("manifest.jsonl"));
+    // No worker: the first producer publishes and waits.
+    let args = [
+        "download",
+        "urls.txt",
+        "-o",
+        &out,
+        "--shared",
+        "--manifest",
+        &manifest,
+    ];
+    let first = s.producer(&args).spawn();
+    let job = started_job(&first);
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+
+    // The attached producer's own workers share the job's output directory.
+    let run = s
+        .producer(&["attach", job.as_str(), "--workers", "2", "--json"])
+        .run_within(Duration::from_secs(60));
+    run.expect_success();
+    assert_eq!(run.json()["succeeded"], 4, "{run}");
+    assert_download_complete(&s.path("out"), &manifest, &files, &urls);
+    s.assert_clean();
+}
+
 /// The broker closes the producer's connection mid-job (as
 /// `rabbitmqctl close_connection` does for an operator, or a broker
 /// restart does): the same producer run connects again and ends exact.
@@ -350,31 +404,29 @@ fn a_detached_sum_by_reference_is_collected_by_attach() {
 #[test]
 fn a_job_with_no_ttl_ends_with_its_producer() {
     let mut s = Scenario::new("ttl_zero");
-    let first = s
-        .producer(&[
-            "sum",
-            "--random",
-            "1000",
-            "--chunk-size",
-            "100",
-            "--job-ttl",
-            "0",
-        ])
-        .spawn();
-    let (_, job) = s.running_job();
-    assert!(
-        !first.stderr().contains("producer attach"),
-        "no attach hint for a job that ends with its producer"
-    );
-    first.signal(Signal::SIGKILL);
-    first.wait(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while job_queues_exist(&s, &job) {
+    let sum = ["sum", "--random", "1000", "--chunk-size", "100"];
+    let out = s.path_str("out");
+    let download = ["download", "http://127.0.0.1:9/never-fetched", "-o", &out];
+    for job_args in [&sum[..], &download[..]] {
+        let first = s
+            .producer(&[job_args, &["--job-ttl", "0"]].concat())
+            .spawn();
+        let (_, job) = s.running_job();
         assert!(
-            Instant::now() < deadline,
-            "the reply queue of a --job-ttl 0 job outlived its producer"
+            !first.stderr().contains("producer attach"),
+            "no attach hint for a job that ends with its producer"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        first.signal(Signal::SIGKILL);
+        first.wait(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while job_queues_exist(&s, &job) {
+            assert!(
+                Instant::now() < deadline,
+                "the reply queue of a --job-ttl 0 {} job outlived its producer",
+                job_args[0]
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let _drain = s.start_worker("drain", &[]);
     s.assert_clean();
@@ -400,7 +452,7 @@ fn cancel_stops_a_running_download_and_leaves_no_partial_file() {
     std::fs::write(s.path("files/big.bin"), vec![7u8; 8 << 20]).unwrap();
     let server = warren_testkit::FileServer::start(&s.path("files"));
     // 8 MiB at 512 KiB/s: 16 s if nothing stops it.
-    server.cap_rate(512 << 10);
+    server.cap_rate(1 << 20);
     let out = s.path("out");
     std::fs::create_dir_all(&out).unwrap();
     let out_str = s.path_str("out");
@@ -481,4 +533,159 @@ fn a_download_sweeps_the_temporary_files_of_jobs_that_are_over() {
         temp.join("not-a-job-file").exists(),
         "a file of no job was swept"
     );
+}
+
+/// Files by name, with their content.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// `count` files of `size` bytes served at `rate` bytes/s each (0: no
+/// cap), listed in `urls.txt`: the server (keep it alive), the files and
+/// the URLs in list order.
+fn served_files(
+    s: &Scenario,
+    count: u8,
+    size: usize,
+    rate: u64,
+) -> (warren_testkit::FileServer, Files, Vec<String>) {
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    let files: Files = (0..count)
+        .map(|i| (format!("f{i}.bin"), vec![i; size]))
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(s.path("files").join(name), data).unwrap();
+    }
+    let server = warren_testkit::FileServer::start(&s.path("files"));
+    server.cap_rate(rate);
+    let urls: Vec<String> = files.iter().map(|(name, _)| server.url(name)).collect();
+    std::fs::write(s.path("urls.txt"), urls.join("\n") + "\n").unwrap();
+    (server, files, urls)
+}
+
+/// Ten 3 MiB files served at 1 MiB/s each (each comes through the broker
+/// in three chunks).
+fn ten_slow_files(s: &Scenario) -> (warren_testkit::FileServer, Files, Vec<String>) {
+    served_files(s, 10, 3 << 20, 1 << 20)
+}
+
+/// Every file is in `out` with its content, the manifest lists each URL
+/// once as `ok`, and nothing is left in `.warren-tmp`.
+fn assert_download_complete(out: &std::path::Path, manifest: &str, files: &Files, urls: &[String]) {
+    for (name, data) in files {
+        let got = std::fs::read(out.join(name)).expect("every file is there");
+        assert!(got == *data, "{name} differs");
+    }
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut listed: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| {
+            (
+                r["url"].as_str().unwrap().to_owned(),
+                r["status"].to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = urls
+        .iter()
+        .map(|u| (u.clone(), "\"ok\"".to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "each URL once, ok");
+    let left: Vec<_> = std::fs::read_dir(out.join(".warren-tmp"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// What stops a download's producer mid-job.
+#[derive(Clone, Copy)]
+enum Interruption {
+    /// SIGKILL; `producer attach` carries the job on.
+    KillThenAttach,
+    /// The broker closes its connection; it connects again itself.
+    ClosedConnection,
+}
+
+/// Starts a download of [`ten_slow_files`] (shared delivery or through the
+/// broker) with one worker fetching two at a time, interrupts its producer
+/// a second after two are checkpointed, two more being half received (so
+/// some of their chunks are acked: only a new fetch completes them), and
+/// checks the run that ends the job: it prints what an uninterrupted run
+/// would have,
+/// every file arrives complete and once, and nothing is left behind.
+fn interrupted_download(test: &str, shared: bool, interruption: Interruption) {
+    let mut s = Scenario::new(test);
+    let (_server, files, urls) = ten_slow_files(&s);
+    let out = s.path("out");
+    let (out_str, manifest) = (s.path_str("out"), s.path_str("manifest.jsonl"));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut worker_args = vec!["--concurrency", "2"];
+    let mut args = vec!["download", "urls.txt", "-o", &out_str];
+    args.extend(["--manifest", &manifest, "--json"]);
+    if shared {
+        worker_args.extend(["--shared-dir", &out_str]);
+        args.push("--shared");
+    }
+    let _worker = s.start_worker("w0", &worker_args);
+    s.broker.wait_for_consumers(1);
+    let first = s.producer(&args).spawn();
+    let job = started_job(&first);
+    wait_for_listing(&s, &job, "2 of its 10 files are checkpointed", |e| {
+        e["done"].as_u64().unwrap_or(0) >= 2 && e["kind"] == "download"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (run, said) = match interruption {
+        Interruption::KillThenAttach => {
+            first.signal(Signal::SIGKILL);
+            first.wait(Duration::from_secs(10));
+            let attach = s.producer(&["attach", job.as_str(), "--json"]);
+            (
+                attach.run_within(Duration::from_secs(120)),
+                "attached to download job",
+            )
+        }
+        Interruption::ClosedConnection => {
+            close_connection(&format!("warren-producer {job}"));
+            (
+                first.wait(Duration::from_secs(120)),
+                "lost the broker connection",
+            )
+        }
+    };
+    run.expect_success();
+    assert!(
+        run.stderr.contains(said) && !run.stderr.contains("10 of 10"),
+        "the job was carried on before its end: {run}"
+    );
+    assert_summary(&run, &job, &manifest);
+    assert_download_complete(&out, &manifest, &files, &urls);
+    s.assert_clean();
+}
+
+/// The summary of the ten files, all downloaded by one worker.
+fn assert_summary(run: &Run, job: &warren::JobId, manifest: &str) {
+    let json = run.json();
+    assert_eq!(json["succeeded"], 10, "{run}");
+    assert_eq!(json["failed"], serde_json::json!([]), "{run}");
+    assert_eq!(json["skipped"], 0, "{run}");
+    assert_eq!(json["bytes"], 30 << 20, "{run}");
+    assert_eq!(json["job_id"], job.as_str(), "{run}");
+    assert_eq!(json["manifest"], manifest, "{run}");
+    assert_eq!(json["workers_seen"], 1, "{run}");
+}
+
+#[test]
+fn a_shared_download_whose_producer_is_killed_completes_with_attach() {
+    interrupted_download("attach_dl_shared", true, Interruption::KillThenAttach);
+}
+
+#[test]
+fn a_broker_download_whose_producer_is_killed_completes_with_attach() {
+    interrupted_download("attach_dl_broker", false, Interruption::KillThenAttach);
+}
+
+#[test]
+fn a_download_whose_producer_loses_its_connection_reconnects_and_completes() {
+    interrupted_download("reconnect_dl", false, Interruption::ClosedConnection);
 }

@@ -15,6 +15,8 @@
 //! - [`config`]: the broker flags both binaries flatten into their CLIs, and
 //!   [`RedactedUrl`].
 //! - [`filename`]: safe relative file names for downloads.
+//! - [`writeback`]: starting a downloaded file's writeback as soon as it is
+//!   complete, so that a job's one final sync finds little left to write.
 //! - [`logging`]: the shared logging flags and subscriber set-up.
 //! - [`size`]: parsing byte sizes such as `2GiB`.
 //! - [`source`]: reading the sources of sums by reference (shared files,
@@ -40,6 +42,7 @@ pub mod shutdown;
 pub mod size;
 pub mod source;
 pub mod topology;
+pub mod writeback;
 
 pub use backoff::{ExponentialBackoff, Jitter};
 pub use config::{BrokerArgs, BrokerConfig, QueuePrefix, RedactedUrl, TlsFiles, parse_duration};

@@ -6,9 +6,11 @@
 //!
 //! - warren's tasks and sum results: persistent messages on quorum queues,
 //!   64 B (a small sum task) and 1 MiB (the default chunk);
-//! - the body chunks of broker-mode downloads: transient messages on the
-//!   job's classic reply queue, 256 KiB (a 256 KiB file is one chunk) and
-//!   1 MiB (larger files go in chunks of the default 1 MiB).
+//! - the body chunks of broker-mode downloads, 256 KiB (a 256 KiB file is
+//!   one chunk) and 1 MiB (larger files go in chunks of the default 1 MiB):
+//!   on a quorum queue, the reply queue of a download job that outlives its
+//!   producer (the default), and on a classic queue, that of a job with
+//!   `--job-ttl 0` (beside it, for what durability costs).
 //!
 //! Every ratio refers to these, measured in the same run; a weak ceiling
 //! would flatter them all, so each is the best setting of the loop found
@@ -41,8 +43,9 @@ pub struct Ceiling {
     pub small_msgs: f64,
     /// Bytes/s, 1 MiB persistent messages on a quorum queue.
     pub large_bytes: f64,
-    /// Bytes/s of download body chunks (transient, classic queue) of 256
-    /// KiB and of 1 MiB; `None` unless downloads run.
+    /// Bytes/s of download body chunks of 256 KiB and of 1 MiB on a
+    /// quorum queue, a download job's reply queue; `None` unless downloads
+    /// run.
     pub relay: Option<RelayCeiling>,
 }
 
@@ -70,9 +73,10 @@ impl RelayCeiling {
 /// A queue type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
-    /// Durable, replicated: warren's task queue and sum reply queues.
+    /// Durable, replicated: warren's task queue and the reply queues of
+    /// jobs that outlive their producer.
     Quorum,
-    /// Non-durable: the reply queue of a download job.
+    /// Non-durable: the reply queue of a job with `--job-ttl 0`.
     Classic,
 }
 
@@ -85,10 +89,20 @@ pub enum Acking {
     Multiple(u64),
 }
 
+/// Whose headers and delivery mode the loop's messages carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// A sum task's (persistent).
+    SumTask,
+    /// A download body chunk's (transient).
+    BodyChunk,
+}
+
 /// One kind of traffic and the loop's settings for it.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub queue: QueueType,
+    pub message: Message,
     /// Message body in bytes.
     pub body: usize,
     /// Messages per measurement.
@@ -103,11 +117,12 @@ impl Shape {
     /// The best setting of the loop for `queue` and `body`: a confirm
     /// window and prefetch of a few MiB in flight (at least 1,000 small
     /// messages), one multiple-ack per quarter of the prefetch.
-    pub fn best(queue: QueueType, body: usize, count: u64) -> Shape {
+    pub fn best(queue: QueueType, message: Message, body: usize, count: u64) -> Shape {
         let window = (32 * MIB / body).clamp(16, 4_000);
         let prefetch = (16 * MIB / body).clamp(16, 2_000) as u16;
         Shape {
             queue,
+            message,
             body,
             count,
             window,
@@ -126,7 +141,7 @@ pub async fn run(
     let runs = scale.runs.min(3);
     let small_count = if scale.quick { 20_000 } else { 40_000 };
     let large_count = if scale.quick { 500 } else { 1_500 };
-    let small = Shape::best(QueueType::Quorum, 64, small_count);
+    let small = Shape::best(QueueType::Quorum, Message::SumTask, 64, small_count);
     // As measured before issue 13: an ack per delivery, a window of 2,000
     // and a prefetch of 1,000.
     let small_before = Shape {
@@ -135,7 +150,7 @@ pub async fn run(
         acking: Acking::EachDelivery,
         ..small
     };
-    let large = Shape::best(QueueType::Quorum, MIB, large_count);
+    let large = Shape::best(QueueType::Quorum, Message::SumTask, MIB, large_count);
     // Alternating, so that drift on the shared machine hits both alike.
     let mut small_rates = Vec::new();
     let mut before_rates = Vec::new();
@@ -184,22 +199,40 @@ pub async fn run(
     })
 }
 
-/// The ceilings of download body chunks: classic queue, transient.
+/// The ceilings of download body chunks on a quorum queue (the
+/// reference), and on a classic one beside it.
 async fn relay(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<RelayCeiling> {
+    let quorum = relay_on(cluster, scale, QueueType::Quorum, rows).await?;
+    relay_on(cluster, scale, QueueType::Classic, rows).await?;
+    Ok(quorum)
+}
+
+/// The ceilings of download body chunks on a queue of type `queue`.
+async fn relay_on(
+    cluster: &mut Cluster,
+    scale: Scale,
+    queue: QueueType,
+    rows: &mut Vec<Row>,
+) -> Result<RelayCeiling> {
     let (small_count, large_count) = if scale.quick {
         (800, 300)
     } else {
         (2_000, 800)
     };
-    let small = Shape::best(QueueType::Classic, 256 << 10, small_count);
-    let large = Shape::best(QueueType::Classic, MIB, large_count);
+    let small = Shape::best(queue, Message::BodyChunk, 256 << 10, small_count);
+    let large = Shape::best(queue, Message::BodyChunk, MIB, large_count);
     let mut small_rates = Vec::new();
     let mut large_rates = Vec::new();
     for _ in 0..scale.runs.min(3) {
         small_rates.push(measure(cluster, &small).await? * small.body as f64);
         large_rates.push(measure(cluster, &large).await? * large.body as f64);
     }
-    let name = "broker ceiling (raw lapin, classic, transient: download chunks)";
+    let name = match queue {
+        QueueType::Quorum => "broker ceiling (raw lapin, quorum: download chunks)",
+        QueueType::Classic => {
+            "broker ceiling (raw lapin, classic: download chunks with --job-ttl 0)"
+        }
+    };
     let small_sample = Sample::of(&small_rates);
     let large_sample = Sample::of(&large_rates);
     rows.push(Row::new(
@@ -296,15 +329,14 @@ async fn declare(channel: &lapin::Channel, queue: &str, queue_type: QueueType) -
 }
 
 /// warren's properties for such a message, so that header encoding costs
-/// the same: a sum task's (persistent) on a quorum queue, a download body
-/// chunk's (transient) on a classic one.
+/// the same.
 fn properties(shape: &Shape, queue: &str) -> BasicProperties {
-    match shape.queue {
-        QueueType::Quorum => {
+    match shape.message {
+        Message::SumTask => {
             let elements = (shape.body / 8) as u64;
             SumTask::single(JobId::random(), 0, Dtype::Float64, elements).properties(queue)
         }
-        QueueType::Classic => BodyChunk {
+        Message::BodyChunk => BodyChunk {
             job: JobId::random(),
             task: 0,
             attempt: "a1b2c3d4".to_owned(),

@@ -9,8 +9,9 @@
 //!   reported): against the same loop hashing, syncing and renaming each
 //!   file;
 //! - through the broker: against the broker's own ceiling for the body
-//!   chunks' message size and queue type (transient messages on a classic
-//!   queue; see [`super::ceiling`]), measured in the same run.
+//!   chunks' message size and queue type (a quorum queue, the reply queue
+//!   of a job that outlives its producer; see [`super::ceiling`]), measured
+//!   in the same run.
 //!
 //! Runs of all five alternate, round by round, so that drift on the shared
 //! machine hits them alike.
@@ -111,49 +112,91 @@ pub async fn run(
         ]
     };
     for (label, files, size) in sets {
+        let set = FileSet::new(cluster, &http, label, files, size)?;
+        let target_dir = cluster.path("loop");
+        // The first pass also fills the server's cache.
+        let concurrency = fastest_concurrency(&set, &target_dir).await?;
+        let rounds = scale.runs.min(3);
+        let measured = measure_rounds(cluster, &set, concurrency, &worker_pids, rounds).await?;
+        std::fs::remove_dir_all(&target_dir)?;
+        push_rows(rows, &set, concurrency, ceiling, &measured);
+    }
+    let one_file = FileSet::new(cluster, &http, "1 × 256 KiB", 1, 256 << 10)?;
+    rows.push(fixed_cost(cluster, &one_file, &shared).await?);
+    cluster.stop(workers).await
+}
+
+impl FileSet {
+    /// `files` files of `size` bytes from `http`, listed in a file.
+    fn new(
+        cluster: &Cluster,
+        http: &HttpFixture,
+        label: &'static str,
+        files: usize,
+        size: usize,
+    ) -> Result<FileSet> {
         let urls: Vec<String> = (0..files)
             .map(|i| http.url(&format!("/files/bench/{size}/{i}.bin?size={size}")))
             .collect();
-        let list = cluster.path(&format!("urls-{size}.txt"));
+        let list = cluster.path(&format!("urls-{files}x{size}.txt"));
         std::fs::write(&list, urls.join("\n"))?;
-        let set = FileSet {
+        Ok(FileSet {
             label,
             files,
             size,
             urls,
             list: utf8(&list)?,
-        };
-        let target_dir = cluster.path("loop");
-        // The first pass also fills the server's cache.
-        let concurrency = fastest_concurrency(&set, &target_dir).await?;
-        let mut measured: Vec<Measured> =
-            Variant::ALL.iter().map(|_| Measured::default()).collect();
-        for _ in 0..scale.runs.min(3) {
-            for (variant, m) in Variant::ALL.iter().zip(&mut measured) {
-                let before = CpuTimes::now(&worker_pids);
-                let rate = match variant {
-                    Variant::PlainLoop => {
-                        time_loop(&set, &target_dir, concurrency, Sync::No).await?
-                    }
-                    Variant::DurableLoop => {
-                        time_loop(&set, &target_dir, concurrency, Sync::EachFile).await?
-                    }
-                    Variant::Broker => {
-                        time_warren(cluster, &set, &cluster.path("out"), &[]).await?
-                    }
-                    Variant::Shared => time_warren(cluster, &set, &shared, &["--shared"]).await?,
-                    Variant::SharedFsync => {
-                        time_warren(cluster, &set, &shared, &["--shared", "--fsync"]).await?
-                    }
-                };
-                m.rates.push(rate);
-                m.cpu.push(CpuTimes::now(&worker_pids).since(&before));
-            }
-        }
-        std::fs::remove_dir_all(&target_dir)?;
-        push_rows(rows, &set, concurrency, ceiling, &measured);
+        })
     }
-    cluster.stop(workers).await
+}
+
+/// Every variant, `rounds` times, alternating round by round.
+async fn measure_rounds(
+    cluster: &Cluster,
+    set: &FileSet,
+    concurrency: usize,
+    worker_pids: &[u32],
+    rounds: usize,
+) -> Result<Vec<Measured>> {
+    let loop_dir = cluster.path("loop");
+    let shared = cluster.path("shared");
+    let mut measured: Vec<Measured> = Variant::ALL.iter().map(|_| Measured::default()).collect();
+    for _ in 0..rounds {
+        for (variant, m) in Variant::ALL.iter().zip(&mut measured) {
+            let before = CpuTimes::now(worker_pids);
+            let rate = match variant {
+                Variant::PlainLoop => time_loop(set, &loop_dir, concurrency, Sync::No).await?,
+                Variant::DurableLoop => {
+                    time_loop(set, &loop_dir, concurrency, Sync::EachFile).await?
+                }
+                Variant::Broker => time_warren(cluster, set, &cluster.path("out"), &[]).await?,
+                Variant::Shared => time_warren(cluster, set, &shared, &["--shared"]).await?,
+                Variant::SharedFsync => {
+                    time_warren(cluster, set, &shared, &["--shared", "--fsync"]).await?
+                }
+            };
+            m.rates.push(rate);
+            m.cpu.push(CpuTimes::now(worker_pids).since(&before));
+        }
+    }
+    Ok(measured)
+}
+
+/// What a download job costs whatever its size: the wall time of a
+/// one-file job into the shared directory (process start, connection,
+/// queues, the marker, the final sync and manifest), in milliseconds.
+async fn fixed_cost(cluster: &Cluster, set: &FileSet, shared: &Path) -> Result<Row> {
+    let mut millis = Vec::new();
+    for _ in 0..5 {
+        let rate = time_warren(cluster, set, shared, &["--shared"]).await?;
+        millis.push(set.megabytes() / rate * 1e3);
+    }
+    Ok(Row::new(
+        "a one-file download job into a shared directory (the fixed cost per job)",
+        set.label,
+        Sample::of(&millis),
+        "ms",
+    ))
 }
 
 /// The plain loop's concurrency that fetches this set fastest (one run of
@@ -248,7 +291,7 @@ fn push_rows(
                     (
                         row.against(
                             format!(
-                                "the broker ceiling, classic, {message} ({} MB/s)",
+                                "the broker ceiling, quorum, {message} ({} MB/s)",
                                 human(reference)
                             ),
                             reference,

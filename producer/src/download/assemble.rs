@@ -69,7 +69,13 @@ impl ReadyFile {
             fsync,
             saved,
         } = self;
-        let synced = if fsync { file.sync_all() } else { Ok(()) };
+        let synced = if fsync {
+            file.sync_all()
+        } else {
+            // The job's one sync at its end will find it (mostly) written.
+            warren::writeback::start_writeback(&file);
+            Ok(())
+        };
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&temp);
             return Err(Error::Write {
@@ -99,6 +105,9 @@ pub(crate) enum Completion {
     /// was redelivered while its first worker was still at it): ignored,
     /// the newer attempt's report decides.
     Stale,
+    /// None of the reported attempt's data reached this producer: lost,
+    /// or taken by an earlier producer of a resumed job.
+    Unseen,
 }
 
 /// Puts files together from body chunks.
@@ -268,10 +277,7 @@ impl Assembler {
             // by now. One that did not sent an empty body (no chunk at
             // all): it starts the file over like any new attempt.
             if bytes != 0 {
-                self.forget(task);
-                return Err(Error::FileRejected {
-                    reason: "the file's data did not arrive".into(),
-                });
+                return Ok(Completion::Unseen);
             }
             self.replace(task, attempt)?;
         }
@@ -360,7 +366,7 @@ mod tests {
     fn ready(completion: Completion) -> ReadyFile {
         match completion {
             Completion::Ready(ready) => ready,
-            Completion::Stale => panic!("stale"),
+            other => panic!("not ready: {other:?}"),
         }
     }
 
@@ -466,10 +472,10 @@ mod tests {
         .unwrap();
         assert_eq!(saved.bytes, 0);
         assert_eq!(std::fs::read(name.under(dir.path())).unwrap(), b"");
-        // A report with a body whose chunks never came still fails.
+        // A report with a body whose chunks never came is told apart.
         assembler.chunk(&chunk(1, "a", 0), b"abc").unwrap();
-        let reason = rejection(assembler.complete(1, &name, "c", (3, &sha(b"abc")), None));
-        assert!(reason.contains("did not arrive"), "{reason}");
+        let unseen = assembler.complete(1, &name, "c", (3, &sha(b"abc")), None);
+        assert!(matches!(unseen.unwrap(), Completion::Unseen));
         assembler.clean_up();
         assert!(!dir.path().join(TEMP_DIR).exists());
     }

@@ -68,9 +68,10 @@ impl Batching {
         self.per_message.store(per_message, Ordering::Relaxed);
     }
 
-    /// Records a message about to be sent.
-    pub(crate) fn sent(&self, first: u64, tasks: u64) {
-        self.messages.lock().publish(first, tasks, ());
+    /// Records a message about to be sent; `false` when its first task is
+    /// answered already and it must not be sent.
+    pub(crate) fn sent(&self, first: u64, tasks: u64) -> bool {
+        self.messages.lock().publish(first, tasks, ())
     }
 }
 

@@ -28,6 +28,7 @@ use super::batching::Batching;
 use super::config::DownloadConfig;
 use super::manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use super::plan::Plan;
+use super::resume::DownloadCheckpoint;
 use super::shared;
 use super::urls::{NamedEntry, UrlList};
 use super::verify::Saved;
@@ -69,6 +70,12 @@ pub(super) struct DownloadCollector<'a> {
     failures: u64,
     /// Names of the workers that answered.
     pub(super) workers: BTreeSet<String>,
+    /// The job outlives its producer: replies are acked only once a
+    /// checkpoint covers them.
+    durable: bool,
+    /// This producer carries on a job another one started (`attach`): see
+    /// [`DownloadCollector::resumed`].
+    resumed: bool,
 }
 
 impl<'a> DownloadCollector<'a> {
@@ -97,7 +104,39 @@ impl<'a> DownloadCollector<'a> {
             received: 0,
             failures: 0,
             workers: BTreeSet::new(),
+            durable: false,
+            resumed: false,
         }
+    }
+
+    /// Makes the collector keep checkpoints, for a job that outlives its
+    /// producer.
+    pub(super) fn keep_checkpoints(&mut self) {
+        self.durable = true;
+    }
+
+    /// Takes up where `checkpoint` left off, for a job another producer
+    /// started. Replies then may answer messages this producer did not
+    /// send (the earlier one's, published after its last checkpoint), and
+    /// a report whose file reached only the earlier producer (its chunks,
+    /// or its stored file already placed) is left unanswered: every task
+    /// the checkpoint does not cover is published again, and that task's
+    /// new report settles it.
+    pub(super) fn resumed(&mut self, checkpoint: &DownloadCheckpoint) {
+        self.durable = true;
+        self.resumed = true;
+        let mut registry = self.batching.messages.lock();
+        for &(start, end) in &checkpoint.answered {
+            registry.restore_answered(start..end);
+        }
+        drop(registry);
+        self.workers.clone_from(&checkpoint.workers);
+        self.failures = checkpoint.failures;
+    }
+
+    /// Tasks answered so far.
+    pub(super) fn answered_count(&self) -> u64 {
+        self.batching.messages.lock().answered_count()
     }
 
     /// The entries of the tasks, in task order.
@@ -181,12 +220,7 @@ impl<'a> DownloadCollector<'a> {
     /// # Errors
     /// [`Error::Write`] when the manifest cannot be written.
     pub(super) async fn end_early(&mut self, ended: &Error) -> Result<()> {
-        while self.has_pending() {
-            if let Err(e) = self.completion().await {
-                // The local failure that stopped this file is its reason.
-                tracing::debug!(error = %e, "placing a file failed as the job ended");
-            }
-        }
+        self.finish_pending().await;
         let reason = format!(
             "the job ended before it finished: {}",
             warren::display_chain(ended)
@@ -203,6 +237,16 @@ impl<'a> DownloadCollector<'a> {
         Ok(())
     }
 
+    /// Waits for the files being placed or checked, and records them.
+    pub(super) async fn finish_pending(&mut self) {
+        while self.has_pending() {
+            if let Err(e) = self.completion().await {
+                // The local failure that stopped this file is its reason.
+                tracing::debug!(error = %e, "placing a file failed as the job ended");
+            }
+        }
+    }
+
     /// Takes the reports answering the message whose first task is `first`:
     /// one per task, each finishing its download unless it was done already
     /// (a redelivered message). A result that matches no message sent, or
@@ -215,7 +259,11 @@ impl<'a> DownloadCollector<'a> {
         reports: Vec<DownloadReport>,
     ) -> Result<Accepted> {
         let malformed = |reason: String| Error::from(warren::Error::malformed("result", reason));
-        let message = self.message(first);
+        let message = match self.message(first) {
+            Some(tasks) if tasks.end - tasks.start == reports.len() as u64 => Some(tasks),
+            _ if self.resumed => self.earlier_message(first, &reports),
+            other => other,
+        };
         let Some(tasks) = message else {
             if self.is_done(first) {
                 // A redelivered message's second result, after its first
@@ -244,6 +292,23 @@ impl<'a> DownloadCollector<'a> {
             answered += self.finish_download(index, report).await?.tasks();
         }
         Ok(Accepted::answered(answered))
+    }
+
+    /// In a resumed job, the tasks a result answers when it matches no
+    /// message this producer sent: one the earlier producer sent, whose
+    /// reports name the URLs of tasks `first, first + 1, ...`.
+    fn earlier_message(
+        &self,
+        first: u64,
+        reports: &[DownloadReport],
+    ) -> Option<std::ops::Range<u64>> {
+        let end = first.checked_add(reports.len() as u64)?;
+        let fits = end <= self.to_fetch.len() as u64 && !reports.is_empty();
+        let same_urls = fits
+            && (first..end)
+                .zip(reports)
+                .all(|(index, report)| self.entry(index).url() == report.url);
+        same_urls.then_some(first..end)
     }
 
     /// Fails every task still open of the message that starts with task
@@ -349,6 +414,17 @@ impl<'a> DownloadCollector<'a> {
                 tracing::debug!(task = index, "a replaced attempt's report ignored");
                 Ok(Accepted::Other)
             }
+            Ok(Completion::Unseen) if self.resumed => {
+                tracing::debug!(task = index, "a report of data the earlier producer took");
+                Ok(Accepted::Other)
+            }
+            Ok(Completion::Unseen) => {
+                self.assembler.forget(index);
+                let rejected = Error::FileRejected {
+                    reason: "the file's data did not arrive".into(),
+                };
+                self.settle(index, record, Err(rejected))
+            }
             Err(e) => self.settle(index, record, Err(e)),
         }
     }
@@ -377,6 +453,12 @@ impl<'a> DownloadCollector<'a> {
             ));
             return self.finish(index, record);
         };
+        if self.resumed && !self.out_dir.join(&temp).exists() {
+            // Placed by the earlier producer after its last checkpoint:
+            // the task went out again, and its new report settles it.
+            tracing::debug!(task = index, "a stored file the earlier producer took");
+            return Ok(Accepted::Other);
+        }
         // The bytes came in through the workers all the same: they count
         // for the throughput shown.
         self.received += report.bytes;
@@ -486,6 +568,34 @@ impl Collector for DownloadCollector<'_> {
         self.settle(index, record, outcome)
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        self.durable
+    }
+
+    /// The answered tasks and how much of the manifest records them,
+    /// synced first: the lines a checkpoint counts are on disk before it
+    /// is saved. Tasks whose file is still being placed are not answered
+    /// yet: if this producer dies, they go out again.
+    fn checkpoint(&self, _through: u64) -> serde_json::Value {
+        if let Err(e) = self.manifest.sync() {
+            // The next checkpoint tries again; the lines are written.
+            tracing::warn!("{}", warren::display_chain(&e));
+        }
+        let checkpoint = DownloadCheckpoint {
+            answered: self
+                .batching
+                .messages
+                .lock()
+                .answered_ranges()
+                .map(|r| (r.start, r.end))
+                .collect(),
+            manifest_bytes: self.manifest.written(),
+            failures: self.failures,
+            workers: self.workers.clone(),
+        };
+        serde_json::to_value(checkpoint).expect("a checkpoint always serializes") // invariant: plain data
+    }
+
     fn unanswered(&self) -> Vec<u64> {
         let mut unanswered = self.batching.messages.lock().unanswered();
         unanswered.retain(|index| !self.finishing_tasks.contains(index));
@@ -576,6 +686,8 @@ mod tests {
                 received: 0,
                 failures: 0,
                 workers: BTreeSet::new(),
+                durable: false,
+                resumed: false,
             }
         }
     }
@@ -732,6 +844,42 @@ mod tests {
             1,
             "a download that failed late, after 64 MiB, counts its bytes"
         );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_takes_earlier_messages_and_leaves_reports_without_data_open() {
+        let mut fixture = Fixture::with_files(4);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Broker, &none);
+        let checkpoint = DownloadCheckpoint {
+            answered: vec![(0, 1)],
+            ..DownloadCheckpoint::default()
+        };
+        collector.resumed(&checkpoint);
+        assert_eq!(collector.answered_count(), 1);
+        // This producer sent tasks 1 to 3 in one message; the earlier one
+        // had sent tasks 1 and 2 in one.
+        collector.batching.sent(1, 3);
+        let wrong = vec![failed("https://h/x"), failed("https://h/f2.bin")];
+        let err = collector.answer(1, "w".into(), wrong).await.unwrap_err();
+        assert!(err.to_string().contains("which no message"), "{err}");
+        let two = vec![failed("https://h/f1.bin"), failed("https://h/f2.bin")];
+        let accepted = collector.answer(1, "w".into(), two).await.unwrap();
+        assert_eq!(accepted, Accepted::Answered(2));
+        // Its chunks went to the earlier producer: the task stays open
+        // for the report of the task published again.
+        let unseen = DownloadReport {
+            url: "https://h/f3.bin".into(),
+            attempt: Some("a".into()),
+            ..report(DownloadStatus::Ok, b"data")
+        };
+        let accepted = collector.answer(3, "w".into(), vec![unseen]).await;
+        assert_eq!(accepted.unwrap(), Accepted::Other);
+        assert_eq!(collector.unanswered(), [3]);
+        let saved: DownloadCheckpoint = serde_json::from_value(collector.checkpoint(0)).unwrap();
+        assert_eq!(saved.answered, [(0, 3)]);
+        assert_eq!(saved.failures, 2);
+        assert!(saved.manifest_bytes > 0);
     }
 
     #[test]

@@ -48,4 +48,7 @@ pub struct DownloadConfig {
     /// Fail the job after this long without a reply while the task queue
     /// holds none of its tasks (see `--stall-timeout`).
     pub stall_timeout: Duration,
+    /// How long the job outlives its producer (`--job-ttl`); zero: it
+    /// ends with its producer and keeps no checkpoints.
+    pub job_ttl: Duration,
 }

@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use warren::JobId;
+use warren::filename::TEMP_DIR;
 
 use super::urls::NamedEntry;
 use crate::error::{Error, Result};
@@ -283,6 +285,10 @@ pub(crate) struct ManifestWriter {
     /// The manifest's own name; the lines go to its partial name until
     /// [`ManifestWriter::commit`]. `None`: no manifest.
     path: Option<PathBuf>,
+    /// Where the lines are, when the file has a name (a manifest's partial
+    /// file, or a job's records file): each line is flushed to it at once,
+    /// so a killed run leaves them for `producer attach`.
+    named: Option<PathBuf>,
     out: Option<BufWriter<File>>,
     /// The same file, to read the lines back.
     file: Arc<File>,
@@ -303,15 +309,101 @@ impl ManifestWriter {
             Some(path) => create_partial(path)?,
             None => anonymous_file(out_dir)?,
         };
+        let named = path.map(partial_path);
+        Self::writing_to(path, named, file, 0)
+    }
+
+    /// A writer for job `job`, which outlives its producer: the lines go
+    /// to the manifest's partial file, or without `--manifest` to the
+    /// job's records file in the temporary area (see [`records_path`]), so
+    /// that `producer attach` finds them.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the file cannot be created.
+    pub(crate) fn create_for_job(path: Option<&Path>, out_dir: &Path, job: &JobId) -> Result<Self> {
+        if path.is_some() {
+            return Self::create(path, out_dir);
+        }
+        let named = records_path(out_dir, job);
+        let file = create_lines_file(&named)?;
+        Self::writing_to(None, Some(named), file, 0)
+    }
+
+    /// Takes up the lines a killed run left at `named` (see
+    /// [`ManifestWriter::lines_path`]) for the manifest at `path`: keeps
+    /// their first `length` bytes (the lines its checkpoint covers), drops
+    /// the rest, and counts them again; `place_of` gives each failed
+    /// line's place in the list.
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the file cannot be read, or is shorter than
+    /// `length`.
+    pub(crate) fn reopen(
+        path: Option<&Path>,
+        named: &Path,
+        length: u64,
+        place_of: impl Fn(&ManifestRecord) -> Option<usize>,
+    ) -> Result<Self> {
+        let write_error = |source| Error::Write {
+            output: named.display().to_string(),
+            source,
+        };
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .open(named)
+            .map_err(write_error)?;
+        let found = file.metadata().map_err(write_error)?.len();
+        if found < length {
+            return Err(write_error(std::io::Error::other(format!(
+                "it holds {found} bytes, fewer than the {length} its job's checkpoint covers"
+            ))));
+        }
+        file.set_len(length).map_err(write_error)?;
+        let mut writer = Self::writing_to(
+            path,
+            Some(named.to_owned()),
+            file.try_clone().map_err(write_error)?,
+            0,
+        )?;
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(write_error)?;
+        for line in BufReader::new(&file).split(b'\n') {
+            let line = line.map_err(write_error)?;
+            let record: ManifestRecord =
+                serde_json::from_slice(&line).map_err(|e| write_error(std::io::Error::other(e)))?;
+            if record.status == ItemStatus::Failed {
+                let place = place_of(&record).unwrap_or(usize::MAX);
+                writer.failures.push((place as u64, writer.written));
+            }
+            writer.written += line.len() as u64 + 1;
+            writer.tally.count(&record);
+        }
+        if let Some(out) = &mut writer.out {
+            out.get_mut()
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(write_error)?;
+        }
+        Ok(writer)
+    }
+
+    fn writing_to(
+        path: Option<&Path>,
+        named: Option<PathBuf>,
+        file: File,
+        written: u64,
+    ) -> Result<Self> {
         let reader = file.try_clone().map_err(|e| Error::Write {
-            output: out_dir.display().to_string(),
+            output: "the record of the downloads".into(),
             source: e,
         })?;
         Ok(ManifestWriter {
             path: path.map(Path::to_owned),
+            named,
             out: Some(BufWriter::new(file)),
             file: Arc::new(reader),
-            written: 0,
+            written,
             tally: Tally::default(),
             failures: Vec::new(),
         })
@@ -322,10 +414,35 @@ impl ManifestWriter {
         self.failures.reserve_exact(records);
     }
 
+    /// Where the lines are written, if the file has a name.
+    pub(crate) fn lines_path(&self) -> Option<&Path> {
+        self.named.as_deref()
+    }
+
+    /// Bytes of complete lines written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Syncs the lines written so far to disk (for a checkpoint that
+    /// counts them).
+    ///
+    /// # Errors
+    /// [`Error::Write`] on a local I/O failure.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let Some(out) = &self.out else {
+            return Ok(());
+        };
+        out.get_ref().sync_data().map_err(|e| Error::Write {
+            output: self.output(),
+            source: e,
+        })
+    }
+
     /// Where the lines are written, for error messages.
     fn output(&self) -> String {
-        match &self.path {
-            Some(path) => partial_path(path).display().to_string(),
+        match &self.named {
+            Some(path) => path.display().to_string(),
             None => "the temporary record of the downloads".into(),
         }
     }
@@ -344,7 +461,7 @@ impl ManifestWriter {
                 source: std::io::Error::other("the manifest was already committed"),
             });
         };
-        let written = out.write_all(&line).and_then(|()| match self.path {
+        let written = out.write_all(&line).and_then(|()| match self.named {
             // A killed run still leaves its lines.
             Some(_) => out.flush(),
             None => Ok(()),
@@ -386,10 +503,19 @@ impl ManifestWriter {
             source: e,
         };
         let Some(path) = &self.path else {
-            return out.into_inner().map(drop).map_err(|e| Error::Write {
+            out.into_inner().map(drop).map_err(|e| Error::Write {
                 output: self.output(),
                 source: e.into_error(),
-            });
+            })?;
+            // A job's records file: done with; still read through `file`.
+            // Its temporary area goes too if that leaves it empty.
+            if let Some(named) = &self.named {
+                let _ = std::fs::remove_file(named);
+                if let Some(temp_dir) = named.parent() {
+                    let _ = std::fs::remove_dir(temp_dir);
+                }
+            }
+            return Ok(());
         };
         let partial = partial_path(path);
         let file = out
@@ -434,22 +560,33 @@ fn anonymous_file(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Where a job that outlives its producer keeps its lines without
+/// `--manifest`: `OUT/.warren-tmp/<job>-records`, removed with the job's
+/// other temporary files.
+pub(crate) fn records_path(out_dir: &Path, job: &JobId) -> PathBuf {
+    out_dir.join(TEMP_DIR).join(format!("{job}-records"))
+}
+
 /// Creates (truncates) the partial file of the manifest at `path`.
 fn create_partial(path: &Path) -> Result<File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    create_lines_file(&partial_path(path))
+}
+
+/// Creates (truncates) the file at `partial`, and its directory.
+fn create_lines_file(partial: &Path) -> Result<File> {
+    if let Some(parent) = partial.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::Write {
             output: parent.display().to_string(),
             source: e,
         })?;
     }
-    let partial = partial_path(path);
     // Read back for the summary, so opened for reading too.
     File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&partial)
+        .open(partial)
         .map_err(|e| Error::Write {
             output: partial.display().to_string(),
             source: e,
@@ -567,6 +704,58 @@ mod tests {
         let key = ("https://h/a".to_owned(), "a.jpg".to_owned());
         assert_eq!(history.durable[&key].sha256, "ab");
         assert_eq!(history.pending[&key].sha256, "cd");
+    }
+
+    #[test]
+    fn a_job_carried_on_keeps_the_lines_its_checkpoint_counts_and_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::parse("j").unwrap();
+        let mut first = ManifestWriter::create_for_job(None, dir.path(), &job).unwrap();
+        let lines = first.lines_path().unwrap().to_owned();
+        assert_eq!(lines, records_path(dir.path(), &job));
+        let failed = ManifestRecord {
+            error: Some("gone".into()),
+            ..record("https://h/b", ItemStatus::Failed)
+        };
+        first
+            .record(0, &record("https://h/a", ItemStatus::Ok))
+            .unwrap();
+        first.record(1, &failed).unwrap();
+        first.sync().unwrap();
+        let checkpointed = first.written();
+        // Written after the checkpoint, then the producer died.
+        first
+            .record(2, &record("https://h/c", ItemStatus::Ok))
+            .unwrap();
+        drop(first);
+
+        let place_of = |r: &ManifestRecord| (r.url == "https://h/b").then_some(1);
+        let mut again = ManifestWriter::reopen(None, &lines, checkpointed, place_of).unwrap();
+        assert_eq!(again.written(), checkpointed);
+        again
+            .record(2, &record("https://h/d", ItemStatus::Ok))
+            .unwrap();
+        let text = std::fs::read_to_string(&lines).unwrap();
+        let urls: Vec<&str> = text.lines().map(|l| &l[8..19]).collect();
+        assert_eq!(urls, ["https://h/a", "https://h/b", "https://h/d"]);
+        again.commit().unwrap();
+        assert!(!lines.exists(), "a job's records file goes with the job");
+        let records = again.into_records();
+        let tally = Tally {
+            ok: 2,
+            failed: 1,
+            bytes: 6,
+            ..Tally::default()
+        };
+        assert_eq!(records.tally, tally);
+        let failures: Vec<String> = records.failures().map(|r| r.unwrap().url).collect();
+        assert_eq!(
+            failures,
+            ["https://h/b"],
+            "read back after the file is gone"
+        );
+        let short = ManifestWriter::reopen(None, &dir.path().join("none"), 0, place_of);
+        assert!(short.is_err());
     }
 
     #[test]

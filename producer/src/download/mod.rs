@@ -24,6 +24,9 @@
 //!    files durable, and only then the manifest (group commit; `--fsync`
 //!    adds a sync per file; see docs/DOWNLOADS.md).
 //!
+//! 7. `resume`: unless `--job-ttl 0`, the job outlives its producer: its
+//!    record and checkpoints, and `producer attach` carrying it on.
+//!
 //! This file holds [`run`], which strings the steps together, and
 //! [`DownloadSummary`], what it returns; the settings are in `config`.
 
@@ -35,6 +38,7 @@ pub mod manifest;
 mod placement;
 pub mod plan;
 mod publish;
+mod resume;
 mod shared;
 mod sweep;
 pub mod urls;
@@ -46,12 +50,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::protocol::FileRoute;
 use warren::{BrokerConfig, JobId};
 
 pub use config::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 
+use crate::durable::{JobRecord, JobSpec};
 use crate::error::{Error, Result};
 use crate::job::{self, Drive, JobSession, Opening, PublishCounts};
 use crate::local::LocalPlan;
@@ -59,6 +65,8 @@ use crate::progress::Progress;
 use collect::DownloadCollector;
 use manifest::{History, ManifestWriter, Records, Tally};
 use plan::Plan;
+use resume::DownloadCheckpoint;
+pub(crate) use resume::{DownloadJobSpec, resume};
 use urls::{NamedEntry, UrlList};
 
 /// What a finished download job reports.
@@ -98,7 +106,8 @@ struct Run<'a> {
     out_dir: &'a Path,
 }
 
-/// Runs a download job to its end.
+/// Runs a download job to its end. Unless `--job-ttl 0`, the job outlives
+/// its producer: its record lets `producer attach` carry it on.
 ///
 /// # Errors
 /// Bad lists or names (before anything is published), an unusable output
@@ -112,6 +121,14 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<DownloadSummary> {
     let started = Instant::now();
+    let durable = !config.job_ttl.is_zero();
+    // Pinned before they are read: a list changed later is refused by
+    // `attach`.
+    let pins = if durable {
+        Some(resume::pin_inputs(&config.inputs)?)
+    } else {
+        None
+    };
     let named = read_urls(config, progress, &shutdown).await?;
     let out_dir = make_out_dir(&config.out_dir)?;
     // Read before the writer truncates this run's partial manifest: the
@@ -121,9 +138,22 @@ pub(crate) async fn run(
         .as_deref()
         .map(History::read)
         .unwrap_or_default();
-    let manifest = ManifestWriter::create(config.manifest.as_deref(), &out_dir)?;
+    let job = JobId::random();
+    let manifest = if durable {
+        ManifestWriter::create_for_job(config.manifest.as_deref(), &out_dir, &job)?
+    } else {
+        ManifestWriter::create(config.manifest.as_deref(), &out_dir)?
+    };
     let decided = decide(&out_dir, named, (history, manifest), config, &shutdown);
     let (plan, mut manifest) = decided.await?;
+    let opening = match pins {
+        Some(pins) => {
+            let spec = DownloadJobSpec::new(config, pins, &out_dir, &plan, &manifest)?;
+            let spec = JobSpec::Download(Box::new(spec));
+            Opening::New(Box::new(JobRecord::new(job, config.job_ttl, spec)))
+        }
+        None => Opening::WithProducer(job),
+    };
     let run = Run {
         broker,
         config,
@@ -133,12 +163,25 @@ pub(crate) async fn run(
         started,
         out_dir: &out_dir,
     };
-    let fetched = fetch_missing(&run, &plan, &mut manifest).await;
+    let fetched = fetch_missing(&run, &plan, &mut manifest, Start::New(opening)).await;
     drop(plan);
-    // Also when the job ended early: the files placed so far are as good
-    // as those of a finished job, made durable and listed, so a re-run can
-    // trust them.
-    let durable = manifest::make_durable(&out_dir, manifest).await;
+    conclude(&run, manifest, fetched).await
+}
+
+/// Makes the job's files and manifest durable and sums up, also when the
+/// job ended early: the files placed so far are as good as those of a
+/// finished job, made durable and listed, so a re-run can trust them. A
+/// job that lost its broker is left as it is, for the same producer to
+/// carry on once it connects again.
+async fn conclude(
+    run: &Run<'_>,
+    manifest: ManifestWriter,
+    fetched: Result<(Option<JobId>, BTreeSet<String>)>,
+) -> Result<DownloadSummary> {
+    if let Err(lost @ Error::BrokerLost { .. }) = fetched {
+        return Err(lost);
+    }
+    let durable = manifest::make_durable(run.out_dir, manifest).await;
     let ((job_id, workers), records) = match (fetched, durable) {
         (Ok(fetched), durable) => (fetched, durable?),
         (Err(e), durable) => {
@@ -151,10 +194,10 @@ pub(crate) async fn run(
     Ok(DownloadSummary {
         job_id,
         records,
-        out_dir,
-        manifest: config.manifest.clone(),
+        out_dir: run.out_dir.to_owned(),
+        manifest: run.config.manifest.clone(),
         workers,
-        elapsed: started.elapsed(),
+        elapsed: run.started.elapsed(),
     })
 }
 
@@ -211,6 +254,15 @@ async fn decide(
     .await
 }
 
+/// How a job's broker session starts.
+enum Start {
+    /// A new job, opened this way once there is something to fetch.
+    New(Opening),
+    /// A job another producer started (`attach`): its session, and where
+    /// its checkpoint left it.
+    Resumed(Box<JobSession>, DownloadCheckpoint),
+}
+
 /// Fetches the entries `plan` says to, recording each outcome in `plan`
 /// and `manifest`; returns the job's id and the workers that answered
 /// (no job when nothing is to fetch).
@@ -218,15 +270,38 @@ async fn fetch_missing(
     run: &Run<'_>,
     plan: &Plan,
     manifest: &mut ManifestWriter,
+    start: Start,
 ) -> Result<(Option<JobId>, BTreeSet<String>)> {
-    if plan.to_fetch.is_empty() {
-        return Ok((None, BTreeSet::new()));
+    let (session, checkpoint) = match start {
+        Start::Resumed(session, checkpoint) => (*session, Some(checkpoint)),
+        Start::New(_) if plan.to_fetch.is_empty() => return Ok((None, BTreeSet::new())),
+        Start::New(opening) => {
+            let opened = JobSession::open(run.broker, opening, run.local, run.shutdown);
+            (opened.await?, None)
+        }
+    };
+    let job = session.job.clone();
+    if session.record().is_some() && checkpoint.is_none() {
+        run.progress.note(&format!(
+            "job {job} started; if this producer stops, `producer attach {job}` carries it on"
+        ));
     }
-    let job = JobId::random();
     let mut collector =
         DownloadCollector::new(job.clone(), run.config, run.out_dir, plan, manifest);
+    match &checkpoint {
+        Some(checkpoint) => collector.resumed(checkpoint),
+        None if session.record().is_some() => collector.keep_checkpoints(),
+        None => {}
+    }
     let tasks = (Arc::clone(&plan.named), Arc::clone(&plan.to_fetch));
-    let outcome = publish_and_collect(run, &mut collector, tasks).await;
+    let outcome = publish_and_collect(run, &mut collector, tasks, session).await;
+    if let Err(Error::BrokerLost { .. }) = &outcome {
+        // Everything stays for the producer that carries the job on, once
+        // the files being placed are: it may receive them again, under the
+        // same temporary names.
+        collector.finish_pending().await;
+        return outcome.map(|()| (None, BTreeSet::new()));
+    }
     if let Err(e) = &outcome {
         // Every URL still gets its manifest line: files being placed
         // finish first (their threads would run on anyway), the rest fail
@@ -239,22 +314,62 @@ async fn fetch_missing(
     outcome.map(|()| (Some(job), std::mem::take(&mut collector.workers)))
 }
 
-/// Publishes one task per entry to fetch and collects until all are done.
+/// A job's messages being made and published.
+struct Publishing {
+    /// Makes the messages; abort it when the job ends.
+    messages: JoinHandle<()>,
+    /// Publishes them; returns the job's task count.
+    publisher: JoinHandle<Result<u64>>,
+    window: Arc<Semaphore>,
+    counts: Arc<PublishCounts>,
+}
+
+impl Publishing {
+    /// Starts publishing the tasks of `tasks` that `collector` does not
+    /// count as answered, `max_in_flight` in flight at most.
+    fn start(
+        session: &JobSession,
+        tasks: publish::TaskSource,
+        collector: &DownloadCollector<'_>,
+        max_in_flight: usize,
+    ) -> Publishing {
+        let files = collector.tasks().count() as u64;
+        let (messages, outgoing) = publish::spawn_messages(
+            tasks,
+            collector.batching.clone(),
+            session.reply_queue.clone(),
+        );
+        let window = Arc::new(Semaphore::new(max_in_flight));
+        let counts = Arc::new(PublishCounts::default());
+        let publisher =
+            job::spawn_publisher(session, outgoing, Arc::clone(&window), Arc::clone(&counts));
+        // The job has a task per file, whoever published it.
+        let publisher = tokio::spawn(async move {
+            match publisher.await {
+                Ok(published) => published.map(|_| files),
+                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            }
+        });
+        Publishing {
+            messages,
+            publisher,
+            window,
+            counts,
+        }
+    }
+}
+
+/// Publishes one task per entry to fetch (those its checkpoint does not
+/// answer, for a resumed job) and collects until all are done.
 async fn publish_and_collect(
     run: &Run<'_>,
     collector: &mut DownloadCollector<'_>,
     tasks: (Arc<UrlList>, Arc<Vec<u32>>),
+    mut session: JobSession,
 ) -> Result<()> {
     let (config, progress) = (run.config, run.progress);
     let job = collector.job.clone();
     progress.set_job(&job);
-    let mut session = JobSession::open(
-        run.broker,
-        Opening::WithProducer(job.clone()),
-        run.local,
-        run.shutdown,
-    )
-    .await?;
     let swept = sweep::dead_jobs(run.out_dir, &mut session).await;
     if swept > 0 {
         tracing::info!(
@@ -263,27 +378,26 @@ async fn publish_and_collect(
         );
     }
     let files = collector.tasks().count();
+    let answered_before = collector.answered_count();
     tracing::info!(job_id = %job, files, "download job started");
     progress.start("files", Some(files as u64));
+    progress.advance(answered_before);
     // In shared mode, the marker is there before any task goes out.
     let marker = match config.delivery {
         FileRoute::Shared => Some(shared::make_marker(run.out_dir, &job)?),
         FileRoute::Broker => None,
     };
     let tasks = publish::TaskSource::new(&job, tasks, config, marker.as_deref())?;
-    let (messages, outgoing) = publish::spawn_messages(
-        tasks,
-        collector.batching.clone(),
-        session.reply_queue.clone(),
-    );
-    let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let counts = Arc::new(PublishCounts::default());
-    let publisher =
-        job::spawn_publisher(&session, outgoing, Arc::clone(&window), Arc::clone(&counts));
+    let Publishing {
+        messages,
+        publisher,
+        window,
+        counts,
+    } = Publishing::start(&session, tasks, collector, config.max_in_flight);
     let drive = Drive {
         window: &window,
         counts: &counts,
-        answered_before: 0,
+        answered_before,
         timeout: config.timeout,
         stall_timeout: config.stall_timeout,
         progress,
@@ -292,7 +406,13 @@ async fn publish_and_collect(
     };
     let outcome = job::drive(&mut session, collector, publisher, drive).await;
     messages.abort();
-    session.close().await;
     progress.finish();
+    // A job that outlives its producer outlives a lost connection too: the
+    // caller connects again and carries it on from its record.
+    if outcome.is_err() && !session.is_connected() && session.record().is_some() {
+        session.detach().await;
+        return Err(Error::BrokerLost { job });
+    }
+    session.close().await;
     outcome.map(drop)
 }

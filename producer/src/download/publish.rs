@@ -102,8 +102,21 @@ pub(super) fn spawn_messages(
     (making, receiver)
 }
 
-/// Groups `tasks` into messages for the publisher, in order, each with as
-/// many tasks as `batching` says when it is made.
+/// The next run of consecutive tasks from `next` not answered yet (a
+/// resumed job's checkpoint answered some), at most `per_message` long;
+/// `None` when every task from `next` on is answered.
+fn next_run(tasks: &TaskSource, batching: &Batching, next: u64) -> Option<std::ops::Range<u64>> {
+    let registry = batching.messages.lock();
+    let start = (next..tasks.len()).find(|&index| !registry.is_answered(index))?;
+    let limit = tasks.len().min(start + batching.per_message());
+    let end = (start..limit)
+        .find(|&index| registry.is_answered(index))
+        .unwrap_or(limit);
+    Some(start..end)
+}
+
+/// Groups the tasks not answered yet into messages for the publisher, in
+/// order, each with as many tasks as `batching` says when it is made.
 async fn make_messages(
     tasks: TaskSource,
     batching: Batching,
@@ -111,9 +124,9 @@ async fn make_messages(
     messages: mpsc::Sender<OutgoingTask>,
 ) {
     let mut next = 0;
-    while next < tasks.len() {
-        let end = tasks.len().min(next + batching.per_message());
-        let batch: Vec<DownloadTask> = (next..end)
+    while let Some(run) = next_run(&tasks, &batching, next) {
+        let (start, end) = (run.start, run.end);
+        let batch: Vec<DownloadTask> = (start..end)
             .map(|index| {
                 tasks
                     .task(index)
@@ -123,7 +136,9 @@ async fn make_messages(
         next = end;
         let batch = DownloadBatch::new(batch).expect("consecutive tasks of one job make a message"); // invariant: indices 0, 1, 2, ... of one job
         let carried = batch.tasks().len() as u64;
-        batching.sent(batch.index(), carried);
+        if !batching.sent(batch.index(), carried) {
+            continue; // answered meanwhile (by an earlier producer's result)
+        }
         let outgoing = OutgoingTask {
             first: batch.index(),
             body: batch.body(),

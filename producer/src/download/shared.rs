@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 
 /// Makes the job's marker file in the output directory's temporary area,
 /// which every worker must find in its own shared directory before it
-/// downloads anything (see [`warren::protocol::marker_name`]). It is
-/// removed with the job's other temporary files. Returns its name.
+/// downloads anything (see [`warren::protocol::marker_name`]), unless it is
+/// there already as a file (a job carried on by `attach`). It is removed
+/// with the job's other temporary files. Returns its name.
 ///
 /// # Errors
 /// [`Error::Write`] when it cannot be made.
@@ -37,6 +38,11 @@ pub(crate) fn make_marker(out_dir: &Path, job: &JobId) -> Result<String> {
                 .write(true)
                 .create_new(true)
                 .open(&path)
+                .map(drop)
+                .or_else(|e| match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_file() => Ok(()),
+                    _ => Err(e),
+                })
         })
         .map_err(|e| Error::Write {
             output: path.display().to_string(),

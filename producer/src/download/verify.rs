@@ -89,9 +89,16 @@ pub(crate) fn received_file(
 /// producer sees it, against the worker's report (`bytes`, `sha256`) and
 /// the expected checksum. Blocking.
 ///
+/// The content is not read again: the worker computed its SHA-256 in the
+/// one pass that wrote it (issue 13: one pass over the bytes). What the
+/// producer checks is that the file is there, as a regular file in a real
+/// temporary directory, with the reported size: a worker whose
+/// `--shared-dir` is other storage, or a file cut short on its way to
+/// shared storage, is caught here.
+///
 /// # Errors
 /// [`Error::FileRejected`] when the file is not there as a regular file,
-/// cannot be read, or differs.
+/// or its size or checksum differs.
 pub(crate) fn stored_file(
     out_dir: &Path,
     temp: &Path,
@@ -100,31 +107,25 @@ pub(crate) fn stored_file(
 ) -> Result<Saved> {
     let rejected = |reason: String| Error::FileRejected { reason };
     // Only a real directory and a regular file: a link could make the
-    // producer read, and then move, a file from elsewhere.
-    let temp_dir = out_dir.join(TEMP_DIR);
-    let real = |path: &Path, dir: bool| {
-        std::fs::symlink_metadata(path)
-            .is_ok_and(|meta| if dir { meta.is_dir() } else { meta.is_file() })
+    // producer move a file from elsewhere.
+    let temp_dir_is_real =
+        std::fs::symlink_metadata(out_dir.join(TEMP_DIR)).is_ok_and(|meta| meta.is_dir());
+    let size = match std::fs::symlink_metadata(temp) {
+        Ok(meta) if temp_dir_is_real && meta.is_file() => meta.len(),
+        _ => {
+            return Err(rejected(format!(
+                "the worker stored the file but {} is not a file here: do --out-dir and the \
+                 workers' --shared-dir point at the same storage?",
+                temp.display()
+            )));
+        }
     };
-    if !real(&temp_dir, true) || !real(temp, false) {
+    if size != bytes {
         return Err(rejected(format!(
-            "the worker stored the file but {} is not a file here: do --out-dir and the \
-             workers' --shared-dir point at the same storage?",
-            temp.display()
+            "the stored file has {size} bytes, but the worker stored {bytes} bytes"
         )));
     }
-    let (size, got) = hash_file(temp).map_err(|e| {
-        rejected(format!(
-            "the worker stored the file but {} cannot be read here ({e})",
-            temp.display()
-        ))
-    })?;
-    if size != bytes || !got.eq_ignore_ascii_case(sha256) {
-        return Err(rejected(format!(
-            "the stored file has {size} bytes with sha256 {got}, but the worker stored {bytes} \
-             bytes with sha256 {sha256}"
-        )));
-    }
+    let got = sha256.to_ascii_lowercase();
     check_expected(expected_sha256, &got)?;
     Ok(Saved { bytes, sha256: got })
 }

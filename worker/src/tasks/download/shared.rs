@@ -196,8 +196,14 @@ fn write_file(
     // disk when the producer hears of it. Otherwise closing it
     // hands the data to the file system (on NFS, to the server),
     // and the producer's one `syncfs` at the end of the job makes
-    // it durable with all the others.
-    if fsync { file.sync_all() } else { Ok(()) }
+    // it durable with all the others; its writeback starts now, so
+    // that the final sync has little left to do.
+    if fsync {
+        file.sync_all()
+    } else {
+        warren::writeback::start_writeback(&file);
+        Ok(())
+    }
 }
 
 /// Creates the attempt's file in the temporary area, making the area
