@@ -6,7 +6,7 @@
 use anyhow::Result;
 use warren_bench::cluster::Cluster;
 use warren_bench::report::Sample;
-use warren_bench::scenarios::ceiling::{Acking, QueueType, Shape, measure};
+use warren_bench::scenarios::ceiling::{Acking, Message, QueueType, Shape, measure};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -46,14 +46,16 @@ fn main() -> Result<()> {
 }
 
 fn shapes(which: &str) -> Result<Vec<(String, Shape)>> {
-    let (queue, body, count) = match which {
-        "quorum64" => (QueueType::Quorum, 64, 40_000),
-        "quorum1m" => (QueueType::Quorum, 1 << 20, 800),
-        "classic256k" => (QueueType::Classic, 256 << 10, 2_000),
-        "classic1m" => (QueueType::Classic, 1 << 20, 800),
+    // As the ceiling rows measure them: sum tasks on a quorum queue,
+    // download chunks on a classic one.
+    let (queue, message, body, count) = match which {
+        "quorum64" => (QueueType::Quorum, Message::SumTask, 64, 40_000),
+        "quorum1m" => (QueueType::Quorum, Message::SumTask, 1 << 20, 800),
+        "classic256k" => (QueueType::Classic, Message::BodyChunk, 256 << 10, 2_000),
+        "classic1m" => (QueueType::Classic, Message::BodyChunk, 1 << 20, 800),
         other => anyhow::bail!("unknown shape {other}"),
     };
-    let best = Shape::best(queue, body, count);
+    let best = Shape::best(queue, message, body, count);
     let mut shapes = vec![("best".to_owned(), best)];
     for (window, prefetch, acking) in [
         (2_000, 1_000, Acking::EachDelivery),
