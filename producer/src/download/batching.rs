@@ -7,9 +7,14 @@
 //! message; for large files one slow message would keep a worker busy while
 //! others idle, so each gets its own. File sizes are not known before the
 //! first downloads finish: messages start with one download each, and the
-//! collector's [`Batching::observe`] of finished files sets how many the
-//! next messages carry, aiming at [`TARGET_MESSAGE_BYTES`] of files per
-//! message. The messages sent are recorded in the job's
+//! collector's [`Batching::observe`] of finished downloads sets how many
+//! the next messages carry, aiming at [`TARGET_MESSAGE_BYTES`] of files per
+//! message. Every download a worker reports counts, with the bytes it
+//! received: a saved file with its size, a failed download with what came
+//! before it failed. So a list of URLs that fail at once (404s) is carried
+//! as many to a message as small files are; the downloads of a message run
+//! concurrently, so slow failures batched together overlap too. The
+//! messages sent are recorded in the job's
 //! [`MessageRegistry`](crate::job::MessageRegistry).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +34,7 @@ pub(crate) struct Batching {
     /// At most this many per message: an eighth of the in-flight window,
     /// so that messages in flight still spread over several workers.
     max: u64,
-    /// Bytes and count of the files finished so far.
+    /// Bytes and count of the downloads finished so far.
     seen: Arc<Mutex<(u64, u64)>>,
     /// The messages sent and the tasks answered. A message is recorded
     /// before it is published, so every result finds it here, and
@@ -53,7 +58,7 @@ impl Batching {
         self.per_message.load(Ordering::Relaxed)
     }
 
-    /// Takes note of a finished file of `bytes`.
+    /// Takes note of a finished download of `bytes`, saved or failed.
     pub(crate) fn observe(&self, bytes: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.0 = seen.0.saturating_add(bytes);

@@ -30,7 +30,7 @@ use super::manifest::{ItemStatus, ManifestRecord, ManifestWriter, Verified};
 use super::plan::Plan;
 use super::resume::DownloadCheckpoint;
 use super::shared;
-use super::urls::NamedEntry;
+use super::urls::{NamedEntry, UrlList};
 use super::verify::Saved;
 use crate::error::{Error, Result};
 use crate::job::{Accepted, Collector, explain_dead_letter};
@@ -46,10 +46,10 @@ pub(super) struct DownloadCollector<'a> {
     delivery: FileRoute,
     pub(super) assembler: Assembler,
     out_dir: PathBuf,
-    named: &'a [NamedEntry],
+    named: &'a UrlList,
     /// Slots in `named` of the entries being fetched; task `i` is
-    /// `named[to_fetch[i]]`.
-    to_fetch: &'a [usize],
+    /// `named.get(to_fetch[i])`.
+    to_fetch: &'a [u32],
     /// By slot: what warren last verified at the name, carried forward in
     /// a failed record (see `manifest`).
     last_ok: &'a HashMap<usize, Verified>,
@@ -93,7 +93,7 @@ impl<'a> DownloadCollector<'a> {
             job,
             delivery: config.delivery,
             out_dir: out_dir.to_owned(),
-            named: &plan.named[..],
+            named: &plan.named,
             to_fetch: &plan.to_fetch[..],
             last_ok: &plan.last_ok,
             replace: &plan.replace,
@@ -140,16 +140,16 @@ impl<'a> DownloadCollector<'a> {
     }
 
     /// The entries of the tasks, in task order.
-    pub(super) fn tasks(&self) -> impl Iterator<Item = &'a NamedEntry> + 'a {
+    pub(super) fn tasks(&self) -> impl Iterator<Item = NamedEntry<'a>> + 'a {
         let (named, to_fetch) = (self.named, self.to_fetch);
-        to_fetch.iter().map(move |&slot| &named[slot])
+        to_fetch.iter().map(move |&slot| named.get(slot as usize))
     }
 
     /// The entry of task `index`, unless it is unknown, already done, or
     /// being finished (a redelivered task's second report is ignored).
-    fn open_task(&self, index: u64) -> Option<&'a NamedEntry> {
+    fn open_task(&self, index: u64) -> Option<NamedEntry<'a>> {
         let slot = *self.to_fetch.get(usize::try_from(index).ok()?)?;
-        (!self.is_done(index)).then_some(&self.named[slot])
+        (!self.is_done(index)).then(|| self.named.get(slot as usize))
     }
 
     /// Whether task `index` is answered or being finished.
@@ -164,12 +164,12 @@ impl<'a> DownloadCollector<'a> {
     }
 
     /// The entry of task `index`, which is known.
-    fn entry(&self, index: u64) -> &'a NamedEntry {
-        &self.named[self.slot(index)]
+    fn entry(&self, index: u64) -> NamedEntry<'a> {
+        self.named.get(self.slot(index))
     }
 
     fn slot(&self, index: u64) -> usize {
-        self.to_fetch[usize::try_from(index).expect("a task index within the list")] // invariant: tasks are numbered within to_fetch
+        self.to_fetch[usize::try_from(index).expect("a task index within the list")] as usize // invariant: tasks are numbered within to_fetch
     }
 
     /// Writes task `index`'s `record` to the manifest and marks the task
@@ -307,7 +307,7 @@ impl<'a> DownloadCollector<'a> {
         let same_urls = fits
             && (first..end)
                 .zip(reports)
-                .all(|(index, report)| *self.entry(index).listed.url == *report.url);
+                .all(|(index, report)| self.entry(index).url() == report.url);
         same_urls.then_some(first..end)
     }
 
@@ -377,6 +377,9 @@ impl<'a> DownloadCollector<'a> {
             return Ok(Accepted::Other);
         }
         self.assembler.forget(index);
+        // A failed download took a message's turn like a file of the
+        // bytes it received (a 404: next to none).
+        self.batching.observe(report.bytes);
         record.error = Some(
             report
                 .error
@@ -396,10 +399,10 @@ impl<'a> DownloadCollector<'a> {
         let entry = self.entry(index);
         let completion = self.assembler.complete(
             index,
-            &entry.name,
+            &entry.path(),
             report.attempt.as_deref().unwrap_or_default(),
             (report.bytes, report.sha256.as_deref().unwrap_or_default()),
-            entry.listed.sha256.as_deref(),
+            entry.sha256(),
         );
         match completion {
             Ok(Completion::Ready(ready)) => {
@@ -461,8 +464,8 @@ impl<'a> DownloadCollector<'a> {
         self.received += report.bytes;
         let entry = self.entry(index);
         let out_dir = self.out_dir.clone();
-        let name = entry.name.clone();
-        let expected = entry.listed.sha256.clone();
+        let name = entry.path();
+        let expected = entry.sha256().map(str::to_owned);
         let reported = (report.bytes, report.sha256.clone().unwrap_or_default());
         let replace = self.replace_at(index);
         self.finish_in_background(index, record, move || {
@@ -609,16 +612,16 @@ impl Collector for DownloadCollector<'_> {
 mod tests {
     use super::*;
     use crate::download::manifest::Tally;
-    use crate::download::urls::{Origin, UrlEntry};
+    use crate::download::urls;
     use sha2::{Digest, Sha256};
-    use warren::filename::{RelativePath, TEMP_DIR};
+    use warren::filename::TEMP_DIR;
     use warren::protocol::{DownloadError, DownloadErrorKind, DownloadReport};
 
     /// What a collector borrows, for one URL `https://h/f.bin` saved as
     /// `f.bin`.
     struct Fixture {
         dir: tempfile::TempDir,
-        named: Vec<NamedEntry>,
+        named: UrlList,
         /// Holds the manifest, apart from the output directory.
         manifest_dir: tempfile::TempDir,
         manifest: ManifestWriter,
@@ -631,24 +634,14 @@ mod tests {
 
         /// `n` URLs, `https://h/f.bin` then `https://h/f1.bin`, ...
         fn with_files(n: usize) -> Fixture {
-            let named = (0..n)
-                .map(|i| {
-                    let file = if i == 0 {
-                        "f.bin".to_owned()
-                    } else {
-                        format!("f{i}.bin")
-                    };
-                    NamedEntry {
-                        listed: UrlEntry {
-                            origin: Origin::argument(i as u64 + 1),
-                            url: format!("https://h/{file}").into(),
-                            sha256: None,
-                        },
-                        name: RelativePath::parse(&file).unwrap(),
-                        given: false,
-                    }
+            let urls: Vec<String> = (0..n)
+                .map(|i| match i {
+                    0 => "https://h/f.bin".to_owned(),
+                    _ => format!("https://h/f{i}.bin"),
                 })
                 .collect();
+            let mut named = UrlList::default();
+            urls::add_arguments(&urls, &mut named).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let manifest_dir = tempfile::tempdir().unwrap();
             let path = manifest_dir.path().join("manifest.jsonl");
@@ -823,6 +816,34 @@ mod tests {
             "task 0 is another message"
         );
         assert_eq!(records.len(), 3, "each of tasks 1 to 3 once");
+    }
+
+    #[tokio::test]
+    async fn failed_downloads_count_for_batching_as_the_bytes_they_received() {
+        // Issue 13: a list of 404s went one URL per message.
+        let mut fixture = Fixture::with_files(2);
+        let none = HashMap::new();
+        let mut collector = fixture.collector(FileRoute::Broker, &none);
+        assert_eq!(collector.batching.per_message(), 1);
+        collector.batching.sent(0, 1);
+        let accepted = collector.answer(0, "w".into(), vec![failed("a")]).await;
+        assert_eq!(accepted.unwrap(), Accepted::Answered(1));
+        assert_eq!(
+            collector.batching.per_message(),
+            8,
+            "as many as the window allows, as for tiny files"
+        );
+        collector.batching.sent(1, 1);
+        let large = DownloadReport {
+            bytes: 64 << 20,
+            ..failed("b")
+        };
+        collector.answer(1, "w".into(), vec![large]).await.unwrap();
+        assert_eq!(
+            collector.batching.per_message(),
+            1,
+            "a download that failed late, after 64 MiB, counts its bytes"
+        );
     }
 
     #[tokio::test]

@@ -90,10 +90,10 @@ pub struct Verified {
 impl ManifestRecord {
     /// The record of `entry` before its outcome is known: failed, with
     /// nothing else said yet.
-    pub(crate) fn for_entry(entry: &NamedEntry) -> ManifestRecord {
+    pub(crate) fn for_entry(entry: NamedEntry<'_>) -> ManifestRecord {
         ManifestRecord {
-            url: entry.listed.url.to_string(),
-            path: entry.name.to_string(),
+            url: entry.url().to_owned(),
+            path: entry.name().to_owned(),
             status: ItemStatus::Failed,
             bytes: 0,
             sha256: None,
@@ -247,8 +247,10 @@ pub struct Records {
     /// The file holding the lines (the manifest, or an anonymous file).
     file: Arc<File>,
     /// The failed lines: (the URL's place in the list, where its line
-    /// starts), in list order.
-    failures: Arc<[(u64, u64)]>,
+    /// starts), in list order. The writer's own `Vec`: made an
+    /// `Arc<[_]>`, it would be copied, both copies held at once (16 MB
+    /// each for a million failed URLs).
+    failures: Arc<Vec<(u64, u64)>>,
 }
 
 impl Records {
@@ -407,6 +409,11 @@ impl ManifestWriter {
         })
     }
 
+    /// Makes room for `records` more records without growing.
+    pub(crate) fn reserve(&mut self, records: usize) {
+        self.failures.reserve_exact(records);
+    }
+
     /// Where the lines are written, if the file has a name.
     pub(crate) fn lines_path(&self) -> Option<&Path> {
         self.named.as_deref()
@@ -529,7 +536,7 @@ impl ManifestWriter {
         Records {
             tally: self.tally,
             file: self.file,
-            failures: self.failures.into(),
+            failures: Arc::new(self.failures),
         }
     }
 }

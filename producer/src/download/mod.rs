@@ -67,7 +67,7 @@ use manifest::{History, ManifestWriter, Records, Tally};
 use plan::Plan;
 use resume::DownloadCheckpoint;
 pub(crate) use resume::{DownloadJobSpec, resume};
-use urls::{NamedEntry, Repeat};
+use urls::{NamedEntry, UrlList};
 
 /// What a finished download job reports.
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let (named, repeats) = read_urls(config, progress, &shutdown).await?;
+    let named = read_urls(config, progress, &shutdown).await?;
     let out_dir = make_out_dir(&config.out_dir)?;
     // Read before the writer truncates this run's partial manifest: the
     // partial one of a run that never finished is part of the history.
@@ -144,13 +144,7 @@ pub(crate) async fn run(
     } else {
         ManifestWriter::create(config.manifest.as_deref(), &out_dir)?
     };
-    let decided = decide(
-        &out_dir,
-        (named, repeats),
-        (history, manifest),
-        config,
-        &shutdown,
-    );
+    let decided = decide(&out_dir, named, (history, manifest), config, &shutdown);
     let (plan, mut manifest) = decided.await?;
     let opening = match pins {
         Some(pins) => {
@@ -213,17 +207,19 @@ async fn read_urls(
     config: &DownloadConfig,
     progress: &Progress,
     shutdown: &CancellationToken,
-) -> Result<(Vec<NamedEntry>, Vec<Repeat>)> {
+) -> Result<UrlList> {
     let inputs = config.inputs.clone();
-    let entries = job::read_blocking(shutdown, move || urls::read_all(&inputs)).await?;
-    let (named, repeats) = urls::assign_names(entries)?;
-    for repeat in &repeats {
+    let mut named = job::read_blocking(shutdown, move || urls::read_all(&inputs)).await?;
+    urls::assign_names(&mut named)?;
+    for repeat in named.repeats() {
         progress.warn(&format!(
             "{} repeats {} ({}) and is fetched only once",
-            repeat.entry.origin, named[repeat.of].listed.origin, repeat.entry.url
+            repeat.entry.origin(),
+            named.get(repeat.of).origin(),
+            repeat.entry.url()
         ));
     }
-    Ok((named, repeats))
+    Ok(named)
 }
 
 /// Creates the output directory if need be; returns its canonical path.
@@ -242,7 +238,7 @@ fn make_out_dir(out_dir: &Path) -> Result<PathBuf> {
 /// `manifest`.
 async fn decide(
     out_dir: &Path,
-    (named, repeats): (Vec<NamedEntry>, Vec<Repeat>),
+    named: UrlList,
     (history, mut manifest): (History, ManifestWriter),
     config: &DownloadConfig,
     shutdown: &CancellationToken,
@@ -251,8 +247,8 @@ async fn decide(
     let overwrite = config.overwrite;
     // Hashing thousands of existing files takes a while: Ctrl-C stops it.
     job::read_blocking(shutdown, move || {
-        let decide = |entry: &NamedEntry| plan::decide(&out_dir, entry, &history, overwrite);
-        let plan = Plan::new(named, &repeats, decide, &mut manifest)?;
+        let decide = |entry: NamedEntry<'_>| plan::decide(&out_dir, entry, &history, overwrite);
+        let plan = Plan::new(named, decide, &mut manifest)?;
         Ok((plan, manifest))
     })
     .await
@@ -368,7 +364,7 @@ impl Publishing {
 async fn publish_and_collect(
     run: &Run<'_>,
     collector: &mut DownloadCollector<'_>,
-    tasks: (Arc<Vec<NamedEntry>>, Arc<Vec<usize>>),
+    tasks: (Arc<UrlList>, Arc<Vec<u32>>),
     mut session: JobSession,
 ) -> Result<()> {
     let (config, progress) = (run.config, run.progress);

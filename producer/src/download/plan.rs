@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::manifest::{History, ItemStatus, ManifestRecord, ManifestWriter, Verified};
-use super::urls::{NamedEntry, Repeat};
+use super::urls::{NamedEntry, UrlList};
 use super::verify::hash_file;
 use crate::error::Result;
 
@@ -65,12 +65,12 @@ pub(crate) enum Decision {
 /// Decides for one entry.
 pub(crate) fn decide(
     out_dir: &Path,
-    named: &NamedEntry,
+    named: NamedEntry<'_>,
     history: &History,
     overwrite: bool,
 ) -> Decision {
-    let target = named.name.under(out_dir);
-    let key = (named.listed.url.to_string(), named.name.as_str().to_owned());
+    let target = named.path().under(out_dir);
+    let key = (named.url().to_owned(), named.name().to_owned());
     let known = history.durable.get(&key).cloned();
     let pending = history.pending.get(&key);
     let refuse = |reason: String| Decision::Refuse {
@@ -110,7 +110,7 @@ pub(crate) fn decide(
 /// from the durable manifest, `pending` from a run that never finished.
 fn judge_existing(
     target: &Path,
-    named: &NamedEntry,
+    named: NamedEntry<'_>,
     found: Verified,
     known: Option<Verified>,
     pending: Option<&Verified>,
@@ -132,8 +132,8 @@ fn judge_existing(
         ),
         last_ok: known.clone(),
     };
-    if let Some(expected) = &named.listed.sha256 {
-        return if **expected == *sha256 {
+    if let Some(expected) = named.sha256() {
+        return if expected == sha256 {
             Decision::Skip { bytes, sha256 }
         } else if overwrite || ours {
             fetch(true)
@@ -151,7 +151,9 @@ fn judge_existing(
         Some(verified) => differs(format!(
             "{bytes} bytes with sha256 {sha256}, but warren downloaded {} bytes with sha256 {} \
              from {}",
-            verified.bytes, verified.sha256, named.listed.url
+            verified.bytes,
+            verified.sha256,
+            named.url()
         )),
         // Nothing durable says what the file should hold: it may be one a
         // power cut damaged. Fetched again and compared when it arrives.
@@ -162,9 +164,9 @@ fn judge_existing(
 /// Why the directories on the way to `named` cannot be used, if so: no
 /// component may be a symbolic link (it could point outside the output
 /// directory) or anything but a directory.
-fn blocked_path(out_dir: &Path, named: &NamedEntry) -> Option<String> {
+fn blocked_path(out_dir: &Path, named: NamedEntry<'_>) -> Option<String> {
     let mut on_the_way = out_dir.to_path_buf();
-    let components: Vec<&str> = named.name.as_str().split('/').collect();
+    let components: Vec<&str> = named.name().split('/').collect();
     for component in &components[..components.len() - 1] {
         on_the_way.push(component);
         match std::fs::symlink_metadata(&on_the_way) {
@@ -189,11 +191,12 @@ fn blocked_path(out_dir: &Path, named: &NamedEntry) -> Option<String> {
 /// entries themselves.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    /// Every entry but exact repeats, in list order (shared with the
-    /// task publisher).
-    pub(crate) named: Arc<Vec<NamedEntry>>,
-    /// Slots of the entries to download; task `i` is `named[to_fetch[i]]`.
-    pub(crate) to_fetch: Arc<Vec<usize>>,
+    /// Every entry, in list order, exact repeats set apart (shared with
+    /// the task publisher).
+    pub(crate) named: Arc<UrlList>,
+    /// Slots of the entries to download; task `i` is
+    /// `named.get(to_fetch[i])`.
+    pub(crate) to_fetch: Arc<Vec<u32>>,
     /// By slot, for the entries that have it: what warren last verified
     /// at the name ([`Decision::Fetch`]).
     pub(crate) last_ok: HashMap<usize, Verified>,
@@ -206,31 +209,35 @@ impl Plan {
     /// Decides for every entry, in order, with `decide` (which hashes the
     /// files that exist: blocking): skipped and refused ones get their
     /// record in `manifest` at once; the others are to fetch. The exact
-    /// `repeats` get theirs after all the others.
+    /// repeats get theirs after all the others.
     ///
     /// # Errors
     /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
     /// written.
     pub(crate) fn new(
-        named: Vec<NamedEntry>,
-        repeats: &[Repeat],
-        decide: impl Fn(&NamedEntry) -> Decision,
+        named: UrlList,
+        decide: impl Fn(NamedEntry<'_>) -> Decision,
         manifest: &mut ManifestWriter,
     ) -> Result<Plan> {
+        // Room for every entry and record at once: a long list's vectors
+        // never grow by copying (a copy leaves the old one's pages in the
+        // heap), and room never written costs no memory.
+        manifest.reserve(named.len() + named.repeats().count());
         let mut plan = Plan {
             to_fetch: Arc::default(),
             last_ok: HashMap::new(),
-            replace: Vec::new(),
+            replace: Vec::with_capacity(named.len()),
             named: Arc::default(),
         };
-        let mut to_fetch = Vec::new();
-        for (slot, entry) in named.iter().enumerate() {
+        let mut to_fetch = Vec::with_capacity(named.len());
+        // Slots fit in `u32`: `UrlList` holds no more entries.
+        for (slot, entry) in (0u32..).zip(named.iter()) {
             let record = match decide(entry) {
                 Decision::Fetch { last_ok, replace } => {
                     to_fetch.push(slot);
                     plan.replace.push(replace);
                     if let Some(last_ok) = last_ok {
-                        plan.last_ok.insert(slot, last_ok);
+                        plan.last_ok.insert(slot as usize, last_ok);
                     }
                     continue;
                 }
@@ -246,32 +253,28 @@ impl Plan {
                     ..ManifestRecord::for_entry(entry)
                 },
             };
-            manifest.record(slot, &record)?;
+            manifest.record(slot as usize, &record)?;
         }
-        record_repeats(&named, repeats, manifest)?;
+        record_repeats(&named, manifest)?;
         plan.named = Arc::new(named);
         plan.to_fetch = Arc::new(to_fetch);
         Ok(plan)
     }
 }
 
-/// Writes the records of the exact `repeats` of `named` to `manifest`,
+/// Writes the records of the exact repeats in `named` to `manifest`,
 /// each saying which entry it repeats, after every other entry.
 ///
 /// # Errors
 /// [`Error::Write`](crate::Error::Write) when the manifest cannot be
 /// written.
-fn record_repeats(
-    named: &[NamedEntry],
-    repeats: &[Repeat],
-    manifest: &mut ManifestWriter,
-) -> Result<()> {
-    for (i, repeat) in repeats.iter().enumerate() {
-        let original = &named[repeat.of];
+fn record_repeats(named: &UrlList, manifest: &mut ManifestWriter) -> Result<()> {
+    for (i, repeat) in named.repeats().enumerate() {
+        let original = named.get(repeat.of);
         let record = ManifestRecord {
-            url: repeat.entry.url.to_string(),
+            url: repeat.entry.url().to_owned(),
             status: ItemStatus::Skipped,
-            error: Some(format!("repeats {}: fetched once", original.listed.origin)),
+            error: Some(format!("repeats {}: fetched once", original.origin())),
             ..ManifestRecord::for_entry(original)
         };
         manifest.record(named.len() + i, &record)?;
@@ -282,21 +285,22 @@ fn record_repeats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::download::urls::{Origin, UrlEntry};
+    use crate::download::urls;
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
-    use warren::filename::RelativePath;
 
-    fn entry(name: &str, sha256: Option<String>) -> NamedEntry {
-        NamedEntry {
-            listed: UrlEntry {
-                origin: Origin::argument(1),
-                url: "https://h/f".into(),
-                sha256: sha256.map(String::into_boxed_str),
-            },
-            name: RelativePath::parse(name).unwrap(),
-            given: false,
-        }
+    /// The list of one URL, `https://h/f`, saved as `name`.
+    fn entry(name: &str, sha256: Option<String>) -> UrlList {
+        let sha256 = sha256.map(|hex| format!(" sha256:{hex}"));
+        let line = format!("https://h/f {name}{}", sha256.unwrap_or_default());
+        let mut list = UrlList::default();
+        urls::add_arguments(&[line], &mut list).unwrap();
+        list
+    }
+
+    /// [`super::decide`] for the one entry of `list`.
+    fn decide(out_dir: &Path, list: &UrlList, history: &History, overwrite: bool) -> Decision {
+        super::decide(out_dir, list.get(0), history, overwrite)
     }
 
     fn sha(data: &[u8]) -> String {

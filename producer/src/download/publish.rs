@@ -19,7 +19,7 @@ use warren::protocol::{DownloadBatch, DownloadLimits, DownloadSpec, DownloadTask
 
 use super::batching::Batching;
 use super::config::DownloadConfig;
-use super::urls::NamedEntry;
+use super::urls::UrlList;
 use crate::error::Result;
 use crate::job::OutgoingTask;
 
@@ -29,9 +29,9 @@ use crate::job::OutgoingTask;
 #[derive(Debug, Clone)]
 pub(super) struct TaskSource {
     job: JobId,
-    named: Arc<Vec<NamedEntry>>,
-    /// Task `i` fetches `named[to_fetch[i]]`.
-    to_fetch: Arc<Vec<usize>>,
+    named: Arc<UrlList>,
+    /// Task `i` fetches `named.get(to_fetch[i])`.
+    to_fetch: Arc<Vec<u32>>,
     delivery: FileRoute,
     limits: DownloadLimits,
     fsync: bool,
@@ -47,7 +47,7 @@ impl TaskSource {
     /// [`Error::Warren`](crate::Error::Warren) when a task cannot be made.
     pub(super) fn new(
         job: &JobId,
-        (named, to_fetch): (Arc<Vec<NamedEntry>>, Arc<Vec<usize>>),
+        (named, to_fetch): (Arc<UrlList>, Arc<Vec<u32>>),
         config: &DownloadConfig,
         marker: Option<&str>,
     ) -> Result<TaskSource> {
@@ -69,11 +69,11 @@ impl TaskSource {
     /// Task `index`.
     fn task(&self, index: u64) -> Result<DownloadTask> {
         let slot = self.to_fetch[usize::try_from(index).unwrap_or(usize::MAX)];
-        let entry = &self.named[slot];
+        let entry = self.named.get(slot as usize);
         let spec = DownloadSpec {
-            url: entry.listed.url.to_string(),
-            name: entry.name.to_string(),
-            sha256: entry.listed.sha256.as_deref().map(str::to_owned),
+            url: entry.url().to_owned(),
+            name: entry.name().to_owned(),
+            sha256: entry.sha256().map(str::to_owned),
             delivery: self.delivery,
             limits: self.limits,
             fsync: self.fsync,

@@ -16,7 +16,7 @@
 //! the reply queue settle what they can, and the new tasks the rest (see
 //! `DownloadCollector::resumed`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ use warren::protocol::{DownloadLimits, FileRoute, VersionPin};
 
 use super::manifest::{ManifestRecord, ManifestWriter, Verified};
 use super::plan::Plan;
-use super::urls::NamedEntry;
+use super::urls::UrlList;
 use super::{DownloadConfig, DownloadSummary, Run, Start, UrlInput};
 use crate::durable::JobRecord;
 use crate::error::{Error, Result};
@@ -69,10 +69,10 @@ pub(crate) struct DownloadJobSpec {
     limits: DownloadLimits,
     max_in_flight: usize,
     /// Slots of the entries to fetch, as `[start, end)` ranges: task `i`
-    /// is the `i`-th slot.
-    to_fetch: Vec<(usize, usize)>,
+    /// is the `i`-th slot. `u32`, as the plan's: a list holds no more.
+    to_fetch: Vec<(u32, u32)>,
     /// Tasks whose file may replace other content at its name.
-    replace: Vec<(usize, usize)>,
+    replace: Vec<(u32, u32)>,
     /// By slot: what warren last verified at the name.
     last_ok: Vec<(usize, Verified)>,
 }
@@ -146,7 +146,8 @@ impl DownloadJobSpec {
                 .expect("a job that outlives its producer writes its lines to a named file") // invariant: ManifestWriter::create_for_job
                 .to_owned(),
         };
-        let replaced = plan.replace.iter().enumerate().filter(|(_, r)| **r);
+        // Task numbers fit in `u32`: there are no more than slots.
+        let replaced = (0u32..).zip(&plan.replace).filter(|(_, r)| **r);
         let mut last_ok: Vec<(usize, Verified)> =
             plan.last_ok.iter().map(|(s, v)| (*s, v.clone())).collect();
         last_ok.sort_unstable_by_key(|(slot, _)| *slot);
@@ -226,15 +227,22 @@ impl DownloadJobSpec {
     }
 
     /// The first run's plan for `named`, as the record keeps it.
-    fn plan(&self, named: Vec<NamedEntry>, job: &str) -> Result<Plan> {
-        let to_fetch: Vec<usize> = self.to_fetch.iter().flat_map(|&(s, e)| s..e).collect();
+    fn plan(&self, named: UrlList, job: &str) -> Result<Plan> {
+        // Sized at once, as `Plan::new` does: a long list's vector never
+        // grows by copying.
+        let tasks = self
+            .to_fetch
+            .iter()
+            .map(|&(s, e)| e.saturating_sub(s) as usize);
+        let mut to_fetch = Vec::with_capacity(tasks.sum());
+        to_fetch.extend(self.to_fetch.iter().flat_map(|&(s, e)| s..e));
         let mut replace = vec![false; to_fetch.len()];
         for task in self.replace.iter().flat_map(|&(s, e)| s..e) {
-            if let Some(slot) = replace.get_mut(task) {
+            if let Some(slot) = replace.get_mut(task as usize) {
                 *slot = true;
             }
         }
-        if to_fetch.iter().any(|&slot| slot >= named.len()) {
+        if to_fetch.iter().any(|&slot| slot as usize >= named.len()) {
             return Err(Error::CannotResume {
                 job: job.to_owned(),
                 reason: "its URL lists no longer name the files it was fetching".into(),
@@ -250,8 +258,8 @@ impl DownloadJobSpec {
 }
 
 /// Consecutive values as `[start, end)` ranges.
-fn ranges(values: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
+fn ranges(values: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
     for value in values {
         match ranges.last_mut() {
             Some((_, end)) if *end == value => *end += 1,
@@ -328,14 +336,10 @@ async fn prepare(
         },
     };
     spec.check_lists(&job)?;
-    let (named, repeats) = super::read_urls(config, progress, shutdown).await?;
+    let named = super::read_urls(config, progress, shutdown).await?;
     // Failed lines are read back in list order: each line's place.
-    let places: HashMap<(&str, &str), usize> = named
-        .iter()
-        .enumerate()
-        .map(|(slot, e)| ((&*e.listed.url, e.name.as_str()), slot))
-        .collect();
-    let place_of = |r: &ManifestRecord| places.get(&(r.url.as_str(), r.path.as_str())).copied();
+    let places = named.places();
+    let place_of = |r: &ManifestRecord| places.find(&r.url, &r.path);
     let manifest = ManifestWriter::reopen(
         config.manifest.as_deref(),
         &spec.lines,
@@ -343,7 +347,6 @@ async fn prepare(
         place_of,
     )?;
     drop(places);
-    drop(repeats);
     let plan = spec.plan(named, &job)?;
     Ok((plan, manifest, checkpoint))
 }
