@@ -10,7 +10,7 @@
 //!   one chunk) and 1 MiB (larger files go in chunks of the default 1 MiB):
 //!   on a quorum queue, the reply queue of a download job that outlives its
 //!   producer (the default), and on a classic queue, that of a job with
-//!   `--job-ttl 0` (beside it, for what durability costs).
+//!   `--job-ttl 0`.
 //!
 //! Every ratio refers to these, measured in the same run; a weak ceiling
 //! would flatter them all, so each is the best setting of the loop found
@@ -43,13 +43,22 @@ pub struct Ceiling {
     pub small_msgs: f64,
     /// Bytes/s, 1 MiB persistent messages on a quorum queue.
     pub large_bytes: f64,
-    /// Bytes/s of download body chunks of 256 KiB and of 1 MiB on a
-    /// quorum queue, a download job's reply queue; `None` unless downloads
-    /// run.
-    pub relay: Option<RelayCeiling>,
+    /// Bytes/s of download body chunks of 256 KiB and of 1 MiB, on each
+    /// type of a download job's reply queue; `None` unless downloads run.
+    pub relay: Option<RelayCeilings>,
 }
 
-/// The ceilings of broker-mode downloads' body chunks.
+/// The ceilings of broker-mode downloads' body chunks on each queue type.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayCeilings {
+    /// On a quorum queue: the reply queue of a job that outlives its
+    /// producer (the default).
+    pub quorum: RelayCeiling,
+    /// On a classic queue: the reply queue with `--job-ttl 0`.
+    pub classic: RelayCeiling,
+}
+
+/// The ceilings of broker-mode downloads' body chunks on one queue type.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayCeiling {
     /// Bytes/s with 256 KiB messages.
@@ -199,12 +208,12 @@ pub async fn run(
     })
 }
 
-/// The ceilings of download body chunks on a quorum queue (the
-/// reference), and on a classic one beside it.
-async fn relay(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<RelayCeiling> {
-    let quorum = relay_on(cluster, scale, QueueType::Quorum, rows).await?;
-    relay_on(cluster, scale, QueueType::Classic, rows).await?;
-    Ok(quorum)
+/// The ceilings of download body chunks on each queue type.
+async fn relay(cluster: &mut Cluster, scale: Scale, rows: &mut Vec<Row>) -> Result<RelayCeilings> {
+    Ok(RelayCeilings {
+        quorum: relay_on(cluster, scale, QueueType::Quorum, rows).await?,
+        classic: relay_on(cluster, scale, QueueType::Classic, rows).await?,
+    })
 }
 
 /// The ceilings of download body chunks on a queue of type `queue`.
