@@ -174,7 +174,8 @@ Examples:
   producer download urls.txt --out-dir images/
   producer download urls.txt --out-dir images/ --manifest images.jsonl --json
   producer download https://example.com/a.jpg https://example.com/b.jpg -o pics/
-  producer download urls.txt -o /data/images --shared    (workers run with --shared-dir /data/images)";
+  producer download urls.txt -o /data/images --shared    (workers run with --shared-dir /data/images)
+  producer download urls.txt -o /data/images --shared --detach    prints the job's id; `producer attach ID` collects";
 
 const DOWNLOAD_EXIT_CODES: &str = "\
 Exit status:
@@ -248,6 +249,12 @@ pub struct DownloadArgs {
     /// tasks are dropped. 0: the job ends with its producer
     #[arg(long, env = "WARREN_JOB_TTL", value_parser = parse_duration, value_name = "DURATION", default_value = "10m")]
     pub job_ttl: Duration,
+
+    /// Publish every download, print the job's id and exit: `producer
+    /// attach JOB_ID` collects the files later (within --job-ttl). Needs
+    /// --shared: without it the files come back through the producer
+    #[arg(long, conflicts_with = "workers")]
+    pub detach: bool,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -502,6 +509,7 @@ fn download_config(args: DownloadArgs, broker: BrokerConfig) -> Result<Config> {
             timeout: args.output.timeout,
             stall_timeout: args.output.stall_timeout,
             job_ttl: args.job_ttl,
+            detach: args.detach,
         }),
         json: args.output.json,
         quiet: args.output.quiet,

@@ -111,6 +111,13 @@ pub async fn run(
             attach::cancel(&config.broker, job).await?;
             Ok(Report::Cancelled(job.clone()))
         }
+        JobConfig::Download(download) if download.detach => {
+            let submitted = download::submit(&config.broker, download, &local, progress, shutdown);
+            Ok(match submitted.await? {
+                download::Submitted::Detached(job) => Report::Detached(job),
+                download::Submitted::Finished(summary) => Report::Download(summary),
+            })
+        }
         JobConfig::Download(download) => {
             let summary =
                 download::run(&config.broker, download, &local, progress, shutdown.clone());

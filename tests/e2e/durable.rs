@@ -689,3 +689,58 @@ fn a_broker_download_whose_producer_is_killed_completes_with_attach() {
 fn a_download_whose_producer_loses_its_connection_reconnects_and_completes() {
     interrupted_download("reconnect_dl", false, Interruption::ClosedConnection);
 }
+
+#[test]
+fn a_detached_shared_download_is_collected_by_attach() {
+    let mut s = Scenario::new("detach_dl");
+    let http = warren_testkit::HttpFixture::start();
+    let paths: Vec<String> = (0..6).map(|i| format!("/files/detach/d{i}.bin")).collect();
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|path| http.url(&format!("{path}?size=200000")))
+        .collect();
+    let files: Files = (0..6)
+        .zip(&paths)
+        .map(|(i, path)| (format!("d{i}.bin"), warren_testkit::content(path, 200_000)))
+        .collect();
+    std::fs::write(s.path("urls.txt"), urls.join("\n") + "\n").unwrap();
+    let out = s.path("out");
+    let (out_str, manifest) = (s.path_str("out"), s.path_str("manifest.jsonl"));
+    std::fs::create_dir_all(&out).unwrap();
+    // Without --shared the files come back through the producer: it must
+    // stay to the end.
+    let download = ["download", "urls.txt", "-o", &out_str, "--detach"];
+    let refused = s.producer(&download).run();
+    refused.expect_code(2);
+    assert!(
+        refused.stderr.contains("--detach needs --shared"),
+        "{refused}"
+    );
+    // No worker yet: a producer that waited for the files would not exit.
+    let shared = ["--shared", "--manifest", &manifest];
+    let submitted = s
+        .producer(&[&download[..], &shared[..]].concat())
+        .run_within(Duration::from_secs(30));
+    submitted.expect_success();
+    let job = warren::JobId::parse(submitted.answer()).expect("--detach prints the job id");
+    assert_eq!(http.total_hits(), 0, "nothing fetched before a worker came");
+    let _worker = s.start_worker("w0", &["--shared-dir", &out_str]);
+    let run = s
+        .producer(&["attach", job.as_str(), "--json"])
+        .run_within(Duration::from_secs(120));
+    run.expect_success();
+    assert_eq!(run.json()["succeeded"], 6, "{run}");
+    assert_eq!(run.json()["job_id"], job.as_str(), "{run}");
+    assert_download_complete(&out, &manifest, &files, &urls);
+    for path in &paths {
+        // attach publishes none of the tasks again: they are all out.
+        assert_eq!(http.hits(path).len(), 1, "{path} fetched once: {run}");
+    }
+    // Nothing left to fetch: it prints what a run without --detach does.
+    let again = s
+        .producer(&[&download[..], &shared[..], &["--json"]].concat())
+        .run();
+    again.expect_success();
+    assert_eq!(again.json()["skipped"], 6, "{again}");
+    s.assert_clean();
+}

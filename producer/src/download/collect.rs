@@ -76,6 +76,9 @@ pub(super) struct DownloadCollector<'a> {
     /// This producer carries on a job another one started (`attach`): see
     /// [`DownloadCollector::resumed`].
     resumed: bool,
+    /// Tasks below this are out already, published by the producer that
+    /// submitted the job (`--detach`).
+    published_before: u64,
 }
 
 impl<'a> DownloadCollector<'a> {
@@ -106,6 +109,7 @@ impl<'a> DownloadCollector<'a> {
             workers: BTreeSet::new(),
             durable: false,
             resumed: false,
+            published_before: 0,
         }
     }
 
@@ -121,10 +125,14 @@ impl<'a> DownloadCollector<'a> {
     /// a report whose file reached only the earlier producer (its chunks,
     /// or its stored file already placed) is left unanswered: every task
     /// the checkpoint does not cover is published again, and that task's
-    /// new report settles it.
+    /// new report settles it. Only the tasks of a job submitted with
+    /// `--detach` and not collected since are not published again (the
+    /// checkpoint's `published`): no producer has taken a reply of theirs,
+    /// so each one's message or reply is still on the broker.
     pub(super) fn resumed(&mut self, checkpoint: &DownloadCheckpoint) {
         self.durable = true;
         self.resumed = true;
+        self.published_before = checkpoint.published;
         let mut registry = self.batching.messages.lock();
         for &(start, end) in &checkpoint.answered {
             registry.restore_answered(start..end);
@@ -132,6 +140,12 @@ impl<'a> DownloadCollector<'a> {
         drop(registry);
         self.workers.clone_from(&checkpoint.workers);
         self.failures = checkpoint.failures;
+    }
+
+    /// Tasks an earlier producer published that no producer has taken a
+    /// reply of: they are not published again.
+    pub(super) fn published_before(&self) -> u64 {
+        self.published_before
     }
 
     /// Tasks answered so far.
@@ -575,7 +589,10 @@ impl Collector for DownloadCollector<'_> {
     /// The answered tasks and how much of the manifest records them,
     /// synced first: the lines a checkpoint counts are on disk before it
     /// is saved. Tasks whose file is still being placed are not answered
-    /// yet: if this producer dies, they go out again.
+    /// yet: if this producer dies, they go out again. So does every task
+    /// not answered (`published` stays 0): this producer takes replies, and
+    /// a reply's data it took after this checkpoint (chunks, a stored file
+    /// it placed) reaches no other producer; only a new fetch settles it.
     fn checkpoint(&self, _through: u64) -> serde_json::Value {
         if let Err(e) = self.manifest.sync() {
             // The next checkpoint tries again; the lines are written.
@@ -592,6 +609,7 @@ impl Collector for DownloadCollector<'_> {
             manifest_bytes: self.manifest.written(),
             failures: self.failures,
             workers: self.workers.clone(),
+            published: 0,
         };
         serde_json::to_value(checkpoint).expect("a checkpoint always serializes") // invariant: plain data
     }
@@ -688,6 +706,7 @@ mod tests {
                 workers: BTreeSet::new(),
                 durable: false,
                 resumed: false,
+                published_before: 0,
             }
         }
     }
@@ -878,6 +897,7 @@ mod tests {
         assert_eq!(collector.unanswered(), [3]);
         let saved: DownloadCheckpoint = serde_json::from_value(collector.checkpoint(0)).unwrap();
         assert_eq!(saved.answered, [(0, 3)]);
+        assert_eq!(saved.published, 0, "this producer took replies");
         assert_eq!(saved.failures, 2);
         assert!(saved.manifest_bytes > 0);
     }

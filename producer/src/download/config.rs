@@ -51,4 +51,6 @@ pub struct DownloadConfig {
     /// How long the job outlives its producer (`--job-ttl`); zero: it
     /// ends with its producer and keeps no checkpoints.
     pub job_ttl: Duration,
+    /// `--detach`: publish every task, then leave the job to `attach`.
+    pub detach: bool,
 }

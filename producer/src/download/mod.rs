@@ -121,6 +121,40 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<DownloadSummary> {
     let started = Instant::now();
+    let planned = plan_new_job(config, progress, &shutdown).await?;
+    let (plan, mut manifest) = (planned.plan, planned.manifest);
+    let run = Run {
+        broker,
+        config,
+        local,
+        progress,
+        shutdown: &shutdown,
+        started,
+        out_dir: &planned.out_dir,
+    };
+    let start = Start::New(planned.opening);
+    let fetched = fetch_missing(&run, &plan, &mut manifest, start).await;
+    drop(plan);
+    conclude(&run, manifest, fetched).await
+}
+
+/// A new job, read and planned, before anything is published.
+struct Planned {
+    plan: Plan,
+    /// Holds the records of the entries decided without a download.
+    manifest: ManifestWriter,
+    /// How its broker session opens, with its record unless `--job-ttl 0`.
+    opening: Opening,
+    /// The output directory, made and canonical.
+    out_dir: PathBuf,
+}
+
+/// Reads the lists, names the files and decides which to fetch.
+async fn plan_new_job(
+    config: &DownloadConfig,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Result<Planned> {
     let durable = !config.job_ttl.is_zero();
     // Pinned before they are read: a list changed later is refused by
     // `attach`.
@@ -129,7 +163,7 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let named = read_urls(config, progress, &shutdown).await?;
+    let named = read_urls(config, progress, shutdown).await?;
     let out_dir = make_out_dir(&config.out_dir)?;
     // Read before the writer truncates this run's partial manifest: the
     // partial one of a run that never finished is part of the history.
@@ -144,8 +178,8 @@ pub(crate) async fn run(
     } else {
         ManifestWriter::create(config.manifest.as_deref(), &out_dir)?
     };
-    let decided = decide(&out_dir, named, (history, manifest), config, &shutdown);
-    let (plan, mut manifest) = decided.await?;
+    let decided = decide(&out_dir, named, (history, manifest), config, shutdown);
+    let (plan, manifest) = decided.await?;
     let opening = match pins {
         Some(pins) => {
             let spec = DownloadJobSpec::new(config, pins, &out_dir, &plan, &manifest)?;
@@ -154,18 +188,131 @@ pub(crate) async fn run(
         }
         None => Opening::WithProducer(job),
     };
-    let run = Run {
-        broker,
+    Ok(Planned {
+        plan,
+        manifest,
+        opening,
+        out_dir,
+    })
+}
+
+/// What `producer download --detach` did.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// Every task is out: `producer attach` collects the job.
+    Detached(JobId),
+    /// Nothing was to fetch: the summary a run without `--detach` gives.
+    Finished(DownloadSummary),
+}
+
+/// `--detach`: reads and plans as [`run`] does, publishes every task,
+/// saves the job's record and leaves the job to `producer attach`.
+///
+/// # Errors
+/// [`Error::Usage`] without `--shared` (the files would come back through
+/// this producer) or with `--job-ttl 0`, and what [`run`] may fail with
+/// before its first reply.
+pub(crate) async fn submit(
+    broker: &BrokerConfig,
+    config: &DownloadConfig,
+    local: &LocalPlan,
+    progress: &Progress,
+    shutdown: CancellationToken,
+) -> Result<Submitted> {
+    if config.delivery != FileRoute::Shared {
+        return Err(Error::Usage(
+            "--detach needs --shared: without it the files come back through the producer, \
+             which must stay until the end"
+                .into(),
+        ));
+    }
+    if config.job_ttl.is_zero() {
+        return Err(Error::Usage(
+            "--detach needs a --job-ttl longer than 0".into(),
+        ));
+    }
+    let started = Instant::now();
+    let Planned {
+        plan,
+        manifest,
+        opening,
+        out_dir,
+    } = plan_new_job(config, progress, &shutdown).await?;
+    if plan.to_fetch.is_empty() {
+        let run = Run {
+            broker,
+            config,
+            local,
+            progress,
+            shutdown: &shutdown,
+            started,
+            out_dir: &out_dir,
+        };
+        let summary = conclude(&run, manifest, Ok((None, BTreeSet::new()))).await;
+        return summary.map(Submitted::Finished);
+    }
+    let mut session = JobSession::open(broker, opening, local, &shutdown).await?;
+    let job = session.job.clone();
+    progress.set_job(&job);
+    let published = publish_every_task(
+        &mut session,
         config,
-        local,
-        progress,
-        shutdown: &shutdown,
-        started,
-        out_dir: &out_dir,
+        &out_dir,
+        (&plan, &manifest),
+        &shutdown,
+    );
+    match published.await {
+        Ok(()) => {
+            session.detach().await;
+            Ok(Submitted::Detached(job))
+        }
+        Err(e) => {
+            session.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Publishes every task of `plan` at once (they are small control
+/// messages: the workers store the files), then saves a checkpoint that
+/// says so, for `attach` not to publish them again.
+async fn publish_every_task(
+    session: &mut JobSession,
+    config: &DownloadConfig,
+    out_dir: &Path,
+    (plan, manifest): (&Plan, &ManifestWriter),
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let marker = shared::make_marker(out_dir, &session.job)?;
+    let tasks = (Arc::clone(&plan.named), Arc::clone(&plan.to_fetch));
+    let tasks = publish::TaskSource::new(&session.job, tasks, config, Some(&marker))?;
+    let total = plan.to_fetch.len() as u64;
+    let batching = batching::Batching::new(config.max_in_flight);
+    let (messages, outgoing) =
+        publish::spawn_messages(tasks, batching, session.reply_queue.clone(), 0);
+    let window = usize::try_from(total).unwrap_or(usize::MAX);
+    let window = Arc::new(Semaphore::new(window.clamp(1, Semaphore::MAX_PERMITS)));
+    let counts = Arc::new(PublishCounts::default());
+    let publisher = job::spawn_publisher(session, outgoing, window, counts);
+    let published = tokio::select! {
+        published = publisher => match published {
+            Ok(outcome) => outcome,
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+        },
+        () = shutdown.cancelled() => Err(Error::Cancelled),
     };
-    let fetched = fetch_missing(&run, &plan, &mut manifest, Start::New(opening)).await;
-    drop(plan);
-    conclude(&run, manifest, fetched).await
+    messages.abort();
+    published?;
+    // The lines of the entries decided without a download are on disk
+    // before the checkpoint that counts them.
+    manifest.sync()?;
+    let checkpoint = DownloadCheckpoint {
+        manifest_bytes: manifest.written(),
+        published: total,
+        ..DownloadCheckpoint::default()
+    };
+    let state = serde_json::to_value(checkpoint).expect("a checkpoint always serializes"); // invariant: plain data
+    session.checkpoint(state, 0, Some(total)).await
 }
 
 /// Makes the job's files and manifest durable and sums up, also when the
@@ -325,8 +472,9 @@ struct Publishing {
 }
 
 impl Publishing {
-    /// Starts publishing the tasks of `tasks` that `collector` does not
-    /// count as answered, `max_in_flight` in flight at most.
+    /// Starts publishing the tasks of `tasks` that `collector` neither
+    /// counts as answered nor as published by an earlier producer,
+    /// `max_in_flight` in flight at most.
     fn start(
         session: &JobSession,
         tasks: publish::TaskSource,
@@ -338,6 +486,7 @@ impl Publishing {
             tasks,
             collector.batching.clone(),
             session.reply_queue.clone(),
+            collector.published_before(),
         );
         let window = Arc::new(Semaphore::new(max_in_flight));
         let counts = Arc::new(PublishCounts::default());
@@ -359,8 +508,9 @@ impl Publishing {
     }
 }
 
-/// Publishes one task per entry to fetch (those its checkpoint does not
-/// answer, for a resumed job) and collects until all are done.
+/// Publishes one task per entry to fetch (for a resumed job, those its
+/// checkpoint neither answers nor counts as published) and collects until
+/// all are done.
 async fn publish_and_collect(
     run: &Run<'_>,
     collector: &mut DownloadCollector<'_>,

@@ -88,17 +88,24 @@ impl TaskSource {
     }
 }
 
-/// Makes messages of `tasks` in the background, for the publisher to take
-/// from the returned channel; abort the handle when the job ends.
+/// Makes messages of `tasks` from task `first` on (those before it are
+/// out already) in the background, for the publisher to take from the
+/// returned channel; abort the handle when the job ends.
 pub(super) fn spawn_messages(
     tasks: TaskSource,
     batching: Batching,
     reply_queue: String,
+    first: u64,
 ) -> (JoinHandle<()>, mpsc::Receiver<OutgoingTask>) {
     // One message waits here while the publisher holds the next: each is
     // made with the latest estimate of the file sizes.
     let (messages, receiver) = mpsc::channel(1);
-    let making = tokio::spawn(make_messages(tasks, batching, reply_queue, messages));
+    let making = tokio::spawn(make_messages(
+        tasks,
+        batching,
+        (reply_queue, first),
+        messages,
+    ));
     (making, receiver)
 }
 
@@ -115,15 +122,16 @@ fn next_run(tasks: &TaskSource, batching: &Batching, next: u64) -> Option<std::o
     Some(start..end)
 }
 
-/// Groups the tasks not answered yet into messages for the publisher, in
-/// order, each with as many tasks as `batching` says when it is made.
+/// Groups the tasks from `first` on not answered yet into messages for
+/// the publisher, in order, each with as many tasks as `batching` says
+/// when it is made.
 async fn make_messages(
     tasks: TaskSource,
     batching: Batching,
-    reply_queue: String,
+    (reply_queue, first): (String, u64),
     messages: mpsc::Sender<OutgoingTask>,
 ) {
-    let mut next = 0;
+    let mut next = first;
     while let Some(run) = next_run(&tasks, &batching, next) {
         let (start, end) = (run.start, run.end);
         let batch: Vec<DownloadTask> = (start..end)

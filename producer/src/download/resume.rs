@@ -12,9 +12,10 @@
 //! A [`DownloadCheckpoint`] holds the tasks answered and how many bytes of
 //! the manifest's lines record them (synced before it is saved). The
 //! attacher cuts the lines back to that length, counts them again, and
-//! publishes every task the checkpoint does not answer; replies still in
-//! the reply queue settle what they can, and the new tasks the rest (see
-//! `DownloadCollector::resumed`).
+//! publishes every task the checkpoint does not answer, unless it counts
+//! it as published (a job submitted with `--detach`, not collected yet);
+//! replies still in the reply queue settle what they can, and the new
+//! tasks the rest (see `DownloadCollector::resumed`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,12 @@ pub(crate) struct DownloadCheckpoint {
     pub(crate) manifest_bytes: u64,
     /// Downloads failed so far.
     pub(crate) failures: u64,
+    /// Tasks `0..published` are on the broker (their messages confirmed)
+    /// and no producer has taken a reply of theirs: one not answered still
+    /// has its message or its reply there, and is not published again.
+    /// Only `--detach` saves more than 0 (see `DownloadCollector::resumed`).
+    #[serde(default)]
+    pub(crate) published: u64,
     pub(crate) workers: BTreeSet<String>,
 }
 
@@ -198,6 +205,7 @@ impl DownloadJobSpec {
             timeout: limits.timeout,
             stall_timeout: limits.stall_timeout,
             job_ttl: std::time::Duration::ZERO,
+            detach: false,
         }
     }
 
@@ -362,5 +370,17 @@ mod tests {
             [(0, 3), (5, 7), (9, 10)]
         );
         assert!(ranges(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_without_published_counts_no_task_as_published() {
+        // As saved before `--detach` existed for downloads: every task not
+        // answered goes out again.
+        let saved = serde_json::json!({
+            "answered": [[0, 2]], "manifest_bytes": 10, "failures": 0, "workers": []
+        });
+        let checkpoint: DownloadCheckpoint = serde_json::from_value(saved).unwrap();
+        assert_eq!(checkpoint.published, 0);
+        assert_eq!(checkpoint.answered, [(0, 2)]);
     }
 }
