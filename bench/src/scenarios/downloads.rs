@@ -108,19 +108,22 @@ pub async fn run(
     let shared_arg = utf8(&shared)?;
     let workers = cluster.workers(2, &["--shared-dir", &shared_arg]).await?;
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.pid()).collect();
-    // Issue 13's two sets, and many small files: the fixed cost of a job
-    // weighs little there, so that set says what each file costs.
-    let sets: [(&'static str, usize, usize); 3] = if scale.quick {
+    // Issue 13's two sets, then ten times as many files of each size: the
+    // fixed cost of a job (see `fixed_cost`) weighs little there, so those
+    // say what each file costs.
+    let sets: [(&'static str, usize, usize); 4] = if scale.quick {
         [
             ("100 × 256 KiB", 100, 256 << 10),
             ("10 × 8 MiB", 10, 8 << 20),
-            ("500 × 256 KiB", 500, 256 << 10),
+            ("1,000 × 256 KiB", 1_000, 256 << 10),
+            ("100 × 8 MiB", 100, 8 << 20),
         ]
     } else {
         [
             ("200 × 256 KiB", 200, 256 << 10),
             ("20 × 8 MiB", 20, 8 << 20),
             ("2,000 × 256 KiB", 2_000, 256 << 10),
+            ("200 × 8 MiB", 200, 8 << 20),
         ]
     };
     for (label, files, size) in sets {
