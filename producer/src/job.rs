@@ -807,11 +807,63 @@ impl PublishCounts {
     }
 }
 
+/// A job's tasks being made into messages and published: the task that
+/// makes the messages (a sum's feed, a download's task source) and the
+/// publisher, with the in-flight window and counts they share with
+/// [`drive`].
+pub(crate) struct Publishing {
+    /// Makes the messages; aborted when the job ends.
+    pub(crate) source: JoinHandle<()>,
+    /// Publishes them; returns the job's task count.
+    pub(crate) publisher: JoinHandle<Result<u64>>,
+    pub(crate) window: Arc<Semaphore>,
+    pub(crate) counts: Arc<PublishCounts>,
+}
+
+impl Publishing {
+    /// Starts publishing the messages `source` sends on `outgoing`, with
+    /// `window` tasks in flight at most (at least one).
+    pub(crate) fn start(
+        session: &JobSession,
+        (source, outgoing): (JoinHandle<()>, mpsc::Receiver<OutgoingTask>),
+        window: usize,
+        counts: PublishCounts,
+    ) -> Publishing {
+        let window = Arc::new(Semaphore::new(window.clamp(1, Semaphore::MAX_PERMITS)));
+        let counts = Arc::new(counts);
+        let publisher =
+            spawn_publisher(session, outgoing, Arc::clone(&window), Arc::clone(&counts));
+        Publishing {
+            source,
+            publisher,
+            window,
+            counts,
+        }
+    }
+
+    /// Waits until every task is published and confirmed (`--detach`),
+    /// or the job is cancelled; returns the number of tasks.
+    ///
+    /// # Errors
+    /// The publisher's, or [`Error::Cancelled`].
+    pub(crate) async fn all_published(self, shutdown: &CancellationToken) -> Result<u64> {
+        let published = tokio::select! {
+            published = self.publisher => match published {
+                Ok(outcome) => outcome,
+                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            },
+            () = shutdown.cancelled() => Err(Error::Cancelled),
+        };
+        self.source.abort();
+        published
+    }
+}
+
 /// Publishes messages as they come, holding one window permit per task
 /// they carry (the collector returns it when the task is answered) and
 /// keeping up to [`CONFIRM_WINDOW`] confirms outstanding. Returns the number
 /// of tasks once the source is exhausted and every publish is confirmed.
-pub(crate) fn spawn_publisher(
+fn spawn_publisher(
     session: &JobSession,
     mut tasks: mpsc::Receiver<OutgoingTask>,
     window: Arc<Semaphore>,

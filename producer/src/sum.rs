@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::exact::{Answer, PartialSum, Total};
@@ -29,7 +29,7 @@ use crate::durable::{JobRecord, JobSpec};
 use crate::error::{Error, Result};
 use crate::input::{self, InputSpec, Source};
 use crate::job::{
-    self, Accepted, Collector, Drive, JobSession, Opening, OutgoingTask, PublishCounts,
+    self, Accepted, Collector, Drive, JobSession, Opening, OutgoingTask, PublishCounts, Publishing,
     SharedRegistry, explain_dead_letter,
 };
 use crate::local::LocalPlan;
@@ -295,18 +295,9 @@ pub(crate) async fn submit(
     let mut session = open_job(broker, config, &feed, &job, local, &shutdown).await?;
     let collector = SumCollector::new(&session, feed.dtype());
     // Every task at once: they are small control messages.
-    let window = usize::try_from(tasks).unwrap_or(usize::MAX).max(1);
-    let window = window.min(Semaphore::MAX_PERMITS);
-    let publishing = Publishing::start(&session, feed, &collector, window, Skip::default());
-    let published = tokio::select! {
-        published = publishing.publisher => match published {
-            Ok(outcome) => outcome,
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-        },
-        () = shutdown.cancelled() => Err(Error::Cancelled),
-    };
-    publishing.feeder.abort();
-    let saved = match published {
+    let window = usize::try_from(tasks).unwrap_or(usize::MAX);
+    let publishing = start_publishing(&session, feed, &collector, window, Skip::default());
+    let saved = match publishing.all_published(&shutdown).await {
         Ok(total) => {
             let state = collector.checkpoint(total);
             session.checkpoint(state, 0, Some(total)).await
@@ -387,11 +378,11 @@ async fn collect(
         below: collector.through,
     };
     let Publishing {
-        feeder,
+        source: feeder,
         publisher,
         window,
         counts,
-    } = Publishing::start(&session, feed, &collector, window, skip);
+    } = start_publishing(&session, feed, &collector, window, skip);
     let drive = Drive {
         window: &window,
         counts: &counts,
@@ -426,48 +417,31 @@ async fn collect(
     })
 }
 
-/// A feed running into the publisher.
-struct Publishing {
-    feeder: JoinHandle<()>,
-    /// The number of tasks once all are published and confirmed, or the
-    /// input's error.
-    publisher: JoinHandle<Result<u64>>,
-    window: Arc<Semaphore>,
-    counts: Arc<PublishCounts>,
-}
-
-impl Publishing {
-    /// Starts reading `feed` into messages (leaving out what `skip` says)
-    /// and publishing them, `window` tasks in flight at most.
-    fn start(
-        session: &JobSession,
-        feed: Feed,
-        collector: &SumCollector,
-        window: usize,
-        skip: Skip,
-    ) -> Publishing {
-        let counts = Arc::new(PublishCounts::resuming_at(skip.below));
-        let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
-        let (failure_tx, failure_rx) = oneshot::channel();
-        let end = Arc::new(AtomicU64::new(0));
-        let target = FeedTarget {
-            job: session.job.clone(),
-            reply_queue: session.reply_queue.clone(),
-            outstanding: collector.outstanding.clone(),
-            skip,
-            end: Arc::clone(&end),
-        };
-        let feeder = feed.spawn(target, tasks_tx, failure_tx);
-        let window = Arc::new(Semaphore::new(window));
-        let publisher =
-            job::spawn_publisher(session, tasks_rx, Arc::clone(&window), Arc::clone(&counts));
-        Publishing {
-            feeder,
-            publisher: fail_with_input(publisher, failure_rx, end),
-            window,
-            counts,
-        }
-    }
+/// Starts reading `feed` into messages (leaving out what `skip` says) and
+/// publishing them, `window` tasks in flight at most; the publisher ends
+/// with the input's error if reading it fails.
+fn start_publishing(
+    session: &JobSession,
+    feed: Feed,
+    collector: &SumCollector,
+    window: usize,
+    skip: Skip,
+) -> Publishing {
+    let counts = PublishCounts::resuming_at(skip.below);
+    let (tasks_tx, tasks_rx) = mpsc::channel(READ_AHEAD);
+    let (failure_tx, failure_rx) = oneshot::channel();
+    let end = Arc::new(AtomicU64::new(0));
+    let target = FeedTarget {
+        job: session.job.clone(),
+        reply_queue: session.reply_queue.clone(),
+        outstanding: collector.outstanding.clone(),
+        skip,
+        end: Arc::clone(&end),
+    };
+    let feeder = feed.spawn(target, tasks_tx, failure_tx);
+    let mut publishing = Publishing::start(session, (feeder, tasks_rx), window, counts);
+    publishing.publisher = fail_with_input(publishing.publisher, failure_rx, end);
+    publishing
 }
 
 /// Where a job's tasks come from: the input streamed through the producer

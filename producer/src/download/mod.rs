@@ -49,8 +49,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::protocol::FileRoute;
 use warren::{BrokerConfig, JobId};
@@ -59,7 +57,7 @@ pub use config::{DEFAULT_DOWNLOADS_IN_FLIGHT, DownloadConfig, UrlInput};
 
 use crate::durable::{JobRecord, JobSpec};
 use crate::error::{Error, Result};
-use crate::job::{self, Drive, JobSession, Opening, PublishCounts};
+use crate::job::{self, Drive, JobSession, Opening, PublishCounts, Publishing};
 use crate::local::LocalPlan;
 use crate::progress::Progress;
 use collect::DownloadCollector;
@@ -288,21 +286,10 @@ async fn publish_every_task(
     let tasks = publish::TaskSource::new(&session.job, tasks, config, Some(&marker))?;
     let total = plan.to_fetch.len() as u64;
     let batching = batching::Batching::new(config.max_in_flight);
-    let (messages, outgoing) =
-        publish::spawn_messages(tasks, batching, session.reply_queue.clone(), 0);
+    let messages = publish::spawn_messages(tasks, batching, session.reply_queue.clone(), 0);
     let window = usize::try_from(total).unwrap_or(usize::MAX);
-    let window = Arc::new(Semaphore::new(window.clamp(1, Semaphore::MAX_PERMITS)));
-    let counts = Arc::new(PublishCounts::default());
-    let publisher = job::spawn_publisher(session, outgoing, window, counts);
-    let published = tokio::select! {
-        published = publisher => match published {
-            Ok(outcome) => outcome,
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-        },
-        () = shutdown.cancelled() => Err(Error::Cancelled),
-    };
-    messages.abort();
-    published?;
+    let publishing = Publishing::start(session, messages, window, PublishCounts::default());
+    publishing.all_published(shutdown).await?;
     // The lines of the entries decided without a download are on disk
     // before the checkpoint that counts them.
     manifest.sync()?;
@@ -461,51 +448,33 @@ async fn fetch_missing(
     outcome.map(|()| (Some(job), std::mem::take(&mut collector.workers)))
 }
 
-/// A job's messages being made and published.
-struct Publishing {
-    /// Makes the messages; abort it when the job ends.
-    messages: JoinHandle<()>,
-    /// Publishes them; returns the job's task count.
-    publisher: JoinHandle<Result<u64>>,
-    window: Arc<Semaphore>,
-    counts: Arc<PublishCounts>,
-}
-
-impl Publishing {
-    /// Starts publishing the tasks of `tasks` that `collector` neither
-    /// counts as answered nor as published by an earlier producer,
-    /// `max_in_flight` in flight at most.
-    fn start(
-        session: &JobSession,
-        tasks: publish::TaskSource,
-        collector: &DownloadCollector<'_>,
-        max_in_flight: usize,
-    ) -> Publishing {
-        let files = collector.tasks().count() as u64;
-        let (messages, outgoing) = publish::spawn_messages(
-            tasks,
-            collector.batching.clone(),
-            session.reply_queue.clone(),
-            collector.published_before(),
-        );
-        let window = Arc::new(Semaphore::new(max_in_flight));
-        let counts = Arc::new(PublishCounts::default());
-        let publisher =
-            job::spawn_publisher(session, outgoing, Arc::clone(&window), Arc::clone(&counts));
-        // The job has a task per file, whoever published it.
-        let publisher = tokio::spawn(async move {
-            match publisher.await {
-                Ok(published) => published.map(|_| files),
-                Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-            }
-        });
-        Publishing {
-            messages,
-            publisher,
-            window,
-            counts,
+/// Starts publishing the tasks of `tasks` that `collector` neither counts
+/// as answered nor as published by an earlier producer, `max_in_flight` in
+/// flight at most.
+fn start_publishing(
+    session: &JobSession,
+    tasks: publish::TaskSource,
+    collector: &DownloadCollector<'_>,
+    max_in_flight: usize,
+) -> Publishing {
+    let files = collector.tasks().count() as u64;
+    let messages = publish::spawn_messages(
+        tasks,
+        collector.batching.clone(),
+        session.reply_queue.clone(),
+        collector.published_before(),
+    );
+    let mut publishing =
+        Publishing::start(session, messages, max_in_flight, PublishCounts::default());
+    // The job has a task per file, whoever published it.
+    let publisher = publishing.publisher;
+    publishing.publisher = tokio::spawn(async move {
+        match publisher.await {
+            Ok(published) => published.map(|_| files),
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
         }
-    }
+    });
+    publishing
 }
 
 /// Publishes one task per entry to fetch (for a resumed job, those its
@@ -539,11 +508,11 @@ async fn publish_and_collect(
     };
     let tasks = publish::TaskSource::new(&job, tasks, config, marker.as_deref())?;
     let Publishing {
-        messages,
+        source: messages,
         publisher,
         window,
         counts,
-    } = Publishing::start(&session, tasks, collector, config.max_in_flight);
+    } = start_publishing(&session, tasks, collector, config.max_in_flight);
     let drive = Drive {
         window: &window,
         counts: &counts,
