@@ -547,14 +547,9 @@ async fn publish_then_ack(
     started: Instant,
 ) {
     let metrics = &context.metrics;
-    let reply_to = context.topology.reply_queue(&result.job_id);
     // Ack only after the result's confirm: acking first would lose the task
     // if this worker died between the two.
-    match context
-        .publisher
-        .publish_confirmed(&reply_to, &result.to_json(), result.properties())
-        .await
-    {
+    match publish_result(context, result).await {
         Ok(Routed::Queued) => {
             // Failures are logged once their job is known to be alive: a
             // job that ended (a file chunk returned, say) fails its tasks,
@@ -594,6 +589,40 @@ async fn publish_then_ack(
             if transient {
                 context.session_broken.cancel();
             }
+        }
+    }
+}
+
+/// How long a worker keeps publishing a result the broker refuses before
+/// it gives the task back: a quorum reply queue refuses messages while it
+/// elects a new leader (a node was lost), which takes seconds. Giving the
+/// task back at once would spend its deliveries (20, then it is
+/// dead-lettered and its job fails) in milliseconds.
+const REFUSED_RESULT_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Publishes a task's result to its job's reply queue and waits for the
+/// confirm; a result the broker refuses is published again, with backoff,
+/// for [`REFUSED_RESULT_RETRY_FOR`].
+async fn publish_result(context: &TaskContext, result: &TaskResult) -> warren::Result<Routed> {
+    let reply_to = context.topology.reply_queue(&result.job_id);
+    let body = result.to_json();
+    let deadline = Instant::now() + REFUSED_RESULT_RETRY_FOR;
+    let mut backoff = ExponentialBackoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+        Jitter::Equal,
+    );
+    loop {
+        let published = context
+            .publisher
+            .publish_confirmed(&reply_to, &body, result.properties())
+            .await;
+        match published {
+            Err(warren::Error::Nacked { .. }) if Instant::now() < deadline => {
+                tracing::debug!("the broker refused the result; publishing it again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            outcome => return outcome,
         }
     }
 }
