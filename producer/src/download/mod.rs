@@ -120,7 +120,6 @@ pub(crate) async fn run(
 ) -> Result<DownloadSummary> {
     let started = Instant::now();
     let planned = plan_new_job(config, progress, &shutdown).await?;
-    let (plan, mut manifest) = (planned.plan, planned.manifest);
     let run = Run {
         broker,
         config,
@@ -130,10 +129,19 @@ pub(crate) async fn run(
         started,
         out_dir: &planned.out_dir,
     };
-    let start = Start::New(planned.opening);
-    let fetched = fetch_missing(&run, &plan, &mut manifest, start).await;
+    fetch_planned(&run, planned.plan, planned.manifest, planned.opening).await
+}
+
+/// Fetches what `plan` says to and sums up.
+async fn fetch_planned(
+    run: &Run<'_>,
+    plan: Plan,
+    mut manifest: ManifestWriter,
+    opening: Opening,
+) -> Result<DownloadSummary> {
+    let fetched = fetch_missing(run, &plan, &mut manifest, Start::New(opening)).await;
     drop(plan);
-    conclude(&run, manifest, fetched).await
+    conclude(run, manifest, fetched).await
 }
 
 /// A new job, read and planned, before anything is published.
@@ -246,7 +254,8 @@ pub(crate) async fn submit(
             started,
             out_dir: &out_dir,
         };
-        let summary = conclude(&run, manifest, Ok((None, BTreeSet::new()))).await;
+        // Nothing is published: the summary of a run without --detach.
+        let summary = fetch_planned(&run, plan, manifest, opening).await;
         return summary.map(Submitted::Finished);
     }
     let mut session = JobSession::open(broker, opening, local, &shutdown).await?;
