@@ -37,6 +37,19 @@ impl Sample {
         let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
         sorted[rank - 1]
     }
+
+    /// An approximate 95% interval for the median of `values`, free of any
+    /// assumption about their distribution: the order statistics n/2 ±
+    /// 0.98·√n, rounded (the binomial's normal approximation).
+    pub fn median_interval(values: &[f64]) -> (f64, f64) {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len() as f64;
+        let half_width = 0.98 * n.sqrt();
+        let lower = ((n / 2.0 - half_width).round() as usize).clamp(1, sorted.len());
+        let upper = ((n / 2.0 + 1.0 + half_width).round() as usize).clamp(1, sorted.len());
+        (sorted[lower - 1], sorted[upper - 1])
+    }
 }
 
 /// One line of the result table.
@@ -165,5 +178,12 @@ mod tests {
         assert_eq!(human(12345.6), "12,346");
         assert_eq!(human(42.123), "42.1");
         assert_eq!(human(0.5), "0.50");
+    }
+
+    #[test]
+    fn the_median_interval_of_thirty_values_spans_ranks_ten_to_twenty_one() {
+        let values: Vec<f64> = (1..=30).rev().map(f64::from).collect();
+        assert_eq!(Sample::median_interval(&values), (10.0, 21.0));
+        assert_eq!(Sample::median_interval(&[7.0]), (7.0, 7.0));
     }
 }

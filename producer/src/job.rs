@@ -90,7 +90,7 @@ pub(crate) struct JobSession {
     /// The job's record queue, and the record as last saved; `None` for
     /// a job that ends with its producer.
     record_queue: String,
-    record: Option<JobRecord>,
+    record: Option<KeptRecord>,
     probe: QueueProbe,
     /// Consumers on the task queue at the last check; `None` before one.
     consumers: Option<u32>,
@@ -113,6 +113,14 @@ impl std::fmt::Debug for JobSession {
             .field("reply_queue", &self.reply_queue)
             .finish_non_exhaustive()
     }
+}
+
+/// The record of a job that outlives its producer, as last saved, and the
+/// publisher that saves it: a channel of its own, so that a checkpoint's
+/// confirm never waits behind those of the tasks published before it.
+struct KeptRecord {
+    record: JobRecord,
+    publisher: Publisher,
 }
 
 /// A checkpoint on its way: done once the broker holds it and the replies
@@ -178,7 +186,7 @@ impl JobSession {
                 return Err(Error::Cancelled);
             }
         };
-        let shared_dir = session.record.as_ref().and_then(|r| r.spec.shared_dir());
+        let shared_dir = session.record().and_then(|r| r.spec.shared_dir());
         match local.sharing(shared_dir).start(shutdown) {
             Ok(workers) => session.local_workers = workers,
             Err(e) => {
@@ -201,8 +209,7 @@ impl JobSession {
         topology.declare_shared(publisher.channel()).await?;
         tracing::debug!("shared topology declared");
         let reply_channel = broker::open_channel(&connection).await?;
-        let (job, record) =
-            open_job(&topology, &connection, &publisher, &reply_channel, opening).await?;
+        let (job, record) = open_job(&topology, &connection, &reply_channel, opening).await?;
         let reply_queue = topology.reply_queue(&job);
         let replies = broker::consume(
             &reply_channel,
@@ -254,7 +261,7 @@ impl JobSession {
     /// The job's record as last saved; `None` for a job that ends with its
     /// producer.
     pub(crate) fn record(&self) -> Option<&JobRecord> {
-        self.record.as_ref()
+        self.record.as_ref().map(|kept| &kept.record)
     }
 
     /// Saves a checkpoint in the job's record and waits until the broker
@@ -280,16 +287,12 @@ impl JobSession {
         last_reply: Option<u64>,
     ) -> Result<SavingCheckpoint> {
         let saved = match &mut self.record {
-            Some(record) => {
+            Some(KeptRecord { record, publisher }) => {
                 record.seq += 1;
                 record.done = done;
                 record.total = total;
                 record.checkpoint = Some(state);
-                Some(
-                    record
-                        .start_saving(&self.publisher, &self.record_queue)
-                        .await?,
-                )
+                Some(record.start_saving(publisher, &self.record_queue).await?)
             }
             None => None,
         };
@@ -431,7 +434,6 @@ impl JobSession {
     /// already decided.
     pub(crate) async fn close(self) {
         tracing::debug!("closing the job");
-        let record_queue = self.record.as_ref().map(|_| &self.record_queue);
         // A blocked connection sends nothing: delete through a spare one,
         // which publishes nothing and so is not blocked.
         let blocked = self.connection.status().blocked();
@@ -440,24 +442,40 @@ impl JobSession {
         } else {
             None
         };
-        let channel = spare.as_ref().map_or(&self.reply_channel, |(_, c)| c);
-        let queues = std::iter::once(&self.reply_queue).chain(record_queue);
         // Without a spare, a blocked connection would only wait out the
         // timeouts: the queues stay until the job's TTL ends them.
-        for queue in queues.filter(|_| !blocked || spare.is_some()) {
-            let delete = broker::delete_queue(channel, queue);
-            match tokio::time::timeout(Duration::from_secs(5), delete).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, %queue, "could not delete the job's queue");
-                }
-                Err(_) => tracing::warn!(%queue, "deleting the job's queue timed out"),
-            }
+        if !blocked || spare.is_some() {
+            self.delete_queues(spare.as_ref().map(|(_, channel)| channel))
+                .await;
         }
         if let Some((connection, _)) = spare {
             broker::close_quietly(&connection).await;
         }
         self.detach().await;
+    }
+
+    /// Deletes the reply queue and the record queue at once on two
+    /// channels (the broker syncs its disk for each), or in turn on
+    /// `spare`.
+    async fn delete_queues(&self, spare: Option<&Channel>) {
+        let record_channel = self
+            .record
+            .as_ref()
+            .map(|kept| kept.publisher.channel())
+            .filter(|channel| channel.status().connected());
+        let (reply_channel, record_channel) = match spare {
+            Some(channel) => (channel, channel),
+            None => (
+                &self.reply_channel,
+                record_channel.unwrap_or(&self.reply_channel),
+            ),
+        };
+        let record = async {
+            if self.record.is_some() {
+                delete_job_queue(record_channel, &self.record_queue).await;
+            }
+        };
+        tokio::join!(delete_job_queue(reply_channel, &self.reply_queue), record);
     }
 
     /// A connection and channel beside the job's own, for deleting its
@@ -497,33 +515,48 @@ impl JobSession {
     }
 }
 
+/// Deletes one of a job's queues at its end, logging (not returning) a
+/// failure: the job's outcome is already decided.
+async fn delete_job_queue(channel: &Channel, queue: &str) {
+    let delete = broker::delete_queue(channel, queue);
+    match tokio::time::timeout(Duration::from_secs(5), delete).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, %queue, "could not delete the job's queue"),
+        Err(_) => tracing::warn!(%queue, "deleting the job's queue timed out"),
+    }
+}
+
 /// Declares a new job's queues (and, for one that outlives its producer,
 /// takes its attach lock and saves its first record), or attaches to an
 /// existing one; returns the job and its record.
 async fn open_job(
     topology: &Topology,
     connection: &Connection,
-    publisher: &Publisher,
     channel: &Channel,
     opening: Opening,
-) -> Result<(JobId, Option<JobRecord>)> {
+) -> Result<(JobId, Option<KeptRecord>)> {
     match opening {
         Opening::New(record) => {
             let job = record.job.clone();
             let lifetime = JobLifetime::Durable { ttl: record.ttl() };
-            topology.lock_job(channel, &job).await?;
-            topology
-                .declare_reply_queue(channel, &job, lifetime)
-                .await?;
-            let queue = topology
-                .declare_job_queue(channel, &job, record.ttl())
-                .await?;
-            record.save(publisher, &queue).await?;
-            Ok((job, Some(*record)))
+            let publisher = Publisher::open(connection).await?;
+            // Three declares on three channels at once: each durable
+            // declare waits for the broker's disk, and a broker still
+            // busy with the last job's files makes that wait long.
+            let lock_channel = broker::open_channel(connection).await?;
+            let (_, (), queue) = tokio::try_join!(
+                topology.declare_reply_queue(channel, &job, lifetime),
+                topology.lock_job(&lock_channel, &job),
+                topology.declare_job_queue(publisher.channel(), &job, record.ttl()),
+            )?;
+            record.save(&publisher, &queue).await?;
+            let record = *record;
+            Ok((job, Some(KeptRecord { record, publisher })))
         }
         Opening::Attach(job) => {
             let record = attach(topology, connection, channel, &job).await?;
-            Ok((job, Some(record)))
+            let publisher = Publisher::open(connection).await?;
+            Ok((job, Some(KeptRecord { record, publisher })))
         }
         Opening::WithProducer(job) => {
             let lifetime = JobLifetime::WithProducer;
