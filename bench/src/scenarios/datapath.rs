@@ -93,12 +93,21 @@ pub async fn run(
     cluster.stop(workers).await
 }
 
+/// The pause before each run of [`checkpoints`].
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What checkpoints cost the sum path: the same sum with them (the default)
 /// and without (`--job-ttl 0`, a job that ends with its producer), measured
 /// pair by pair (the order alternating within pairs, so that neither
 /// always runs first), reported as the median of the pairs' ratios with
 /// the CPU time each variant took by process. Small chunks make many more
 /// results, and so many more checkpoints, per byte.
+///
+/// Each run starts [`SETTLE`] after the last one ended: right after a job
+/// has pushed 800 MB through the quorum task queue, RabbitMQ 3.10 takes
+/// 0.25–0.75 s to declare a quorum queue (its log is still busy with the
+/// last job's messages), and only the durable job declares quorum queues at
+/// its start, so back to back it would pay for the job before it.
 pub async fn checkpoints(
     cluster: &mut Cluster,
     scale: Scale,
@@ -126,6 +135,7 @@ pub async fn checkpoints(
             let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
             for variant in order {
                 let ttl = ["10m", "0"][variant];
+                tokio::time::sleep(SETTLE).await;
                 let before = CpuTimes::now(worker_pids);
                 let run = cluster
                     .producer(&[

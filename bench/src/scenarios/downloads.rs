@@ -137,7 +137,7 @@ pub async fn run(
         push_rows(rows, &set, concurrency, ceiling, &measured);
     }
     let one_file = FileSet::new(cluster, &http, "1 × 256 KiB", 1, 256 << 10)?;
-    rows.push(fixed_cost(cluster, &one_file, &shared).await?);
+    rows.extend(fixed_cost(cluster, &one_file, &shared).await?);
     cluster.stop(workers).await
 }
 
@@ -201,21 +201,38 @@ async fn measure_rounds(
     Ok(measured)
 }
 
-/// What a download job costs whatever its size: the wall time of a
-/// one-file job into the shared directory (process start, connection,
-/// queues, the marker, the final sync and manifest), in milliseconds.
-async fn fixed_cost(cluster: &Cluster, set: &FileSet, shared: &Path) -> Result<Row> {
-    let mut millis = Vec::new();
+/// The fixed cost of a download job, whatever its size: a one-file job
+/// into the shared directory from process start to exit (connection,
+/// queues, the marker, the final sync and manifest), in milliseconds; five
+/// runs by default (a job that outlives its producer) alternating with
+/// five with `--job-ttl 0`: the difference is what durability adds to
+/// every job (quorum queues declared and deleted, the first record).
+async fn fixed_cost(cluster: &Cluster, set: &FileSet, shared: &Path) -> Result<[Row; 2]> {
+    let mut millis = [Vec::new(), Vec::new()];
     for _ in 0..5 {
-        let rate = time_warren(cluster, set, shared, &["--shared"]).await?;
-        millis.push(set.megabytes() / rate * 1e3);
+        for (variant, extra) in [&["--shared"][..], &["--shared", "--job-ttl", "0"]]
+            .into_iter()
+            .enumerate()
+        {
+            let rate = time_warren(cluster, set, shared, extra).await?;
+            millis[variant].push(set.megabytes() / rate * 1e3);
+        }
     }
-    Ok(Row::new(
-        "a one-file download job into a shared directory (the fixed cost per job)",
-        set.label,
-        Sample::of(&millis),
-        "ms",
-    ))
+    let [durable, with_producer] = millis;
+    Ok([
+        Row::new(
+            "a one-file download job into a shared directory (the fixed cost per job)",
+            set.label,
+            Sample::of(&durable),
+            "ms",
+        ),
+        Row::new(
+            "a one-file download job into a shared directory, --job-ttl 0",
+            set.label,
+            Sample::of(&with_producer),
+            "ms",
+        ),
+    ])
 }
 
 /// The plain loop's concurrency that fetches this set fastest (one run of
