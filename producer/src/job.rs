@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
 use warren::topology::JobLifetime;
-use warren::{BrokerConfig, JobId, Topology};
+use warren::{BrokerConfig, ExponentialBackoff, Jitter, JobId, Topology};
 
 use crate::durable::JobRecord;
 use crate::error::{Error, Result};
@@ -455,7 +455,7 @@ impl JobSession {
     }
 
     /// Deletes the reply queue and the record queue at once on two
-    /// channels (the broker syncs its disk for each), or in turn on
+    /// channels (each waits for the broker's quorum log), or in turn on
     /// `spare`.
     async fn delete_queues(&self, spare: Option<&Channel>) {
         let record_channel = self
@@ -540,9 +540,9 @@ async fn open_job(
             let job = record.job.clone();
             let lifetime = JobLifetime::Durable { ttl: record.ttl() };
             let publisher = Publisher::open(connection).await?;
-            // Three declares on three channels at once: each durable
-            // declare waits for the broker's disk, and a broker still
-            // busy with the last job's files makes that wait long.
+            // Three declares on three channels at once: a quorum queue's
+            // declare waits for the broker's quorum log, which another
+            // job's traffic can keep busy for a second (BENCHMARKS.md).
             let lock_channel = broker::open_channel(connection).await?;
             let (_, (), queue) = tokio::try_join!(
                 topology.declare_reply_queue(channel, &job, lifetime),
@@ -905,8 +905,10 @@ fn spawn_publisher(
     let publisher = session.publisher.clone();
     let task_queue = session.topology.task_queue();
     tokio::spawn(async move {
-        // Each confirm waits with the end of its message's tasks.
-        let mut confirms: VecDeque<(PendingConfirm, u64)> = VecDeque::with_capacity(CONFIRM_WINDOW);
+        // Each confirm waits with its message, kept to publish it again
+        // if the broker refuses it.
+        let mut confirms: VecDeque<(PendingConfirm, OutgoingTask)> =
+            VecDeque::with_capacity(CONFIRM_WINDOW);
         let mut count = 0u64;
         loop {
             let Some(task) = tasks.recv().await else {
@@ -918,43 +920,74 @@ fn spawn_publisher(
                 .expect("the window semaphore is never closed") // invariant: nobody calls close()
                 .forget();
             let pending = publisher
-                .publish(&task_queue, &task.body, task.properties)
+                .publish(&task_queue, &task.body, task.properties.clone())
                 .await?;
-            confirms.push_back((pending, task.first + u64::from(task.tasks)));
             if count == 0 {
                 tracing::debug!("first task published");
             }
             count += u64::from(task.tasks);
             counts.published.store(count, Ordering::Relaxed);
+            confirms.push_back((pending, task));
             if confirms.len() >= CONFIRM_WINDOW {
-                await_confirm(confirms.pop_front(), &task_queue, &counts).await?;
+                await_confirm(&publisher, confirms.pop_front(), &task_queue, &counts).await?;
             }
         }
         while let Some(pending) = confirms.pop_front() {
-            await_confirm(Some(pending), &task_queue, &counts).await?;
+            await_confirm(&publisher, Some(pending), &task_queue, &counts).await?;
         }
         tracing::debug!(tasks = count, "every task published and confirmed");
         Ok(count)
     })
 }
 
+/// How long the producer keeps publishing a task message the broker
+/// refuses: a quorum task queue refuses messages while it elects a new
+/// leader after a node loss, which takes seconds.
+const REFUSED_PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Waits for a message's confirm; a message the broker refuses is
+/// published again, with backoff, for [`REFUSED_PUBLISH_RETRY_FOR`]. Once
+/// it is confirmed, its tasks count as published `through`.
 async fn await_confirm(
-    pending: Option<(PendingConfirm, u64)>,
+    publisher: &Publisher,
+    pending: Option<(PendingConfirm, OutgoingTask)>,
     task_queue: &str,
     counts: &PublishCounts,
 ) -> Result<()> {
-    let Some((pending, end)) = pending else {
+    let Some((mut pending, task)) = pending else {
         return Ok(());
     };
-    match pending.wait().await? {
-        Routed::Queued => {
-            counts.through.fetch_max(end, Ordering::Relaxed);
-            Ok(())
+    let deadline = Instant::now() + REFUSED_PUBLISH_RETRY_FOR;
+    let mut backoff = ExponentialBackoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+        Jitter::Equal,
+    );
+    loop {
+        match pending.wait().await {
+            Ok(Routed::Queued) => {
+                let end = task.first + u64::from(task.tasks);
+                counts.through.fetch_max(end, Ordering::Relaxed);
+                return Ok(());
+            }
+            Ok(Routed::Returned) => {
+                return Err(warren::Error::Unroutable {
+                    queue: task_queue.to_owned(),
+                }
+                .into());
+            }
+            Err(warren::Error::Nacked { .. }) if Instant::now() < deadline => {
+                tracing::debug!(
+                    task = task.first,
+                    "the broker refused a task message; publishing it again"
+                );
+                tokio::time::sleep(backoff.next_delay()).await;
+                pending = publisher
+                    .publish(task_queue, &task.body, task.properties.clone())
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Routed::Returned => Err(warren::Error::Unroutable {
-            queue: task_queue.to_owned(),
-        }
-        .into()),
     }
 }
 
