@@ -942,8 +942,10 @@ fn spawn_publisher(
 
 /// How long the producer keeps publishing a task message the broker
 /// refuses: a quorum task queue refuses messages while it elects a new
-/// leader after a node loss, which takes seconds.
-const REFUSED_PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
+/// leader after a node loss, and while a majority of its nodes is down
+/// (a restarted node still catching up); a job waits that out as it waits
+/// out a lost connection. 30 s was seen to be too short in CI.
+const REFUSED_PUBLISH_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Waits for a message's confirm; a message the broker refuses is
 /// published again, with backoff, for [`REFUSED_PUBLISH_RETRY_FOR`]. Once
