@@ -16,7 +16,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use warren::JobId;
-use warren::broker::{Publisher, Routed};
+use warren::broker::{Publisher, REFUSED_PUBLISH_RETRY_FOR, Routed};
 
 use crate::error::{Error, Result};
 
@@ -136,10 +136,16 @@ impl JobRecord {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"));
-        let pending = publisher.publish(queue, &body, properties).await?;
+        let pending = publisher.publish(queue, &body, properties.clone()).await?;
+        let publisher = publisher.clone();
         let queue = queue.to_owned();
         Ok(async move {
-            match pending.wait().await? {
+            // A quorum record queue refuses messages while it elects a
+            // leader: publish the record again rather than fail the job.
+            let routed = publisher
+                .confirm_or_publish_again(pending, &body, &properties, REFUSED_PUBLISH_RETRY_FOR)
+                .await?;
+            match routed {
                 Routed::Queued => Ok(()),
                 Routed::Returned => Err(warren::Error::Unroutable { queue }.into()),
             }

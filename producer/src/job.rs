@@ -27,9 +27,11 @@ use rangemap::RangeSet;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren::broker::{self, Acks, PendingConfirm, Publisher, QueueProbe, Routed};
+use warren::broker::{
+    self, Acks, PendingConfirm, Publisher, QueueProbe, REFUSED_PUBLISH_RETRY_FOR, Routed,
+};
 use warren::topology::JobLifetime;
-use warren::{BrokerConfig, ExponentialBackoff, Jitter, JobId, Topology};
+use warren::{BrokerConfig, JobId, Topology};
 
 use crate::durable::JobRecord;
 use crate::error::{Error, Result};
@@ -940,56 +942,36 @@ fn spawn_publisher(
     })
 }
 
-/// How long the producer keeps publishing a task message the broker
-/// refuses: a quorum task queue refuses messages while it elects a new
-/// leader after a node loss, and while a majority of its nodes is down
-/// (a restarted node still catching up); a job waits that out as it waits
-/// out a lost connection. 30 s was seen to be too short in CI.
-const REFUSED_PUBLISH_RETRY_FOR: Duration = Duration::from_secs(120);
-
 /// Waits for a message's confirm; a message the broker refuses is
-/// published again, with backoff, for [`REFUSED_PUBLISH_RETRY_FOR`]. Once
-/// it is confirmed, its tasks count as published `through`.
+/// published again ([`Publisher::confirm_or_publish_again`]). Once it is
+/// confirmed, its tasks count as published `through`.
 async fn await_confirm(
     publisher: &Publisher,
     pending: Option<(PendingConfirm, OutgoingTask)>,
     task_queue: &str,
     counts: &PublishCounts,
 ) -> Result<()> {
-    let Some((mut pending, task)) = pending else {
+    let Some((pending, task)) = pending else {
         return Ok(());
     };
-    let deadline = Instant::now() + REFUSED_PUBLISH_RETRY_FOR;
-    let mut backoff = ExponentialBackoff::new(
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-        Jitter::Equal,
-    );
-    loop {
-        match pending.wait().await {
-            Ok(Routed::Queued) => {
-                let end = task.first + u64::from(task.tasks);
-                counts.through.fetch_max(end, Ordering::Relaxed);
-                return Ok(());
-            }
-            Ok(Routed::Returned) => {
-                return Err(warren::Error::Unroutable {
-                    queue: task_queue.to_owned(),
-                }
-                .into());
-            }
-            Err(warren::Error::Nacked { .. }) if Instant::now() < deadline => {
-                tracing::debug!(
-                    task = task.first,
-                    "the broker refused a task message; publishing it again"
-                );
-                tokio::time::sleep(backoff.next_delay()).await;
-                pending = publisher
-                    .publish(task_queue, &task.body, task.properties.clone())
-                    .await?;
-            }
-            Err(e) => return Err(e.into()),
+    let routed = publisher
+        .confirm_or_publish_again(
+            pending,
+            &task.body,
+            &task.properties,
+            REFUSED_PUBLISH_RETRY_FOR,
+        )
+        .await?;
+    match routed {
+        Routed::Queued => {
+            let end = task.first + u64::from(task.tasks);
+            counts.through.fetch_max(end, Ordering::Relaxed);
+            Ok(())
         }
+        Routed::Returned => Err(warren::Error::Unroutable {
+            queue: task_queue.to_owned(),
+        }
+        .into()),
     }
 }
 

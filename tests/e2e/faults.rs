@@ -1011,3 +1011,69 @@ fn a_memory_alarm_is_named_and_ctrl_c_still_cancels_the_job_at_once() {
         "the job's queues are left: {left:?}\n{run}"
     );
 }
+
+/// A queue that refuses publishes while it is full (`x-overflow:
+/// reject-publish`) makes the broker nack them, as a quorum queue without a
+/// leader does; `warren::broker`'s retry, which tasks, results and
+/// checkpoints all go through, publishes again until the queue takes the
+/// message, and gives up with `Nacked` at its bound.
+#[test]
+fn a_message_the_broker_refuses_is_published_again_until_the_queue_takes_it() {
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+    use warren::broker::{self, Publisher, Routed};
+
+    let mut s = Scenario::new("refused_publish");
+    let queue = format!("{}.full", s.prefix);
+    s.broker.with_connection(async |connection| {
+        let channel = broker::open_channel(connection).await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        let publisher = Publisher::open(connection).await.unwrap();
+        let properties = BasicProperties::default();
+        let first = publisher.publish_confirmed(&queue, b"first", properties.clone());
+        assert_eq!(first.await.unwrap(), Routed::Queued);
+
+        // Full for longer than the bound: refused, after trying that long.
+        let started = std::time::Instant::now();
+        let bound = Duration::from_millis(800);
+        let refused = publisher
+            .publish_until_taken(&queue, b"second", &properties, bound)
+            .await;
+        assert!(
+            matches!(refused, Err(warren::Error::Nacked { .. })),
+            "a message refused past the bound is an error: {refused:?}"
+        );
+        assert!(started.elapsed() >= bound, "gave up before its bound");
+
+        // Room made after a second: the same call is taken.
+        let reader = channel.clone();
+        let name = queue.clone();
+        let drain = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let got = reader.basic_get(name.as_str().into(), BasicGetOptions { no_ack: true });
+            got.await.unwrap().map(|m| m.delivery.data)
+        });
+        let taken = publisher
+            .publish_until_taken(&queue, b"second", &properties, Duration::from_secs(30))
+            .await;
+        assert_eq!(taken.unwrap(), Routed::Queued);
+        assert_eq!(drain.await.unwrap().as_deref(), Some(&b"first"[..]));
+        let left = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true });
+        let left = left.await.unwrap().map(|m| m.delivery.data);
+        assert_eq!(left.as_deref(), Some(&b"second"[..]), "taken exactly once");
+        broker::delete_queue(&channel, &queue).await.unwrap();
+    });
+    s.assert_clean();
+}

@@ -380,7 +380,68 @@ impl Publisher {
     ) -> Result<Routed> {
         self.publish(queue, body, properties).await?.wait().await
     }
+
+    /// Publishes and waits for the confirm, publishing the message again
+    /// while the broker refuses it; see [`Publisher::confirm_or_publish_again`].
+    ///
+    /// # Errors
+    /// As [`Publisher::confirm_or_publish_again`].
+    pub async fn publish_until_taken(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        retry_for: Duration,
+    ) -> Result<Routed> {
+        let pending = self.publish(queue, body, properties.clone()).await?;
+        self.confirm_or_publish_again(pending, body, properties, retry_for)
+            .await
+    }
+
+    /// Waits for `pending`'s confirm. While the broker refuses the message
+    /// (a quorum queue electing a leader, or without a majority of its
+    /// nodes), publishes `body` with `properties` to the same queue again,
+    /// with backoff, for up to `retry_for` (callers pass
+    /// [`REFUSED_PUBLISH_RETRY_FOR`] unless a test needs less).
+    ///
+    /// # Errors
+    /// [`Error::Nacked`] once the broker has refused it for `retry_for`;
+    /// otherwise as [`Publisher::publish`] and [`PendingConfirm::wait`].
+    pub async fn confirm_or_publish_again(
+        &self,
+        mut pending: PendingConfirm,
+        body: &[u8],
+        properties: &BasicProperties,
+        retry_for: Duration,
+    ) -> Result<Routed> {
+        let deadline = Instant::now() + retry_for;
+        let mut backoff = ExponentialBackoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            Jitter::Equal,
+        );
+        loop {
+            let queue = pending.routing_key.clone();
+            match pending.wait().await {
+                Err(Error::Nacked { .. }) if Instant::now() < deadline => {
+                    tracing::debug!(%queue, "the broker refused a message; publishing it again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    pending = self.publish(&queue, body, properties.clone()).await?;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
 }
+
+/// How long a publisher keeps publishing a message the broker refuses
+/// ([`Publisher::confirm_or_publish_again`]). A quorum queue refuses
+/// messages while it elects a new leader after a node loss, and while a
+/// majority of its nodes is down (a restarted node still catching up): over
+/// 30 s was seen in CI. Tasks, results and checkpoints wait that out as
+/// they wait out a lost connection; giving up sooner would fail a job (or
+/// spend a task's deliveries) over what a cluster is built to survive.
+pub const REFUSED_PUBLISH_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// How a consumer acknowledges deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

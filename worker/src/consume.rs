@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use warren::broker::{self, Acks, Publisher, Routed};
+use warren::broker::{self, Acks, Publisher, REFUSED_PUBLISH_RETRY_FOR, Routed};
 use warren::protocol::{
     DownloadStatus, FailureKind, Outcome, Task, TaskFailure, TaskOrigin, TaskResult,
 };
@@ -593,38 +593,22 @@ async fn publish_then_ack(
     }
 }
 
-/// How long a worker keeps publishing a result the broker refuses before
-/// it gives the task back: a quorum reply queue refuses messages while it
-/// elects a new leader (a node was lost), which takes seconds. Giving the
-/// task back at once would spend its deliveries (20, then it is
-/// dead-lettered and its job fails) in milliseconds.
-const REFUSED_RESULT_RETRY_FOR: Duration = Duration::from_secs(30);
-
 /// Publishes a task's result to its job's reply queue and waits for the
-/// confirm; a result the broker refuses is published again, with backoff,
-/// for [`REFUSED_RESULT_RETRY_FOR`].
+/// confirm; a result the broker refuses (a quorum reply queue electing a
+/// new leader) is published again for [`REFUSED_PUBLISH_RETRY_FOR`]:
+/// giving the task back at once would spend its deliveries (20, then it is
+/// dead-lettered and its job fails) in milliseconds.
 async fn publish_result(context: &TaskContext, result: &TaskResult) -> warren::Result<Routed> {
     let reply_to = context.topology.reply_queue(&result.job_id);
-    let body = result.to_json();
-    let deadline = Instant::now() + REFUSED_RESULT_RETRY_FOR;
-    let mut backoff = ExponentialBackoff::new(
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-        Jitter::Equal,
-    );
-    loop {
-        let published = context
-            .publisher
-            .publish_confirmed(&reply_to, &body, result.properties())
-            .await;
-        match published {
-            Err(warren::Error::Nacked { .. }) if Instant::now() < deadline => {
-                tracing::debug!("the broker refused the result; publishing it again");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            outcome => return outcome,
-        }
-    }
+    context
+        .publisher
+        .publish_until_taken(
+            &reply_to,
+            &result.to_json(),
+            &result.properties(),
+            REFUSED_PUBLISH_RETRY_FOR,
+        )
+        .await
 }
 
 /// One warning per failed task with its reason, so that an operator sees

@@ -195,6 +195,12 @@ impl Broker {
         });
     }
 
+    /// Runs `work` on the test's connection: for tests that drive
+    /// `warren::broker` itself.
+    pub fn with_connection<T>(&mut self, work: impl AsyncFnOnce(&Connection) -> T) -> T {
+        self.runtime.block_on(work(&self.connection))
+    }
+
     /// Drops every ready message of a queue (dead letters a test made on
     /// purpose, before [`super::Scenario::assert_clean`]); returns how many.
     pub fn purge(&mut self, queue: &str) -> u32 {
