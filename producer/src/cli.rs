@@ -335,7 +335,7 @@ pub struct SumArgs {
     pub detach: bool,
 
     /// Tasks carried by one message; each still gets its own result
-    /// [default: chunks under 1 MiB travel together in messages of about 1 MiB, up to 256 per message]
+    /// [default: chunks under 4 MiB travel together in messages of about 4 MiB, up to 256 per message]
     #[arg(long, value_name = "N")]
     pub tasks_per_message: Option<usize>,
 

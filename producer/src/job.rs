@@ -67,8 +67,11 @@ const BLOCKED_BY_ALARM: &str = "the broker is blocking publishes: a resource ala
      broker, or raise its limits (rabbitmqctl set_vm_memory_high_watermark, \
      set_disk_free_limit); `rabbitmq-diagnostics alarms` shows which alarm is on";
 
-/// Publishes whose confirms may be outstanding at once.
+/// Publishes whose confirms may be outstanding at once...
 const CONFIRM_WINDOW: usize = 16;
+/// ...holding at most about this many bytes: each is kept until its
+/// confirm, to publish it again if the broker refuses it.
+const CONFIRM_WINDOW_BYTES: usize = 16 << 20;
 
 /// Unacknowledged reply messages the broker may push at once: bounds the
 /// producer's memory when replies carry file data.
@@ -896,7 +899,8 @@ impl Publishing {
 
 /// Publishes messages as they come, holding one window permit per task
 /// they carry (the collector returns it when the task is answered) and
-/// keeping up to [`CONFIRM_WINDOW`] confirms outstanding. Returns the number
+/// keeping up to [`CONFIRM_WINDOW`] confirms (and [`CONFIRM_WINDOW_BYTES`])
+/// outstanding. Returns the number
 /// of tasks once the source is exhausted and every publish is confirmed.
 fn spawn_publisher(
     session: &JobSession,
@@ -912,6 +916,7 @@ fn spawn_publisher(
         let mut confirms: VecDeque<(PendingConfirm, OutgoingTask)> =
             VecDeque::with_capacity(CONFIRM_WINDOW);
         let mut count = 0u64;
+        let mut unconfirmed_bytes = 0usize;
         loop {
             let Some(task) = tasks.recv().await else {
                 break;
@@ -929,9 +934,12 @@ fn spawn_publisher(
             }
             count += u64::from(task.tasks);
             counts.published.store(count, Ordering::Relaxed);
+            unconfirmed_bytes += task.body.len();
             confirms.push_back((pending, task));
-            if confirms.len() >= CONFIRM_WINDOW {
-                await_confirm(&publisher, confirms.pop_front(), &task_queue, &counts).await?;
+            while confirms.len() >= CONFIRM_WINDOW || unconfirmed_bytes > CONFIRM_WINDOW_BYTES {
+                let oldest = confirms.pop_front();
+                unconfirmed_bytes -= oldest.as_ref().map_or(0, |(_, task)| task.body.len());
+                await_confirm(&publisher, oldest, &task_queue, &counts).await?;
             }
         }
         while let Some(pending) = confirms.pop_front() {
