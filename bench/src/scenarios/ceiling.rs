@@ -323,7 +323,11 @@ pub async fn measure(cluster: &Cluster, shape: &Shape) -> Result<f64> {
     Ok(rate)
 }
 
-async fn declare(channel: &lapin::Channel, queue: &str, queue_type: QueueType) -> Result<()> {
+pub(super) async fn declare(
+    channel: &lapin::Channel,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<()> {
     let mut args = FieldTable::default();
     let (kind, options) = match queue_type {
         QueueType::Quorum => ("quorum", QueueDeclareOptions::durable()),

@@ -13,9 +13,12 @@
 //!   of a job that outlives its producer; see [`super::ceiling`]), measured
 //!   in the same run; and with `--job-ttl 0` (a classic reply queue, the
 //!   job ends with its producer) against the classic queue's ceiling, for
-//!   what a job that outlives its producer costs.
+//!   what a job that outlives its producer costs. Beside the ceiling, each
+//!   is also measured against the plain relay loop on the same queue type
+//!   ([`super::relay_loop`]: fetch, publish, consume, write and hash, one
+//!   sync), which does the work the ceiling leaves out.
 //!
-//! Runs of all six alternate, round by round, so that drift on the shared
+//! Runs of all eight alternate, round by round, so that drift on the shared
 //! machine hits them alike. Last, a one-file job measures the fixed cost
 //! of a download job, whatever its size.
 
@@ -27,7 +30,8 @@ use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
 use warren_testkit::HttpFixture;
 
-use super::ceiling::{Ceiling, RelayCeiling};
+use super::ceiling::{Ceiling, QueueType, RelayCeiling};
+use super::relay_loop::time_relay_loop;
 use crate::Scale;
 use crate::cluster::Cluster;
 use crate::cpu::CpuTimes;
@@ -57,6 +61,8 @@ impl FileSet {
 enum Variant {
     PlainLoop,
     DurableLoop,
+    RelayLoop,
+    RelayLoopNoTtl,
     Broker,
     BrokerNoTtl,
     Shared,
@@ -64,9 +70,11 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 8] = [
         Variant::PlainLoop,
         Variant::DurableLoop,
+        Variant::RelayLoop,
+        Variant::RelayLoopNoTtl,
         Variant::Broker,
         Variant::BrokerNoTtl,
         Variant::Shared,
@@ -78,6 +86,12 @@ impl Variant {
             Variant::PlainLoop => "downloads: plain reqwest loop (no broker)",
             Variant::DurableLoop => {
                 "downloads: reqwest loop hashing, syncing and renaming each file (no broker)"
+            }
+            Variant::RelayLoop => {
+                "downloads: plain relay loop through a quorum queue (fetch, publish, consume, write, hash; no warren)"
+            }
+            Variant::RelayLoopNoTtl => {
+                "downloads: plain relay loop through a classic queue (fetch, publish, consume, write, hash; no warren)"
             }
             Variant::Broker => "downloads through the broker, 2 workers",
             Variant::BrokerNoTtl => {
@@ -183,6 +197,15 @@ async fn measure_rounds(
                 Variant::PlainLoop => time_loop(set, &loop_dir, concurrency, Sync::No).await?,
                 Variant::DurableLoop => {
                     time_loop(set, &loop_dir, concurrency, Sync::EachFile).await?
+                }
+                Variant::RelayLoop | Variant::RelayLoopNoTtl => {
+                    let queue = match variant {
+                        Variant::RelayLoop => QueueType::Quorum,
+                        _ => QueueType::Classic,
+                    };
+                    empty(&loop_dir)?;
+                    let urls = &set.urls;
+                    time_relay_loop(cluster, urls, set.size, &loop_dir, concurrency, queue).await?
                 }
                 Variant::Broker => time_warren(cluster, set, &cluster.path("out"), &[]).await?,
                 Variant::BrokerNoTtl => {
@@ -291,9 +314,11 @@ fn push_rows(
     ceiling: Option<Ceiling>,
     measured: &[Measured],
 ) {
-    // Variant::ALL's order: the plain loop first, then the durable one.
-    let plain = Sample::of(&measured[0].rates).median;
-    let durable = Sample::of(&measured[1].rates).median;
+    // Variant::ALL's order: the plain loop, the durable one, the two
+    // relay loops.
+    let median = |i: usize| Sample::of(&measured[i].rates).median;
+    let (plain, durable) = (median(0), median(1));
+    let relay = [median(2), median(3)];
     for (&variant, m) in Variant::ALL.iter().zip(measured) {
         let name = variant.scenario();
         let rates = Sample::of(&m.rates);
@@ -310,13 +335,7 @@ fn push_rows(
             }
             None => row,
         });
-        if matches!(variant, Variant::Broker | Variant::BrokerNoTtl) {
-            // Beside the plain loop too, for scale (no target).
-            rows.push(
-                Row::new(name, set.label, rates, "MB/s")
-                    .against(format!("the plain loop ({} MB/s)", human(plain)), plain),
-            );
-        }
+        rows.extend(beside_rows(variant, set, &rates, plain, relay, ceiling));
         if !matches!(variant, Variant::PlainLoop | Variant::DurableLoop) {
             let files: Vec<f64> = m
                 .rates
@@ -327,6 +346,52 @@ fn push_rows(
         }
         rows.push(cpu_row(name, set.label, &m.cpu, set.megabytes()));
     }
+}
+
+/// The broker-mode rows beside their targets' reference: warren against
+/// the plain loop, for scale, and against the relay loop on its queue type
+/// (the reference this bench proposes for broker mode); each relay loop
+/// against its ceiling, for what fetching and writing cost.
+fn beside_rows(
+    variant: Variant,
+    set: &FileSet,
+    rates: &Sample,
+    plain: f64,
+    relay: [f64; 2],
+    ceiling: Option<Ceiling>,
+) -> Vec<Row> {
+    let name = variant.scenario();
+    let row = || Row::new(name, set.label, rates.clone(), "MB/s");
+    let (queue, relay) = match variant {
+        Variant::Broker | Variant::RelayLoop => ("quorum", relay[0]),
+        Variant::BrokerNoTtl | Variant::RelayLoopNoTtl => ("classic", relay[1]),
+        _ => return Vec::new(),
+    };
+    if matches!(variant, Variant::RelayLoop | Variant::RelayLoopNoTtl) {
+        let Some(relay_ceiling) = ceiling.and_then(|c| c.relay) else {
+            return Vec::new();
+        };
+        let on_queue = match variant {
+            Variant::RelayLoop => relay_ceiling.quorum,
+            _ => relay_ceiling.classic,
+        };
+        let (bytes, message) = on_queue.for_file_size(set.size);
+        let value = bytes / 1e6;
+        let reference = format!(
+            "the broker ceiling, {queue}, {message} ({} MB/s)",
+            human(value)
+        );
+        return vec![row().against(reference, value)];
+    }
+    let against_relay = row().against(
+        format!("the relay loop, {queue} ({} MB/s)", human(relay)),
+        relay,
+    );
+    let met = against_relay.ratio.unwrap_or(0.0) >= 0.7;
+    vec![
+        row().against(format!("the plain loop ({} MB/s)", human(plain)), plain),
+        against_relay.target(">= 70% of the relay loop (proposed)", met),
+    ]
 }
 
 /// What a warren variant is measured against, and its target (issue 13).
@@ -370,7 +435,10 @@ impl Variant {
         };
         let relay = ceiling.and_then(|c| c.relay);
         match self {
-            Variant::PlainLoop | Variant::DurableLoop => None,
+            Variant::PlainLoop
+            | Variant::DurableLoop
+            | Variant::RelayLoop
+            | Variant::RelayLoopNoTtl => None,
             Variant::Shared => Some(loop_reference(
                 format!("the plain loop ({} MB/s)", human(plain)),
                 plain,

@@ -7,4 +7,5 @@ pub mod kernel;
 pub mod latency;
 pub mod memory;
 pub mod reference;
+pub mod relay_loop;
 pub mod small;
