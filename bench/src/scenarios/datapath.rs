@@ -192,8 +192,8 @@ impl PairedSum<'_> {
 
 impl Pairs {
     /// The median of the pairs' speed ratios with its interval (the
-    /// target), the same for the whole machine's CPU time (the steadier
-    /// figure: what checkpoints make every process do), and each
+    /// target), the same for the whole machine's CPU time (what
+    /// checkpoints make every process do), and each
     /// variant's speed with its CPU time by process.
     fn rows(&self, size: &str) -> Vec<Row> {
         let ratios = |of: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
