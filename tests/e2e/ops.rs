@@ -20,6 +20,8 @@ fn a_worker_serves_metrics_health_and_readiness() {
     let port = worker.metrics_port();
     wait_for_status(port, "/readyz", 200);
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    // One task to a message, so that each task is a delivery of its own:
+    // the duration histogram counts deliveries.
     let run = s
         .producer(&[
             "sum",
@@ -29,6 +31,8 @@ fn a_worker_serves_metrics_health_and_readiness() {
             "4",
             "--chunk-size",
             "100000",
+            "--tasks-per-message",
+            "1",
         ])
         .run();
     assert_eq!(
