@@ -144,7 +144,13 @@ pub async fn run(
         let set = FileSet::new(cluster, &http, label, files, size)?;
         let target_dir = cluster.path("loop");
         // The first pass also fills the server's cache.
-        let concurrency = fastest_concurrency(&set, &target_dir).await?;
+        let concurrency = Concurrency {
+            plain: fastest_concurrency(&set, &target_dir).await?,
+            relay: [
+                fastest_relay(cluster, &set, &target_dir, QueueType::Quorum).await?,
+                fastest_relay(cluster, &set, &target_dir, QueueType::Classic).await?,
+            ],
+        };
         let rounds = scale.runs.min(3);
         let measured = measure_rounds(cluster, &set, concurrency, &worker_pids, rounds).await?;
         std::fs::remove_dir_all(&target_dir)?;
@@ -179,11 +185,21 @@ impl FileSet {
     }
 }
 
+/// The reference loops' concurrencies for one set: each the fastest of
+/// [`LOOP_CONCURRENCIES`] for that loop.
+#[derive(Debug, Clone, Copy)]
+struct Concurrency {
+    /// The plain loop's (also the durable loop's).
+    plain: usize,
+    /// The relay loop's, through a quorum queue and through a classic one.
+    relay: [usize; 2],
+}
+
 /// Every variant, `rounds` times, alternating round by round.
 async fn measure_rounds(
     cluster: &Cluster,
     set: &FileSet,
-    concurrency: usize,
+    concurrency: Concurrency,
     worker_pids: &[u32],
     rounds: usize,
 ) -> Result<Vec<Measured>> {
@@ -194,18 +210,19 @@ async fn measure_rounds(
         for (variant, m) in Variant::ALL.iter().zip(&mut measured) {
             let before = CpuTimes::now(worker_pids);
             let rate = match variant {
-                Variant::PlainLoop => time_loop(set, &loop_dir, concurrency, Sync::No).await?,
-                Variant::DurableLoop => {
-                    time_loop(set, &loop_dir, concurrency, Sync::EachFile).await?
+                Variant::PlainLoop => {
+                    time_loop(set, &loop_dir, concurrency.plain, Sync::No).await?
                 }
-                Variant::RelayLoop | Variant::RelayLoopNoTtl => {
-                    let queue = match variant {
-                        Variant::RelayLoop => QueueType::Quorum,
-                        _ => QueueType::Classic,
-                    };
-                    empty(&loop_dir)?;
-                    let urls = &set.urls;
-                    time_relay_loop(cluster, urls, set.size, &loop_dir, concurrency, queue).await?
+                Variant::DurableLoop => {
+                    time_loop(set, &loop_dir, concurrency.plain, Sync::EachFile).await?
+                }
+                Variant::RelayLoop => {
+                    let fetches = concurrency.relay[0];
+                    time_relay(cluster, set, &loop_dir, fetches, QueueType::Quorum).await?
+                }
+                Variant::RelayLoopNoTtl => {
+                    let fetches = concurrency.relay[1];
+                    time_relay(cluster, set, &loop_dir, fetches, QueueType::Classic).await?
                 }
                 Variant::Broker => time_warren(cluster, set, &cluster.path("out"), &[]).await?,
                 Variant::BrokerNoTtl => {
@@ -272,6 +289,36 @@ async fn fastest_concurrency(set: &FileSet, dir: &Path) -> Result<usize> {
     Ok(best.1)
 }
 
+/// The relay loop's concurrency that moves this set fastest through a
+/// queue of type `queue` (one run of each).
+async fn fastest_relay(
+    cluster: &Cluster,
+    set: &FileSet,
+    dir: &Path,
+    queue: QueueType,
+) -> Result<usize> {
+    let mut best = (0.0, 16);
+    for concurrency in LOOP_CONCURRENCIES {
+        let rate = time_relay(cluster, set, dir, concurrency, queue).await?;
+        if rate > best.0 {
+            best = (rate, concurrency);
+        }
+    }
+    Ok(best.1)
+}
+
+/// One run of the relay loop into an empty directory: MB/s.
+async fn time_relay(
+    cluster: &Cluster,
+    set: &FileSet,
+    dir: &Path,
+    concurrency: usize,
+    queue: QueueType,
+) -> Result<f64> {
+    empty(dir)?;
+    time_relay_loop(cluster, &set.urls, set.size, dir, concurrency, queue).await
+}
+
 /// One run of a reference loop into an empty directory (creating files
 /// costs more than overwriting them, and warren's runs start empty too):
 /// MB/s.
@@ -310,7 +357,7 @@ async fn time_warren(cluster: &Cluster, set: &FileSet, out: &Path, extra: &[&str
 fn push_rows(
     rows: &mut Vec<Row>,
     set: &FileSet,
-    concurrency: usize,
+    concurrency: Concurrency,
     ceiling: Option<Ceiling>,
     measured: &[Measured],
 ) {
@@ -323,18 +370,26 @@ fn push_rows(
         let name = variant.scenario();
         let rates = Sample::of(&m.rates);
         let row = Row::new(name, set.label, rates.clone(), "MB/s");
-        rows.push(match variant.reference(set, plain, durable, ceiling) {
-            _ if variant == Variant::PlainLoop => row.note(format!(
-                "{concurrency} fetches at once, the fastest of {LOOP_CONCURRENCIES:?}"
-            )),
-            Some(reference) => {
-                let row = row.against(reference.name, reference.value);
-                let met = row.ratio.unwrap_or(0.0) >= reference.target;
-                let target = format!(">= {:.0}% of {}", reference.target * 100.0, reference.of);
-                row.target(&target, met)
-            }
-            None => row,
-        });
+        let fetches = match variant {
+            Variant::PlainLoop => Some(concurrency.plain),
+            Variant::RelayLoop => Some(concurrency.relay[0]),
+            Variant::RelayLoopNoTtl => Some(concurrency.relay[1]),
+            _ => None,
+        };
+        rows.push(
+            match (fetches, variant.reference(set, plain, durable, ceiling)) {
+                (Some(fetches), _) => row.note(format!(
+                    "{fetches} fetches at once, the fastest of {LOOP_CONCURRENCIES:?}"
+                )),
+                (None, Some(reference)) => {
+                    let row = row.against(reference.name, reference.value);
+                    let met = row.ratio.unwrap_or(0.0) >= reference.target;
+                    let target = format!(">= {:.0}% of {}", reference.target * 100.0, reference.of);
+                    row.target(&target, met)
+                }
+                (None, None) => row,
+            },
+        );
         rows.extend(beside_rows(variant, set, &rates, plain, relay, ceiling));
         if !matches!(variant, Variant::PlainLoop | Variant::DurableLoop) {
             let files: Vec<f64> = m
