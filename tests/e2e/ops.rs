@@ -20,6 +20,30 @@ fn a_worker_serves_metrics_health_and_readiness() {
     let port = worker.metrics_port();
     wait_for_status(port, "/readyz", 200);
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    sum_shows_in_metrics(&mut s, port);
+    let http = warren_testkit::HttpFixture::start();
+    downloads_show_in_metrics(&mut s, &http, port);
+    draining_is_alive_not_ready_and_finishes(&mut s, &http, &mut worker, port);
+
+    // Alive but not ready while the broker cannot be reached.
+    let unready = s.start_worker(
+        "w1",
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        ],
+    );
+    let port = unready.metrics_port();
+    wait_for_status(port, "/healthz", 200);
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503));
+    s.assert_clean();
+}
+
+/// A sum's tasks, bytes and durations in the metrics of the worker at
+/// `port`.
+fn sum_shows_in_metrics(s: &mut Scenario, port: u16) {
     // One task to a message, so that each task is a delivery of its own:
     // the duration histogram counts deliveries.
     let run = s
@@ -50,10 +74,11 @@ fn a_worker_serves_metrics_health_and_readiness() {
             "warren_worker_reconnects_total 0",
         ],
     );
+}
 
-    // Downloads: the bytes fetched, and each task under its outcome (a 404
-    // is not retried, so it fails at once).
-    let http = warren_testkit::HttpFixture::start();
+/// Downloads: the bytes fetched, and each task under its outcome (a 404
+/// is not retried, so it fails at once); the sum's counts stay.
+fn downloads_show_in_metrics(s: &mut Scenario, http: &warren_testkit::HttpFixture, port: u16) {
     let run = s
         .producer(&[
             "download",
@@ -84,9 +109,16 @@ fn a_worker_serves_metrics_health_and_readiness() {
             "warren_worker_tasks_in_flight 0",
         ],
     );
+}
 
-    // Draining after SIGTERM: alive, no longer ready, and the task in hand
-    // still finishes.
+/// Draining after SIGTERM: alive, no longer ready, and the task in hand
+/// still finishes.
+fn draining_is_alive_not_ready_and_finishes(
+    s: &mut Scenario,
+    http: &warren_testkit::HttpFixture,
+    worker: &mut crate::support::Worker,
+    port: u16,
+) {
     let download = s
         .producer(&[
             "download",
@@ -106,21 +138,6 @@ fn a_worker_serves_metrics_health_and_readiness() {
     assert!(worker.wait_exit(Duration::from_secs(20)).success());
     download.wait(Duration::from_secs(20)).expect_success();
     assert_eq!(std::fs::read(s.path("out/drain")).unwrap().len(), 100);
-
-    // Alive but not ready while the broker cannot be reached.
-    let unready = s.start_worker(
-        "w1",
-        &[
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--amqp-url",
-            "amqp://guest:guest@127.0.0.1:1/%2f",
-        ],
-    );
-    let port = unready.metrics_port();
-    wait_for_status(port, "/healthz", 200);
-    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503));
-    s.assert_clean();
 }
 
 /// Issue 5: small files travel several to a task message (the broker's

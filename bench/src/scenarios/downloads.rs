@@ -279,14 +279,7 @@ async fn fixed_cost(cluster: &Cluster, set: &FileSet, shared: &Path) -> Result<[
 /// each, after one that fills the server's cache).
 async fn fastest_concurrency(set: &FileSet, dir: &Path) -> Result<usize> {
     time_loop(set, dir, 16, Sync::No).await?;
-    let mut best = (0.0, 16);
-    for concurrency in LOOP_CONCURRENCIES {
-        let rate = time_loop(set, dir, concurrency, Sync::No).await?;
-        if rate > best.0 {
-            best = (rate, concurrency);
-        }
-    }
-    Ok(best.1)
+    fastest(async |concurrency| time_loop(set, dir, concurrency, Sync::No).await).await
 }
 
 /// The relay loop's concurrency that moves this set fastest through a
@@ -297,9 +290,15 @@ async fn fastest_relay(
     dir: &Path,
     queue: QueueType,
 ) -> Result<usize> {
-    let mut best = (0.0, 16);
+    fastest(async |concurrency| time_relay(cluster, set, dir, concurrency, queue).await).await
+}
+
+/// Which of [`LOOP_CONCURRENCIES`] gives the highest rate, one `run` of
+/// each.
+async fn fastest(mut run: impl AsyncFnMut(usize) -> Result<f64>) -> Result<usize> {
+    let mut best = (0.0, LOOP_CONCURRENCIES[0]);
     for concurrency in LOOP_CONCURRENCIES {
-        let rate = time_relay(cluster, set, dir, concurrency, queue).await?;
+        let rate = run(concurrency).await?;
         if rate > best.0 {
             best = (rate, concurrency);
         }
